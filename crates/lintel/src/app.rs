@@ -1,0 +1,313 @@
+//! The application: its one shared state ([`AppState`]), start-up (store, migrations,
+//! admin token, catalog), the listener with graceful shutdown, and background upkeep.
+
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::body::Bytes;
+use axum::serve::ListenerExt;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tower::Layer;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
+
+use crate::collections::model::{Catalog, Collection};
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::http::extract::{constant_time_eq, token_digest};
+use crate::migrations::VersionClock;
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
+
+/// The state every handler receives; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    /// The configuration the process started with.
+    pub config: Config,
+    /// The storage engine.
+    pub store: Arc<dyn Store>,
+    /// The collections, swapped whole after each schema change.
+    catalog: RwLock<Arc<Catalog>>,
+    /// SHA-256 of the admin token.
+    admin_digest: [u8; 32],
+    /// Makes migration versions.
+    pub versions: VersionClock,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+    /// The OpenAPI document, serialised once.
+    pub openapi_json: Bytes,
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// The current catalog (a snapshot; the lock is released on return).
+    pub fn catalog(&self) -> Arc<Catalog> {
+        match self.catalog.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Re-reads the collections from the store.
+    pub async fn reload_catalog(&self) -> anyhow::Result<()> {
+        let catalog = load_catalog(self.store.as_ref()).await?;
+        match self.catalog.write() {
+            Ok(mut c) => *c = Arc::new(catalog),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(catalog),
+        }
+        Ok(())
+    }
+
+    pub fn admin_token_matches(&self, token: &str) -> bool {
+        constant_time_eq(&token_digest(token), &self.admin_digest)
+    }
+}
+
+async fn load_catalog(store: &dyn Store) -> anyhow::Result<Catalog> {
+    let stored = store
+        .load_catalog()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut catalog = Catalog::default();
+    for s in stored {
+        let name = s.spec.name.clone();
+        let coll = Collection::compile(s.spec, s.created, s.updated)
+            .map_err(|e| anyhow::anyhow!("collection {name} cannot be compiled: {e}"))?;
+        catalog.collections.insert(name, Arc::new(coll));
+    }
+    Ok(catalog)
+}
+
+/// Opens the store for `config` (SQLite under the data folder).
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let dir = config.data_dir.clone();
+    let path = config.database_path();
+    let store_cfg = config.store.clone();
+    let store = tokio::task::spawn_blocking(move || -> anyhow::Result<SqliteStore> {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating data folder {}", dir.display()))?;
+        SqliteStore::open(&path, &store_cfg).map_err(|e| anyhow::anyhow!("{e}"))
+    })
+    .await??;
+    Ok(Arc::new(store))
+}
+
+/// The admin token: configured, or read from / generated into `<data-dir>/admin-token`.
+fn admin_token(config: &Config) -> anyhow::Result<String> {
+    if !config.admin_token.0.is_empty() {
+        return Ok(config.admin_token.0.clone());
+    }
+    let path = config.data_dir.join("admin-token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let token = crate::ids::secret_token();
+    write_secret(&path, &token)?;
+    tracing::info!(path = %path.display(), "generated the admin token; it is in this file");
+    Ok(token)
+}
+
+fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(secret.as_bytes())?;
+    f.write_all(b"\n")?;
+    Ok(())
+}
+
+/// A started server.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, drains in-flight requests (up to the grace period), closes the
+    /// store, and waits for all of it.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Waits until the server stops (after [`Running::shutdown`] or a fatal error).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+
+    pub fn trigger(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+/// Starts Lintel: opens the store, applies pending migrations, binds the listener.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let store = open_store(&config).await?;
+    if config.auto_migrate {
+        let applied =
+            crate::migrations::apply_pending(store.as_ref(), &config.migrations_path()).await?;
+        if !applied.is_empty() {
+            tracing::info!(count = applied.len(), "applied pending migrations");
+        }
+    }
+    let token = {
+        let cfg = config.clone();
+        tokio::task::spawn_blocking(move || admin_token(&cfg)).await??
+    };
+    let catalog = load_catalog(store.as_ref()).await?;
+    let (router, openapi) = crate::http::api();
+    let openapi_json = Bytes::from(
+        openapi
+            .to_json()
+            .context("serialising the OpenAPI document")?,
+    );
+    let state = AppState(Arc::new(Inner {
+        admin_digest: token_digest(&token),
+        config,
+        store,
+        catalog: RwLock::new(Arc::new(catalog)),
+        versions: VersionClock::default(),
+        metrics: crate::telemetry::metrics_handle(),
+        openapi_json,
+    }));
+    let router = crate::http::finish(router, state.clone());
+
+    let edge = axum::middleware::from_fn(crate::http::edge::edge);
+    let version = axum::middleware::from_fn(crate::http::edge::version);
+    let inner = edge.layer(version.layer(router));
+    let panic = CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
+        tracing::error!("a request handler panicked");
+        axum::response::IntoResponse::into_response(ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "The server failed to handle the request.",
+        ))
+    });
+    let service = panic.layer(inner);
+    let app: axum::Router = if state.config.http.compression {
+        axum::Router::new().fallback_service(CompressionLayer::new().layer(service))
+    } else {
+        axum::Router::new().fallback_service(service)
+    };
+
+    let listener = tokio::net::TcpListener::bind(state.config.listen)
+        .await
+        .with_context(|| format!("listening on {}", state.config.listen))?;
+    let addr = listener.local_addr()?;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tracing::info!(%addr, "listening");
+
+    let (shutdown, rx) = watch::channel(false);
+    let grace = Duration::from_millis(state.config.http.shutdown_grace_ms);
+    let task_state = state.clone();
+    let task = tokio::spawn(async move {
+        let upkeep = tokio::spawn(upkeep(task_state.clone(), rx.clone()));
+        let mut stop = rx.clone();
+        let mut deadline = rx.clone();
+        let server =
+            axum::serve(listener, app.into_make_service()).with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+                tracing::info!("shutting down: no new connections, draining requests");
+            });
+        tokio::select! {
+            r = server => {
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "server stopped with an error");
+                }
+            }
+            _ = async move {
+                let _ = deadline.wait_for(|s| *s).await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over; dropping remaining connections");
+            }
+        }
+        upkeep.abort();
+        task_state.store.close().await;
+        tracing::info!("store closed; stopped");
+    });
+    Ok(Running {
+        addr,
+        state,
+        shutdown,
+        task,
+    })
+}
+
+/// Periodic housekeeping: expired idempotency keys, metric upkeep.
+async fn upkeep(state: AppState, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        state.metrics.run_upkeep();
+        n += 1;
+        if n % 120 == 1 {
+            let cutoff = crate::clock::now_ms() - (state.config.idempotency.ttl_secs * 1000) as i64;
+            match state.store.idempotency_purge(cutoff).await {
+                Ok(0) => {}
+                Ok(count) => tracing::info!(count, "purged expired idempotency keys"),
+                Err(e) => tracing::warn!(error = %e, "purging idempotency keys failed"),
+            }
+        }
+    }
+}
+
+/// Runs until SIGTERM or Ctrl-C, then shuts down gracefully.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let running = start(config).await?;
+    let trigger = running.trigger();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = trigger.send(true);
+    });
+    running.wait().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("Ctrl-C received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,639 @@
+//! What a collection is: its spec as clients send it, validation of that spec, and the
+//! compiled form (regexes, JSON Schema validator, field lookup) the records code uses.
+//!
+//! This module owns the rules for names and field options; it does no I/O.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::error::{FieldErrors, push_field_error};
+
+/// System fields every record has; clients cannot set them.
+pub const SYSTEM_FIELDS: [&str; 4] = ["id", "created", "updated", "version"];
+
+/// Names a field may not take (system fields and response members).
+const RESERVED_FIELDS: [&str; 8] = [
+    "id",
+    "created",
+    "updated",
+    "version",
+    "expand",
+    "_links",
+    "data",
+    "collection",
+];
+
+/// Names a collection may not take (they collide with routes or internal tables).
+const RESERVED_COLLECTIONS: [&str; 9] = [
+    "collections",
+    "batch",
+    "health",
+    "ready",
+    "metrics",
+    "openapi",
+    "records",
+    "migrations",
+    "auth",
+];
+
+const MAX_NAME_LEN: usize = 48;
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CollectionKind {
+    /// A real SQL table, one column per field.
+    #[default]
+    Table,
+    /// Any JSON object per record, optionally checked against a JSON Schema.
+    Document,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldType {
+    Text,
+    Number,
+    Integer,
+    Bool,
+    Email,
+    Url,
+    Datetime,
+    Select,
+    Json,
+    Relation,
+}
+
+impl FieldType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FieldType::Text => "text",
+            FieldType::Number => "number",
+            FieldType::Integer => "integer",
+            FieldType::Bool => "bool",
+            FieldType::Email => "email",
+            FieldType::Url => "url",
+            FieldType::Datetime => "datetime",
+            FieldType::Select => "select",
+            FieldType::Json => "json",
+            FieldType::Relation => "relation",
+        }
+    }
+
+    /// Stored as text and compared as strings.
+    pub fn is_textual(self) -> bool {
+        matches!(
+            self,
+            FieldType::Text
+                | FieldType::Email
+                | FieldType::Url
+                | FieldType::Datetime
+                | FieldType::Select
+                | FieldType::Relation
+        )
+    }
+}
+
+/// One field of a table collection.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FieldSpec {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub field_type: FieldType,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub required: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub unique: bool,
+    /// Minimum length (text), value (number, integer) or item count (multiple relation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// Maximum length (text), value (number, integer), item count, or bytes (json).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    /// A regular expression the whole value must match (text, email, url).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// The value used when a record is created without this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object)]
+    pub default: Option<Value>,
+    /// The allowed values of a select.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<Vec<String>>,
+    /// The target collection of a relation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collection: Option<String>,
+    /// A relation to many records (stored as a JSON array of ids).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub multiple: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// An index over one or more fields (for document collections: JSON paths).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IndexSpec {
+    /// Generated from the collection and fields when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub fields: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub unique: bool,
+}
+
+/// A collection as clients create it and as it is stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CollectionSpec {
+    pub name: String,
+    #[serde(default)]
+    pub kind: CollectionKind,
+    #[serde(default)]
+    pub fields: Vec<FieldSpec>,
+    #[serde(default)]
+    pub indexes: Vec<IndexSpec>,
+    /// A JSON Schema every record of a document collection must satisfy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object)]
+    pub schema: Option<Value>,
+}
+
+/// A compiled collection: the spec plus what validation needs at run time.
+#[derive(Debug)]
+pub struct Collection {
+    pub spec: CollectionSpec,
+    pub created: String,
+    pub updated: String,
+    field_index: HashMap<String, usize>,
+    patterns: Vec<Option<Regex>>,
+    validator: Option<jsonschema::Validator>,
+}
+
+impl Collection {
+    /// Compiles a spec that [`validate_spec`] accepted.
+    pub fn compile(spec: CollectionSpec, created: String, updated: String) -> Result<Self, String> {
+        let mut field_index = HashMap::new();
+        let mut patterns = Vec::with_capacity(spec.fields.len());
+        for (i, f) in spec.fields.iter().enumerate() {
+            field_index.insert(f.name.clone(), i);
+            patterns.push(match &f.pattern {
+                Some(p) => Some(compile_pattern(p)?),
+                None => None,
+            });
+        }
+        let validator = match &spec.schema {
+            Some(schema) => Some(jsonschema::validator_for(schema).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        Ok(Self {
+            spec,
+            created,
+            updated,
+            field_index,
+            patterns,
+            validator,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    pub fn kind(&self) -> CollectionKind {
+        self.spec.kind
+    }
+
+    pub fn is_document(&self) -> bool {
+        self.spec.kind == CollectionKind::Document
+    }
+
+    pub fn fields(&self) -> &[FieldSpec] {
+        &self.spec.fields
+    }
+
+    pub fn field(&self, name: &str) -> Option<&FieldSpec> {
+        self.field_index.get(name).map(|&i| &self.spec.fields[i])
+    }
+
+    pub fn pattern(&self, name: &str) -> Option<&Regex> {
+        self.field_index
+            .get(name)
+            .and_then(|&i| self.patterns.get(i))
+            .and_then(|p| p.as_ref())
+    }
+
+    pub fn json_schema(&self) -> Option<&jsonschema::Validator> {
+        self.validator.as_ref()
+    }
+}
+
+fn compile_pattern(p: &str) -> Result<Regex, String> {
+    regex::RegexBuilder::new(&format!("^(?:{p})$"))
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// The set of collections currently defined, shared read-only by requests.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    pub collections: HashMap<String, Arc<Collection>>,
+}
+
+impl Catalog {
+    pub fn get(&self, name: &str) -> Option<Arc<Collection>> {
+        self.collections.get(name).cloned()
+    }
+
+    /// Collections that relate to `target`, with the relation fields.
+    pub fn referrers(&self, target: &str) -> Vec<(Arc<Collection>, FieldSpec)> {
+        let mut out = Vec::new();
+        for c in self.collections.values() {
+            for f in c.fields() {
+                if f.field_type == FieldType::Relation && f.collection.as_deref() == Some(target) {
+                    out.push((c.clone(), f.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.collections.keys().cloned().collect()
+    }
+}
+
+/// A valid identifier: a letter, then letters, digits or underscores, at most 48 long.
+pub fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
+        && name.len() <= MAX_NAME_LEN
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Checks a collection name; the message says why it is refused.
+pub fn check_collection_name(name: &str) -> Result<(), String> {
+    if !is_identifier(name) {
+        return Err(format!(
+            "must start with a letter and hold only letters, digits and underscores (at most {MAX_NAME_LEN})"
+        ));
+    }
+    let lower = name.to_ascii_lowercase();
+    if RESERVED_COLLECTIONS.contains(&lower.as_str())
+        || lower.starts_with("sqlite_")
+        || lower.starts_with("pg_")
+        || lower.starts_with("lintel")
+    {
+        return Err(format!("'{name}' is reserved"));
+    }
+    Ok(())
+}
+
+/// Checks a field name.
+pub fn check_field_name(name: &str) -> Result<(), String> {
+    if !is_identifier(name) {
+        return Err(format!(
+            "must start with a letter and hold only letters, digits and underscores (at most {MAX_NAME_LEN})"
+        ));
+    }
+    if RESERVED_FIELDS.contains(&name.to_ascii_lowercase().as_str()) {
+        return Err(format!("'{name}' is reserved"));
+    }
+    Ok(())
+}
+
+/// Fills generated index names and the unique indexes of `unique` fields.
+pub fn normalize_spec(spec: &mut CollectionSpec) {
+    for idx in &mut spec.indexes {
+        if idx.name.is_none() {
+            idx.name = Some(index_name(&spec.name, &idx.fields, idx.unique));
+        }
+    }
+}
+
+/// The generated name of an index.
+pub fn index_name(collection: &str, fields: &[String], unique: bool) -> String {
+    let cols: Vec<String> = fields.iter().map(|f| f.replace('.', "_")).collect();
+    format!(
+        "{collection}__{}__{}",
+        cols.join("_"),
+        if unique { "uniq" } else { "idx" }
+    )
+}
+
+/// Validates a whole spec against the names of the collections it will live beside.
+/// With `altering`, the spec replaces the collection of the same name.
+pub fn validate_spec(spec: &CollectionSpec, existing: &[String], altering: bool) -> FieldErrors {
+    let mut errors = FieldErrors::new();
+    if let Err(msg) = check_collection_name(&spec.name) {
+        push_field_error(&mut errors, "name", "invalid_name", msg);
+    } else if !altering && existing.iter().any(|n| n.eq_ignore_ascii_case(&spec.name)) {
+        push_field_error(
+            &mut errors,
+            "name",
+            "already_exists",
+            format!("a collection named '{}' already exists", spec.name),
+        );
+    }
+
+    match spec.kind {
+        CollectionKind::Document => {
+            if !spec.fields.is_empty() {
+                push_field_error(
+                    &mut errors,
+                    "fields",
+                    "not_allowed",
+                    "document collections take a JSON Schema in 'schema', not fields",
+                );
+            }
+            if let Some(schema) = &spec.schema {
+                if !schema.is_object() && !schema.is_boolean() {
+                    push_field_error(
+                        &mut errors,
+                        "schema",
+                        "invalid_schema",
+                        "must be a JSON Schema object",
+                    );
+                } else if let Err(e) = jsonschema::meta::validate(schema) {
+                    push_field_error(
+                        &mut errors,
+                        "schema",
+                        "invalid_schema",
+                        format!("not a valid JSON Schema: {e}"),
+                    );
+                } else if let Err(e) = jsonschema::validator_for(schema) {
+                    push_field_error(
+                        &mut errors,
+                        "schema",
+                        "invalid_schema",
+                        format!("not a usable JSON Schema: {e}"),
+                    );
+                }
+            }
+        }
+        CollectionKind::Table => {
+            if spec.schema.is_some() {
+                push_field_error(
+                    &mut errors,
+                    "schema",
+                    "not_allowed",
+                    "only document collections take a JSON Schema",
+                );
+            }
+        }
+    }
+
+    let mut seen = HashSet::new();
+    for (i, f) in spec.fields.iter().enumerate() {
+        validate_field(f, i, spec, existing, &mut seen, &mut errors);
+    }
+
+    let mut index_names = HashSet::new();
+    for (i, idx) in spec.indexes.iter().enumerate() {
+        let key = format!("indexes[{i}]");
+        if idx.fields.is_empty() {
+            push_field_error(
+                &mut errors,
+                format!("{key}.fields"),
+                "required",
+                "an index needs at least one field",
+            );
+        }
+        if idx.fields.len() > 8 {
+            push_field_error(
+                &mut errors,
+                format!("{key}.fields"),
+                "too_many",
+                "an index covers at most 8 fields",
+            );
+        }
+        for name in &idx.fields {
+            let ok = match spec.kind {
+                CollectionKind::Table => {
+                    SYSTEM_FIELDS.contains(&name.as_str())
+                        || spec.fields.iter().any(|f| &f.name == name)
+                }
+                CollectionKind::Document => {
+                    SYSTEM_FIELDS.contains(&name.as_str())
+                        || (!name.is_empty()
+                            && name
+                                .split('.')
+                                .all(|s| is_identifier(s) || s.parse::<u32>().is_ok()))
+                }
+            };
+            if !ok {
+                push_field_error(
+                    &mut errors,
+                    format!("{key}.fields"),
+                    "unknown_field",
+                    format!("no field '{name}'"),
+                );
+            }
+        }
+        if let Some(name) = &idx.name {
+            if !is_identifier(name) && !name.contains("__") {
+                push_field_error(
+                    &mut errors,
+                    format!("{key}.name"),
+                    "invalid_name",
+                    "letters, digits and underscores only",
+                );
+            }
+            if !index_names.insert(name.clone()) {
+                push_field_error(
+                    &mut errors,
+                    format!("{key}.name"),
+                    "duplicate",
+                    "two indexes have this name",
+                );
+            }
+        }
+    }
+    errors
+}
+
+fn validate_field(
+    f: &FieldSpec,
+    i: usize,
+    spec: &CollectionSpec,
+    existing: &[String],
+    seen: &mut HashSet<String>,
+    errors: &mut FieldErrors,
+) {
+    let key = format!("fields[{i}]");
+    if let Err(msg) = check_field_name(&f.name) {
+        push_field_error(errors, format!("{key}.name"), "invalid_name", msg);
+    } else if !seen.insert(f.name.to_ascii_lowercase()) {
+        push_field_error(
+            errors,
+            format!("{key}.name"),
+            "duplicate",
+            format!("field '{}' is defined twice", f.name),
+        );
+    }
+    let t = f.field_type;
+    let allow = |opt: &str| -> bool {
+        match opt {
+            "minmax" => matches!(
+                t,
+                FieldType::Text
+                    | FieldType::Number
+                    | FieldType::Integer
+                    | FieldType::Json
+                    | FieldType::Relation
+            ),
+            "pattern" => matches!(t, FieldType::Text | FieldType::Email | FieldType::Url),
+            _ => false,
+        }
+    };
+    if (f.min.is_some() || f.max.is_some()) && !allow("minmax") {
+        push_field_error(
+            errors,
+            format!("{key}.min"),
+            "not_allowed",
+            format!("a {} field takes no min or max", t.as_str()),
+        );
+    }
+    if let (Some(min), Some(max)) = (f.min, f.max)
+        && min > max
+    {
+        push_field_error(
+            errors,
+            format!("{key}.min"),
+            "invalid",
+            "min is greater than max",
+        );
+    }
+    for (opt, v) in [("min", f.min), ("max", f.max)] {
+        if let Some(v) = v
+            && (!v.is_finite()
+                || (t != FieldType::Number
+                    && (v < 0.0 && t != FieldType::Integer || v.fract() != 0.0)))
+        {
+            push_field_error(
+                errors,
+                format!("{key}.{opt}"),
+                "invalid",
+                "must be a finite number (a whole one for lengths and integers)",
+            );
+        }
+    }
+    if let Some(p) = &f.pattern {
+        if !allow("pattern") {
+            push_field_error(
+                errors,
+                format!("{key}.pattern"),
+                "not_allowed",
+                format!("a {} field takes no pattern", t.as_str()),
+            );
+        } else if p.len() > 512 {
+            push_field_error(
+                errors,
+                format!("{key}.pattern"),
+                "too_long",
+                "at most 512 characters",
+            );
+        } else if let Err(e) = compile_pattern(p) {
+            push_field_error(
+                errors,
+                format!("{key}.pattern"),
+                "invalid_pattern",
+                format!("not a valid regular expression: {e}"),
+            );
+        }
+    }
+    match (t, &f.values) {
+        (FieldType::Select, None) => {
+            push_field_error(
+                errors,
+                format!("{key}.values"),
+                "required",
+                "a select field needs its list of values",
+            );
+        }
+        (FieldType::Select, Some(values)) => {
+            let unique: HashSet<&String> = values.iter().collect();
+            if values.is_empty()
+                || unique.len() != values.len()
+                || values.iter().any(|v| v.is_empty() || v.len() > 255)
+            {
+                push_field_error(
+                    errors,
+                    format!("{key}.values"),
+                    "invalid",
+                    "a non-empty list of distinct, non-empty strings",
+                );
+            }
+        }
+        (_, Some(_)) => {
+            push_field_error(
+                errors,
+                format!("{key}.values"),
+                "not_allowed",
+                "only select fields take values",
+            );
+        }
+        _ => {}
+    }
+    match (t, &f.collection) {
+        (FieldType::Relation, None) => {
+            push_field_error(
+                errors,
+                format!("{key}.collection"),
+                "required",
+                "a relation needs its target collection",
+            );
+        }
+        (FieldType::Relation, Some(target)) => {
+            if target != &spec.name && !existing.iter().any(|n| n == target) {
+                push_field_error(
+                    errors,
+                    format!("{key}.collection"),
+                    "unknown_collection",
+                    format!("no collection '{target}'"),
+                );
+            }
+        }
+        (_, Some(_)) => {
+            push_field_error(
+                errors,
+                format!("{key}.collection"),
+                "not_allowed",
+                "only relation fields take a collection",
+            );
+        }
+        _ => {}
+    }
+    if f.multiple && t != FieldType::Relation {
+        push_field_error(
+            errors,
+            format!("{key}.multiple"),
+            "not_allowed",
+            "only relation fields can be multiple",
+        );
+    }
+    if f.unique && (t == FieldType::Json || f.multiple) {
+        push_field_error(
+            errors,
+            format!("{key}.unique"),
+            "not_allowed",
+            "json and multiple relation fields cannot be unique",
+        );
+    }
+    if f.default.is_some() && (f.unique || t == FieldType::Relation) {
+        push_field_error(
+            errors,
+            format!("{key}.default"),
+            "not_allowed",
+            "unique and relation fields take no default",
+        );
+    }
+}

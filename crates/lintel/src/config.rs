@@ -1,0 +1,309 @@
+//! Typed configuration, layered: defaults, then `lintel.toml`, then `LINTEL_*`
+//! environment variables (`__` separates nesting levels, e.g. `LINTEL_HTTP__BODY_LIMIT`;
+//! `LINTEL_ADMIN_TOKEN_FILE` reads the token from a file), then command-line flags.
+//!
+//! The resulting [`Config`] is passed through `AppState`; nothing here is global.
+//! Unknown keys are reported back to the caller so they can be logged as warnings.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Value as FigValue};
+use serde::{Deserialize, Serialize};
+
+/// A secret string whose `Debug` never shows the value.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("Secret(<unset>)")
+        } else {
+            f.write_str("Secret(<redacted>)")
+        }
+    }
+}
+
+/// Everything Lintel can be configured with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the embedded store, the admin token and the migrations live.
+    pub data_dir: PathBuf,
+    /// Where collection migration files are written and read; empty = `<data_dir>/migrations`.
+    pub migrations_dir: PathBuf,
+    /// The address to listen on.
+    pub listen: SocketAddr,
+    /// The admin bearer token; empty = generated on first start into `<data_dir>/admin-token`.
+    pub admin_token: Secret,
+    /// Apply pending migration files at start-up.
+    pub auto_migrate: bool,
+    pub log: LogConfig,
+    pub http: HttpConfig,
+    pub store: StoreConfig,
+    pub idempotency: IdempotencyConfig,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// JSON when stderr is not a terminal, human-readable otherwise.
+    Auto,
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// An `EnvFilter` directive, e.g. `info` or `lintel=debug,info`.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Largest request body accepted, in bytes.
+    pub body_limit: usize,
+    /// Longest time a request may take before it is answered with 503, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// How long in-flight requests get to finish after a shutdown signal, in milliseconds.
+    pub shutdown_grace_ms: u64,
+    /// Compress responses (gzip) when the client accepts it.
+    pub compression: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// WAL + `synchronous=NORMAL`: a committed write survives a process crash; the last
+    /// commits before a power loss may be lost (the database stays consistent).
+    Normal,
+    /// `synchronous=FULL`: every commit is fsynced before it is acknowledged.
+    Full,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Read-only SQLite connections, each on its own thread.
+    pub readers: usize,
+    /// Durability of commits.
+    pub synchronous: Synchronous,
+    /// How long a connection waits on a locked database, in milliseconds.
+    pub busy_timeout_ms: u64,
+    /// The most writes grouped into one transaction.
+    pub max_group_commit: usize,
+    /// Writes waiting for the writer before new ones get 503.
+    pub write_queue: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdempotencyConfig {
+    /// How long a stored response is replayed, in seconds.
+    pub ttl_secs: u64,
+    /// A key still marked in flight after this many seconds is considered abandoned.
+    pub lock_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./lintel_data"),
+            migrations_dir: PathBuf::new(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
+            admin_token: Secret::default(),
+            auto_migrate: true,
+            log: LogConfig::default(),
+            http: HttpConfig::default(),
+            store: StoreConfig::default(),
+            idempotency: IdempotencyConfig::default(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Auto,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            body_limit: 2 * 1024 * 1024,
+            request_timeout_ms: 30_000,
+            shutdown_grace_ms: 10_000,
+            compression: true,
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            readers: 4,
+            synchronous: Synchronous::Normal,
+            busy_timeout_ms: 5_000,
+            max_group_commit: 256,
+            write_queue: 4096,
+        }
+    }
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self {
+            ttl_secs: 24 * 3600,
+            lock_secs: 60,
+        }
+    }
+}
+
+impl Config {
+    /// The folder migration files live in.
+    pub fn migrations_path(&self) -> PathBuf {
+        if self.migrations_dir.as_os_str().is_empty() {
+            self.data_dir.join("migrations")
+        } else {
+            self.migrations_dir.clone()
+        }
+    }
+
+    /// The SQLite database file.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("data.db")
+    }
+}
+
+/// Values given on the command line; each `Some` overrides every other layer.
+#[derive(Debug, Default, Serialize)]
+pub struct FlagOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migrations_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// The loaded configuration and the keys nobody knows (to be logged once logging is up).
+pub struct Loaded {
+    pub config: Config,
+    pub unknown_keys: Vec<String>,
+}
+
+/// Loads the layers. `file` is the explicit `--config` path; without it `lintel.toml`
+/// in the working directory is read when present.
+pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Result<Loaded> {
+    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    match file {
+        Some(path) => {
+            anyhow::ensure!(
+                path.exists(),
+                "configuration file {} does not exist",
+                path.display()
+            );
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        None if Path::new("lintel.toml").exists() => {
+            figment = figment.merge(Toml::file_exact("lintel.toml"));
+        }
+        None => {}
+    }
+    figment = figment
+        .merge(
+            Env::prefixed("LINTEL_")
+                .split("__")
+                .filter(|k| !k.as_str().ends_with("_file") && !k.as_str().starts_with("test")),
+        )
+        .merge(Serialized::globals(flags));
+
+    // Keys that no field takes are reported, not fatal: a typo in an environment
+    // variable should not stop a deploy, but it must be visible.
+    let known = key_set(&Figment::from(Serialized::defaults(Config::default())))?;
+    let given = key_set(&figment)?;
+    let unknown_keys: Vec<String> = given.difference(&known).cloned().collect();
+    let mut pruned = Figment::from(Serialized::defaults(Config::default()));
+    for (key, value) in flatten(&figment)? {
+        if known.contains(&key) {
+            pruned = pruned.merge(Serialized::global(&key, value));
+        }
+    }
+    let mut config: Config = pruned
+        .extract()
+        .context("invalid configuration (check lintel.toml, LINTEL_* variables and flags)")?;
+
+    if let Ok(path) = std::env::var("LINTEL_ADMIN_TOKEN_FILE") {
+        let token = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading LINTEL_ADMIN_TOKEN_FILE {path}"))?;
+        config.admin_token = Secret(token.trim().to_owned());
+    }
+    Ok(Loaded {
+        config,
+        unknown_keys,
+    })
+}
+
+fn flatten(figment: &Figment) -> anyhow::Result<Vec<(String, FigValue)>> {
+    let dict = figment
+        .extract::<Dict>()
+        .context("reading the configuration (check lintel.toml and LINTEL_* variables)")?;
+    let mut out = Vec::new();
+    walk("", &dict, &mut out);
+    Ok(out)
+}
+
+fn walk(prefix: &str, dict: &Dict, out: &mut Vec<(String, FigValue)>) {
+    for (key, value) in dict {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match value {
+            FigValue::Dict(_, inner) => walk(&path, inner, out),
+            other => out.push((path, other.clone())),
+        }
+    }
+}
+
+fn key_set(figment: &Figment) -> anyhow::Result<BTreeSet<String>> {
+    Ok(flatten(figment)?.into_iter().map(|(k, _)| k).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_debug_hides_value() {
+        let s = Secret("hunter2".into());
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn flags_override_defaults() {
+        let flags = FlagOverrides {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9999))),
+            ..Default::default()
+        };
+        let loaded = load(None, &flags);
+        assert!(loaded.is_ok());
+        if let Ok(loaded) = loaded {
+            assert_eq!(loaded.config.listen.port(), 9999);
+            assert_eq!(loaded.config.http.body_limit, 2 * 1024 * 1024);
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! The HTTP layer shared by every capability: the route table (each capability
+//! contributes its own `router()`), the middleware stack in the order requests cross
+//! it, extractors, and the OpenAPI document.
+//!
+//! Order, outermost first: compression, panic catcher, `edge` (request id, problem
+//! rendering), `version` (path/header version, before routing), then inside the
+//! router: `observe` (time limit, access log, metrics), idempotency, body limit, handler.
+
+pub mod edge;
+pub mod extract;
+pub mod idempotency;
+pub mod openapi;
+pub mod system;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::response::IntoResponse;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+/// Every documented route, with the OpenAPI document they make.
+pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(system::router())
+        .merge(crate::collections::router())
+        .merge(crate::records::router())
+        .merge(crate::batch::router())
+        .split_for_parts()
+}
+
+async fn no_route() -> impl IntoResponse {
+    ApiError::new(
+        axum::http::StatusCode::NOT_FOUND,
+        "route_not_found",
+        "No endpoint at this path; see /v1/openapi.json.",
+    )
+}
+
+/// Adds the layers that run after routing and binds the state.
+pub fn finish(router: Router<AppState>, state: AppState) -> Router {
+    let body_limit = state.config.http.body_limit;
+    router
+        .fallback(no_route)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::idempotency,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            edge::observe,
+        ))
+        .with_state(state)
+}

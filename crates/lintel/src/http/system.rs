@@ -1,0 +1,82 @@
+//! Operational endpoints: liveness, readiness, Prometheus metrics and the OpenAPI
+//! document.
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::http::openapi::ProblemDoc;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(ready))
+        .routes(routes!(openapi_json))
+        .routes(routes!(metrics))
+}
+
+#[utoipa::path(get, path = "/v1/health", tag = "system", summary = "Liveness",
+    responses((status = 200, description = "The process is up", body = serde_json::Value)))]
+async fn health() -> Response {
+    let mut res = axum::Json(json!({ "status": "ok" })).into_response();
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+#[utoipa::path(get, path = "/v1/ready", tag = "system", summary = "Readiness: the store answers",
+    responses(
+        (status = 200, description = "Ready", body = serde_json::Value),
+        (status = 503, description = "The store does not answer", body = ProblemDoc, content_type = "application/problem+json"),
+    ))]
+async fn ready(State(state): State<AppState>) -> Result<Response, ApiError> {
+    match tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping()).await {
+        Ok(Ok(())) => {
+            let mut res = axum::Json(json!({ "status": "ready" })).into_response();
+            res.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            Ok(res)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            Err(ApiError::unavailable(
+                "not_ready",
+                "The store is not reachable.",
+                5,
+            ))
+        }
+        Err(_) => Err(ApiError::unavailable(
+            "not_ready",
+            "The store did not answer in time.",
+            5,
+        )),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "system", summary = "This OpenAPI 3.1 document",
+    responses((status = 200, description = "The document", body = serde_json::Value)))]
+async fn openapi_json(State(state): State<AppState>) -> Response {
+    let mut res = (StatusCode::OK, state.openapi_json.clone()).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "system", summary = "Prometheus metrics (text format)",
+    responses((status = 200, description = "Metrics", content_type = "text/plain")))]
+async fn metrics(State(state): State<AppState>) -> Response {
+    let body = state.metrics.render();
+    let mut res = (StatusCode::OK, body).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    res
+}

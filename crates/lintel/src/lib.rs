@@ -1,0 +1,24 @@
+//! Lintel: a backend server in one binary. This library holds everything; the `lintel`
+//! binary only parses the command line and calls [`cli::run`].
+//!
+//! Capabilities live in their own modules, each with its router and service code:
+//! [`collections`], [`records`], [`batch`]. Shared layers: [`http`] (the edge),
+//! [`store`] (the storage trait and its SQLite implementation), [`migrations`],
+//! [`config`], [`error`]. See docs/ARCHITECTURE.md.
+
+pub mod app;
+pub mod batch;
+pub mod cli;
+pub mod clock;
+pub mod collections;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod ids;
+pub mod migrations;
+pub mod records;
+pub mod store;
+pub mod telemetry;
+
+pub use app::{AppState, Running, start};
+pub use config::Config;

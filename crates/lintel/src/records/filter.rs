@@ -1,0 +1,470 @@
+//! Compiles a parsed filter (`lintel_filter::Expr`) into an SQL condition for one
+//! collection. Every literal becomes a bound parameter; every field is looked up in the
+//! collection's schema (or, in a document collection, becomes a JSON path parameter);
+//! operators map to a fixed set of SQL fragments. Type mismatches are reported with the
+//! position in the filter text.
+
+use lintel_filter::{CompareOp, Expr, Literal, Operand, Span};
+
+use crate::clock::normalize_datetime;
+use crate::collections::model::{Collection, FieldSpec, FieldType};
+use crate::store::sql::{Sql, SqlValue, like_escape};
+
+/// A filter that cannot be compiled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilterError {
+    pub code: &'static str,
+    pub message: String,
+    pub position: usize,
+}
+
+fn err(code: &'static str, span: Span, message: impl Into<String>) -> FilterError {
+    FilterError {
+        code,
+        message: message.into(),
+        position: span.start,
+    }
+}
+
+/// The type of a column or JSON value as the compiler sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Text,
+    Datetime,
+    Number,
+    Bool,
+    /// A multiple relation: a JSON array of ids.
+    IdList,
+    /// A JSON value: compared by its JSON type, contains works on arrays and strings.
+    Json,
+}
+
+/// Where a field operand reads from.
+enum Target {
+    Column { name: String, kind: Kind },
+    JsonPath { column: String, path: Vec<String> },
+}
+
+/// Resolves a field path against the collection: a system field, a table field (a
+/// path continues into a json field), or any path into a document.
+fn resolve(coll: &Collection, path: &[String], span: Span) -> Result<Target, FilterError> {
+    let Some(first) = path.first() else {
+        return Err(err("unknown_field", span, "empty field name"));
+    };
+    let system = match first.as_str() {
+        "id" => Some(Kind::Text),
+        "created" | "updated" => Some(Kind::Datetime),
+        "version" => Some(Kind::Number),
+        _ => None,
+    };
+    if let Some(kind) = system {
+        if path.len() > 1 {
+            return Err(err(
+                "unknown_field",
+                span,
+                format!("'{first}' has no members"),
+            ));
+        }
+        return Ok(Target::Column {
+            name: first.clone(),
+            kind,
+        });
+    }
+    if coll.is_document() {
+        return Ok(Target::JsonPath {
+            column: "data".into(),
+            path: path.to_vec(),
+        });
+    }
+    let Some(field) = coll.field(first) else {
+        return Err(err(
+            "unknown_field",
+            span,
+            format!("collection '{}' has no field '{first}'", coll.name()),
+        ));
+    };
+    if field.field_type == FieldType::Json {
+        return Ok(Target::JsonPath {
+            column: field.name.clone(),
+            path: path[1..].to_vec(),
+        });
+    }
+    if path.len() > 1 {
+        return Err(err(
+            "unknown_field",
+            span,
+            format!(
+                "field '{first}' is a {} and has no members",
+                field.field_type.as_str()
+            ),
+        ));
+    }
+    Ok(Target::Column {
+        name: field.name.clone(),
+        kind: field_kind(field),
+    })
+}
+
+fn field_kind(f: &FieldSpec) -> Kind {
+    match f.field_type {
+        FieldType::Number | FieldType::Integer => Kind::Number,
+        FieldType::Bool => Kind::Bool,
+        FieldType::Datetime => Kind::Datetime,
+        FieldType::Json => Kind::Json,
+        FieldType::Relation if f.multiple => Kind::IdList,
+        _ => Kind::Text,
+    }
+}
+
+/// A literal side, after macros are expanded.
+enum Value {
+    Null,
+    Text(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+fn literal_value(op: &Operand, now: &str) -> Result<Option<(Value, Span)>, FilterError> {
+    Ok(match op {
+        Operand::Field { .. } => None,
+        Operand::Literal { value, span } => Some((
+            match value {
+                Literal::Null => Value::Null,
+                Literal::String(s) => Value::Text(s.clone()),
+                Literal::Integer(i) => Value::Int(*i),
+                Literal::Float(f) => Value::Float(*f),
+                Literal::Bool(b) => Value::Bool(*b),
+            },
+            *span,
+        )),
+        Operand::Macro { path, span } => match path
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            ["now"] => Some((Value::Text(now.to_owned()), *span)),
+            _ => {
+                return Err(err(
+                    "unknown_macro",
+                    *span,
+                    format!("unknown macro '@{}' (supported: @now)", path.join(".")),
+                ));
+            }
+        },
+    })
+}
+
+/// Compiles `expr` into `sql` as a condition.
+pub fn compile(
+    expr: &Expr,
+    coll: &Collection,
+    now: &str,
+    sql: &mut Sql,
+) -> Result<(), FilterError> {
+    match expr {
+        Expr::And(a, b) | Expr::Or(a, b) => {
+            sql.push("(");
+            compile(a, coll, now, sql)?;
+            sql.push(if matches!(expr, Expr::And(..)) {
+                " AND "
+            } else {
+                " OR "
+            });
+            compile(b, coll, now, sql)?;
+            sql.push(")");
+            Ok(())
+        }
+        Expr::Compare {
+            left,
+            op,
+            right,
+            span,
+        } => compare(left, *op, right, *span, coll, now, sql),
+    }
+}
+
+fn flip(op: CompareOp) -> Option<CompareOp> {
+    Some(match op {
+        CompareOp::Eq => CompareOp::Eq,
+        CompareOp::Ne => CompareOp::Ne,
+        CompareOp::Gt => CompareOp::Lt,
+        CompareOp::Ge => CompareOp::Le,
+        CompareOp::Lt => CompareOp::Gt,
+        CompareOp::Le => CompareOp::Ge,
+        CompareOp::Like | CompareOp::NotLike => return None,
+    })
+}
+
+fn sql_op(op: CompareOp) -> &'static str {
+    match op {
+        CompareOp::Eq => " = ",
+        CompareOp::Ne => " <> ",
+        CompareOp::Gt => " > ",
+        CompareOp::Ge => " >= ",
+        CompareOp::Lt => " < ",
+        CompareOp::Le => " <= ",
+        CompareOp::Like | CompareOp::NotLike => " LIKE ",
+    }
+}
+
+fn write_target(sql: &mut Sql, table: &str, t: &Target) {
+    match t {
+        Target::Column { name, .. } => {
+            sql.column(table, name);
+        }
+        Target::JsonPath { column, path } => sql.json_path(table, column, path),
+    }
+}
+
+fn compare(
+    left: &Operand,
+    op: CompareOp,
+    right: &Operand,
+    span: Span,
+    coll: &Collection,
+    now: &str,
+    sql: &mut Sql,
+) -> Result<(), FilterError> {
+    let table = coll.name();
+    let lv = literal_value(left, now)?;
+    let rv = literal_value(right, now)?;
+    match (left, lv, right, rv) {
+        (
+            Operand::Field { path: lp, span: ls },
+            None,
+            Operand::Field { path: rp, span: rs },
+            None,
+        ) => {
+            let a = resolve(coll, lp, *ls)?;
+            let b = resolve(coll, rp, *rs)?;
+            if matches!(op, CompareOp::Like | CompareOp::NotLike) {
+                return Err(err(
+                    "type_mismatch",
+                    span,
+                    "~ and !~ compare a field with a value, not two fields",
+                ));
+            }
+            let (ka, kb) = (kind_of(&a), kind_of(&b));
+            if ka != kb && ka != Kind::Json && kb != Kind::Json {
+                return Err(err(
+                    "type_mismatch",
+                    span,
+                    "the two fields have different types",
+                ));
+            }
+            if ka == Kind::IdList || kb == Kind::IdList {
+                return Err(err(
+                    "type_mismatch",
+                    span,
+                    "multiple relations cannot be compared with each other",
+                ));
+            }
+            sql.push("(");
+            write_target(sql, table, &a);
+            sql.push(if op == CompareOp::Ne {
+                sql.null_safe_ne()
+            } else {
+                sql_op(op)
+            });
+            write_target(sql, table, &b);
+            sql.push(")");
+            Ok(())
+        }
+        (Operand::Field { path, span: fs }, None, _, Some((v, vs))) => {
+            let t = resolve(coll, path, *fs)?;
+            field_vs_value(sql, table, &t, op, v, vs, span)
+        }
+        (_, Some((v, vs)), Operand::Field { path, span: fs }, None) => {
+            let Some(op) = flip(op) else {
+                return Err(err(
+                    "type_mismatch",
+                    span,
+                    "put the field on the left of ~ and !~",
+                ));
+            };
+            let t = resolve(coll, path, *fs)?;
+            field_vs_value(sql, table, &t, op, v, vs, span)
+        }
+        _ => Err(err(
+            "no_field",
+            span,
+            "a comparison needs a field on at least one side",
+        )),
+    }
+}
+
+fn kind_of(t: &Target) -> Kind {
+    match t {
+        Target::Column { kind, .. } => *kind,
+        Target::JsonPath { .. } => Kind::Json,
+    }
+}
+
+fn field_vs_value(
+    sql: &mut Sql,
+    table: &str,
+    t: &Target,
+    op: CompareOp,
+    v: Value,
+    vs: Span,
+    span: Span,
+) -> Result<(), FilterError> {
+    let kind = kind_of(t);
+    if let Value::Null = v {
+        return match op {
+            CompareOp::Eq | CompareOp::Ne => {
+                sql.push("(");
+                write_target(sql, table, t);
+                sql.push(if op == CompareOp::Eq {
+                    " IS NULL)"
+                } else {
+                    " IS NOT NULL)"
+                });
+                Ok(())
+            }
+            _ => Err(err(
+                "type_mismatch",
+                vs,
+                "null can only be compared with = and !=",
+            )),
+        };
+    }
+    let like = matches!(op, CompareOp::Like | CompareOp::NotLike);
+    let negate = op == CompareOp::NotLike;
+    let bound = match (kind, v) {
+        (Kind::Text, Value::Text(s)) => SqlValue::Text(s),
+        (Kind::Datetime, Value::Text(s)) => {
+            if like {
+                SqlValue::Text(s)
+            } else {
+                SqlValue::Text(normalize_datetime(&s).ok_or_else(|| {
+                    err(
+                        "type_mismatch",
+                        vs,
+                        format!("'{}' is not an RFC 3339 date-time", truncate(&s)),
+                    )
+                })?)
+            }
+        }
+        (Kind::Number, Value::Int(i)) => SqlValue::Int(i),
+        (Kind::Number, Value::Float(f)) => SqlValue::Float(f),
+        (Kind::Bool, Value::Bool(b)) => SqlValue::Bool(b),
+        (Kind::IdList, Value::Text(s)) => {
+            if !like {
+                return Err(err(
+                    "type_mismatch",
+                    span,
+                    "use ~ or !~ to test whether a multiple relation holds an id",
+                ));
+            }
+            sql.push(if negate {
+                "(NOT COALESCE("
+            } else {
+                "(COALESCE("
+            });
+            if let Target::Column { name, .. } = t {
+                sql.json_array_contains(table, name, SqlValue::Text(s));
+            }
+            sql.push(", FALSE))");
+            return Ok(());
+        }
+        (Kind::Json, v) => {
+            let value = match v {
+                Value::Text(s) => SqlValue::Text(s),
+                Value::Int(i) => SqlValue::Int(i),
+                Value::Float(f) => SqlValue::Float(f),
+                Value::Bool(b) => SqlValue::Bool(b),
+                Value::Null => SqlValue::Null,
+            };
+            if like {
+                let Target::JsonPath { column, path } = t else {
+                    return Err(err("type_mismatch", span, "~ needs a JSON path"));
+                };
+                let SqlValue::Text(s) = value else {
+                    return Err(err("type_mismatch", vs, "~ and !~ take a string"));
+                };
+                sql.push(if negate {
+                    "(NOT COALESCE("
+                } else {
+                    "(COALESCE("
+                });
+                sql.json_contains_or_like(table, column, path, s);
+                sql.push(", FALSE))");
+                return Ok(());
+            }
+            if op == CompareOp::Ne {
+                sql.push("(");
+                write_target(sql, table, t);
+                let ne = sql.null_safe_ne();
+                sql.push(ne).bind(value).push(")");
+            } else {
+                sql.push("(");
+                write_target(sql, table, t);
+                sql.push(sql_op(op)).bind(value).push(")");
+            }
+            return Ok(());
+        }
+        (kind, _) => {
+            return Err(err(
+                "type_mismatch",
+                vs,
+                format!(
+                    "the field holds {} values; this literal does not fit",
+                    kind_name(kind)
+                ),
+            ));
+        }
+    };
+    if like {
+        if !matches!(kind, Kind::Text | Kind::Datetime) {
+            return Err(err("type_mismatch", span, "~ and !~ work on text fields"));
+        }
+        let SqlValue::Text(s) = bound else {
+            return Err(err("type_mismatch", vs, "~ and !~ take a string"));
+        };
+        let pattern = format!("%{}%", like_escape(&s));
+        sql.push("(");
+        if negate {
+            write_target(sql, table, t);
+            sql.push(" IS NULL OR ");
+        }
+        sql.like_ci(negate, pattern, |sql| write_target(sql, table, t));
+        sql.push(")");
+        return Ok(());
+    }
+    if kind == Kind::Bool && !matches!(op, CompareOp::Eq | CompareOp::Ne) {
+        return Err(err(
+            "type_mismatch",
+            span,
+            "bool fields compare with = and != only",
+        ));
+    }
+    sql.push("(");
+    write_target(sql, table, t);
+    if op == CompareOp::Ne {
+        let ne = sql.null_safe_ne();
+        sql.push(ne);
+    } else {
+        sql.push(sql_op(op));
+    }
+    sql.bind(bound);
+    sql.push(")");
+    Ok(())
+}
+
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::Text => "text",
+        Kind::Datetime => "date-time",
+        Kind::Number => "number",
+        Kind::Bool => "true/false",
+        Kind::IdList => "record id",
+        Kind::Json => "JSON",
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(40).collect()
+}

@@ -1,0 +1,538 @@
+//! The list query: parsing `filter`, `sort`, `page`, `perPage`, `cursor`, `fields`,
+//! `expand` and `skipTotal`, and building the SELECT (offset or keyset pagination) and
+//! COUNT statements. Sort keys and projected fields are checked against the schema.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::Value;
+
+use crate::collections::model::{Collection, FieldType, SYSTEM_FIELDS, is_identifier};
+use crate::error::{ApiError, FieldErrors, push_field_error};
+use crate::records::filter::{FilterError, compile};
+use crate::store::Record;
+use crate::store::sql::{Dialect, Sql, SqlValue, record_columns};
+
+pub const DEFAULT_PER_PAGE: usize = 30;
+pub const MAX_PER_PAGE: usize = 500;
+const MAX_SORT_KEYS: usize = 8;
+const MAX_PAGE: usize = 1_000_000;
+
+/// The raw query parameters of a list request.
+#[derive(Debug, Default, Clone)]
+pub struct ListParams {
+    pub filter: Option<String>,
+    pub sort: Option<String>,
+    pub page: Option<String>,
+    pub per_page: Option<String>,
+    pub fields: Option<String>,
+    pub expand: Option<String>,
+    pub skip_total: Option<String>,
+    pub cursor: Option<String>,
+}
+
+impl ListParams {
+    pub fn from_query(query: &str) -> Self {
+        let mut p = ListParams::default();
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+            let v = Some(v.into_owned());
+            match k.as_ref() {
+                "filter" => p.filter = v,
+                "sort" => p.sort = v,
+                "page" => p.page = v,
+                "perPage" => p.per_page = v,
+                "fields" => p.fields = v,
+                "expand" => p.expand = v,
+                "skipTotal" => p.skip_total = v,
+                "cursor" => p.cursor = v,
+                _ => {}
+            }
+        }
+        p
+    }
+}
+
+/// What a sort key reads.
+#[derive(Debug, Clone)]
+pub enum SortTarget {
+    Column(String),
+    Path(Vec<String>),
+}
+
+#[derive(Debug, Clone)]
+pub struct SortKey {
+    pub target: SortTarget,
+    pub desc: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PageMode {
+    Offset {
+        page: usize,
+    },
+    /// Keyset pagination; `after` is the decoded cursor (None for the first page).
+    Cursor {
+        after: Option<Cursor>,
+    },
+}
+
+/// The position after which a keyset page starts.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Cursor {
+    /// The sort expression the cursor was made for.
+    s: String,
+    /// The sort key values of the last record, then its id.
+    k: Vec<Value>,
+}
+
+/// A validated list request, ready to run.
+#[derive(Debug)]
+pub struct ListPlan {
+    pub select: Sql,
+    pub count: Option<Sql>,
+    pub mode: PageMode,
+    pub per_page: usize,
+    pub sort: Vec<SortKey>,
+    pub sort_text: String,
+    pub fields: Option<Vec<String>>,
+    pub expand: Vec<String>,
+}
+
+fn filter_error(e: FilterError) -> ApiError {
+    let mut err = ApiError::bad_request(
+        "invalid_filter",
+        format!("filter: {} (at position {})", e.message, e.position),
+    );
+    push_field_error(&mut err.errors, "filter", e.code, e.message);
+    if let Some(fe) = err.errors.get_mut("filter") {
+        fe.position = Some(e.position);
+    }
+    err.with_extra("position", Value::from(e.position))
+}
+
+/// Parses and checks the parameters and builds the statements.
+pub fn plan(
+    coll: &Collection,
+    params: &ListParams,
+    dialect: Dialect,
+    now: &str,
+) -> Result<ListPlan, ApiError> {
+    let mut errors = FieldErrors::new();
+    let per_page = match params.per_page.as_deref() {
+        None | Some("") => DEFAULT_PER_PAGE,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=MAX_PER_PAGE).contains(&n) => n,
+            _ => {
+                push_field_error(
+                    &mut errors,
+                    "perPage",
+                    "invalid",
+                    format!("must be a whole number from 1 to {MAX_PER_PAGE}"),
+                );
+                DEFAULT_PER_PAGE
+            }
+        },
+    };
+    let page = match params.page.as_deref() {
+        None | Some("") => 1,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+            _ => {
+                push_field_error(
+                    &mut errors,
+                    "page",
+                    "invalid",
+                    "must be a whole number from 1",
+                );
+                1
+            }
+        },
+    };
+    let skip_total = matches!(params.skip_total.as_deref(), Some("1" | "true"));
+    let sort_text = params.sort.clone().unwrap_or_else(|| "-created".into());
+    let sort = match parse_sort(coll, &sort_text) {
+        Ok(s) => s,
+        Err(msg) => {
+            push_field_error(&mut errors, "sort", "invalid_sort", msg);
+            Vec::new()
+        }
+    };
+    let fields = match params.fields.as_deref() {
+        None | Some("") => None,
+        Some(s) => match parse_fields(coll, s) {
+            Ok(f) => Some(f),
+            Err(msg) => {
+                push_field_error(&mut errors, "fields", "unknown_field", msg);
+                None
+            }
+        },
+    };
+    let expand = match params.expand.as_deref() {
+        None | Some("") => Vec::new(),
+        Some(s) => match parse_expand(coll, s) {
+            Ok(e) => e,
+            Err(msg) => {
+                push_field_error(&mut errors, "expand", "invalid_expand", msg);
+                Vec::new()
+            }
+        },
+    };
+    let mode = match params.cursor.as_deref() {
+        None => PageMode::Offset { page },
+        Some("") => PageMode::Cursor { after: None },
+        Some(c) => match decode_cursor(c) {
+            Some(cur) if cur.s == sort_text && cur.k.len() == sort.len() + 1 => {
+                PageMode::Cursor { after: Some(cur) }
+            }
+            Some(_) => {
+                push_field_error(
+                    &mut errors,
+                    "cursor",
+                    "invalid_cursor",
+                    "the cursor was made for another sort order",
+                );
+                PageMode::Cursor { after: None }
+            }
+            None => {
+                push_field_error(
+                    &mut errors,
+                    "cursor",
+                    "invalid_cursor",
+                    "is not a cursor from this API",
+                );
+                PageMode::Cursor { after: None }
+            }
+        },
+    };
+    if params.cursor.is_some() && params.page.is_some() {
+        push_field_error(
+            &mut errors,
+            "page",
+            "conflict",
+            "use either page or cursor, not both",
+        );
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors).with_extra("detailKind", Value::from("query")));
+    }
+
+    let expr = match params.filter.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(f) => Some(lintel_filter::parse(f).map_err(|e| {
+            filter_error(FilterError {
+                code: e.code.as_str(),
+                message: e.message.clone(),
+                position: e.position,
+            })
+        })?),
+    };
+
+    let t = coll.name();
+    let count = if skip_total {
+        None
+    } else {
+        let mut c = Sql::new(dialect);
+        c.push("SELECT COUNT(*) FROM ").ident(t);
+        if let Some(expr) = &expr {
+            c.push(" WHERE ");
+            compile(expr, coll, now, &mut c).map_err(filter_error)?;
+        }
+        Some(c)
+    };
+
+    let mut select = Sql::new(dialect);
+    select.push("SELECT ");
+    record_columns(&mut select, coll);
+    select.push(" FROM ").ident(t);
+    let mut has_where = false;
+    if let Some(expr) = &expr {
+        select.push(" WHERE ");
+        compile(expr, coll, now, &mut select).map_err(filter_error)?;
+        has_where = true;
+    }
+    if let PageMode::Cursor { after: Some(cur) } = &mode {
+        select.push(if has_where { " AND " } else { " WHERE " });
+        keyset_condition(&mut select, t, &sort, &cur.k);
+    }
+    select.push(" ORDER BY ");
+    for (i, key) in sort.iter().enumerate() {
+        if i > 0 {
+            select.push(", ");
+        }
+        write_sort_target(&mut select, t, &key.target);
+        select.push(if key.desc {
+            " DESC NULLS LAST"
+        } else {
+            " ASC NULLS FIRST"
+        });
+    }
+    if !sort.is_empty() {
+        select.push(", ");
+    }
+    select.column(t, "id").push(" ASC");
+    // One more row than the page tells whether there is a next page without a count.
+    select
+        .push(" LIMIT ")
+        .bind(SqlValue::Int(per_page as i64 + 1));
+    if let PageMode::Offset { page } = mode {
+        select
+            .push(" OFFSET ")
+            .bind(SqlValue::Int(((page - 1) * per_page) as i64));
+    }
+    Ok(ListPlan {
+        select,
+        count,
+        mode,
+        per_page,
+        sort,
+        sort_text,
+        fields,
+        expand,
+    })
+}
+
+fn write_sort_target(sql: &mut Sql, table: &str, t: &SortTarget) {
+    match t {
+        SortTarget::Column(c) => {
+            sql.column(table, c);
+        }
+        SortTarget::Path(p) => sql.json_path(table, "data", p),
+    }
+}
+
+fn parse_sort(coll: &Collection, text: &str) -> Result<Vec<SortKey>, String> {
+    let mut keys = Vec::new();
+    for raw in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (desc, name) = match raw.strip_prefix('-') {
+            Some(n) => (true, n),
+            None => (false, raw.strip_prefix('+').unwrap_or(raw)),
+        };
+        let target = if SYSTEM_FIELDS.contains(&name) {
+            SortTarget::Column(name.to_owned())
+        } else if coll.is_document() {
+            let path: Vec<String> = name.split('.').map(str::to_owned).collect();
+            if !path.iter().all(|s| {
+                is_identifier(s) || (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            }) {
+                return Err(format!("'{}' is not a field path", truncate(name)));
+            }
+            SortTarget::Path(path)
+        } else {
+            match coll.field(name) {
+                Some(f) if f.field_type != FieldType::Json && !f.multiple => {
+                    SortTarget::Column(name.to_owned())
+                }
+                Some(_) => {
+                    return Err(format!(
+                        "cannot sort by '{name}' (json and multiple relation fields)"
+                    ));
+                }
+                None => {
+                    return Err(format!(
+                        "collection '{}' has no field '{}'",
+                        coll.name(),
+                        truncate(name)
+                    ));
+                }
+            }
+        };
+        if name == "id" {
+            // id is always the last tie-breaker; sorting by it explicitly ends the list.
+            keys.push(SortKey { target, desc });
+            break;
+        }
+        keys.push(SortKey { target, desc });
+        if keys.len() > MAX_SORT_KEYS {
+            return Err(format!("at most {MAX_SORT_KEYS} sort keys"));
+        }
+    }
+    // Drop an explicit id key: the implicit ascending id tie-breaker follows.
+    if let Some(last) = keys.last()
+        && matches!(&last.target, SortTarget::Column(c) if c == "id")
+        && !last.desc
+    {
+        keys.pop();
+    }
+    Ok(keys)
+}
+
+fn parse_fields(coll: &Collection, text: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for name in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let ok = SYSTEM_FIELDS.contains(&name)
+            || name == "expand"
+            || if coll.is_document() {
+                is_identifier(name)
+            } else {
+                coll.field(name).is_some()
+            };
+        if !ok {
+            return Err(format!(
+                "collection '{}' has no field '{}'",
+                coll.name(),
+                truncate(name)
+            ));
+        }
+        out.push(name.to_owned());
+    }
+    Ok(out)
+}
+
+/// The relation fields to expand.
+pub fn parse_expand(coll: &Collection, text: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for name in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match coll.field(name) {
+            Some(f) if f.field_type == FieldType::Relation => out.push(name.to_owned()),
+            Some(_) => return Err(format!("'{name}' is not a relation field")),
+            None => {
+                return Err(format!(
+                    "collection '{}' has no field '{}'",
+                    coll.name(),
+                    truncate(name)
+                ));
+            }
+        }
+    }
+    if out.len() > 8 {
+        return Err("at most 8 relations can be expanded".into());
+    }
+    Ok(out)
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
+fn sql_value(v: &Value) -> SqlValue {
+    match v {
+        Value::Null => SqlValue::Null,
+        Value::Bool(b) => SqlValue::Bool(*b),
+        Value::Number(n) => n
+            .as_i64()
+            .map(SqlValue::Int)
+            .unwrap_or_else(|| SqlValue::Float(n.as_f64().unwrap_or(0.0))),
+        Value::String(s) => SqlValue::Text(s.clone()),
+        other => SqlValue::Text(other.to_string()),
+    }
+}
+
+/// Rows strictly after the cursor in the order `sort, id ASC` (with nulls first in
+/// ascending keys and last in descending ones, as the ORDER BY says).
+fn keyset_condition(sql: &mut Sql, table: &str, sort: &[SortKey], values: &[Value]) {
+    sql.push("(");
+    let n = sort.len();
+    for i in 0..=n {
+        if i > 0 {
+            sql.push(" OR ");
+        }
+        sql.push("(");
+        for (j, key) in sort.iter().enumerate().take(i) {
+            if j > 0 {
+                sql.push(" AND ");
+            }
+            write_sort_target(sql, table, &key.target);
+            if values[j].is_null() {
+                sql.push(" IS NULL");
+            } else {
+                sql.push(" = ").bind(sql_value(&values[j]));
+            }
+        }
+        if i > 0 {
+            sql.push(" AND ");
+        }
+        if i == n {
+            sql.column(table, "id")
+                .push(" > ")
+                .bind(sql_value(&values[n]));
+        } else {
+            let key = &sort[i];
+            let v = &values[i];
+            match (key.desc, v.is_null()) {
+                (false, true) => {
+                    write_sort_target(sql, table, &key.target);
+                    sql.push(" IS NOT NULL");
+                }
+                (false, false) => {
+                    write_sort_target(sql, table, &key.target);
+                    sql.push(" > ").bind(sql_value(v));
+                }
+                (true, true) => {
+                    sql.push("1 = 0");
+                }
+                (true, false) => {
+                    sql.push("(");
+                    write_sort_target(sql, table, &key.target);
+                    sql.push(" < ").bind(sql_value(v)).push(" OR ");
+                    write_sort_target(sql, table, &key.target);
+                    sql.push(" IS NULL)");
+                }
+            }
+        }
+        sql.push(")");
+    }
+    sql.push(")");
+}
+
+/// The value a sort key has in a record.
+fn sort_value(record: &Record, key: &SortKey) -> Value {
+    match &key.target {
+        SortTarget::Column(c) => match c.as_str() {
+            "id" => Value::String(record.id.clone()),
+            "created" => Value::String(record.created.clone()),
+            "updated" => Value::String(record.updated.clone()),
+            "version" => Value::from(record.version),
+            name => match record.data.get(name) {
+                Some(Value::Bool(b)) => Value::from(i64::from(*b)),
+                Some(v) => v.clone(),
+                None => Value::Null,
+            },
+        },
+        SortTarget::Path(path) => {
+            let mut cur = record.data.get(&path[0]).cloned().unwrap_or(Value::Null);
+            for seg in &path[1..] {
+                cur = match &cur {
+                    Value::Object(m) => m.get(seg).cloned().unwrap_or(Value::Null),
+                    Value::Array(a) => seg
+                        .parse::<usize>()
+                        .ok()
+                        .and_then(|i| a.get(i).cloned())
+                        .unwrap_or(Value::Null),
+                    _ => Value::Null,
+                };
+            }
+            match cur {
+                // JSON containers sort by their text in SQLite; keep the cursor comparable.
+                Value::Object(_) | Value::Array(_) => Value::String(cur.to_string()),
+                Value::Bool(b) => Value::from(i64::from(b)),
+                v => v,
+            }
+        }
+    }
+}
+
+/// The cursor pointing after `record`.
+pub fn encode_cursor(plan: &ListPlan, record: &Record) -> String {
+    let mut k: Vec<Value> = plan
+        .sort
+        .iter()
+        .map(|key| sort_value(record, key))
+        .collect();
+    k.push(Value::String(record.id.clone()));
+    let cur = Cursor {
+        s: plan.sort_text.clone(),
+        k,
+    };
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(&cur).unwrap_or_default())
+}
+
+fn decode_cursor(text: &str) -> Option<Cursor> {
+    if text.len() > 4096 {
+        return None;
+    }
+    let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
+    let cur: Cursor = serde_json::from_slice(&bytes).ok()?;
+    if cur.k.iter().any(|v| v.is_object() || v.is_array()) {
+        return None;
+    }
+    Some(cur)
+}

@@ -1,0 +1,482 @@
+//! Record operations independent of HTTP framing: building and validating writes,
+//! reading, listing, expanding relations and rendering records. Used by the records
+//! routes and by the batch endpoint, so both apply exactly the same rules.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+
+use crate::app::AppState;
+use crate::collections::model::{Collection, FieldType};
+use crate::error::ApiError;
+use crate::records::query::{ListParams, ListPlan, PageMode, encode_cursor, plan};
+use crate::records::validate::{Mode, is_record_id, validate_document, validate_table};
+use crate::store::sql::select_by_ids;
+use crate::store::{Record, StoreError, WriteError, WriteOp, WriteOutcome};
+
+/// Maps a store failure on a record to its HTTP outcome.
+pub fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::NotFound => ApiError::not_found("No record with that id in this collection."),
+        StoreError::VersionConflict => ApiError::precondition_failed(
+            "The record changed since the version given in If-Match; fetch it again.",
+        ),
+        StoreError::Constraint(errors) => ApiError::validation(errors),
+        StoreError::Referenced(by) => ApiError::conflict(
+            "record_referenced",
+            format!("The record is still referenced by {by}; remove those references first."),
+        ),
+        StoreError::Schema(msg) => {
+            tracing::warn!(error = %msg, "write raced a schema change");
+            ApiError::conflict(
+                "schema_changed",
+                "The collection changed during the request; retry it.",
+            )
+        }
+        StoreError::Unavailable(msg) => {
+            tracing::warn!(error = %msg, "store unavailable");
+            ApiError::unavailable("store_unavailable", "The store is busy; retry shortly.", 1)
+        }
+        StoreError::Internal(msg) => ApiError::internal(msg),
+    }
+}
+
+/// The entity tag of a record version.
+pub fn etag(record: &Record) -> String {
+    format!("\"{}-{}\"", record.id, record.version)
+}
+
+/// Whether an `If-Match` / `If-None-Match` value matches the record's tag. `W/` tags
+/// only count when `weak` (If-None-Match uses weak comparison, If-Match strong).
+pub fn tag_matches(header: &str, record: &Record, weak: bool) -> bool {
+    let current = etag(record);
+    header.split(',').map(str::trim).any(|t| {
+        if t == "*" {
+            return true;
+        }
+        match t.strip_prefix("W/") {
+            Some(w) => weak && w == current,
+            None => t == current,
+        }
+    })
+}
+
+/// The href of a record.
+pub fn record_href(coll: &str, id: &str) -> String {
+    format!("/v1/collections/{coll}/records/{id}")
+}
+
+/// A record as clients see it: system fields, then fields (or the document), links.
+pub fn render(coll: &Collection, record: &Record, fields: Option<&[String]>) -> Map<String, Value> {
+    let mut out = Map::with_capacity(record.data.len() + 5);
+    let want = |name: &str| fields.is_none_or(|f| f.iter().any(|x| x == name));
+    if want("id") {
+        out.insert("id".into(), Value::String(record.id.clone()));
+    }
+    if want("created") {
+        out.insert("created".into(), Value::String(record.created.clone()));
+    }
+    if want("updated") {
+        out.insert("updated".into(), Value::String(record.updated.clone()));
+    }
+    if want("version") {
+        out.insert("version".into(), Value::from(record.version));
+    }
+    for (k, v) in &record.data {
+        if want(k) {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    out.insert(
+        "_links".into(),
+        json!({ "self": { "href": record_href(coll.name(), &record.id) } }),
+    );
+    out
+}
+
+/// Looks a collection up, or 404.
+pub fn collection(state: &AppState, name: &str) -> Result<Arc<Collection>, ApiError> {
+    state
+        .catalog()
+        .get(name)
+        .ok_or_else(|| ApiError::not_found(format!("No collection named '{}'.", truncate(name))))
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(48).collect()
+}
+
+/// A new record from client input.
+pub fn prepare_create(
+    coll: &Arc<Collection>,
+    input: Map<String, Value>,
+) -> Result<WriteOp, ApiError> {
+    let data = if coll.is_document() {
+        validate_document(coll, &input).map_err(ApiError::validation)?;
+        input
+    } else {
+        validate_table(coll, &input, Mode::Create).map_err(ApiError::validation)?
+    };
+    let now = crate::clock::now();
+    Ok(WriteOp::Insert {
+        coll: coll.clone(),
+        record: Record {
+            id: crate::ids::record_id(),
+            created: now.clone(),
+            updated: now,
+            version: 1,
+            data,
+        },
+    })
+}
+
+/// Reads a record by id, or 404 (also for ids that cannot exist).
+pub async fn get(state: &AppState, coll: &Arc<Collection>, id: &str) -> Result<Record, ApiError> {
+    if !is_record_id(id) {
+        return Err(store_error(StoreError::NotFound));
+    }
+    let sql = crate::store::sql::select_by_id(state.store.dialect(), coll, id);
+    let mut rows = state
+        .store
+        .query_records(coll.clone(), sql)
+        .await
+        .map_err(store_error)?;
+    rows.pop().ok_or_else(|| store_error(StoreError::NotFound))
+}
+
+/// An update of a stored record: PUT (`Mode::Replace`) or PATCH (`Mode::Patch`).
+pub async fn prepare_update(
+    state: &AppState,
+    coll: &Arc<Collection>,
+    id: &str,
+    input: Map<String, Value>,
+    mode: Mode,
+    if_match: Option<&str>,
+) -> Result<WriteOp, ApiError> {
+    let current = get(state, coll, id).await?;
+    if let Some(h) = if_match
+        && !tag_matches(h, &current, false)
+    {
+        return Err(store_error(StoreError::VersionConflict));
+    }
+    let data = if coll.is_document() {
+        let doc = match mode {
+            Mode::Patch => merge_patch(current.data.clone(), input),
+            _ => input,
+        };
+        validate_document(coll, &doc).map_err(ApiError::validation)?;
+        doc
+    } else {
+        let values = validate_table(coll, &input, mode).map_err(ApiError::validation)?;
+        let mut data = current.data.clone();
+        for (k, v) in values {
+            data.insert(k, v);
+        }
+        data
+    };
+    Ok(WriteOp::Update {
+        coll: coll.clone(),
+        expected_version: current.version,
+        record: Record {
+            id: current.id,
+            created: current.created,
+            updated: crate::clock::now(),
+            version: current.version + 1,
+            data,
+        },
+    })
+}
+
+/// RFC 7396 JSON merge patch of a document: `null` removes a member.
+fn merge_patch(mut target: Map<String, Value>, patch: Map<String, Value>) -> Map<String, Value> {
+    for (k, v) in patch {
+        match v {
+            Value::Null => {
+                target.remove(&k);
+            }
+            Value::Object(p) => {
+                let base = match target.remove(&k) {
+                    Some(Value::Object(m)) => m,
+                    _ => Map::new(),
+                };
+                target.insert(k, Value::Object(merge_patch(base, p)));
+            }
+            other => {
+                target.insert(k, other);
+            }
+        }
+    }
+    target
+}
+
+/// A delete, checked against `If-Match` when given.
+pub async fn prepare_delete(
+    state: &AppState,
+    coll: &Arc<Collection>,
+    id: &str,
+    if_match: Option<&str>,
+) -> Result<WriteOp, ApiError> {
+    let expected_version = match if_match {
+        Some(h) => {
+            let current = get(state, coll, id).await?;
+            if !tag_matches(h, &current, false) {
+                return Err(store_error(StoreError::VersionConflict));
+            }
+            Some(current.version)
+        }
+        None => {
+            if !is_record_id(id) {
+                return Err(store_error(StoreError::NotFound));
+            }
+            None
+        }
+    };
+    Ok(WriteOp::Delete {
+        coll: coll.clone(),
+        id: id.to_owned(),
+        expected_version,
+        referrers: state.catalog().referrers(coll.name()),
+    })
+}
+
+/// Runs one write and returns its record (None for a delete).
+pub async fn write_one(state: &AppState, op: WriteOp) -> Result<Option<Record>, ApiError> {
+    match state.store.write(vec![op]).await {
+        Ok(mut out) => Ok(match out.pop() {
+            Some(WriteOutcome::Written(r)) => Some(r),
+            _ => None,
+        }),
+        Err(WriteError { error, .. }) => Err(store_error(error)),
+    }
+}
+
+/// An update with compare-and-set; without If-Match, a lost race is retried on the
+/// fresh record (a few times) instead of failing.
+pub async fn update(
+    state: &AppState,
+    coll: &Arc<Collection>,
+    id: &str,
+    input: Map<String, Value>,
+    mode: Mode,
+    if_match: Option<&str>,
+) -> Result<Record, ApiError> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let op = prepare_update(state, coll, id, input.clone(), mode, if_match).await?;
+        match state.store.write(vec![op]).await {
+            Ok(mut out) => {
+                if let Some(WriteOutcome::Written(r)) = out.pop() {
+                    return Ok(r);
+                }
+                return Err(ApiError::internal("update returned no record"));
+            }
+            Err(WriteError {
+                error: StoreError::VersionConflict,
+                ..
+            }) if if_match.is_none() && attempts < 5 => continue,
+            Err(WriteError {
+                error: StoreError::VersionConflict,
+                ..
+            }) if if_match.is_none() => {
+                return Err(ApiError::conflict(
+                    "write_contention",
+                    "The record is being changed by others too often; retry.",
+                ));
+            }
+            Err(WriteError { error, .. }) => return Err(store_error(error)),
+        }
+    }
+}
+
+/// A page of records with its metadata.
+pub struct ListPage {
+    pub plan: ListPlan,
+    pub records: Vec<Record>,
+    pub total: Option<i64>,
+    pub has_more: bool,
+}
+
+pub async fn list(
+    state: &AppState,
+    coll: &Arc<Collection>,
+    params: &ListParams,
+) -> Result<ListPage, ApiError> {
+    let now = crate::clock::now();
+    let plan = plan(coll, params, state.store.dialect(), &now)?;
+    let rows = state.store.query_records(coll.clone(), plan.select.clone());
+    let (mut records, total) = match &plan.count {
+        Some(c) => {
+            let (rows, total) = tokio::join!(rows, state.store.query_count(c.clone()));
+            (
+                rows.map_err(store_error)?,
+                Some(total.map_err(store_error)?),
+            )
+        }
+        None => (rows.await.map_err(store_error)?, None),
+    };
+    let has_more = records.len() > plan.per_page;
+    records.truncate(plan.per_page);
+    Ok(ListPage {
+        plan,
+        records,
+        total,
+        has_more,
+    })
+}
+
+/// Renders records, with relations expanded when asked.
+pub async fn render_many(
+    state: &AppState,
+    coll: &Arc<Collection>,
+    records: &[Record],
+    fields: Option<&[String]>,
+    expand: &[String],
+) -> Result<Vec<Value>, ApiError> {
+    let mut expanded: HashMap<String, HashMap<String, Value>> = HashMap::new();
+    for name in expand {
+        let Some(f) = coll.field(name) else { continue };
+        if f.field_type != FieldType::Relation {
+            continue;
+        }
+        let Some(target) = f.collection.as_deref().and_then(|t| state.catalog().get(t)) else {
+            continue;
+        };
+        let mut ids = BTreeSet::new();
+        for r in records {
+            match r.data.get(name) {
+                Some(Value::String(s)) => {
+                    ids.insert(s.clone());
+                }
+                Some(Value::Array(a)) => {
+                    ids.extend(a.iter().filter_map(|v| v.as_str().map(str::to_owned)))
+                }
+                _ => {}
+            }
+        }
+        let ids: Vec<String> = ids.into_iter().collect();
+        let mut found = HashMap::new();
+        for chunk in ids.chunks(500) {
+            let sql = select_by_ids(state.store.dialect(), &target, chunk);
+            for rec in state
+                .store
+                .query_records(target.clone(), sql)
+                .await
+                .map_err(store_error)?
+            {
+                found.insert(rec.id.clone(), Value::Object(render(&target, &rec, None)));
+            }
+        }
+        expanded.insert(name.clone(), found);
+    }
+    Ok(records
+        .iter()
+        .map(|r| {
+            let mut obj = render(coll, r, fields);
+            if !expand.is_empty() {
+                let mut ex = Map::new();
+                for name in expand {
+                    let Some(found) = expanded.get(name) else {
+                        continue;
+                    };
+                    let v = match r.data.get(name) {
+                        Some(Value::String(s)) => found.get(s).cloned().unwrap_or(Value::Null),
+                        Some(Value::Array(a)) => Value::Array(
+                            a.iter()
+                                .filter_map(|v| v.as_str().and_then(|s| found.get(s).cloned()))
+                                .collect(),
+                        ),
+                        _ => Value::Null,
+                    };
+                    ex.insert(name.clone(), v);
+                }
+                obj.insert("expand".into(), Value::Object(ex));
+            }
+            Value::Object(obj)
+        })
+        .collect())
+}
+
+/// The list response body and its links.
+pub fn list_body(
+    coll: &str,
+    page: &ListPage,
+    items: Vec<Value>,
+    query: &str,
+) -> (Value, Vec<(String, String)>) {
+    let base = format!("/v1/collections/{coll}/records");
+    let kept: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| k != "page" && k != "cursor")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let href = |extra: Option<(&str, String)>| {
+        let mut ser = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in &kept {
+            ser.append_pair(k, v);
+        }
+        if let Some((k, v)) = extra {
+            ser.append_pair(k, &v);
+        }
+        let q = ser.finish();
+        if q.is_empty() {
+            base.clone()
+        } else {
+            format!("{base}?{q}")
+        }
+    };
+    let mut links = Vec::new();
+    let mut body = Map::new();
+    match &page.plan.mode {
+        PageMode::Offset { page: n } => {
+            let n = *n;
+            links.push(("self".to_owned(), href(Some(("page", n.to_string())))));
+            let last_page = page
+                .total
+                .map(|t| ((t as usize).div_ceil(page.plan.per_page)).max(1));
+            if page.has_more {
+                links.push(("next".to_owned(), href(Some(("page", (n + 1).to_string())))));
+            }
+            if n > 1 {
+                let prev = last_page.map_or(n - 1, |l| (n - 1).min(l));
+                links.push(("prev".to_owned(), href(Some(("page", prev.to_string())))));
+            }
+            body.insert("page".into(), Value::from(n));
+            body.insert("perPage".into(), Value::from(page.plan.per_page));
+            body.insert(
+                "totalItems".into(),
+                page.total.map_or(Value::Null, Value::from),
+            );
+            body.insert(
+                "totalPages".into(),
+                last_page.map_or(Value::Null, Value::from),
+            );
+        }
+        PageMode::Cursor { .. } => {
+            links.push(("self".to_owned(), href(None)));
+            let next = if page.has_more {
+                page.records.last().map(|r| encode_cursor(&page.plan, r))
+            } else {
+                None
+            };
+            if let Some(c) = &next {
+                links.push(("next".to_owned(), href(Some(("cursor", c.clone())))));
+            }
+            body.insert("perPage".into(), Value::from(page.plan.per_page));
+            body.insert(
+                "totalItems".into(),
+                page.total.map_or(Value::Null, Value::from),
+            );
+            body.insert("nextCursor".into(), next.map_or(Value::Null, Value::String));
+        }
+    }
+    let mut link_obj = Map::new();
+    for (rel, h) in &links {
+        link_obj.insert(rel.clone(), json!({ "href": h }));
+    }
+    let mut out = Map::new();
+    out.insert("items".into(), Value::Array(items));
+    out.extend(body);
+    out.insert("_links".into(), Value::Object(link_obj));
+    (Value::Object(out), links)
+}

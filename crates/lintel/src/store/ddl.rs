@@ -1,0 +1,394 @@
+//! Turns migration steps into DDL for a dialect, against the catalog as it stands inside
+//! the migration's transaction. Pure: a store runs the statements and applies the
+//! catalog changes this returns, in one transaction.
+//!
+//! DDL cannot take bound parameters, so every name written here comes from a spec that
+//! passed `validate_spec` (identifiers only) and is quoted.
+
+use std::collections::BTreeMap;
+
+use crate::collections::model::{
+    CollectionKind, CollectionSpec, FieldType, IndexSpec, SYSTEM_FIELDS, index_name,
+    normalize_spec, validate_spec,
+};
+use crate::migrations::{AlterCollection, SchemaOp};
+use crate::store::sql::{Dialect, column_type, quote_ident, sqlite_json_path};
+
+/// What a step does to the catalog table.
+#[derive(Debug, Clone)]
+pub enum CatalogChange {
+    Upsert(CollectionSpec),
+    Delete(String),
+    None,
+}
+
+/// The statements of one step and its catalog change.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub statements: Vec<String>,
+    pub catalog: CatalogChange,
+}
+
+/// Plans `ops` against `specs` (name -> spec), updating `specs` as it goes so later
+/// steps see earlier ones. An error says, for a person, why the step cannot apply.
+pub fn plan(
+    dialect: Dialect,
+    ops: &[SchemaOp],
+    specs: &mut BTreeMap<String, CollectionSpec>,
+) -> Result<Vec<Step>, String> {
+    let mut steps = Vec::with_capacity(ops.len());
+    for op in ops {
+        steps.push(match op {
+            SchemaOp::CreateCollection { collection } => create(dialect, collection, specs)?,
+            SchemaOp::AlterCollection(alter) => alter_collection(dialect, alter, specs)?,
+            SchemaOp::DropCollection { name } => drop(name, specs)?,
+            SchemaOp::Sql { sql } => Step {
+                statements: vec![sql.clone()],
+                catalog: CatalogChange::None,
+            },
+        });
+    }
+    Ok(steps)
+}
+
+fn names(specs: &BTreeMap<String, CollectionSpec>) -> Vec<String> {
+    specs.keys().cloned().collect()
+}
+
+fn describe(errors: &crate::error::FieldErrors) -> String {
+    errors
+        .iter()
+        .map(|(k, v)| format!("{k}: {}", v.message))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn create(
+    dialect: Dialect,
+    spec: &CollectionSpec,
+    specs: &mut BTreeMap<String, CollectionSpec>,
+) -> Result<Step, String> {
+    let mut spec = spec.clone();
+    normalize_spec(&mut spec);
+    let errors = validate_spec(&spec, &names(specs), false);
+    if !errors.is_empty() {
+        return Err(format!(
+            "collection '{}' is invalid: {}",
+            spec.name,
+            describe(&errors)
+        ));
+    }
+    let t = quote_ident(&spec.name);
+    let mut cols = vec![
+        "\"id\" TEXT PRIMARY KEY NOT NULL".to_owned(),
+        "\"created\" TEXT NOT NULL".to_owned(),
+        "\"updated\" TEXT NOT NULL".to_owned(),
+        "\"version\" BIGINT NOT NULL".to_owned(),
+    ];
+    match spec.kind {
+        CollectionKind::Document => cols.push(format!(
+            "\"data\" {} NOT NULL",
+            if dialect == Dialect::Postgres {
+                "JSONB"
+            } else {
+                "TEXT"
+            }
+        )),
+        CollectionKind::Table => {
+            for f in &spec.fields {
+                cols.push(format!(
+                    "{} {}",
+                    quote_ident(&f.name),
+                    column_type(dialect, f)
+                ));
+            }
+        }
+    }
+    let mut statements = vec![format!("CREATE TABLE {t} ({})", cols.join(", "))];
+    statements.push(format!(
+        "CREATE INDEX {} ON {t} (\"created\")",
+        quote_ident(&format!("{}__created__idx", spec.name))
+    ));
+    for f in &spec.fields {
+        if f.unique {
+            statements.push(unique_field_index(&spec.name, &f.name));
+        }
+    }
+    for idx in &spec.indexes {
+        statements.push(create_index(dialect, &spec, idx));
+    }
+    specs.insert(spec.name.clone(), spec.clone());
+    Ok(Step {
+        statements,
+        catalog: CatalogChange::Upsert(spec),
+    })
+}
+
+fn unique_field_index(table: &str, field: &str) -> String {
+    format!(
+        "CREATE UNIQUE INDEX {} ON {} ({})",
+        quote_ident(&index_name(table, &[field.to_owned()], true)),
+        quote_ident(table),
+        quote_ident(field)
+    )
+}
+
+fn create_index(dialect: Dialect, spec: &CollectionSpec, idx: &IndexSpec) -> String {
+    let name = idx
+        .name
+        .clone()
+        .unwrap_or_else(|| index_name(&spec.name, &idx.fields, idx.unique));
+    let cols: Vec<String> = idx
+        .fields
+        .iter()
+        .map(|f| {
+            if spec.kind == CollectionKind::Document && !SYSTEM_FIELDS.contains(&f.as_str()) {
+                let path: Vec<String> = f.split('.').map(str::to_owned).collect();
+                match dialect {
+                    // The path is made of validated identifiers and integers only.
+                    Dialect::Sqlite => {
+                        format!("json_extract(\"data\", '{}')", sqlite_json_path(&path))
+                    }
+                    Dialect::Postgres => format!("(\"data\" #>> '{{{}}}')", path.join(",")),
+                }
+            } else {
+                quote_ident(f)
+            }
+        })
+        .collect();
+    format!(
+        "CREATE {}INDEX {} ON {} ({})",
+        if idx.unique { "UNIQUE " } else { "" },
+        quote_ident(&name),
+        quote_ident(&spec.name),
+        cols.join(", ")
+    )
+}
+
+fn drop_index(name: &str) -> String {
+    format!("DROP INDEX {}", quote_ident(name))
+}
+
+fn alter_collection(
+    dialect: Dialect,
+    alter: &AlterCollection,
+    specs: &mut BTreeMap<String, CollectionSpec>,
+) -> Result<Step, String> {
+    let Some(old) = specs.get(&alter.name).cloned() else {
+        return Err(format!("no collection '{}'", alter.name));
+    };
+    let mut spec = old.clone();
+    let t = quote_ident(&spec.name);
+    let mut statements = Vec::new();
+
+    for name in &alter.drop_indexes {
+        let Some(pos) = spec
+            .indexes
+            .iter()
+            .position(|i| i.name.as_deref() == Some(name.as_str()))
+        else {
+            return Err(format!("collection '{}' has no index '{name}'", spec.name));
+        };
+        spec.indexes.remove(pos);
+        statements.push(drop_index(name));
+    }
+
+    for name in &alter.drop_fields {
+        let Some(pos) = spec.fields.iter().position(|f| &f.name == name) else {
+            return Err(format!("collection '{}' has no field '{name}'", spec.name));
+        };
+        let field = spec.fields.remove(pos);
+        // Indexes over the field go with it.
+        let mut kept = Vec::new();
+        for idx in std::mem::take(&mut spec.indexes) {
+            if idx.fields.iter().any(|f| f == name) {
+                if let Some(n) = &idx.name {
+                    statements.push(drop_index(n));
+                }
+            } else {
+                kept.push(idx);
+            }
+        }
+        spec.indexes = kept;
+        if field.unique {
+            statements.push(drop_index(&index_name(
+                &spec.name,
+                std::slice::from_ref(name),
+                true,
+            )));
+        }
+        statements.push(format!("ALTER TABLE {t} DROP COLUMN {}", quote_ident(name)));
+    }
+
+    for r in &alter.rename_fields {
+        let Some(pos) = spec.fields.iter().position(|f| f.name == r.from) else {
+            return Err(format!(
+                "collection '{}' has no field '{}'",
+                spec.name, r.from
+            ));
+        };
+        statements.push(format!(
+            "ALTER TABLE {t} RENAME COLUMN {} TO {}",
+            quote_ident(&r.from),
+            quote_ident(&r.to)
+        ));
+        if spec.fields[pos].unique {
+            // Keep the unique index's name in step with the field so a later drop finds it.
+            statements.push(drop_index(&index_name(
+                &spec.name,
+                std::slice::from_ref(&r.from),
+                true,
+            )));
+            statements.push(unique_field_index(&spec.name, &r.to));
+        }
+        spec.fields[pos].name = r.to.clone();
+        for idx in &mut spec.indexes {
+            for f in &mut idx.fields {
+                if *f == r.from {
+                    *f = r.to.clone();
+                }
+            }
+        }
+    }
+
+    for f in &alter.add_fields {
+        statements.push(format!(
+            "ALTER TABLE {t} ADD COLUMN {} {}",
+            quote_ident(&f.name),
+            column_type(dialect, f)
+        ));
+        if f.unique {
+            statements.push(unique_field_index(&spec.name, &f.name));
+        }
+        spec.fields.push(f.clone());
+    }
+
+    let mut added = Vec::new();
+    for idx in &alter.add_indexes {
+        let mut idx = idx.clone();
+        if idx.name.is_none() {
+            idx.name = Some(index_name(&spec.name, &idx.fields, idx.unique));
+        }
+        added.push(idx.clone());
+        spec.indexes.push(idx);
+    }
+
+    if let Some(schema) = &alter.schema {
+        spec.schema = if schema.is_null() {
+            None
+        } else {
+            Some(schema.clone())
+        };
+    }
+
+    let errors = validate_spec(&spec, &names(specs), true);
+    if !errors.is_empty() {
+        return Err(format!(
+            "collection '{}' would be invalid: {}",
+            spec.name,
+            describe(&errors)
+        ));
+    }
+    if alter.drop_fields.is_empty()
+        && alter.add_fields.is_empty()
+        && alter.rename_fields.is_empty()
+        && alter.add_indexes.is_empty()
+        && alter.drop_indexes.is_empty()
+        && alter.schema.is_none()
+    {
+        return Err(format!("nothing to change in collection '{}'", spec.name));
+    }
+    for idx in &added {
+        statements.push(create_index(dialect, &spec, idx));
+    }
+    specs.insert(spec.name.clone(), spec.clone());
+    Ok(Step {
+        statements,
+        catalog: CatalogChange::Upsert(spec),
+    })
+}
+
+fn drop(name: &str, specs: &mut BTreeMap<String, CollectionSpec>) -> Result<Step, String> {
+    if !specs.contains_key(name) {
+        return Err(format!("no collection '{name}'"));
+    }
+    let referrers: Vec<String> = specs
+        .values()
+        .filter(|s| s.name != name)
+        .filter(|s| {
+            s.fields.iter().any(|f| {
+                f.field_type == FieldType::Relation && f.collection.as_deref() == Some(name)
+            })
+        })
+        .map(|s| s.name.clone())
+        .collect();
+    if !referrers.is_empty() {
+        return Err(format!(
+            "collection '{name}' is the target of relations in {}; drop those fields first",
+            referrers.join(", ")
+        ));
+    }
+    specs.remove(name);
+    Ok(Step {
+        statements: vec![format!("DROP TABLE {}", quote_ident(name))],
+        catalog: CatalogChange::Delete(name.to_owned()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collections::model::FieldSpec;
+
+    fn field(name: &str, t: FieldType) -> FieldSpec {
+        FieldSpec {
+            name: name.into(),
+            field_type: t,
+            required: false,
+            unique: false,
+            min: None,
+            max: None,
+            pattern: None,
+            default: None,
+            values: None,
+            collection: None,
+            multiple: false,
+        }
+    }
+
+    #[test]
+    fn create_then_drop() {
+        let mut specs = BTreeMap::new();
+        let spec = CollectionSpec {
+            name: "posts".into(),
+            kind: CollectionKind::Table,
+            fields: vec![field("title", FieldType::Text)],
+            indexes: vec![],
+            schema: None,
+        };
+        let steps = plan(
+            Dialect::Sqlite,
+            &[SchemaOp::CreateCollection { collection: spec }],
+            &mut specs,
+        );
+        assert!(steps.is_ok());
+        assert!(specs.contains_key("posts"));
+        let again = plan(
+            Dialect::Sqlite,
+            &[SchemaOp::DropCollection {
+                name: "posts".into(),
+            }],
+            &mut specs,
+        );
+        assert!(again.is_ok());
+        assert!(specs.is_empty());
+        let missing = plan(
+            Dialect::Sqlite,
+            &[SchemaOp::DropCollection {
+                name: "posts".into(),
+            }],
+            &mut specs,
+        );
+        assert!(missing.is_err());
+    }
+}

@@ -1,0 +1,156 @@
+//! The storage boundary: one [`Store`] trait that the SQLite store implements now and
+//! the PostgreSQL store implements the same way. Callers build SQL through
+//! [`sql`] (which renders the dialect) and hand it to the store; a store only runs
+//! statements, groups writes into transactions and maps driver errors to [`StoreError`].
+//!
+//! Nothing here knows about HTTP; the records and collections services map
+//! [`StoreError`] to HTTP outcomes explicitly.
+
+pub mod ddl;
+pub mod sql;
+pub mod sqlite;
+pub mod write;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+
+use crate::collections::model::{Collection, CollectionSpec};
+use crate::error::FieldErrors;
+use crate::migrations::{AppliedMigration, Migration};
+pub use sql::{Dialect, Sql, SqlValue};
+pub use write::{WriteError, WriteOp, WriteOutcome};
+
+/// A record as stored: system fields plus the field values (table) or the document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub id: String,
+    pub created: String,
+    pub updated: String,
+    pub version: i64,
+    pub data: Map<String, Value>,
+}
+
+/// A collection as the catalog table holds it.
+#[derive(Debug, Clone)]
+pub struct StoredCollection {
+    pub spec: CollectionSpec,
+    pub created: String,
+    pub updated: String,
+}
+
+/// What a store can fail with. Callers decide what each means to a client.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The record (or collection) addressed does not exist.
+    #[error("not found")]
+    NotFound,
+    /// The record's version is not the one the caller expected.
+    #[error("version conflict")]
+    VersionConflict,
+    /// A constraint refused the write; the fields it concerns and why.
+    #[error("constraint violated: {0:?}")]
+    Constraint(FieldErrors),
+    /// The record is still referenced by others and cannot be deleted.
+    #[error("record is referenced by {0}")]
+    Referenced(String),
+    /// A schema change cannot be applied (e.g. a name is taken, a field is in use).
+    #[error("schema change refused: {0}")]
+    Schema(String),
+    /// The store is overloaded or unreachable; the request may be retried.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else: a bug or a broken database. Logged, never shown.
+    #[error("store failure: {0}")]
+    Internal(String),
+}
+
+/// The result of claiming an idempotency key.
+#[derive(Debug, Clone)]
+pub enum IdempotencyClaim {
+    /// The key is new (or expired, or abandoned): run the request.
+    Proceed,
+    /// A response is stored for the same request: replay it.
+    Replay(StoredResponse),
+    /// The same key was used with a different request.
+    Mismatch,
+    /// The first request with this key is still running.
+    InFlight,
+}
+
+/// A response kept for replay.
+#[derive(Debug, Clone)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// The storage engine behind every capability.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The SQL dialect statements for this store must be rendered in.
+    fn dialect(&self) -> Dialect;
+
+    /// Succeeds when the store answers a trivial query.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Runs a query whose columns are a collection's record columns.
+    async fn query_records(
+        &self,
+        coll: Arc<Collection>,
+        sql: Sql,
+    ) -> Result<Vec<Record>, StoreError>;
+
+    /// Runs a query returning one integer (a count).
+    async fn query_count(&self, sql: Sql) -> Result<i64, StoreError>;
+
+    /// Applies record writes in one transaction, all or nothing. On failure the error
+    /// names the index of the operation that failed.
+    async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, WriteError>;
+
+    /// Reads the catalog of collections.
+    async fn load_catalog(&self) -> Result<Vec<StoredCollection>, StoreError>;
+
+    /// Migrations recorded as applied, oldest first.
+    async fn applied_migrations(&self) -> Result<Vec<AppliedMigration>, StoreError>;
+
+    /// Applies a migration's `up` steps and records it, in one transaction.
+    async fn apply_migration(
+        &self,
+        migration: Migration,
+        checksum: String,
+    ) -> Result<(), StoreError>;
+
+    /// Applies a recorded migration's `down` steps and forgets it, in one transaction.
+    async fn revert_migration(&self, migration: Migration) -> Result<(), StoreError>;
+
+    /// Claims an idempotency key for a request fingerprint.
+    async fn idempotency_claim(
+        &self,
+        scope: String,
+        key: String,
+        fingerprint: String,
+        now_ms: i64,
+        ttl_ms: i64,
+        lock_ms: i64,
+    ) -> Result<IdempotencyClaim, StoreError>;
+
+    /// Stores the response of a claimed key.
+    async fn idempotency_complete(
+        &self,
+        scope: String,
+        key: String,
+        response: StoredResponse,
+    ) -> Result<(), StoreError>;
+
+    /// Releases a claimed key without a response (the request failed on our side).
+    async fn idempotency_release(&self, scope: String, key: String) -> Result<(), StoreError>;
+
+    /// Deletes idempotency entries older than the cut-off; returns how many.
+    async fn idempotency_purge(&self, older_than_ms: i64) -> Result<u64, StoreError>;
+
+    /// Finishes queued work and closes connections.
+    async fn close(&self);
+}

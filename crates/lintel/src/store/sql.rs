@@ -1,0 +1,348 @@
+//! SQL text with bound parameters, and the small helpers where SQLite and PostgreSQL
+//! differ (placeholders, case-insensitive matching, null-safe comparison, JSON access,
+//! column types). Every value goes in as a parameter; identifiers are quoted and only
+//! ever come from a validated schema.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use crate::collections::model::{Collection, FieldSpec, FieldType};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// A value bound to a placeholder.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlValue {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+    /// JSON text; a `jsonb` parameter on PostgreSQL.
+    Json(String),
+}
+
+/// A statement under construction.
+#[derive(Debug, Clone)]
+pub struct Sql {
+    pub dialect: Dialect,
+    pub text: String,
+    pub params: Vec<SqlValue>,
+}
+
+impl Sql {
+    pub fn new(dialect: Dialect) -> Self {
+        Self {
+            dialect,
+            text: String::with_capacity(128),
+            params: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, s: &str) -> &mut Self {
+        self.text.push_str(s);
+        self
+    }
+
+    /// Appends a quoted identifier. Names are validated before they reach here; the
+    /// doubling of quotes is a second line of defence.
+    pub fn ident(&mut self, name: &str) -> &mut Self {
+        quote_ident_into(&mut self.text, name);
+        self
+    }
+
+    /// `"table"."column"`
+    pub fn column(&mut self, table: &str, column: &str) -> &mut Self {
+        self.ident(table).push(".").ident(column)
+    }
+
+    /// Appends a placeholder bound to `value`.
+    pub fn bind(&mut self, value: SqlValue) -> &mut Self {
+        self.params.push(value);
+        let n = self.params.len();
+        match self.dialect {
+            Dialect::Sqlite => write!(self.text, "?{n}"),
+            Dialect::Postgres => write!(self.text, "${n}"),
+        }
+        .ok();
+        self
+    }
+
+    /// Case-insensitive "contains" of `pattern` (already a LIKE pattern) against the
+    /// expression written by `expr`.
+    pub fn like_ci(&mut self, negate: bool, pattern: String, expr: impl FnOnce(&mut Sql)) {
+        expr(self);
+        let op = match (self.dialect, negate) {
+            (Dialect::Sqlite, false) => " LIKE ",
+            (Dialect::Sqlite, true) => " NOT LIKE ",
+            (Dialect::Postgres, false) => " ILIKE ",
+            (Dialect::Postgres, true) => " NOT ILIKE ",
+        };
+        self.push(op);
+        self.bind(SqlValue::Text(pattern));
+        self.push(" ESCAPE '\\'");
+    }
+
+    /// The operator for "differs from, where null differs from any value".
+    pub fn null_safe_ne(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Sqlite => " IS NOT ",
+            Dialect::Postgres => " IS DISTINCT FROM ",
+        }
+    }
+
+    /// A JSON value inside a JSON column, as an SQL scalar.
+    pub fn json_path(&mut self, table: &str, column: &str, path: &[String]) {
+        match self.dialect {
+            Dialect::Sqlite => {
+                self.push("json_extract(");
+                self.column(table, column);
+                self.push(", ");
+                self.bind(SqlValue::Text(sqlite_json_path(path)));
+                self.push(")");
+            }
+            Dialect::Postgres => {
+                self.push("(");
+                self.column(table, column);
+                self.push(" #>> ");
+                self.bind(SqlValue::Text(format!("{{{}}}", path.join(","))));
+                self.push(")");
+            }
+        }
+    }
+
+    /// For a JSON path: when it holds an array, whether the array holds `value`;
+    /// otherwise whether its text contains `value`, ignoring case.
+    pub fn json_contains_or_like(
+        &mut self,
+        table: &str,
+        column: &str,
+        path: &[String],
+        value: String,
+    ) {
+        let pattern = format!("%{}%", like_escape(&value));
+        match self.dialect {
+            Dialect::Sqlite => {
+                let p = sqlite_json_path(path);
+                self.push("CASE WHEN json_type(");
+                self.column(table, column)
+                    .push(", ")
+                    .bind(SqlValue::Text(p.clone()));
+                self.push(") = 'array' THEN EXISTS (SELECT 1 FROM json_each(");
+                self.column(table, column)
+                    .push(", ")
+                    .bind(SqlValue::Text(p.clone()));
+                self.push(") WHERE json_each.value = ")
+                    .bind(SqlValue::Text(value));
+                self.push(") ELSE json_extract(");
+                self.column(table, column)
+                    .push(", ")
+                    .bind(SqlValue::Text(p));
+                self.push(") LIKE ")
+                    .bind(SqlValue::Text(pattern))
+                    .push(" ESCAPE '\\' END");
+            }
+            Dialect::Postgres => {
+                let p = format!("{{{}}}", path.join(","));
+                self.push("CASE WHEN jsonb_typeof(");
+                self.column(table, column)
+                    .push(" #> ")
+                    .bind(SqlValue::Text(p.clone()));
+                self.push(") = 'array' THEN (");
+                self.column(table, column)
+                    .push(" #> ")
+                    .bind(SqlValue::Text(p.clone()));
+                self.push(") @> jsonb_build_array(")
+                    .bind(SqlValue::Text(value));
+                self.push(") ELSE (");
+                self.column(table, column)
+                    .push(" #>> ")
+                    .bind(SqlValue::Text(p));
+                self.push(") ILIKE ")
+                    .bind(SqlValue::Text(pattern))
+                    .push(" ESCAPE '\\' END");
+            }
+        }
+    }
+
+    /// Whether the JSON array in a column contains a value.
+    pub fn json_array_contains(&mut self, table: &str, column: &str, value: SqlValue) {
+        match self.dialect {
+            Dialect::Sqlite => {
+                self.push("EXISTS (SELECT 1 FROM json_each(");
+                self.column(table, column);
+                self.push(") WHERE json_each.value = ");
+                self.bind(value);
+                self.push(")");
+            }
+            Dialect::Postgres => {
+                self.column(table, column);
+                self.push(" @> jsonb_build_array(");
+                self.bind(value);
+                self.push(")");
+            }
+        }
+    }
+}
+
+/// Quotes an identifier for either dialect.
+pub fn quote_ident(name: &str) -> String {
+    let mut s = String::with_capacity(name.len() + 2);
+    quote_ident_into(&mut s, name);
+    s
+}
+
+fn quote_ident_into(out: &mut String, name: &str) {
+    out.push('"');
+    for c in name.chars() {
+        if c == '"' {
+            out.push('"');
+        }
+        out.push(c);
+    }
+    out.push('"');
+}
+
+/// `$.a.b[0]` for SQLite's JSON functions. Segments are identifiers or integers.
+pub fn sqlite_json_path(path: &[String]) -> String {
+    let mut s = String::from("$");
+    for seg in path {
+        if seg.chars().all(|c| c.is_ascii_digit()) && !seg.is_empty() {
+            let _ = write!(s, "[{seg}]");
+        } else {
+            let _ = write!(s, ".\"{seg}\"");
+        }
+    }
+    s
+}
+
+/// Escapes `%`, `_` and `\` so they match themselves in a LIKE pattern.
+pub fn like_escape(value: &str) -> String {
+    let mut s = String::with_capacity(value.len() + 2);
+    for c in value.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            s.push('\\');
+        }
+        s.push(c);
+    }
+    s
+}
+
+/// The column type of a field.
+pub fn column_type(dialect: Dialect, field: &FieldSpec) -> &'static str {
+    match (dialect, field.field_type, field.multiple) {
+        (Dialect::Sqlite, FieldType::Number, _) => "REAL",
+        (Dialect::Sqlite, FieldType::Integer | FieldType::Bool, _) => "INTEGER",
+        (Dialect::Sqlite, _, _) => "TEXT",
+        (Dialect::Postgres, FieldType::Number, _) => "DOUBLE PRECISION",
+        (Dialect::Postgres, FieldType::Integer, _) => "BIGINT",
+        (Dialect::Postgres, FieldType::Bool, _) => "BOOLEAN",
+        (Dialect::Postgres, FieldType::Json, _)
+        | (Dialect::Postgres, FieldType::Relation, true) => "JSONB",
+        (Dialect::Postgres, _, _) => "TEXT",
+    }
+}
+
+/// Converts a validated JSON value of a field into its bound parameter.
+pub fn field_value(field: &FieldSpec, value: &Value) -> SqlValue {
+    match value {
+        Value::Null => SqlValue::Null,
+        Value::Bool(b) => SqlValue::Bool(*b),
+        Value::Number(n) => match field.field_type {
+            FieldType::Integer => n.as_i64().map(SqlValue::Int).unwrap_or(SqlValue::Null),
+            FieldType::Json => SqlValue::Json(n.to_string()),
+            _ => n.as_f64().map(SqlValue::Float).unwrap_or(SqlValue::Null),
+        },
+        Value::String(s) => match field.field_type {
+            FieldType::Json => SqlValue::Json(value.to_string()),
+            _ => SqlValue::Text(s.clone()),
+        },
+        Value::Array(_) | Value::Object(_) => SqlValue::Json(value.to_string()),
+    }
+}
+
+/// Writes the list of record columns of a collection, qualified by its table.
+pub fn record_columns(sql: &mut Sql, coll: &Collection) {
+    let t = coll.name();
+    for (i, c) in ["id", "created", "updated", "version"].iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.column(t, c);
+    }
+    if coll.is_document() {
+        sql.push(", ").column(t, "data");
+    } else {
+        for f in coll.fields() {
+            sql.push(", ").column(t, &f.name);
+        }
+    }
+}
+
+/// `SELECT <record columns> FROM "t" WHERE "t"."id" = ?`
+pub fn select_by_id(dialect: Dialect, coll: &Collection, id: &str) -> Sql {
+    let mut sql = Sql::new(dialect);
+    sql.push("SELECT ");
+    record_columns(&mut sql, coll);
+    sql.push(" FROM ").ident(coll.name()).push(" WHERE ");
+    sql.column(coll.name(), "id").push(" = ");
+    sql.bind(SqlValue::Text(id.to_owned()));
+    sql
+}
+
+/// `SELECT <record columns> FROM "t" WHERE "t"."id" IN (...)`
+pub fn select_by_ids(dialect: Dialect, coll: &Collection, ids: &[String]) -> Sql {
+    let mut sql = Sql::new(dialect);
+    sql.push("SELECT ");
+    record_columns(&mut sql, coll);
+    sql.push(" FROM ").ident(coll.name()).push(" WHERE ");
+    sql.column(coll.name(), "id").push(" IN (");
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.bind(SqlValue::Text(id.clone()));
+    }
+    sql.push(")");
+    sql
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_per_dialect() {
+        let mut a = Sql::new(Dialect::Sqlite);
+        a.push("x = ")
+            .bind(SqlValue::Int(1))
+            .push(" AND y = ")
+            .bind(SqlValue::Int(2));
+        assert_eq!(a.text, "x = ?1 AND y = ?2");
+        let mut b = Sql::new(Dialect::Postgres);
+        b.push("x = ").bind(SqlValue::Int(1));
+        assert_eq!(b.text, "x = $1");
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("posts"), "\"posts\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+
+    #[test]
+    fn like_escapes_wildcards() {
+        assert_eq!(like_escape("50%_a\\"), "50\\%\\_a\\\\");
+    }
+
+    #[test]
+    fn json_paths() {
+        let p = vec!["meta".to_owned(), "tags".to_owned(), "0".to_owned()];
+        assert_eq!(sqlite_json_path(&p), "$.\"meta\".\"tags\"[0]");
+    }
+}

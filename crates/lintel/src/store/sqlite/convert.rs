@@ -1,0 +1,178 @@
+//! Conversions between rusqlite and the store's types: parameters, rows to records,
+//! and driver errors to [`StoreError`] (constraint names to field errors).
+
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{Connection, ToSql};
+use serde_json::{Map, Number, Value};
+
+use crate::collections::model::{Collection, FieldType};
+use crate::error::{FieldErrors, push_field_error};
+use crate::store::sql::{Sql, SqlValue};
+use crate::store::{Record, StoreError};
+
+impl ToSql for SqlValue {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            SqlValue::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+            SqlValue::Bool(b) => ToSqlOutput::Borrowed(ValueRef::Integer(i64::from(*b))),
+            SqlValue::Int(i) => ToSqlOutput::Borrowed(ValueRef::Integer(*i)),
+            SqlValue::Float(f) => ToSqlOutput::Borrowed(ValueRef::Real(*f)),
+            SqlValue::Text(s) | SqlValue::Json(s) => {
+                ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()))
+            }
+        })
+    }
+}
+
+/// Decodes a row laid out by `sql::record_columns`.
+pub fn decode_record(coll: &Collection, row: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    let mut data = Map::new();
+    if coll.is_document() {
+        let text: String = row.get(4)?;
+        if let Ok(Value::Object(map)) = serde_json::from_str(&text) {
+            data = map;
+        }
+    } else {
+        for (i, f) in coll.fields().iter().enumerate() {
+            let v = match row.get_ref(4 + i)? {
+                ValueRef::Null => Value::Null,
+                ValueRef::Integer(n) => match f.field_type {
+                    FieldType::Bool => Value::Bool(n != 0),
+                    FieldType::Number => Number::from_f64(n as f64)
+                        .map(Value::Number)
+                        .unwrap_or(Value::Null),
+                    _ => Value::Number(n.into()),
+                },
+                ValueRef::Real(x) => Number::from_f64(x)
+                    .map(Value::Number)
+                    .unwrap_or(Value::Null),
+                ValueRef::Text(bytes) => {
+                    let text = String::from_utf8_lossy(bytes);
+                    if f.field_type == FieldType::Json || f.multiple {
+                        serde_json::from_str(&text).unwrap_or(Value::String(text.into_owned()))
+                    } else {
+                        Value::String(text.into_owned())
+                    }
+                }
+                ValueRef::Blob(_) => Value::Null,
+            };
+            data.insert(f.name.clone(), v);
+        }
+    }
+    Ok(Record {
+        id: row.get(0)?,
+        created: row.get(1)?,
+        updated: row.get(2)?,
+        version: row.get(3)?,
+        data,
+    })
+}
+
+/// Runs a query returning records.
+pub fn query_records(
+    conn: &Connection,
+    coll: &Collection,
+    sql: &Sql,
+) -> Result<Vec<Record>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(&sql.text)
+        .map_err(|e| map_error_for(&e, Some(coll)))?;
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(sql.params.iter()), |row| {
+            decode_record(coll, row)
+        })
+        .map_err(|e| map_error_for(&e, Some(coll)))?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(|e| map_error_for(&e, Some(coll)))
+}
+
+/// Runs a query returning one integer.
+pub fn query_i64(conn: &Connection, sql: &Sql) -> Result<i64, StoreError> {
+    let mut stmt = conn.prepare_cached(&sql.text).map_err(|e| map_error(&e))?;
+    stmt.query_row(rusqlite::params_from_iter(sql.params.iter()), |r| {
+        r.get::<_, i64>(0)
+    })
+    .map_err(|e| map_error(&e))
+}
+
+/// Runs a statement; returns the rows changed.
+pub fn execute(
+    conn: &Connection,
+    sql: &Sql,
+    coll: Option<&Collection>,
+) -> Result<usize, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(&sql.text)
+        .map_err(|e| map_error_for(&e, coll))?;
+    stmt.execute(rusqlite::params_from_iter(sql.params.iter()))
+        .map_err(|e| map_error_for(&e, coll))
+}
+
+pub fn map_error(e: &rusqlite::Error) -> StoreError {
+    map_error_for(e, None)
+}
+
+/// Maps a driver error. Unique violations become field errors of the fields involved.
+pub fn map_error_for(e: &rusqlite::Error, coll: Option<&Collection>) -> StoreError {
+    if let rusqlite::Error::SqliteFailure(err, msg) = e {
+        let msg = msg.as_deref().unwrap_or_default();
+        match err.code {
+            rusqlite::ErrorCode::ConstraintViolation => {
+                if let Some(errors) = unique_fields(msg, coll) {
+                    return StoreError::Constraint(errors);
+                }
+                return StoreError::Internal(format!("constraint: {msg}"));
+            }
+            rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked => {
+                return StoreError::Unavailable("the database is busy".into());
+            }
+            _ => {}
+        }
+        if msg.starts_with("no such table") || msg.starts_with("no such column") {
+            return StoreError::Schema(msg.to_owned());
+        }
+    }
+    StoreError::Internal(e.to_string())
+}
+
+/// Parses `UNIQUE constraint failed: t.a, t.b` or `... failed: index 'name'`.
+fn unique_fields(msg: &str, coll: Option<&Collection>) -> Option<FieldErrors> {
+    let rest = msg.strip_prefix("UNIQUE constraint failed: ")?;
+    let mut fields: Vec<String> = Vec::new();
+    if let Some(index) = rest
+        .strip_prefix("index '")
+        .and_then(|r| r.strip_suffix('\''))
+    {
+        if let Some(coll) = coll
+            && let Some(idx) = coll
+                .spec
+                .indexes
+                .iter()
+                .find(|i| i.name.as_deref() == Some(index))
+        {
+            fields.extend(idx.fields.iter().cloned());
+        }
+    } else {
+        for part in rest.split(", ") {
+            if let Some((_, col)) = part.split_once('.') {
+                fields.push(col.to_owned());
+            }
+        }
+    }
+    if fields.is_empty() {
+        return None;
+    }
+    let mut errors = FieldErrors::new();
+    for f in &fields {
+        let message = if fields.len() > 1 {
+            format!(
+                "another record has the same values of {}",
+                fields.join(", ")
+            )
+        } else {
+            "another record has this value".to_owned()
+        };
+        push_field_error(&mut errors, f, "unique", message);
+    }
+    Some(errors)
+}

@@ -1,0 +1,208 @@
+//! Record writes as data ([`WriteOp`]) and the SQL each one needs, rendered for a
+//! dialect. A store runs a list of ops in one transaction: relation targets are checked
+//! to exist, compare-and-set on `version` gives optimistic locking, and deletes refuse
+//! to orphan records that still point at the target.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::collections::model::{Collection, FieldSpec, FieldType};
+use crate::error::{FieldErrors, push_field_error};
+use crate::store::sql::{Dialect, Sql, SqlValue, field_value};
+use crate::store::{Record, StoreError};
+
+/// One record write.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    Insert {
+        coll: Arc<Collection>,
+        record: Record,
+    },
+    /// Replaces the stored record when its version is still `expected_version`.
+    Update {
+        coll: Arc<Collection>,
+        record: Record,
+        expected_version: i64,
+    },
+    Delete {
+        coll: Arc<Collection>,
+        id: String,
+        expected_version: Option<i64>,
+        /// Collections and fields that relate to `coll`, checked before deleting.
+        referrers: Vec<(Arc<Collection>, FieldSpec)>,
+    },
+}
+
+/// A failed batch of ops: which op failed (0 when the commit itself failed) and why.
+#[derive(Debug, Clone)]
+pub struct WriteError {
+    pub index: usize,
+    pub error: StoreError,
+}
+
+impl From<StoreError> for WriteError {
+    fn from(error: StoreError) -> Self {
+        Self { index: 0, error }
+    }
+}
+
+/// What a successful op produced.
+#[derive(Debug, Clone)]
+pub enum WriteOutcome {
+    Written(Record),
+    Deleted,
+}
+
+fn record_values(coll: &Collection, record: &Record) -> Vec<SqlValue> {
+    if coll.is_document() {
+        vec![SqlValue::Json(
+            Value::Object(record.data.clone()).to_string(),
+        )]
+    } else {
+        coll.fields()
+            .iter()
+            .map(|f| field_value(f, record.data.get(&f.name).unwrap_or(&Value::Null)))
+            .collect()
+    }
+}
+
+fn data_columns(coll: &Collection) -> Vec<&str> {
+    if coll.is_document() {
+        vec!["data"]
+    } else {
+        coll.fields().iter().map(|f| f.name.as_str()).collect()
+    }
+}
+
+pub fn insert_sql(dialect: Dialect, coll: &Collection, record: &Record) -> Sql {
+    let mut sql = Sql::new(dialect);
+    sql.push("INSERT INTO ")
+        .ident(coll.name())
+        .push(" (\"id\", \"created\", \"updated\", \"version\"");
+    for c in data_columns(coll) {
+        sql.push(", ").ident(c);
+    }
+    sql.push(") VALUES (");
+    sql.bind(SqlValue::Text(record.id.clone())).push(", ");
+    sql.bind(SqlValue::Text(record.created.clone())).push(", ");
+    sql.bind(SqlValue::Text(record.updated.clone())).push(", ");
+    sql.bind(SqlValue::Int(record.version));
+    for v in record_values(coll, record) {
+        sql.push(", ").bind(v);
+    }
+    sql.push(")");
+    sql
+}
+
+pub fn update_sql(dialect: Dialect, coll: &Collection, record: &Record, expected: i64) -> Sql {
+    let mut sql = Sql::new(dialect);
+    sql.push("UPDATE ")
+        .ident(coll.name())
+        .push(" SET \"updated\" = ");
+    sql.bind(SqlValue::Text(record.updated.clone()));
+    sql.push(", \"version\" = ")
+        .bind(SqlValue::Int(record.version));
+    for (c, v) in data_columns(coll)
+        .into_iter()
+        .zip(record_values(coll, record))
+    {
+        sql.push(", ").ident(c).push(" = ").bind(v);
+    }
+    sql.push(" WHERE \"id\" = ")
+        .bind(SqlValue::Text(record.id.clone()));
+    sql.push(" AND \"version\" = ")
+        .bind(SqlValue::Int(expected));
+    sql
+}
+
+pub fn delete_sql(dialect: Dialect, coll: &Collection, id: &str, expected: Option<i64>) -> Sql {
+    let mut sql = Sql::new(dialect);
+    sql.push("DELETE FROM ")
+        .ident(coll.name())
+        .push(" WHERE \"id\" = ");
+    sql.bind(SqlValue::Text(id.to_owned()));
+    if let Some(v) = expected {
+        sql.push(" AND \"version\" = ").bind(SqlValue::Int(v));
+    }
+    sql
+}
+
+/// `SELECT COUNT(*) FROM "t" WHERE "id" = ?`
+pub fn exists_sql(dialect: Dialect, table: &str, id: &str) -> Sql {
+    count_ids_sql(dialect, table, &[id.to_owned()])
+}
+
+/// `SELECT COUNT(*) FROM "t" WHERE "id" IN (...)`
+pub fn count_ids_sql(dialect: Dialect, table: &str, ids: &[String]) -> Sql {
+    let mut sql = Sql::new(dialect);
+    sql.push("SELECT COUNT(*) FROM ")
+        .ident(table)
+        .push(" WHERE \"id\" IN (");
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.bind(SqlValue::Text(id.clone()));
+    }
+    sql.push(")");
+    sql
+}
+
+/// Whether any record of `coll` points at `id` through `field`.
+pub fn referrer_sql(dialect: Dialect, coll: &Collection, field: &FieldSpec, id: &str) -> Sql {
+    let mut sql = Sql::new(dialect);
+    sql.push("SELECT COUNT(*) FROM (SELECT 1 FROM ")
+        .ident(coll.name())
+        .push(" WHERE ");
+    if field.multiple {
+        sql.json_array_contains(coll.name(), &field.name, SqlValue::Text(id.to_owned()));
+    } else {
+        sql.column(coll.name(), &field.name)
+            .push(" = ")
+            .bind(SqlValue::Text(id.to_owned()));
+    }
+    sql.push(" LIMIT 1) AS r");
+    sql
+}
+
+/// The relation targets a record names, per field: (field, target collection, ids).
+pub fn relation_targets(coll: &Collection, record: &Record) -> Vec<(String, String, Vec<String>)> {
+    let mut out = Vec::new();
+    if coll.is_document() {
+        return out;
+    }
+    for f in coll.fields() {
+        if f.field_type != FieldType::Relation {
+            continue;
+        }
+        let Some(target) = &f.collection else {
+            continue;
+        };
+        let ids: BTreeSet<String> = match record.data.get(&f.name) {
+            Some(Value::String(s)) => std::iter::once(s.clone()).collect(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            _ => BTreeSet::new(),
+        };
+        if !ids.is_empty() {
+            out.push((f.name.clone(), target.clone(), ids.into_iter().collect()));
+        }
+    }
+    out
+}
+
+/// The field error for a relation whose target is missing.
+pub fn missing_target(field: &str, target: &str) -> FieldErrors {
+    let mut errors = FieldErrors::new();
+    push_field_error(
+        &mut errors,
+        field,
+        "relation_not_found",
+        format!("no record with that id in '{target}'"),
+    );
+    errors
+}
