@@ -215,8 +215,9 @@ pub fn plan(
         return Err(ApiError::validation(errors).with_extra("detailKind", Value::from("query")));
     }
 
-    let expr = match params.filter.as_deref().map(str::trim) {
-        None | Some("") => None,
+    let expr = match params.filter.as_deref() {
+        None => None,
+        Some(f) if f.trim().is_empty() => None,
         Some(f) => Some(lintel_filter::parse(f).map_err(|e| {
             filter_error(FilterError {
                 code: e.code.as_str(),

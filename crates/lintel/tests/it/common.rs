@@ -1,0 +1,213 @@
+//! The test harness: `TestApp::spawn()` starts Lintel on 127.0.0.1:0 with a fresh data
+//! folder and an admin token, and offers request helpers for the anonymous and admin
+//! personas.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub dir: tempfile::TempDir,
+    running: Option<lintel::Running>,
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts the problem shape and returns the code.
+    pub fn problem_code(&self) -> &str {
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "not a problem: {} {}",
+            self.status,
+            self.text
+        );
+        assert_eq!(
+            self.body["status"],
+            json!(self.status.as_u16()),
+            "{}",
+            self.text
+        );
+        assert!(
+            self.body["type"].is_string() && self.body["title"].is_string(),
+            "{}",
+            self.text
+        );
+        assert!(self.body["detail"].is_string(), "{}", self.text);
+        assert!(
+            self.body["requestId"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty()),
+            "{}",
+            self.text
+        );
+        self.body["code"].as_str().unwrap_or("")
+    }
+
+    /// The code of one field error.
+    pub fn field_error(&self, field: &str) -> Option<&str> {
+        self.body["errors"][field]["code"].as_str()
+    }
+}
+
+pub fn config(dir: &std::path::Path) -> lintel::Config {
+    let mut cfg = lintel::Config::default();
+    cfg.data_dir = dir.to_path_buf();
+    cfg.listen = "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!());
+    cfg.admin_token = lintel::config::Secret(ADMIN_TOKEN.into());
+    cfg.http.shutdown_grace_ms = 2_000;
+    cfg
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    pub async fn spawn_with(f: impl FnOnce(&mut lintel::Config)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cfg = config(dir.path());
+        f(&mut cfg);
+        Self::start_in(dir, cfg).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, cfg: lintel::Config) -> Self {
+        let running = lintel::start(cfg).await.expect("server starts");
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        TestApp {
+            addr: running.addr,
+            client,
+            dir,
+            running: Some(running),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Reply {
+        let res = req.send().await.expect("request sent");
+        let status = res.status();
+        let headers = res.headers().clone();
+        let text = res.text().await.expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            body,
+            text,
+        }
+    }
+
+    pub fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, self.url(path))
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(self.req(Method::GET, path)).await
+    }
+
+    pub async fn json(&self, method: Method, path: &str, body: Value) -> Reply {
+        self.send(self.req(method, path).json(&body)).await
+    }
+
+    pub async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
+        let mut r = self.req(method, path).bearer_auth(ADMIN_TOKEN);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        self.send(r).await
+    }
+
+    /// Creates a collection and asserts 201.
+    pub async fn collection(&self, spec: Value) -> Reply {
+        let r = self
+            .admin(Method::POST, "/v1/collections", Some(spec))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        r
+    }
+
+    /// Creates a record and asserts 201.
+    pub async fn create(&self, coll: &str, body: Value) -> Value {
+        let r = self
+            .json(
+                Method::POST,
+                &format!("/v1/collections/{coll}/records"),
+                body,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        r.body
+    }
+
+    /// The `posts` table used across tests (and `authors` it relates to).
+    pub async fn posts(&self) {
+        self.collection(json!({
+            "name": "authors",
+            "fields": [{"name": "name", "type": "text", "required": true}]
+        }))
+        .await;
+        self.collection(json!({
+            "name": "posts",
+            "kind": "table",
+            "fields": [
+                {"name": "title", "type": "text", "required": true, "max": 100},
+                {"name": "slug", "type": "text", "unique": true, "pattern": "[a-z0-9-]+"},
+                {"name": "views", "type": "integer", "min": 0},
+                {"name": "score", "type": "number"},
+                {"name": "published", "type": "bool", "default": false},
+                {"name": "contact", "type": "email"},
+                {"name": "link", "type": "url"},
+                {"name": "at", "type": "datetime"},
+                {"name": "category", "type": "select", "values": ["news", "tech", "life"]},
+                {"name": "meta", "type": "json"},
+                {"name": "author", "type": "relation", "collection": "authors"},
+                {"name": "coauthors", "type": "relation", "collection": "authors", "multiple": true}
+            ],
+            "indexes": [{"fields": ["views"]}]
+        }))
+        .await;
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+
+    /// Stops the server but keeps the data folder.
+    pub async fn stop_keep_dir(mut self) -> tempfile::TempDir {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+        self.dir
+    }
+
+    pub fn running(&self) -> &lintel::Running {
+        self.running.as_ref().unwrap_or_else(|| unreachable!())
+    }
+}

@@ -1,0 +1,301 @@
+//! The HTTP edge: versions, request ids, the problem shape for every failure,
+//! health, readiness, metrics, the OpenAPI document, HTTP/2 and compression.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::common::{ADMIN_TOKEN, TestApp};
+
+#[tokio::test]
+async fn health_ready_and_headers() {
+    let app = TestApp::spawn().await;
+    let r = app.get("/v1/health").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["status"], "ok");
+    assert_eq!(r.header("api-version"), Some("1"));
+    assert!(r.header("x-request-id").is_some_and(|id| id.len() >= 8));
+    let r = app.get("/v1/ready").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn request_id_is_kept_when_sane_and_replaced_otherwise() {
+    let app = TestApp::spawn().await;
+    let r = app
+        .send(
+            app.req(Method::GET, "/v1/health")
+                .header("x-request-id", "client-id-12345"),
+        )
+        .await;
+    assert_eq!(r.header("x-request-id"), Some("client-id-12345"));
+    let r = app
+        .send(
+            app.req(Method::GET, "/v1/nope")
+                .header("x-request-id", "bad id with spaces"),
+        )
+        .await;
+    let id = r.header("x-request-id").unwrap().to_owned();
+    assert_ne!(id, "bad id with spaces");
+    assert_eq!(
+        r.body["requestId"],
+        json!(id),
+        "problem carries the response's request id"
+    );
+    let r = app
+        .send(app.req(Method::GET, "/v1/health").header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn version_in_path_or_header() {
+    let app = TestApp::spawn().await;
+    // Unprefixed paths take the header's version (or the current one).
+    let r = app
+        .send(app.req(Method::GET, "/health").header("api-version", "1"))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.header("api-version"), Some("1"));
+    let r = app.get("/health").await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    let r = app
+        .send(app.req(Method::GET, "/health").header("api-version", "7"))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.problem_code(), "unsupported_version");
+    assert_eq!(r.body["supportedVersions"], json!(["1"]));
+
+    let r = app.get("/v2/health").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.problem_code(), "unsupported_version");
+
+    let r = app
+        .send(
+            app.req(Method::GET, "/v1/health")
+                .header("api-version", "2"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.problem_code(), "version_conflict");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_failure_is_a_problem() {
+    let app = TestApp::spawn_with(|c| c.http.body_limit = 1024).await;
+    app.posts().await;
+
+    let r = app.get("/v1/no/such/route").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.problem_code(), "route_not_found");
+
+    let r = app.send(app.req(Method::DELETE, "/v1/health")).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.problem_code(), "method_not_allowed");
+
+    let r = app
+        .send(
+            app.req(Method::POST, "/v1/collections/posts/records")
+                .header("content-type", "text/plain")
+                .body("title=x"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(r.problem_code(), "unsupported_media_type");
+
+    let r = app
+        .send(
+            app.req(Method::POST, "/v1/collections/posts/records")
+                .header("content-type", "application/json")
+                .body("{\"title\": "),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.problem_code(), "invalid_json");
+
+    let r = app
+        .send(
+            app.req(Method::POST, "/v1/collections/posts/records")
+                .header("content-type", "application/json")
+                .body("[1, 2]"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.problem_code(), "invalid_body");
+
+    let big = json!({ "title": "x".repeat(4000) });
+    let r = app
+        .json(Method::POST, "/v1/collections/posts/records", big)
+        .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(r.problem_code(), "payload_too_large");
+
+    // A path segment that is not valid percent-encoded UTF-8.
+    let r = app.get("/v1/collections/%FF%FE/records").await;
+    assert!(r.status.is_client_error());
+    r.problem_code();
+
+    let r = app.get("/v1/collections/posts/records?perPage=abc").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.field_error("perPage"), Some("invalid"));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn openapi_documents_every_route_and_every_documented_path_answers() {
+    let app = TestApp::spawn().await;
+    app.posts().await;
+    let doc = app.get("/v1/openapi.json").await;
+    assert_eq!(doc.status, StatusCode::OK);
+    assert!(doc.body["openapi"].as_str().unwrap().starts_with("3.1"));
+    let paths = doc.body["paths"].as_object().unwrap();
+    // The endpoints the README promises.
+    for (path, method) in [
+        ("/v1/health", "get"),
+        ("/v1/ready", "get"),
+        ("/v1/openapi.json", "get"),
+        ("/metrics", "get"),
+        ("/v1/collections", "get"),
+        ("/v1/collections", "post"),
+        ("/v1/collections/{name}", "get"),
+        ("/v1/collections/{name}", "patch"),
+        ("/v1/collections/{name}", "delete"),
+        ("/v1/collections/{collection}/records", "get"),
+        ("/v1/collections/{collection}/records", "post"),
+        ("/v1/collections/{collection}/records/{id}", "get"),
+        ("/v1/collections/{collection}/records/{id}", "put"),
+        ("/v1/collections/{collection}/records/{id}", "patch"),
+        ("/v1/collections/{collection}/records/{id}", "delete"),
+        ("/v1/batch", "post"),
+    ] {
+        assert!(
+            paths[path][method].is_object(),
+            "{method} {path} missing from the document"
+        );
+    }
+    // Every documented operation is routed: it never answers "no route" or 405.
+    let mut checked = 0;
+    for (path, item) in paths {
+        let concrete = path
+            .replace("{name}", "posts")
+            .replace("{collection}", "posts")
+            .replace("{id}", "doesnotexist0000");
+        for method in ["get", "post", "put", "patch", "delete"] {
+            if !item[method].is_object() {
+                continue;
+            }
+            let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let r = app
+                .send(
+                    app.req(m, &concrete)
+                        .bearer_auth(ADMIN_TOKEN)
+                        .header("content-type", "application/json")
+                        .body("{}"),
+                )
+                .await;
+            assert_ne!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            if r.status == StatusCode::NOT_FOUND {
+                assert_ne!(
+                    r.body["code"], "route_not_found",
+                    "{method} {path} is documented but not routed"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 16);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_template() {
+    let app = TestApp::spawn().await;
+    app.posts().await;
+    app.get("/v1/collections/posts/records").await;
+    let r = app.get("/metrics").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.text.contains("lintel_http_requests_total"), "{}", r.text);
+    assert!(
+        r.text
+            .contains("route=\"/v1/collections/{collection}/records\"")
+    );
+    assert!(
+        r.text
+            .contains("lintel_http_request_duration_seconds_bucket")
+    );
+    assert!(r.text.contains("lintel_http_requests_in_flight"));
+    assert!(r.text.contains("lintel_store_commits_total"));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_and_gzip() {
+    let app = TestApp::spawn().await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let res = h2.get(app.url("/v1/health")).send().await.unwrap();
+    assert_eq!(res.version(), reqwest::Version::HTTP_2);
+    assert_eq!(res.status(), StatusCode::OK);
+
+    let res = app
+        .client
+        .get(app.url("/v1/openapi.json"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers().get("content-encoding").unwrap(), "gzip");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_requests() {
+    let app = TestApp::spawn().await;
+    app.posts().await;
+    let client = app.client.clone();
+    let url = app.url("/v1/collections/authors/records");
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let client = client.clone();
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&json!({"name": format!("a{i}")}))
+                .send()
+                .await
+                .map(|r| r.status())
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let addr = app.addr;
+    let dir = app.stop_keep_dir().await;
+    let mut created = 0;
+    for t in tasks {
+        // A request either completed, or was never accepted; none is cut off midway.
+        if let Ok(Ok(status)) = t.await {
+            assert_eq!(status, StatusCode::CREATED);
+            created += 1;
+        }
+    }
+    assert!(
+        reqwest::get(format!("http://{addr}/v1/health"))
+            .await
+            .is_err(),
+        "listener closed"
+    );
+    // Every acknowledged create is in the store after a restart.
+    let cfg = crate::common::config(dir.path());
+    let app = TestApp::start_in(dir, cfg).await;
+    let r = app.get("/v1/collections/authors/records?perPage=1").await;
+    assert_eq!(r.body["totalItems"], json!(created));
+    app.shutdown().await;
+}

@@ -1,0 +1,13 @@
+//! Lintel's integration suite: every test starts a real server on port 0 with its own
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! data folder and speaks HTTP to it. One binary, so linking happens once.
+
+mod batch;
+mod collections;
+mod common;
+mod concurrency;
+mod edge;
+mod idempotency;
+mod migrations;
+mod records;
