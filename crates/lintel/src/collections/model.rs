@@ -592,16 +592,17 @@ fn validate_field(
                 "a relation needs its target collection",
             );
         }
-        (FieldType::Relation, Some(target)) => {
-            if target != &spec.name && !existing.iter().any(|n| n == target) {
-                push_field_error(
-                    errors,
-                    format!("{key}.collection"),
-                    "unknown_collection",
-                    format!("no collection '{target}'"),
-                );
-            }
+        (FieldType::Relation, Some(target))
+            if target != &spec.name && !existing.iter().any(|n| n == target) =>
+        {
+            push_field_error(
+                errors,
+                format!("{key}.collection"),
+                "unknown_collection",
+                format!("no collection '{target}'"),
+            );
         }
+        (FieldType::Relation, Some(_)) => {}
         (_, Some(_)) => {
             push_field_error(
                 errors,

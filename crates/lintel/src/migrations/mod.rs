@@ -226,7 +226,7 @@ pub fn scan(dir: &Path) -> anyhow::Result<Vec<MigrationFile>> {
             migration,
         });
     }
-    out.sort_by(|a, b| version_key(&a.migration.version).cmp(&version_key(&b.migration.version)));
+    out.sort_by_key(|f| version_key(&f.migration.version));
     let mut seen = BTreeMap::new();
     for f in &out {
         if let Some(other) = seen.insert(f.migration.version.clone(), f.path.clone()) {

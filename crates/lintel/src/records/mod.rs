@@ -40,7 +40,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 const RECORD_CACHE_CONTROL: &str = "private, no-cache";
 
-fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 

@@ -70,10 +70,12 @@ impl Reply {
 }
 
 pub fn config(dir: &std::path::Path) -> lintel::Config {
-    let mut cfg = lintel::Config::default();
-    cfg.data_dir = dir.to_path_buf();
-    cfg.listen = "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!());
-    cfg.admin_token = lintel::config::Secret(ADMIN_TOKEN.into());
+    let mut cfg = lintel::Config {
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
+        admin_token: lintel::config::Secret(ADMIN_TOKEN.into()),
+        ..Default::default()
+    };
     cfg.http.shutdown_grace_ms = 2_000;
     cfg
 }

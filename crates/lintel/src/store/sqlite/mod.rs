@@ -74,7 +74,7 @@ impl SqliteStore {
     /// Opens (or creates) the database and brings Lintel's own tables up to date.
     /// Blocking: call it from a blocking context.
     pub fn open(path: &Path, cfg: &StoreConfig) -> Result<Self, StoreError> {
-        let exec = Executor::open(path, cfg, |conn| run_system_migrations(conn))?;
+        let exec = Executor::open(path, cfg, run_system_migrations)?;
         Ok(Self { exec })
     }
 }
