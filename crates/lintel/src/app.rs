@@ -34,8 +34,8 @@ pub struct Inner {
     pub config: Config,
     /// The storage engine.
     pub store: Arc<dyn Store>,
-    /// The collections, swapped whole after each schema change.
-    catalog: RwLock<Arc<Catalog>>,
+    /// The collections and their generation, swapped whole after each schema change.
+    catalog: RwLock<(i64, Arc<Catalog>)>,
     /// SHA-256 of the admin token.
     admin_digest: [u8; 32],
     /// Makes migration versions.
@@ -57,17 +57,21 @@ impl AppState {
     /// The current catalog (a snapshot; the lock is released on return).
     pub fn catalog(&self) -> Arc<Catalog> {
         match self.catalog.read() {
-            Ok(c) => c.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
+            Ok(c) => c.1.clone(),
+            Err(poisoned) => poisoned.into_inner().1.clone(),
         }
     }
 
     /// Re-reads the collections from the store.
     pub async fn reload_catalog(&self) -> anyhow::Result<()> {
-        let catalog = load_catalog(self.store.as_ref()).await?;
-        match self.catalog.write() {
-            Ok(mut c) => *c = Arc::new(catalog),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(catalog),
+        let (generation, catalog) = load_catalog(self.store.as_ref()).await?;
+        let mut slot = match self.catalog.write() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // Two reloads can finish out of order; only a snapshot at least as new wins.
+        if generation >= slot.0 {
+            *slot = (generation, Arc::new(catalog));
         }
         Ok(())
     }
@@ -77,8 +81,8 @@ impl AppState {
     }
 }
 
-async fn load_catalog(store: &dyn Store) -> anyhow::Result<Catalog> {
-    let stored = store
+async fn load_catalog(store: &dyn Store) -> anyhow::Result<(i64, Catalog)> {
+    let (stored, generation) = store
         .load_catalog()
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -89,7 +93,7 @@ async fn load_catalog(store: &dyn Store) -> anyhow::Result<Catalog> {
             .map_err(|e| anyhow::anyhow!("collection {name} cannot be compiled: {e}"))?;
         catalog.collections.insert(name, Arc::new(coll));
     }
-    Ok(catalog)
+    Ok((generation, catalog))
 }
 
 /// Opens the store for `config` (SQLite under the data folder).
@@ -179,6 +183,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tokio::task::spawn_blocking(move || admin_token(&cfg)).await??
     };
     let catalog = load_catalog(store.as_ref()).await?;
+    let versions = VersionClock::default();
+    for m in store
+        .applied_migrations()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+    {
+        versions.seed(&m.version);
+    }
+    for f in crate::migrations::scan(&config.migrations_path())? {
+        versions.seed(&f.migration.version);
+    }
     let (router, openapi) = crate::http::api();
     let openapi_json = Bytes::from(
         openapi
@@ -189,8 +204,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         admin_digest: token_digest(&token),
         config,
         store,
-        catalog: RwLock::new(Arc::new(catalog)),
-        versions: VersionClock::default(),
+        catalog: RwLock::new((catalog.0, Arc::new(catalog.1))),
+        versions,
         metrics: crate::telemetry::metrics_handle(),
         openapi_json,
     }));
@@ -198,7 +213,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let edge = axum::middleware::from_fn(crate::http::edge::edge);
     let version = axum::middleware::from_fn(crate::http::edge::version);
-    let inner = edge.layer(version.layer(router));
     let panic = CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
         tracing::error!("a request handler panicked");
         axum::response::IntoResponse::into_response(ApiError::new(
@@ -207,7 +221,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             "The server failed to handle the request.",
         ))
     });
-    let service = panic.layer(inner);
+    // Inside `edge`, so a panic's problem gets the request id like any other error.
+    let service = edge.layer(panic.layer(version.layer(router)));
     let app: axum::Router = if state.config.http.compression {
         axum::Router::new().fallback_service(CompressionLayer::new().layer(service))
     } else {

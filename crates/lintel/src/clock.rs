@@ -16,7 +16,9 @@ pub fn now_ms() -> i64 {
 
 /// `2026-11-28T08:36:11.123Z`
 pub fn format_ts(t: OffsetDateTime) -> String {
-    let t = t.to_offset(UtcOffset::UTC);
+    // Out-of-range instants (beyond year 9999 in UTC) cannot be written; they are
+    // refused by `normalize_datetime`, so this only clamps defensively.
+    let t = t.checked_to_offset(UtcOffset::UTC).unwrap_or(t);
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
         t.year(),
@@ -33,10 +35,11 @@ pub fn format_ts(t: OffsetDateTime) -> String {
 /// it in the canonical form. `None` when it is neither.
 pub fn normalize_datetime(s: &str) -> Option<String> {
     if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
-        if !(0..=9999).contains(&t.to_offset(UtcOffset::UTC).year()) {
+        let utc = t.checked_to_offset(UtcOffset::UTC)?;
+        if !(0..=9999).contains(&utc.year()) {
             return None;
         }
-        return Some(format_ts(t));
+        return Some(format_ts(utc));
     }
     let date =
         time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]")).ok()?;
@@ -49,7 +52,7 @@ pub fn http_date(ts: &str) -> Option<String> {
     let fmt = time::macros::format_description!(
         "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
     );
-    t.to_offset(UtcOffset::UTC).format(&fmt).ok()
+    t.checked_to_offset(UtcOffset::UTC)?.format(&fmt).ok()
 }
 
 /// Parses an HTTP-date into a Unix time in seconds.
@@ -83,6 +86,8 @@ mod tests {
             Some("2024-01-02T00:00:00.000Z")
         );
         assert_eq!(normalize_datetime("yesterday"), None);
+        assert_eq!(normalize_datetime("9999-12-31T23:59:59-01:00"), None);
+        assert_eq!(normalize_datetime("0000-01-01T00:30:00+01:00"), None);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::http::extract::JsonBody;
 use crate::http::openapi::ProblemDoc;
 use crate::records::service::{self, render, store_error};
 use crate::records::validate::Mode;
-use crate::store::{WriteError, WriteOp, WriteOutcome};
+use crate::store::{StoreError, WriteError, WriteOp, WriteOutcome};
 
 pub const MAX_OPERATIONS: usize = 100;
 
@@ -155,6 +155,27 @@ async fn batch(
             format!("must hold 1 to {MAX_OPERATIONS} operations"),
         ));
     }
+    // Each update is checked against the record as it was before the batch, so two
+    // operations on one record cannot both apply: refuse that up front, clearly.
+    let mut targets: Vec<(usize, (String, String))> = Vec::new();
+    for (i, op) in req.operations.iter().enumerate() {
+        if let Some((coll, Some(id))) = parse_path(&op.path) {
+            if let Some((j, _)) = targets.iter().find(|(_, t)| t.0 == coll && t.1 == id) {
+                return Err(failed(
+                    i,
+                    op,
+                    ApiError::field(
+                        "path",
+                        "duplicate_target",
+                        format!(
+                            "operation {j} already addresses this record; one operation per record"
+                        ),
+                    ),
+                ));
+            }
+            targets.push((i, (coll, id)));
+        }
+    }
     let mut ops = Vec::with_capacity(req.operations.len());
     let mut statuses = Vec::with_capacity(req.operations.len());
     for (i, op) in req.operations.iter().enumerate() {
@@ -174,7 +195,16 @@ async fn batch(
         Ok(o) => o,
         Err(WriteError { index, error }) => {
             let i = index.min(req.operations.len() - 1);
-            return Err(failed(i, &req.operations[i], store_error(error)));
+            let op = &req.operations[i];
+            let err = match error {
+                // Without If-Match a lost race is a conflict, not a failed precondition.
+                StoreError::VersionConflict if op.if_match.is_none() => ApiError::conflict(
+                    "conflict",
+                    "The record changed while the batch was prepared; retry the batch.",
+                ),
+                other => store_error(other),
+            };
+            return Err(failed(i, op, err));
         }
     };
     let results: Vec<Value> = outcomes

@@ -106,8 +106,22 @@ fn check_defaults(spec: &CollectionSpec) -> FieldErrors {
     errors
 }
 
-/// Writes the migration file, applies it, then refreshes the catalog.
+/// Writes the migration file, applies it, then refreshes the catalog. Runs in its own
+/// task so a request that times out or is dropped never leaves the schema applied but
+/// the file unwritten or the catalog stale.
 async fn apply_change(
+    state: &AppState,
+    name: String,
+    up: Vec<SchemaOp>,
+    down: Vec<SchemaOp>,
+) -> Result<(), ApiError> {
+    let state = state.clone();
+    tokio::spawn(async move { apply_change_now(&state, name, up, down).await })
+        .await
+        .map_err(ApiError::internal)?
+}
+
+async fn apply_change_now(
     state: &AppState,
     name: String,
     up: Vec<SchemaOp>,
@@ -131,13 +145,8 @@ async fn apply_change(
         .store
         .apply_migration(migration, staged.checksum.clone())
         .await;
-    match result {
-        Ok(()) => {
-            tokio::task::spawn_blocking(move || staged.commit())
-                .await
-                .map_err(ApiError::internal)?
-                .map_err(|e| ApiError::internal(format!("renaming the migration file: {e}")))?;
-        }
+    let file = match result {
+        Ok(()) => tokio::task::spawn_blocking(move || staged.commit()).await,
         Err(e) => {
             let _ = tokio::task::spawn_blocking(move || staged.discard()).await;
             return Err(match e {
@@ -150,8 +159,11 @@ async fn apply_change(
                 other => ApiError::internal(other),
             });
         }
-    }
-    state.reload_catalog().await.map_err(ApiError::internal)
+    };
+    // The change is committed: the catalog follows it whatever happens to the file.
+    state.reload_catalog().await.map_err(ApiError::internal)?;
+    file.map_err(ApiError::internal)?
+        .map_err(|e| ApiError::internal(format!("renaming the migration file: {e}")))
 }
 
 #[utoipa::path(

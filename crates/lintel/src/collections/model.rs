@@ -279,6 +279,15 @@ pub fn is_identifier(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// An index name: like an identifier, but long enough for generated names.
+pub fn is_index_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
+        && name.len() <= 120
+        && !name.to_ascii_lowercase().starts_with("sqlite_")
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// Checks a collection name; the message says why it is refused.
 pub fn check_collection_name(name: &str) -> Result<(), String> {
     if !is_identifier(name) {
@@ -439,12 +448,12 @@ pub fn validate_spec(spec: &CollectionSpec, existing: &[String], altering: bool)
             }
         }
         if let Some(name) = &idx.name {
-            if !is_identifier(name) && !name.contains("__") {
+            if !is_index_name(name) {
                 push_field_error(
                     &mut errors,
                     format!("{key}.name"),
                     "invalid_name",
-                    "letters, digits and underscores only",
+                    "letters, digits and underscores, starting with a letter, at most 120",
                 );
             }
             if !index_names.insert(name.clone()) {

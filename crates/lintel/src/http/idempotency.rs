@@ -123,25 +123,38 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
             err.into_response()
         }
         Ok(IdempotencyClaim::Replay(stored)) => replay(stored),
-        Ok(IdempotencyClaim::Proceed) => {
-            let res = next
-                .run(Request::from_parts(parts, Body::from(bytes)))
-                .await;
-            let (res, stored) = capture(res, &request_id).await;
-            let status = res.status();
-            let retryable = status.is_server_error()
-                || status == StatusCode::CONFLICT
-                || status == StatusCode::TOO_MANY_REQUESTS;
-            let outcome = match stored {
-                Some(stored) if !retryable => {
-                    state.store.idempotency_complete(scope, key, stored).await
+        Ok(IdempotencyClaim::Proceed { token }) => {
+            // The request runs to completion in its own task, and the key is completed
+            // or released there, even if this future is dropped (request time limit,
+            // client gone): the key never stays claimed by a request that is gone.
+            let task = tokio::spawn(async move {
+                let res = next
+                    .run(Request::from_parts(parts, Body::from(bytes)))
+                    .await;
+                let (res, stored) = capture(res, &request_id).await;
+                let status = res.status();
+                let retryable = status.is_server_error()
+                    || status == StatusCode::CONFLICT
+                    || status == StatusCode::TOO_MANY_REQUESTS;
+                let outcome = match stored {
+                    Some(stored) if !retryable => {
+                        state
+                            .store
+                            .idempotency_complete(scope, key, token, stored)
+                            .await
+                    }
+                    _ => state.store.idempotency_release(scope, key, token).await,
+                };
+                if let Err(e) = outcome {
+                    tracing::warn!(error = %e, "could not record the idempotent response");
                 }
-                _ => state.store.idempotency_release(scope, key).await,
-            };
-            if let Err(e) = outcome {
-                tracing::warn!(error = %e, "could not record the idempotent response");
+                res
+            });
+            match task.await {
+                Ok(res) => res,
+                Err(e) => ApiError::internal(format!("idempotent request task failed: {e}"))
+                    .into_response(),
             }
-            res
         }
     }
 }

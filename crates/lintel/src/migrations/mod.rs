@@ -133,6 +133,14 @@ pub struct VersionClock {
 }
 
 impl VersionClock {
+    /// Never hands out a version at or below `version` (the newest one known), so new
+    /// migrations sort after existing ones even when this machine's clock is behind.
+    pub fn seed(&self, version: &str) {
+        if let Ok(v) = version.parse::<u64>() {
+            self.last.fetch_max(v, Ordering::SeqCst);
+        }
+    }
+
     pub fn next(&self) -> String {
         let now = time::OffsetDateTime::now_utc();
         let stamp = format_version(now);
@@ -311,6 +319,12 @@ pub async fn revert_last(store: &dyn Store, steps: usize) -> anyhow::Result<Vec<
     let applied = store.applied_migrations().await.map_err(store_err)?;
     let mut done = Vec::new();
     for a in applied.into_iter().rev().take(steps) {
+        anyhow::ensure!(
+            !a.content.down.is_empty(),
+            "migration {} ({}) has no `down` steps, so it cannot be reverted",
+            a.version,
+            a.name
+        );
         store
             .revert_migration(a.content)
             .await

@@ -263,11 +263,12 @@ fn compare(
             }
             sql.push("(");
             write_target(sql, table, &a);
-            sql.push(if op == CompareOp::Ne {
-                sql.null_safe_ne()
-            } else {
-                sql_op(op)
-            });
+            let op_text = match op {
+                CompareOp::Ne => sql.null_safe_ne(),
+                CompareOp::Eq => sql.null_safe_eq(),
+                _ => sql_op(op),
+            };
+            sql.push(op_text);
             write_target(sql, table, &b);
             sql.push(")");
             Ok(())
@@ -313,6 +314,22 @@ fn field_vs_value(
 ) -> Result<(), FilterError> {
     let kind = kind_of(t);
     if let Value::Null = v {
+        if let (Kind::IdList, Target::Column { name, .. }) = (kind, t) {
+            // An empty list of relations is "no value", like null.
+            return match op {
+                CompareOp::Eq | CompareOp::Ne => {
+                    sql.push(if op == CompareOp::Eq { "(" } else { "(NOT " });
+                    sql.json_array_empty(table, name);
+                    sql.push(")");
+                    Ok(())
+                }
+                _ => Err(err(
+                    "type_mismatch",
+                    vs,
+                    "null can only be compared with = and !=",
+                )),
+            };
+        }
         return match op {
             CompareOp::Eq | CompareOp::Ne => {
                 sql.push("(");

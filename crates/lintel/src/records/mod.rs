@@ -44,6 +44,18 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// `If-Match`; a value that is not visible ASCII is refused rather than ignored, so a
+/// conditional write never turns unconditional.
+fn if_match(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    match headers.get(header::IF_MATCH) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(Some)
+            .map_err(|_| ApiError::field("If-Match", "invalid", "must be one or more entity tags")),
+    }
+}
+
 /// A single-record response with its validators.
 fn record_response(
     status: StatusCode,
@@ -215,21 +227,6 @@ async fn get_record(
 ) -> Result<Response, ApiError> {
     let coll = service::collection(&state, &collection)?;
     let record = service::get(&state, &coll, &id).await?;
-    let fresh = match header_str(&headers, header::IF_NONE_MATCH) {
-        Some(h) => tag_matches(h, &record, true),
-        None => header_str(&headers, header::IF_MODIFIED_SINCE)
-            .and_then(crate::clock::parse_http_date)
-            .zip(crate::clock::ts_seconds(&record.updated))
-            .is_some_and(|(since, updated)| updated <= since),
-    };
-    if fresh {
-        let mut res = record_response(StatusCode::OK, coll.name(), &record, Value::Null);
-        *res.status_mut() = StatusCode::NOT_MODIFIED;
-        *res.body_mut() = axum::body::Body::empty();
-        res.headers_mut().remove(header::CONTENT_TYPE);
-        res.headers_mut().remove(header::CONTENT_LENGTH);
-        return Ok(res);
-    }
     let (fields, expand) = match query.as_deref() {
         Some(q) if !q.is_empty() => {
             let p = ListParams::from_query(q);
@@ -256,8 +253,32 @@ async fn get_record(
         &expand,
     )
     .await?;
+    // A projected or expanded body is another representation, and expanded records
+    // change on their own: such responses carry no record validators and are not
+    // answered with 304 from the record's tag.
+    let shaped = fields.is_some() || !expand.is_empty();
+    let fresh = match header_str(&headers, header::IF_NONE_MATCH) {
+        Some(h) => tag_matches(h, &record, true),
+        None => header_str(&headers, header::IF_MODIFIED_SINCE)
+            .and_then(crate::clock::parse_http_date)
+            .zip(crate::clock::ts_seconds(&record.updated))
+            .is_some_and(|(since, updated)| updated <= since),
+    };
+    if fresh && !shaped {
+        let mut res = record_response(StatusCode::OK, coll.name(), &record, Value::Null);
+        *res.status_mut() = StatusCode::NOT_MODIFIED;
+        *res.body_mut() = axum::body::Body::empty();
+        res.headers_mut().remove(header::CONTENT_TYPE);
+        res.headers_mut().remove(header::CONTENT_LENGTH);
+        return Ok(res);
+    }
     let body = items.pop().unwrap_or(Value::Null);
-    Ok(record_response(StatusCode::OK, coll.name(), &record, body))
+    let mut res = record_response(StatusCode::OK, coll.name(), &record, body);
+    if shaped {
+        res.headers_mut().remove(header::ETAG);
+        res.headers_mut().remove(header::LAST_MODIFIED);
+    }
+    Ok(res)
 }
 
 async fn update(
@@ -269,7 +290,7 @@ async fn update(
     mode: Mode,
 ) -> Result<Response, ApiError> {
     let coll = service::collection(&state, &collection)?;
-    let if_match = header_str(&headers, header::IF_MATCH);
+    let if_match = if_match(&headers)?;
     let record = service::update(&state, &coll, &id, input, mode, if_match).await?;
     let body = Value::Object(service::render(&coll, &record, None));
     Ok(record_response(StatusCode::OK, coll.name(), &record, body))
@@ -351,8 +372,7 @@ async fn delete_record(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let coll = service::collection(&state, &collection)?;
-    let op =
-        service::prepare_delete(&state, &coll, &id, header_str(&headers, header::IF_MATCH)).await?;
+    let op = service::prepare_delete(&state, &coll, &id, if_match(&headers)?).await?;
     service::write_one(&state, op).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -491,7 +491,10 @@ fn sort_value(record: &Record, key: &SortKey) -> Value {
         SortTarget::Path(path) => {
             let mut cur = record.data.get(&path[0]).cloned().unwrap_or(Value::Null);
             for seg in &path[1..] {
+                let index = !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit());
                 cur = match &cur {
+                    // The SQL path reads an all-digit segment as an array index only.
+                    Value::Object(_) if index => Value::Null,
                     Value::Object(m) => m.get(seg).cloned().unwrap_or(Value::Null),
                     Value::Array(a) => seg
                         .parse::<usize>()

@@ -57,7 +57,7 @@ pub fn validate_table(
             (None, _) => f.default.clone().unwrap_or(Value::Null),
             (Some(v), _) => v.clone(),
         };
-        if is_empty(&value) {
+        if is_empty(f, &value) {
             if f.required {
                 push_field_error(&mut errors, f.name.as_str(), "required", "is required");
             } else {
@@ -134,8 +134,12 @@ fn pointer_to_path(pointer: &str) -> String {
         .join(".")
 }
 
-/// Null, or an empty string or list: all count as "no value".
-fn is_empty(v: &Value) -> bool {
+/// Null, or an empty string or list: all count as "no value" (for json fields only
+/// null does: `[]` and `""` are values there).
+fn is_empty(f: &FieldSpec, v: &Value) -> bool {
+    if f.field_type == FieldType::Json {
+        return v.is_null();
+    }
     match v {
         Value::Null => true,
         Value::String(s) => s.is_empty(),

@@ -55,6 +55,32 @@ fn names(specs: &BTreeMap<String, CollectionSpec>) -> Vec<String> {
     specs.keys().cloned().collect()
 }
 
+/// Index names share one namespace with tables (and each other) in the database, so a
+/// new index's name must not be taken by any collection or another collection's index.
+fn check_index_names(
+    spec: &CollectionSpec,
+    specs: &BTreeMap<String, CollectionSpec>,
+) -> Result<(), String> {
+    for idx in &spec.indexes {
+        let Some(name) = &idx.name else { continue };
+        for other in specs.values().filter(|o| o.name != spec.name) {
+            let taken = other.name.eq_ignore_ascii_case(name)
+                || other.indexes.iter().any(|i| {
+                    i.name
+                        .as_deref()
+                        .is_some_and(|n| n.eq_ignore_ascii_case(name))
+                });
+            if taken {
+                return Err(format!(
+                    "the index name '{name}' is already used by collection '{}'",
+                    other.name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn describe(errors: &crate::error::FieldErrors) -> String {
     errors
         .iter()
@@ -78,6 +104,7 @@ fn create(
             describe(&errors)
         ));
     }
+    check_index_names(&spec, specs)?;
     let t = quote_ident(&spec.name);
     let mut cols = vec![
         "\"id\" TEXT PRIMARY KEY NOT NULL".to_owned(),
@@ -289,6 +316,7 @@ fn alter_collection(
             describe(&errors)
         ));
     }
+    check_index_names(&spec, specs)?;
     if alter.drop_fields.is_empty()
         && alter.add_fields.is_empty()
         && alter.rename_fields.is_empty()

@@ -69,8 +69,9 @@ pub enum StoreError {
 /// The result of claiming an idempotency key.
 #[derive(Debug, Clone)]
 pub enum IdempotencyClaim {
-    /// The key is new (or expired, or abandoned): run the request.
-    Proceed,
+    /// The key is new (or expired, or abandoned): run the request. The token proves
+    /// ownership when completing or releasing (a claim taken over later has another).
+    Proceed { token: i64 },
     /// A response is stored for the same request: replay it.
     Replay(StoredResponse),
     /// The same key was used with a different request.
@@ -110,8 +111,10 @@ pub trait Store: Send + Sync + 'static {
     /// names the index of the operation that failed.
     async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, WriteError>;
 
-    /// Reads the catalog of collections.
-    async fn load_catalog(&self) -> Result<Vec<StoredCollection>, StoreError>;
+    /// Reads the catalog of collections, with its generation (the number of applied
+    /// migrations, read in the same snapshot) so a newer catalog is never replaced by
+    /// an older one.
+    async fn load_catalog(&self) -> Result<(Vec<StoredCollection>, i64), StoreError>;
 
     /// Migrations recorded as applied, oldest first.
     async fn applied_migrations(&self) -> Result<Vec<AppliedMigration>, StoreError>;
@@ -142,11 +145,17 @@ pub trait Store: Send + Sync + 'static {
         &self,
         scope: String,
         key: String,
+        token: i64,
         response: StoredResponse,
     ) -> Result<(), StoreError>;
 
     /// Releases a claimed key without a response (the request failed on our side).
-    async fn idempotency_release(&self, scope: String, key: String) -> Result<(), StoreError>;
+    async fn idempotency_release(
+        &self,
+        scope: String,
+        key: String,
+        token: i64,
+    ) -> Result<(), StoreError>;
 
     /// Deletes idempotency entries older than the cut-off; returns how many.
     async fn idempotency_purge(&self, older_than_ms: i64) -> Result<u64, StoreError>;

@@ -103,7 +103,7 @@ impl Sql {
                 self.push("json_extract(");
                 self.column(table, column);
                 self.push(", ");
-                self.bind(SqlValue::Text(sqlite_json_path(path)));
+                self.json_path_text(path);
                 self.push(")");
             }
             Dialect::Postgres => {
@@ -128,21 +128,17 @@ impl Sql {
         let pattern = format!("%{}%", like_escape(&value));
         match self.dialect {
             Dialect::Sqlite => {
-                let p = sqlite_json_path(path);
                 self.push("CASE WHEN json_type(");
-                self.column(table, column)
-                    .push(", ")
-                    .bind(SqlValue::Text(p.clone()));
+                self.column(table, column).push(", ");
+                self.json_path_text(path);
                 self.push(") = 'array' THEN EXISTS (SELECT 1 FROM json_each(");
-                self.column(table, column)
-                    .push(", ")
-                    .bind(SqlValue::Text(p.clone()));
+                self.column(table, column).push(", ");
+                self.json_path_text(path);
                 self.push(") WHERE json_each.value = ")
                     .bind(SqlValue::Text(value));
                 self.push(") ELSE json_extract(");
-                self.column(table, column)
-                    .push(", ")
-                    .bind(SqlValue::Text(p));
+                self.column(table, column).push(", ");
+                self.json_path_text(path);
                 self.push(") LIKE ")
                     .bind(SqlValue::Text(pattern))
                     .push(" ESCAPE '\\' END");
@@ -168,6 +164,42 @@ impl Sql {
                     .push(" ESCAPE '\\' END");
             }
         }
+    }
+
+    /// A SQLite JSON path. Written inline when every segment is an identifier or an
+    /// index (always, after validation), so expression indexes on the same path match;
+    /// bound as a parameter otherwise.
+    fn json_path_text(&mut self, path: &[String]) {
+        let text = sqlite_json_path(path);
+        let safe = path
+            .iter()
+            .all(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+        if safe {
+            self.push("'").push(&text).push("'");
+        } else {
+            self.bind(SqlValue::Text(text));
+        }
+    }
+
+    /// The operator for "equal, where null equals null".
+    pub fn null_safe_eq(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Sqlite => " IS ",
+            Dialect::Postgres => " IS NOT DISTINCT FROM ",
+        }
+    }
+
+    /// Whether a JSON array column is null or empty.
+    pub fn json_array_empty(&mut self, table: &str, column: &str) {
+        self.push("(");
+        self.column(table, column);
+        self.push(" IS NULL OR ");
+        match self.dialect {
+            Dialect::Sqlite => self.push("json_array_length("),
+            Dialect::Postgres => self.push("jsonb_array_length("),
+        };
+        self.column(table, column);
+        self.push(") = 0)");
     }
 
     /// Whether the JSON array in a column contains a value.

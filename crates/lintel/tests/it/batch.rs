@@ -111,6 +111,26 @@ async fn a_failing_operation_rolls_back_the_whole_batch() {
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(r.body["failedOperation"], 0);
 
+    let a = app.create("authors", json!({"name": "Ann"})).await;
+    let href = format!(
+        "/v1/collections/authors/records/{}",
+        a["id"].as_str().unwrap()
+    );
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/batch",
+            json!({"operations": [
+                {"method": "PATCH", "path": href, "body": {"name": "x"}},
+                {"method": "DELETE", "path": href},
+            ]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.body["failedOperation"], 1);
+    assert_eq!(r.field_error("path"), Some("duplicate_target"));
+    app.send(app.req(Method::DELETE, &href)).await;
+
     let too_many: Vec<Value> = (0..101)
         .map(|i| json!({"method": "POST", "path": "/v1/collections/authors/records", "body": {"name": format!("n{i}")}}))
         .collect();

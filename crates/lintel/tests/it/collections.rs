@@ -112,6 +112,11 @@ async fn bad_definitions_get_field_errors() {
             "invalid_schema",
         ),
         (
+            json!({"name": "t", "fields": [{"name": "a", "type": "text"}], "indexes": [{"name": "x y\"; --", "fields": ["a"]}]}),
+            "indexes[0].name",
+            "invalid_name",
+        ),
+        (
             json!({"name": "t", "kind": "document", "fields": [{"name": "a", "type": "text"}]}),
             "fields",
             "not_allowed",
@@ -153,6 +158,16 @@ async fn bad_definitions_get_field_errors() {
         )
         .await;
     assert_eq!(r.field_error("name"), Some("already_exists"));
+    // Index names are one namespace across collections.
+    let r = app
+        .admin(
+            Method::POST,
+            "/v1/collections",
+            Some(json!({"name": "other", "fields": [{"name": "a", "type": "text"}], "indexes": [{"name": "dup__created__idx", "fields": ["a"]}]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    assert_eq!(r.problem_code(), "schema_conflict");
     // Nothing was written for the refused definitions.
     let files = std::fs::read_dir(app.dir.path().join("migrations"))
         .unwrap()

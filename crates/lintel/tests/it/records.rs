@@ -91,6 +91,17 @@ async fn create_read_update_delete_with_validators() {
     assert_eq!(sys.field_error("id"), Some("read_only"));
     assert_eq!(sys.field_error("version"), Some("read_only"));
 
+    let garbled = app
+        .send(app.req(Method::DELETE, &href).header(
+            "if-match",
+            reqwest::header::HeaderValue::from_bytes(b"\"x\xe9\"").unwrap(),
+        ))
+        .await;
+    assert_eq!(
+        garbled.status,
+        StatusCode::BAD_REQUEST,
+        "an unreadable If-Match is refused, not ignored"
+    );
     let stale_delete = app
         .send(app.req(Method::DELETE, &href).header("if-match", &etag))
         .await;
@@ -227,6 +238,22 @@ async fn every_field_type_and_option_is_enforced() {
     assert_eq!(ok["at"], "2024-05-01T10:00:00.000Z");
     assert_eq!(ok["meta"], json!({"k": [1, 2]}));
     assert_eq!(ok["coauthors"], json!([id(&author)]), "deduplicated");
+    // In a json field, [] and "" are values, not "empty".
+    let j = app.create("posts", json!({"title": "j", "meta": []})).await;
+    assert_eq!(j["meta"], json!([]));
+    assert_eq!(j["coauthors"], json!([]));
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/collections/posts/records",
+            json!({"title": "t", "at": "9999-12-31T23:59:59-01:00"}),
+        )
+        .await;
+    assert_eq!(
+        r.field_error("at"),
+        Some("invalid_datetime"),
+        "out of range, refused not crashed"
+    );
 
     // Unique and relation constraints from the store are field errors.
     let dup = app
@@ -559,6 +586,15 @@ async fn expand_inlines_related_records() {
     assert_eq!(bad.field_error("expand"), Some("invalid_expand"));
     let q = list(&app, &[("filter", &format!("coauthors ~ '{}'", id(&b)))]).await;
     assert_eq!(q.body["totalItems"], 1, "{}", q.text);
+    app.create("posts", json!({"title": "alone"})).await;
+    let q = list(&app, &[("filter", "coauthors = null")]).await;
+    assert_eq!(
+        q.body["totalItems"], 1,
+        "an empty list is no value: {}",
+        q.text
+    );
+    let q = list(&app, &[("filter", "author = coauthors")]).await;
+    assert_eq!(q.status, StatusCode::BAD_REQUEST);
     app.shutdown().await;
 }
 
@@ -576,6 +612,7 @@ async fn filter_errors_say_where() {
         ("title > null", "type_mismatch", 8),
         ("1 = 1", "no_field", 0),
         ("@later = title", "unknown_macro", 0),
+        ("created > '9999-12-31T23:59:59-01:00'", "type_mismatch", 10),
     ] {
         let r = list(&app, &[("filter", filter)]).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{filter}: {}", r.text);

@@ -54,9 +54,13 @@ where
                 };
                 match conn.execute_batch(end) {
                     Ok(()) => result,
-                    Err(e) => Err(E::from(StoreError::Internal(format!(
-                        "ending savepoint: {e}"
-                    )))),
+                    Err(e) => {
+                        // Never leave a failed write's savepoint open inside the group.
+                        let _ = conn.execute_batch("ROLLBACK TO w; RELEASE w");
+                        Err(E::from(StoreError::Internal(format!(
+                            "ending savepoint: {e}"
+                        ))))
+                    }
                 }
             }
         };
@@ -290,11 +294,31 @@ fn run_group(conn: &Connection, tasks: Vec<Box<dyn WriteTask>>) {
         }
         return;
     }
-    let completions: Vec<_> = tasks.into_iter().map(|t| t.run(conn)).collect();
-    let commit = conn.execute_batch("COMMIT").map_err(|e| {
-        let _ = conn.execute_batch("ROLLBACK");
-        super::convert::map_error(&e)
-    });
+    let mut completions = Vec::with_capacity(tasks.len());
+    let mut aborted: Option<StoreError> = None;
+    for t in tasks {
+        if let Some(e) = &aborted {
+            t.fail(e.clone());
+            continue;
+        }
+        completions.push(t.run(conn));
+        // Some errors (I/O, full disk, out of memory) make SQLite roll the whole
+        // transaction back by itself. Then nothing of this group is kept, and the
+        // remaining tasks must not run in autocommit mode.
+        if conn.is_autocommit() {
+            tracing::error!("the group transaction was rolled back by the database");
+            aborted = Some(StoreError::Unavailable(
+                "the transaction was rolled back by the database".into(),
+            ));
+        }
+    }
+    let commit = match aborted {
+        Some(e) => Err(e),
+        None => conn.execute_batch("COMMIT").map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            super::convert::map_error(&e)
+        }),
+    };
     metrics::histogram!("lintel_store_commit_seconds").record(started.elapsed().as_secs_f64());
     metrics::counter!("lintel_store_commits_total").increment(1);
     for c in completions {

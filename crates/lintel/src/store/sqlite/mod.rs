@@ -144,8 +144,13 @@ fn run_steps(conn: &Connection, ops: &[crate::migrations::SchemaOp]) -> Result<(
     let now = crate::clock::now();
     for step in steps {
         for stmt in &step.statements {
-            conn.execute_batch(stmt)
-                .map_err(|e| StoreError::Schema(e.to_string()))?;
+            conn.execute_batch(stmt).map_err(|e| {
+                // The driver's text can quote SQL: it goes to the log, not the client.
+                tracing::warn!(error = %e, "a schema statement failed");
+                StoreError::Schema(
+                    "the database refused the schema change (details in the server log)".into(),
+                )
+            })?;
         }
         match step.catalog {
             CatalogChange::Upsert(spec) => {
@@ -169,6 +174,41 @@ fn run_steps(conn: &Connection, ops: &[crate::migrations::SchemaOp]) -> Result<(
         }
     }
     Ok(())
+}
+
+fn read_catalog(conn: &Connection) -> Result<(Vec<StoredCollection>, i64), StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT name, spec, created, updated FROM _lintel_collections ORDER BY name",
+        )
+        .map_err(|e| map_error(&e))?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })
+        .map_err(|e| map_error(&e))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (name, spec, created, updated) = row.map_err(|e| map_error(&e))?;
+        let spec = serde_json::from_str(&spec)
+            .map_err(|e| StoreError::Internal(format!("catalog entry {name} is corrupt: {e}")))?;
+        out.push(StoredCollection {
+            spec,
+            created,
+            updated,
+        });
+    }
+    let generation = conn
+        .query_row("SELECT COUNT(*) FROM _lintel_migrations", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map_err(|e| map_error(&e))?;
+    Ok((out, generation))
 }
 
 fn check_relations(
@@ -290,30 +330,14 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn load_catalog(&self) -> Result<Vec<StoredCollection>, StoreError> {
+    async fn load_catalog(&self) -> Result<(Vec<StoredCollection>, i64), StoreError> {
         self.exec
             .read(|conn| {
-                let mut stmt = conn
-                    .prepare("SELECT name, spec, created, updated FROM _lintel_collections ORDER BY name")
-                    .map_err(|e| map_error(&e))?;
-                let rows = stmt
-                    .query_map([], |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, String>(2)?,
-                            r.get::<_, String>(3)?,
-                        ))
-                    })
-                    .map_err(|e| map_error(&e))?;
-                let mut out = Vec::new();
-                for row in rows {
-                    let (name, spec, created, updated) = row.map_err(|e| map_error(&e))?;
-                    let spec = serde_json::from_str(&spec)
-                        .map_err(|e| StoreError::Internal(format!("catalog entry {name} is corrupt: {e}")))?;
-                    out.push(StoredCollection { spec, created, updated });
-                }
-                Ok(out)
+                // One read transaction: the catalog and its generation from one snapshot.
+                conn.execute_batch("BEGIN").map_err(|e| map_error(&e))?;
+                let result = read_catalog(conn);
+                let _ = conn.execute_batch("COMMIT");
+                result
             })
             .await
     }
@@ -459,7 +483,7 @@ impl Store for SqliteStore {
                         params![scope, key, fingerprint, now_ms, now_ms + lock_ms],
                     )
                     .map_err(|e| map_error(&e))
-                    .map(|_| IdempotencyClaim::Proceed)
+                    .map(|_| IdempotencyClaim::Proceed { token: now_ms })
                 };
                 let Some((fp, state, status, headers, body, created_ms, locked_until)) = row else {
                     return claim(conn);
@@ -492,6 +516,7 @@ impl Store for SqliteStore {
         &self,
         scope: String,
         key: String,
+        token: i64,
         response: StoredResponse,
     ) -> Result<(), StoreError> {
         self.exec
@@ -500,8 +525,8 @@ impl Store for SqliteStore {
                     serde_json::to_string(&response.headers).map_err(|e| StoreError::Internal(e.to_string()))?;
                 conn.execute(
                     "UPDATE _lintel_idempotency SET state = 'done', status = ?3, headers = ?4, body = ?5
-                     WHERE scope = ?1 AND key = ?2",
-                    params![scope, key, response.status, headers, response.body],
+                     WHERE scope = ?1 AND key = ?2 AND created_ms = ?6 AND state = 'pending'",
+                    params![scope, key, response.status, headers, response.body, token],
                 )
                 .map_err(|e| map_error(&e))?;
                 Ok(())
@@ -509,12 +534,17 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn idempotency_release(&self, scope: String, key: String) -> Result<(), StoreError> {
+    async fn idempotency_release(
+        &self,
+        scope: String,
+        key: String,
+        token: i64,
+    ) -> Result<(), StoreError> {
         self.exec
             .write(move |conn| {
                 conn.execute(
-                    "DELETE FROM _lintel_idempotency WHERE scope = ?1 AND key = ?2 AND state = 'pending'",
-                    params![scope, key],
+                    "DELETE FROM _lintel_idempotency WHERE scope = ?1 AND key = ?2 AND state = 'pending' AND created_ms = ?3",
+                    params![scope, key, token],
                 )
                 .map_err(|e| map_error(&e))?;
                 Ok(())
