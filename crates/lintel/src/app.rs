@@ -40,6 +40,8 @@ pub struct Inner {
     admin_digest: [u8; 32],
     /// Makes migration versions.
     pub versions: VersionClock,
+    /// Records and counts read from the store, kept until a write changes them.
+    pub cache: crate::cache::ReadCache,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
     /// The OpenAPI document, serialised once.
@@ -72,6 +74,7 @@ impl AppState {
         // Two reloads can finish out of order; only a snapshot at least as new wins.
         if generation >= slot.0 {
             *slot = (generation, Arc::new(catalog));
+            self.cache.clear();
         }
         Ok(())
     }
@@ -200,12 +203,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .to_json()
             .context("serialising the OpenAPI document")?,
     );
+    let config_cache = config.cache.clone();
     let state = AppState(Arc::new(Inner {
         admin_digest: token_digest(&token),
         config,
         store,
         catalog: RwLock::new((catalog.0, Arc::new(catalog.1))),
         versions,
+        cache: crate::cache::ReadCache::new(config_cache.records, config_cache.counts),
         metrics: crate::telemetry::metrics_handle(),
         openapi_json,
     }));

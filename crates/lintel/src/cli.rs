@@ -75,7 +75,7 @@ pub async fn run() -> anyhow::Result<()> {
         listen,
     };
     let loaded = config::load(cli.config.as_deref(), &flags)?;
-    crate::telemetry::init_logging(&loaded.config.log);
+    let _log_guard = crate::telemetry::init_logging(&loaded.config.log);
     for key in &loaded.unknown_keys {
         tracing::warn!(key = %key, "unknown configuration key ignored");
     }

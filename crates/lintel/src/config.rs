@@ -48,6 +48,26 @@ pub struct Config {
     pub http: HttpConfig,
     pub store: StoreConfig,
     pub idempotency: IdempotencyConfig,
+    pub cache: CacheConfig,
+}
+
+/// The in-process read cache (records by id, list counts); 0 turns a part off.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Records kept, at most.
+    pub records: usize,
+    /// List counts kept, at most.
+    pub counts: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            records: 20_000,
+            counts: 1_024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -126,6 +146,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             store: StoreConfig::default(),
             idempotency: IdempotencyConfig::default(),
+            cache: CacheConfig::default(),
         }
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod batch;
+pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod collections;

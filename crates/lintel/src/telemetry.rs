@@ -13,7 +13,12 @@ use tracing_subscriber::util::SubscriberInitExt;
 use crate::config::{LogConfig, LogFormat};
 
 /// Installs the log subscriber; later calls (tests start many servers) do nothing.
-pub fn init_logging(cfg: &LogConfig) {
+/// Lines are written by a background thread so a request never waits on stderr; keep
+/// the returned guard alive until exit so the last lines are flushed.
+pub fn init_logging(cfg: &LogConfig) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let filter = EnvFilter::try_new(&cfg.level).unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match cfg.format {
         LogFormat::Json => true,
@@ -28,14 +33,15 @@ pub fn init_logging(cfg: &LogConfig) {
                     .json()
                     .with_current_span(true)
                     .with_span_list(false)
-                    .with_writer(std::io::stderr),
+                    .with_writer(writer),
             )
             .try_init()
     } else {
         registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(tracing_subscriber::fmt::layer().with_writer(writer))
             .try_init()
     };
+    guard
 }
 
 /// The process's metrics recorder. The `metrics` facade is process-wide by design, so

@@ -191,7 +191,7 @@ async fn batch(
             | WriteOp::Delete { coll, .. } => coll.clone(),
         })
         .collect();
-    let outcomes = match state.store.write(ops).await {
+    let outcomes = match service::apply_writes(&state, ops).await {
         Ok(o) => o,
         Err(WriteError { index, error }) => {
             let i = index.min(req.operations.len() - 1);

@@ -136,13 +136,21 @@ pub async fn get(state: &AppState, coll: &Arc<Collection>, id: &str) -> Result<R
     if !is_record_id(id) {
         return Err(store_error(StoreError::NotFound));
     }
+    if let Some(r) = state.cache.record(coll.name(), id) {
+        return Ok(r);
+    }
+    let before = state.cache.stamp(coll.name());
     let sql = crate::store::sql::select_by_id(state.store.dialect(), coll, id);
     let mut rows = state
         .store
         .query_records(coll.clone(), sql)
         .await
         .map_err(store_error)?;
-    rows.pop().ok_or_else(|| store_error(StoreError::NotFound))
+    let record = rows
+        .pop()
+        .ok_or_else(|| store_error(StoreError::NotFound))?;
+    state.cache.put_record(coll.name(), before, record.clone());
+    Ok(record)
 }
 
 /// An update of a stored record: PUT (`Mode::Replace`) or PATCH (`Mode::Patch`).
@@ -240,9 +248,45 @@ pub async fn prepare_delete(
     })
 }
 
+/// Runs writes in one transaction and keeps the read cache in step with them.
+pub async fn apply_writes(
+    state: &AppState,
+    ops: Vec<WriteOp>,
+) -> Result<Vec<WriteOutcome>, WriteError> {
+    let targets: Vec<(String, String)> = ops
+        .iter()
+        .map(|op| match op {
+            WriteOp::Insert { coll, record } | WriteOp::Update { coll, record, .. } => {
+                (coll.name().to_owned(), record.id.clone())
+            }
+            WriteOp::Delete { coll, id, .. } => (coll.name().to_owned(), id.clone()),
+        })
+        .collect();
+    let result = state.store.write(ops).await;
+    match &result {
+        Ok(outcomes) => {
+            for ((coll, id), outcome) in targets.iter().zip(outcomes) {
+                let record = match outcome {
+                    WriteOutcome::Written(r) => Some(r.clone()),
+                    WriteOutcome::Deleted => None,
+                };
+                state.cache.written(coll, id, record);
+            }
+        }
+        Err(_) => {
+            // Nothing of a failed batch is kept, but a failed commit leaves doubt:
+            // forget what these records had cached.
+            for (coll, id) in &targets {
+                state.cache.written(coll, id, None);
+            }
+        }
+    }
+    result
+}
+
 /// Runs one write and returns its record (None for a delete).
 pub async fn write_one(state: &AppState, op: WriteOp) -> Result<Option<Record>, ApiError> {
-    match state.store.write(vec![op]).await {
+    match apply_writes(state, vec![op]).await {
         Ok(mut out) => Ok(match out.pop() {
             Some(WriteOutcome::Written(r)) => Some(r),
             _ => None,
@@ -265,7 +309,7 @@ pub async fn update(
     loop {
         attempts += 1;
         let op = prepare_update(state, coll, id, input.clone(), mode, if_match).await?;
-        match state.store.write(vec![op]).await {
+        match apply_writes(state, vec![op]).await {
             Ok(mut out) => {
                 if let Some(WriteOutcome::Written(r)) = out.pop() {
                     return Ok(r);
@@ -308,11 +352,17 @@ pub async fn list(
     let rows = state.store.query_records(coll.clone(), plan.select.clone());
     let (mut records, total) = match &plan.count {
         Some(c) => {
-            let (rows, total) = tokio::join!(rows, state.store.query_count(c.clone()));
-            (
-                rows.map_err(store_error)?,
-                Some(total.map_err(store_error)?),
-            )
+            let key = format!("{}\u{0}{:?}", c.text, c.params);
+            match state.cache.count(coll.name(), &key) {
+                Some(n) => (rows.await.map_err(store_error)?, Some(n)),
+                None => {
+                    let before = state.cache.stamp(coll.name());
+                    let (rows, total) = tokio::join!(rows, state.store.query_count(c.clone()));
+                    let total = total.map_err(store_error)?;
+                    state.cache.put_count(coll.name(), before, key, total);
+                    (rows.map_err(store_error)?, Some(total))
+                }
+            }
         }
         None => (rows.await.map_err(store_error)?, None),
     };
