@@ -315,6 +315,38 @@ mod tests {
     }
 
     #[test]
+    fn file_values_apply_and_unknown_keys_are_reported() {
+        let dir = std::env::temp_dir().join(format!("lintel-cfg-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("lintel.toml");
+        let written = std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:7001\"\nsurprise = 1\n[http]\nbody_limit = 1234\n[store]\nsynchronous = \"full\"\n",
+        );
+        assert!(written.is_ok());
+        let flags = FlagOverrides {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 7002))),
+            ..Default::default()
+        };
+        let loaded = load(Some(&path), &flags);
+        let _ = std::fs::remove_dir_all(&dir);
+        let Ok(loaded) = loaded else {
+            panic!("configuration did not load");
+        };
+        assert_eq!(loaded.config.http.body_limit, 1234, "the file applies");
+        assert_eq!(loaded.config.store.synchronous, Synchronous::Full);
+        assert_eq!(loaded.config.listen.port(), 7002, "flags win over the file");
+        assert_eq!(loaded.unknown_keys, vec!["surprise".to_owned()]);
+        assert!(
+            load(
+                Some(Path::new("/nonexistent/lintel.toml")),
+                &FlagOverrides::default()
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
     fn flags_override_defaults() {
         let flags = FlagOverrides {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 9999))),

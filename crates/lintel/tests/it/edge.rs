@@ -218,7 +218,21 @@ async fn metrics_count_requests_by_route_template() {
     let app = TestApp::spawn().await;
     app.posts().await;
     app.get("/v1/collections/posts/records").await;
+    let rec = app.create("authors", json!({"name": "Ann"})).await;
+    let href = format!(
+        "/v1/collections/authors/records/{}",
+        rec["id"].as_str().unwrap()
+    );
+    app.get(&href).await;
+    let second = app.get(&href).await;
+    assert_eq!(second.body["name"], "Ann");
     let r = app.get("/metrics").await;
+    assert!(
+        r.text
+            .contains("lintel_cache_requests_total{kind=\"record\",result=\"hit\"}"),
+        "the second read is served from the cache: {}",
+        r.text
+    );
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.text.contains("lintel_http_requests_total"), "{}", r.text);
     assert!(
@@ -297,5 +311,39 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     let app = TestApp::start_in(dir, cfg).await;
     let r = app.get("/v1/collections/authors/records?perPage=1").await;
     assert_eq!(r.body["totalItems"], json!(created));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_admin_token_is_generated_once_into_a_private_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = TestApp::spawn_with(|c| c.admin_token = lintel::config::Secret::default()).await;
+    let path = app.dir.path().join("admin-token");
+    let token = std::fs::read_to_string(&path).unwrap().trim().to_owned();
+    assert!(token.len() >= 32);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let r = app
+        .send(app.req(Method::GET, "/v1/collections").bearer_auth(&token))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = app
+        .send(
+            app.req(Method::GET, "/v1/collections")
+                .bearer_auth(ADMIN_TOKEN),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // A restart reuses it.
+    let dir = app.stop_keep_dir().await;
+    let mut cfg = crate::common::config(dir.path());
+    cfg.admin_token = lintel::config::Secret::default();
+    let app = TestApp::start_in(dir, cfg).await;
+    let r = app
+        .send(app.req(Method::GET, "/v1/collections").bearer_auth(&token))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
     app.shutdown().await;
 }
