@@ -14,7 +14,7 @@
 //! entry is evicted (random eviction). No lock is held across an await.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::store::Record;
 
@@ -26,7 +26,7 @@ pub struct Stamp(u64, u64);
 struct Inner {
     epoch: u64,
     generations: HashMap<String, u64>,
-    records: HashMap<(String, String), Record>,
+    records: HashMap<(String, String), Arc<Record>>,
     counts: HashMap<(String, String), (Stamp, i64)>,
 }
 
@@ -64,7 +64,7 @@ impl ReadCache {
         self.lock().stamp(coll)
     }
 
-    pub fn record(&self, coll: &str, id: &str) -> Option<Record> {
+    pub fn record(&self, coll: &str, id: &str) -> Option<Arc<Record>> {
         if self.max_records == 0 {
             return None;
         }
@@ -81,7 +81,7 @@ impl ReadCache {
 
     /// Inserts a record read from the store, unless the collection was written since
     /// `before`.
-    pub fn put_record(&self, coll: &str, before: Stamp, record: Record) {
+    pub fn put_record(&self, coll: &str, before: Stamp, record: Arc<Record>) {
         if self.max_records == 0 {
             return;
         }
@@ -139,7 +139,7 @@ impl ReadCache {
         let key = (coll.to_owned(), id.to_owned());
         match record {
             Some(r) if self.max_records > 0 && inner.records.contains_key(&key) => {
-                inner.records.insert(key, r);
+                inner.records.insert(key, Arc::new(r));
             }
             _ => {
                 inner.records.remove(&key);
@@ -176,13 +176,13 @@ mod tests {
         let c = ReadCache::new(10, 10);
         let before = c.stamp("posts");
         c.written("posts", "a", Some(rec("a", 2)));
-        c.put_record("posts", before, rec("a", 1));
+        c.put_record("posts", before, Arc::new(rec("a", 1)));
         assert!(
             c.record("posts", "a").is_none(),
             "the stale read was refused"
         );
         let before = c.stamp("posts");
-        c.put_record("posts", before, rec("a", 2));
+        c.put_record("posts", before, Arc::new(rec("a", 2)));
         assert_eq!(c.record("posts", "a").map(|r| r.version), Some(2));
         c.written("posts", "a", Some(rec("a", 3)));
         assert_eq!(
@@ -203,10 +203,10 @@ mod tests {
         c.written("posts", "zzz", None);
         assert_eq!(c.count("posts", "k"), None);
         let s = c.stamp("posts");
-        c.put_record("posts", s, rec("b", 1));
+        c.put_record("posts", s, Arc::new(rec("b", 1)));
         c.clear();
         assert!(c.record("posts", "b").is_none());
-        c.put_record("posts", s, rec("b", 1));
+        c.put_record("posts", s, Arc::new(rec("b", 1)));
         assert!(
             c.record("posts", "b").is_none(),
             "reads from before the schema change are refused"
@@ -218,7 +218,7 @@ mod tests {
         let c = ReadCache::new(3, 10);
         for i in 0..10 {
             let s = c.stamp("p");
-            c.put_record("p", s, rec(&i.to_string(), 1));
+            c.put_record("p", s, Arc::new(rec(&i.to_string(), 1)));
         }
         assert!(c.lock().records.len() <= 3);
     }

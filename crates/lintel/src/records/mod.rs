@@ -57,13 +57,17 @@ fn if_match(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
 }
 
 /// A single-record response with its validators.
+/// `body: None` serialises the record itself (the common case, without copies).
 fn record_response(
     status: StatusCode,
     coll: &str,
     record: &crate::store::Record,
-    body: Value,
+    body: Option<Value>,
 ) -> Response {
-    let mut res = (status, axum::Json(body)).into_response();
+    let mut res = match body {
+        Some(body) => (status, axum::Json(body)).into_response(),
+        None => (status, axum::Json(service::RecordView { coll, record })).into_response(),
+    };
     let h = res.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&etag(record)) {
         h.insert(header::ETAG, v);
@@ -193,12 +197,11 @@ async fn create_record(
     let record = service::write_one(&state, op)
         .await?
         .ok_or_else(|| ApiError::internal("create returned no record"))?;
-    let body = Value::Object(service::render(&coll, &record, None));
     Ok(record_response(
         StatusCode::CREATED,
         coll.name(),
         &record,
-        body,
+        None,
     ))
 }
 
@@ -245,14 +248,7 @@ async fn get_record(
         }
         _ => (None, Vec::new()),
     };
-    let mut items = render_many(
-        &state,
-        &coll,
-        std::slice::from_ref(&record),
-        fields.as_deref(),
-        &expand,
-    )
-    .await?;
+
     // A projected or expanded body is another representation, and expanded records
     // change on their own: such responses carry no record validators and are not
     // answered with 304 from the record's tag.
@@ -265,16 +261,27 @@ async fn get_record(
             .is_some_and(|(since, updated)| updated <= since),
     };
     if fresh && !shaped {
-        let mut res = record_response(StatusCode::OK, coll.name(), &record, Value::Null);
+        let mut res = record_response(StatusCode::OK, coll.name(), &record, Some(Value::Null));
         *res.status_mut() = StatusCode::NOT_MODIFIED;
         *res.body_mut() = axum::body::Body::empty();
         res.headers_mut().remove(header::CONTENT_TYPE);
         res.headers_mut().remove(header::CONTENT_LENGTH);
         return Ok(res);
     }
+    if !shaped {
+        return Ok(record_response(StatusCode::OK, coll.name(), &record, None));
+    }
+    let mut items = render_many(
+        &state,
+        &coll,
+        std::slice::from_ref(&*record),
+        fields.as_deref(),
+        &expand,
+    )
+    .await?;
     let body = items.pop().unwrap_or(Value::Null);
-    let mut res = record_response(StatusCode::OK, coll.name(), &record, body);
-    if shaped {
+    let mut res = record_response(StatusCode::OK, coll.name(), &record, Some(body));
+    {
         res.headers_mut().remove(header::ETAG);
         res.headers_mut().remove(header::LAST_MODIFIED);
     }
@@ -292,8 +299,7 @@ async fn update(
     let coll = service::collection(&state, &collection)?;
     let if_match = if_match(&headers)?;
     let record = service::update(&state, &coll, &id, input, mode, if_match).await?;
-    let body = Value::Object(service::render(&coll, &record, None));
-    Ok(record_response(StatusCode::OK, coll.name(), &record, body))
+    Ok(record_response(StatusCode::OK, coll.name(), &record, None))
 }
 
 #[utoipa::path(

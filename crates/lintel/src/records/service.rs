@@ -95,6 +95,46 @@ pub fn render(coll: &Collection, record: &Record, fields: Option<&[String]>) -> 
     out
 }
 
+/// A record as clients see it, serialised straight from the stored record (the same
+/// members and order as [`render`] without `fields`), without copying any value.
+pub struct RecordView<'a> {
+    pub coll: &'a str,
+    pub record: &'a Record,
+}
+
+impl serde::Serialize for RecordView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        struct Href(String);
+        impl serde::Serialize for Href {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("href", &self.0)?;
+                m.end()
+            }
+        }
+        struct Links(String);
+        impl serde::Serialize for Links {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("self", &Href(self.0.clone()))?;
+                m.end()
+            }
+        }
+        let r = self.record;
+        let mut m = s.serialize_map(Some(r.data.len() + 5))?;
+        m.serialize_entry("id", &r.id)?;
+        m.serialize_entry("created", &r.created)?;
+        m.serialize_entry("updated", &r.updated)?;
+        m.serialize_entry("version", &r.version)?;
+        for (k, v) in &r.data {
+            m.serialize_entry(k, v)?;
+        }
+        m.serialize_entry("_links", &Links(record_href(self.coll, &r.id)))?;
+        m.end()
+    }
+}
+
 /// Looks a collection up, or 404.
 pub fn collection(state: &AppState, name: &str) -> Result<Arc<Collection>, ApiError> {
     state
@@ -132,7 +172,11 @@ pub fn prepare_create(
 }
 
 /// Reads a record by id, or 404 (also for ids that cannot exist).
-pub async fn get(state: &AppState, coll: &Arc<Collection>, id: &str) -> Result<Record, ApiError> {
+pub async fn get(
+    state: &AppState,
+    coll: &Arc<Collection>,
+    id: &str,
+) -> Result<Arc<Record>, ApiError> {
     if !is_record_id(id) {
         return Err(store_error(StoreError::NotFound));
     }
@@ -146,9 +190,10 @@ pub async fn get(state: &AppState, coll: &Arc<Collection>, id: &str) -> Result<R
         .query_records(coll.clone(), sql)
         .await
         .map_err(store_error)?;
-    let record = rows
-        .pop()
-        .ok_or_else(|| store_error(StoreError::NotFound))?;
+    let record = Arc::new(
+        rows.pop()
+            .ok_or_else(|| store_error(StoreError::NotFound))?,
+    );
     state.cache.put_record(coll.name(), before, record.clone());
     Ok(record)
 }
@@ -187,8 +232,8 @@ pub async fn prepare_update(
         coll: coll.clone(),
         expected_version: current.version,
         record: Record {
-            id: current.id,
-            created: current.created,
+            id: current.id.clone(),
+            created: current.created.clone(),
             updated: crate::clock::now(),
             version: current.version + 1,
             data,

@@ -40,19 +40,19 @@ where
 {
     fn run(self: Box<Self>, conn: &Connection) -> Box<dyn FnOnce(Result<(), StoreError>) + Send> {
         let Task { f, reply } = *self;
-        let result = match conn.execute_batch("SAVEPOINT w") {
+        let result = match run_cached(conn, "SAVEPOINT w") {
             Err(e) => Err(E::from(StoreError::Internal(format!("savepoint: {e}")))),
             Ok(()) => {
                 let result = match std::panic::catch_unwind(AssertUnwindSafe(|| f(conn))) {
                     Ok(r) => r,
                     Err(_) => Err(E::from(StoreError::Internal("a write panicked".into()))),
                 };
-                let end = if result.is_ok() {
-                    "RELEASE w"
+                let ended = if result.is_ok() {
+                    run_cached(conn, "RELEASE w")
                 } else {
-                    "ROLLBACK TO w; RELEASE w"
+                    conn.execute_batch("ROLLBACK TO w; RELEASE w")
                 };
-                match conn.execute_batch(end) {
+                match ended {
                     Ok(()) => result,
                     Err(e) => {
                         // Never leave a failed write's savepoint open inside the group.
@@ -77,6 +77,12 @@ where
     fn fail(self: Box<Self>, err: StoreError) {
         let _ = self.reply.send(Err(E::from(err)));
     }
+}
+
+/// Runs a statement through the connection's statement cache (savepoints run for
+/// every write; parsing them each time is measurable).
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
 enum WriteMsg {
