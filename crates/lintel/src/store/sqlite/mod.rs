@@ -121,20 +121,11 @@ fn run_system_migrations(conn: &mut Connection) -> Result<(), StoreError> {
 }
 
 fn load_specs(conn: &Connection) -> Result<BTreeMap<String, CollectionSpec>, StoreError> {
-    let mut stmt = conn
-        .prepare_cached("SELECT name, spec FROM _lintel_collections")
-        .map_err(|e| map_error(&e))?;
-    let rows = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-        .map_err(|e| map_error(&e))?;
-    let mut specs = BTreeMap::new();
-    for row in rows {
-        let (name, spec) = row.map_err(|e| map_error(&e))?;
-        let spec: CollectionSpec = serde_json::from_str(&spec)
-            .map_err(|e| StoreError::Internal(format!("catalog entry {name} is corrupt: {e}")))?;
-        specs.insert(name, spec);
-    }
-    Ok(specs)
+    let (stored, _) = read_catalog(conn)?;
+    Ok(stored
+        .into_iter()
+        .map(|c| (c.spec.name.clone(), c.spec))
+        .collect())
 }
 
 /// Runs migration steps and the catalog changes they imply, inside the caller's savepoint.
