@@ -99,8 +99,19 @@ async fn load_catalog(store: &dyn Store) -> anyhow::Result<(i64, Catalog)> {
     Ok((generation, catalog))
 }
 
-/// Opens the store for `config` (SQLite under the data folder).
+/// Opens the store for `config`: PostgreSQL when `database_url` is set, else SQLite
+/// under the data folder.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    if !config.database_url.0.is_empty() {
+        let store = crate::store::postgres::PgStore::open(
+            &config.database_url.0,
+            &config.database_replica_urls.0,
+            &config.database_pool,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("opening the PostgreSQL store: {e}"))?;
+        return Ok(Arc::new(store));
+    }
     let dir = config.data_dir.clone();
     let path = config.database_path();
     let store_cfg = config.store.clone();
@@ -203,7 +214,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .to_json()
             .context("serialising the OpenAPI document")?,
     );
-    let config_cache = config.cache.clone();
+    // The read cache is exact only when this process sees every write, as with the
+    // embedded store; instances sharing PostgreSQL would serve each other stale data.
+    let config_cache = if config.database_url.0.is_empty() {
+        config.cache.clone()
+    } else {
+        crate::config::CacheConfig {
+            records: 0,
+            counts: 0,
+        }
+    };
     let state = AppState(Arc::new(Inner {
         admin_digest: token_digest(&token),
         config,

@@ -24,6 +24,9 @@ pub struct Cli {
     /// Where collection migration files live (default <data-dir>/migrations).
     #[arg(long, global = true, value_name = "DIR")]
     pub migrations_dir: Option<PathBuf>,
+    /// Run on PostgreSQL instead of the embedded store (postgres://...).
+    #[arg(long, global = true, value_name = "URL")]
+    pub database_url: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -73,6 +76,7 @@ pub async fn run() -> anyhow::Result<()> {
         data_dir: cli.data_dir.clone(),
         migrations_dir: cli.migrations_dir.clone(),
         listen,
+        database_url: cli.database_url.clone(),
     };
     let loaded = config::load(cli.config.as_deref(), &flags)?;
     let _log_guard = crate::telemetry::init_logging(&loaded.config.log);

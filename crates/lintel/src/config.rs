@@ -44,6 +44,12 @@ pub struct Config {
     pub admin_token: Secret,
     /// Apply pending migration files at start-up.
     pub auto_migrate: bool,
+    /// A PostgreSQL URL (`postgres://user:pass@host:5432/db`); empty = the embedded
+    /// SQLite store under `data_dir`.
+    pub database_url: Secret,
+    /// Read replicas, comma-separated URLs; reads go to them, writes to the primary.
+    pub database_replica_urls: Secret,
+    pub database_pool: PoolConfig,
     pub log: LogConfig,
     pub http: HttpConfig,
     pub store: StoreConfig,
@@ -125,6 +131,40 @@ pub struct StoreConfig {
     pub write_queue: usize,
 }
 
+/// The PostgreSQL connection pool (one per primary and per replica).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Connections at most.
+    pub max_size: usize,
+    /// Connections opened at start and kept open.
+    pub min_idle: usize,
+    /// How long a request waits for a connection before it gets 503, in milliseconds.
+    pub acquire_timeout_ms: u64,
+    /// Idle connections older than this are closed, in seconds.
+    pub idle_timeout_secs: u64,
+    /// Connections older than this are replaced, in seconds.
+    pub max_lifetime_secs: u64,
+    /// `statement_timeout` of every session, in milliseconds.
+    pub statement_timeout_ms: u64,
+    /// `lock_timeout` of every session, in milliseconds.
+    pub lock_timeout_ms: u64,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_size: 16,
+            min_idle: 1,
+            acquire_timeout_ms: 5_000,
+            idle_timeout_secs: 600,
+            max_lifetime_secs: 1_800,
+            statement_timeout_ms: 30_000,
+            lock_timeout_ms: 5_000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IdempotencyConfig {
@@ -142,6 +182,9 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
             admin_token: Secret::default(),
             auto_migrate: true,
+            database_url: Secret::default(),
+            database_replica_urls: Secret::default(),
+            database_pool: PoolConfig::default(),
             log: LogConfig::default(),
             http: HttpConfig::default(),
             store: StoreConfig::default(),
@@ -217,6 +260,8 @@ pub struct FlagOverrides {
     pub migrations_dir: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
 }
 
 /// The loaded configuration and the keys nobody knows (to be logged once logging is up).
@@ -244,11 +289,11 @@ pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Result<Loaded
         None => {}
     }
     figment = figment
-        .merge(
-            Env::prefixed("LINTEL_")
-                .split("__")
-                .filter(|k| !k.as_str().ends_with("_file") && !k.as_str().starts_with("test")),
-        )
+        .merge(Env::prefixed("LINTEL_").split("__").filter(|k| {
+            // `LINTEL_*_FILE` are read below; `LINTEL_TEST_*` belong to the test suites.
+            let k = k.as_str().to_ascii_lowercase();
+            !k.ends_with("_file") && !k.starts_with("test")
+        }))
         .merge(Serialized::globals(flags));
 
     // Keys that no field takes are reported, not fatal: a typo in an environment

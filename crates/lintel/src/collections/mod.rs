@@ -146,7 +146,7 @@ async fn apply_change_now(
         .apply_migration(migration, staged.checksum.clone())
         .await;
     let file = match result {
-        Ok(()) => tokio::task::spawn_blocking(move || staged.commit()).await,
+        Ok(_) => tokio::task::spawn_blocking(move || staged.commit()).await,
         Err(e) => {
             let _ = tokio::task::spawn_blocking(move || staged.discard()).await;
             return Err(match e {

@@ -304,12 +304,14 @@ pub async fn apply_pending(store: &dyn Store, dir: &Path) -> anyhow::Result<Vec<
             continue;
         }
         let version = f.migration.version.clone();
-        store
+        let applied_now = store
             .apply_migration(f.migration, f.checksum)
             .await
             .map_err(store_err)
             .with_context(|| format!("applying migration {}", f.path.display()))?;
-        done.push(version);
+        if applied_now {
+            done.push(version);
+        }
     }
     Ok(done)
 }

@@ -415,11 +415,11 @@ fn field_vs_value(
                 sql.push("(");
                 write_target(sql, table, t);
                 let ne = sql.null_safe_ne();
-                sql.push(ne).bind(value).push(")");
+                sql.push(ne).bind_json_scalar(value).push(")");
             } else {
                 sql.push("(");
                 write_target(sql, table, t);
-                sql.push(sql_op(op)).bind(value).push(")");
+                sql.push(sql_op(op)).bind_json_scalar(value).push(")");
             }
             return Ok(());
         }

@@ -417,6 +417,18 @@ fn sql_value(v: &Value) -> SqlValue {
     }
 }
 
+/// Binds a cursor value for comparison with a sort key.
+fn bind_key(sql: &mut Sql, target: &SortTarget, v: SqlValue) {
+    match target {
+        SortTarget::Column(_) => {
+            sql.bind(v);
+        }
+        SortTarget::Path(_) => {
+            sql.bind_json_scalar(v);
+        }
+    }
+}
+
 /// Rows strictly after the cursor in the order `sort, id ASC` (with nulls first in
 /// ascending keys and last in descending ones, as the ORDER BY says).
 fn keyset_condition(sql: &mut Sql, table: &str, sort: &[SortKey], values: &[Value]) {
@@ -435,7 +447,8 @@ fn keyset_condition(sql: &mut Sql, table: &str, sort: &[SortKey], values: &[Valu
             if values[j].is_null() {
                 sql.push(" IS NULL");
             } else {
-                sql.push(" = ").bind(sql_value(&values[j]));
+                sql.push(" = ");
+                bind_key(sql, &key.target, sql_value(&values[j]));
             }
         }
         if i > 0 {
@@ -455,7 +468,8 @@ fn keyset_condition(sql: &mut Sql, table: &str, sort: &[SortKey], values: &[Valu
                 }
                 (false, false) => {
                     write_sort_target(sql, table, &key.target);
-                    sql.push(" > ").bind(sql_value(v));
+                    sql.push(" > ");
+                    bind_key(sql, &key.target, sql_value(v));
                 }
                 (true, true) => {
                     sql.push("1 = 0");
@@ -463,7 +477,9 @@ fn keyset_condition(sql: &mut Sql, table: &str, sort: &[SortKey], values: &[Valu
                 (true, false) => {
                     sql.push("(");
                     write_sort_target(sql, table, &key.target);
-                    sql.push(" < ").bind(sql_value(v)).push(" OR ");
+                    sql.push(" < ");
+                    bind_key(sql, &key.target, sql_value(v));
+                    sql.push(" OR ");
                     write_sort_target(sql, table, &key.target);
                     sql.push(" IS NULL)");
                 }
@@ -482,11 +498,7 @@ fn sort_value(record: &Record, key: &SortKey) -> Value {
             "created" => Value::String(record.created.clone()),
             "updated" => Value::String(record.updated.clone()),
             "version" => Value::from(record.version),
-            name => match record.data.get(name) {
-                Some(Value::Bool(b)) => Value::from(i64::from(*b)),
-                Some(v) => v.clone(),
-                None => Value::Null,
-            },
+            name => record.data.get(name).cloned().unwrap_or(Value::Null),
         },
         SortTarget::Path(path) => {
             let mut cur = record.data.get(&path[0]).cloned().unwrap_or(Value::Null);
@@ -507,7 +519,6 @@ fn sort_value(record: &Record, key: &SortKey) -> Value {
             match cur {
                 // JSON containers sort by their text in SQLite; keep the cursor comparable.
                 Value::Object(_) | Value::Array(_) => Value::String(cur.to_string()),
-                Value::Bool(b) => Value::from(i64::from(b)),
                 v => v,
             }
         }

@@ -106,10 +106,14 @@ fn create(
     }
     check_index_names(&spec, specs)?;
     let t = quote_ident(&spec.name);
+    let text = match dialect {
+        Dialect::Sqlite => "TEXT",
+        Dialect::Postgres => "TEXT COLLATE \"C\"",
+    };
     let mut cols = vec![
-        "\"id\" TEXT PRIMARY KEY NOT NULL".to_owned(),
-        "\"created\" TEXT NOT NULL".to_owned(),
-        "\"updated\" TEXT NOT NULL".to_owned(),
+        format!("\"id\" {text} PRIMARY KEY NOT NULL"),
+        format!("\"created\" {text} NOT NULL"),
+        format!("\"updated\" {text} NOT NULL"),
         "\"version\" BIGINT NOT NULL".to_owned(),
     ];
     match spec.kind {
@@ -176,7 +180,7 @@ fn create_index(dialect: Dialect, spec: &CollectionSpec, idx: &IndexSpec) -> Str
                     Dialect::Sqlite => {
                         format!("json_extract(\"data\", '{}')", sqlite_json_path(&path))
                     }
-                    Dialect::Postgres => format!("(\"data\" #>> '{{{}}}')", path.join(",")),
+                    Dialect::Postgres => format!("(\"data\" #> '{{{}}}')", path.join(",")),
                 }
             } else {
                 quote_ident(f)

@@ -7,6 +7,7 @@
 //! [`StoreError`] to HTTP outcomes explicitly.
 
 pub mod ddl;
+pub mod postgres;
 pub mod sql;
 pub mod sqlite;
 pub mod write;
@@ -119,12 +120,13 @@ pub trait Store: Send + Sync + 'static {
     /// Migrations recorded as applied, oldest first.
     async fn applied_migrations(&self) -> Result<Vec<AppliedMigration>, StoreError>;
 
-    /// Applies a migration's `up` steps and records it, in one transaction.
+    /// Applies a migration's `up` steps and records it, in one transaction. `false`
+    /// when it was already applied with the same checksum (another instance won).
     async fn apply_migration(
         &self,
         migration: Migration,
         checksum: String,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
 
     /// Applies a recorded migration's `down` steps and forgets it, in one transaction.
     async fn revert_migration(&self, migration: Migration) -> Result<(), StoreError>;

@@ -63,14 +63,38 @@ impl Sql {
 
     /// Appends a placeholder bound to `value`.
     pub fn bind(&mut self, value: SqlValue) -> &mut Self {
+        // PostgreSQL infers a parameter's type from its context, which fails for
+        // `jsonb_build_array($1)` and picks int8 for `views > $1` with 2.5: every typed
+        // value says its type.
+        let cast = match (&value, self.dialect) {
+            (_, Dialect::Sqlite) | (SqlValue::Null, _) => "",
+            (SqlValue::Bool(_), _) => "::boolean",
+            (SqlValue::Int(_), _) => "::int8",
+            (SqlValue::Float(_), _) => "::float8",
+            (SqlValue::Text(_), _) => "::text",
+            (SqlValue::Json(_), _) => "::jsonb",
+        };
         self.params.push(value);
         let n = self.params.len();
         match self.dialect {
             Dialect::Sqlite => write!(self.text, "?{n}"),
-            Dialect::Postgres => write!(self.text, "${n}"),
+            Dialect::Postgres => write!(self.text, "${n}{cast}"),
         }
         .ok();
         self
+    }
+
+    /// A value compared with a JSON path: as is on SQLite (its JSON functions return SQL
+    /// scalars), as `jsonb` on PostgreSQL (where paths return `jsonb`).
+    pub fn bind_json_scalar(&mut self, value: SqlValue) -> &mut Self {
+        match self.dialect {
+            Dialect::Sqlite => self.bind(value),
+            Dialect::Postgres => {
+                self.push("to_jsonb(");
+                self.bind(value);
+                self.push(")")
+            }
+        }
     }
 
     /// Case-insensitive "contains" of `pattern` (already a LIKE pattern) against the
@@ -109,8 +133,8 @@ impl Sql {
             Dialect::Postgres => {
                 self.push("(");
                 self.column(table, column);
-                self.push(" #>> ");
-                self.bind(SqlValue::Text(format!("{{{}}}", path.join(","))));
+                self.push(" #> ");
+                self.pg_path(path);
                 self.push(")");
             }
         }
@@ -144,21 +168,17 @@ impl Sql {
                     .push(" ESCAPE '\\' END");
             }
             Dialect::Postgres => {
-                let p = format!("{{{}}}", path.join(","));
                 self.push("CASE WHEN jsonb_typeof(");
-                self.column(table, column)
-                    .push(" #> ")
-                    .bind(SqlValue::Text(p.clone()));
+                self.column(table, column).push(" #> ");
+                self.pg_path(path);
                 self.push(") = 'array' THEN (");
-                self.column(table, column)
-                    .push(" #> ")
-                    .bind(SqlValue::Text(p.clone()));
+                self.column(table, column).push(" #> ");
+                self.pg_path(path);
                 self.push(") @> jsonb_build_array(")
                     .bind(SqlValue::Text(value));
                 self.push(") ELSE (");
-                self.column(table, column)
-                    .push(" #>> ")
-                    .bind(SqlValue::Text(p));
+                self.column(table, column).push(" #>> ");
+                self.pg_path(path);
                 self.push(") ILIKE ")
                     .bind(SqlValue::Text(pattern))
                     .push(" ESCAPE '\\' END");
@@ -171,13 +191,20 @@ impl Sql {
     /// bound as a parameter otherwise.
     fn json_path_text(&mut self, path: &[String]) {
         let text = sqlite_json_path(path);
-        let safe = path
-            .iter()
-            .all(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
-        if safe {
+        if path_is_safe(path) {
             self.push("'").push(&text).push("'");
         } else {
             self.bind(SqlValue::Text(text));
+        }
+    }
+
+    /// A PostgreSQL path (`'{a,b}'`), inline when every segment is safe, like SQLite's.
+    fn pg_path(&mut self, path: &[String]) {
+        let text = format!("{{{}}}", path.join(","));
+        if path_is_safe(path) {
+            self.push("'").push(&text).push("'");
+        } else {
+            self.bind(SqlValue::Text(text)).push("::text[]");
         }
     }
 
@@ -220,6 +247,12 @@ impl Sql {
             }
         }
     }
+}
+
+/// Segments made only of identifier characters can be written into SQL text.
+fn path_is_safe(path: &[String]) -> bool {
+    path.iter()
+        .all(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
 }
 
 /// Quotes an identifier for either dialect.
@@ -276,7 +309,8 @@ pub fn column_type(dialect: Dialect, field: &FieldSpec) -> &'static str {
         (Dialect::Postgres, FieldType::Bool, _) => "BOOLEAN",
         (Dialect::Postgres, FieldType::Json, _)
         | (Dialect::Postgres, FieldType::Relation, true) => "JSONB",
-        (Dialect::Postgres, _, _) => "TEXT",
+        // Binary collation, so text sorts and compares as on SQLite.
+        (Dialect::Postgres, _, _) => "TEXT COLLATE \"C\"",
     }
 }
 
@@ -357,8 +391,14 @@ mod tests {
             .bind(SqlValue::Int(2));
         assert_eq!(a.text, "x = ?1 AND y = ?2");
         let mut b = Sql::new(Dialect::Postgres);
-        b.push("x = ").bind(SqlValue::Int(1));
-        assert_eq!(b.text, "x = $1");
+        b.push("x = ")
+            .bind(SqlValue::Int(1))
+            .push(" AND z = ")
+            .bind(SqlValue::Null);
+        assert_eq!(
+            b.text, "x = $1::int8 AND z = $2",
+            "typed values carry their type"
+        );
     }
 
     #[test]

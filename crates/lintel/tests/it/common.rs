@@ -69,7 +69,17 @@ impl Reply {
     }
 }
 
-pub fn config(dir: &std::path::Path) -> lintel::Config {
+/// The PostgreSQL server the suite runs against, when `LINTEL_TEST_DATABASE_URL` is set
+/// (e.g. `postgres://postgres@127.0.0.1:5432/test`); otherwise the embedded store.
+pub fn postgres_url() -> Option<String> {
+    std::env::var("LINTEL_TEST_DATABASE_URL")
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+/// A configuration for a server whose data lives in `dir`. On PostgreSQL each data
+/// folder gets its own database (named in the folder, so a restart finds it again).
+pub async fn config(dir: &std::path::Path) -> lintel::Config {
     let mut cfg = lintel::Config {
         data_dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
@@ -77,7 +87,56 @@ pub fn config(dir: &std::path::Path) -> lintel::Config {
         ..Default::default()
     };
     cfg.http.shutdown_grace_ms = 2_000;
+    if let Some(admin_url) = postgres_url() {
+        let marker = dir.join(".test-database");
+        let name = match std::fs::read_to_string(&marker) {
+            Ok(n) => n,
+            Err(_) => {
+                let n = format!("lintel_t_{}", lintel::ids::record_id());
+                std::fs::write(&marker, &n).expect("write the database marker");
+                n
+            }
+        };
+        create_database(&admin_url, &name).await;
+        let mut url = url::Url::parse(&admin_url).expect("LINTEL_TEST_DATABASE_URL is a URL");
+        url.set_path(&format!("/{name}"));
+        cfg.database_url = lintel::config::Secret(url.to_string());
+    }
     cfg
+}
+
+async fn admin_client(admin_url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("LINTEL_TEST_DATABASE_URL is set but PostgreSQL is not reachable: {e}")
+        });
+    tokio::spawn(conn);
+    client
+}
+
+async fn create_database(admin_url: &str, name: &str) {
+    let client = admin_client(admin_url).await;
+    if let Err(e) = client
+        .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+        .await
+        && e.code() != Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE)
+    {
+        panic!("creating test database {name}: {e}");
+    }
+}
+
+async fn drop_database(dir: &std::path::Path) {
+    let (Some(admin_url), Ok(name)) = (
+        postgres_url(),
+        std::fs::read_to_string(dir.join(".test-database")),
+    ) else {
+        return;
+    };
+    let client = admin_client(&admin_url).await;
+    let _ = client
+        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .await;
 }
 
 impl TestApp {
@@ -87,7 +146,7 @@ impl TestApp {
 
     pub async fn spawn_with(f: impl FnOnce(&mut lintel::Config)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut cfg = config(dir.path());
+        let mut cfg = config(dir.path()).await;
         f(&mut cfg);
         Self::start_in(dir, cfg).await
     }
@@ -199,6 +258,7 @@ impl TestApp {
         if let Some(r) = self.running.take() {
             r.shutdown().await;
         }
+        drop_database(self.dir.path()).await;
     }
 
     /// Stops the server but keeps the data folder.

@@ -78,6 +78,6 @@ async fn parallel_creates_are_all_committed() {
         200
     );
     let metrics = app.get("/metrics").await.text;
-    assert!(metrics.contains("lintel_store_group_commit_size"));
+    assert!(metrics.contains("lintel_store_commits_total"));
     app.shutdown().await;
 }

@@ -48,7 +48,7 @@ async fn migration_files_reproduce_the_schema_in_a_fresh_data_folder() {
 
     let fresh = tempfile::tempdir().unwrap();
     copy_dir(&files, &fresh.path().join("migrations"));
-    let cfg = config(fresh.path());
+    let cfg = config(fresh.path()).await;
     let app2 = TestApp::start_in(fresh, cfg).await;
     let after = specs(&app2.admin(Method::GET, "/v1/collections", None).await.body);
     assert_eq!(before, after);
@@ -75,7 +75,7 @@ async fn an_edited_applied_migration_stops_start_up() {
         .unwrap()
         .replace("\"body\"", "\"text\"");
     std::fs::write(&file, text).unwrap();
-    let err = lintel::start(config(dir.path()))
+    let err = lintel::start(config(dir.path()).await)
         .await
         .err()
         .expect("start-up refused");
@@ -89,6 +89,8 @@ fn lintel(data: &std::path::Path, args: &[&str]) -> (bool, String) {
         .arg(data)
         .args(args)
         .env("LINTEL_LOG__FORMAT", "pretty")
+        // The CLI is exercised on the embedded store in both suites.
+        .env_remove("LINTEL_TEST_DATABASE_URL")
         .output()
         .unwrap();
     (

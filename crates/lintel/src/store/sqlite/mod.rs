@@ -379,22 +379,26 @@ impl Store for SqliteStore {
         &self,
         migration: Migration,
         checksum: String,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         self.exec
             .write(move |conn| {
-                let exists: Option<i64> = conn
+                let recorded: Option<String> = conn
                     .query_row(
-                        "SELECT 1 FROM _lintel_migrations WHERE version = ?1",
+                        "SELECT checksum FROM _lintel_migrations WHERE version = ?1",
                         params![migration.version],
                         |r| r.get(0),
                     )
                     .optional()
                     .map_err(|e| map_error(&e))?;
-                if exists.is_some() {
-                    return Err(StoreError::Schema(format!(
-                        "migration {} is already applied",
-                        migration.version
-                    )));
+                match recorded {
+                    Some(c) if c == checksum => return Ok(false),
+                    Some(_) => {
+                        return Err(StoreError::Schema(format!(
+                            "migration {} is already applied with other content",
+                            migration.version
+                        )));
+                    }
+                    None => {}
                 }
                 run_steps(conn, &migration.up)?;
                 let content = serde_json::to_string(&migration)
@@ -411,7 +415,7 @@ impl Store for SqliteStore {
                     ],
                 )
                 .map_err(|e| map_error(&e))?;
-                Ok(())
+                Ok(true)
             })
             .await
     }

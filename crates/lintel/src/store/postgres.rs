@@ -1,0 +1,871 @@
+//! The PostgreSQL store: the same [`Store`] as SQLite, over deadpool connection pools
+//! (a primary for writes, optional replicas for reads). Statements come from the same
+//! builders rendered with `Dialect::Postgres`; this module only runs them.
+//!
+//! Each write request is one transaction. Relation targets are locked `FOR KEY SHARE`
+//! while checked, and a delete locks its row `FOR UPDATE` before checking referrers, so
+//! a concurrent insert and delete cannot leave a dangling relation. Migrations run
+//! under a transaction-scoped advisory lock, so instances starting together apply each
+//! one exactly once. Sessions carry `lock_timeout` and `statement_timeout`: a would-be
+//! deadlock or a stuck statement becomes a 503, never a hang. Pool exhaustion waits up
+//! to the acquire timeout, then 503.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use deadpool_postgres::{
+    GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime,
+};
+use serde_json::{Map, Number, Value};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use tokio_postgres::{NoTls, Row};
+
+use crate::collections::model::{Collection, CollectionSpec, FieldType};
+use crate::config::PoolConfig;
+use crate::error::{FieldErrors, push_field_error};
+use crate::migrations::{AppliedMigration, Migration, SchemaOp, checksum};
+use crate::store::ddl::{self, CatalogChange};
+use crate::store::write::{
+    WriteError, delete_sql, exists_sql, insert_sql, missing_target, referrer_sql, relation_targets,
+    update_sql,
+};
+use crate::store::{
+    Dialect, IdempotencyClaim, Record, Sql, SqlValue, Store, StoreError, StoredCollection,
+    StoredResponse, WriteOp, WriteOutcome,
+};
+
+/// Serialises schema changes across instances (an arbitrary, fixed key).
+const MIGRATION_LOCK: i64 = 0x6c69_6e74_656c;
+
+/// Lintel's own tables on PostgreSQL. Never edit an entry once released.
+pub const SYSTEM_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "catalog",
+        "CREATE TABLE _lintel_collections (
+            name TEXT PRIMARY KEY NOT NULL,
+            spec TEXT NOT NULL,
+            created TEXT NOT NULL,
+            updated TEXT NOT NULL
+        );
+        CREATE TABLE _lintel_migrations (
+            version TEXT PRIMARY KEY NOT NULL,
+            name TEXT NOT NULL,
+            checksum TEXT NOT NULL,
+            content TEXT NOT NULL,
+            applied_at TEXT NOT NULL
+        );",
+    ),
+    (
+        2,
+        "idempotency",
+        "CREATE TABLE _lintel_idempotency (
+            scope TEXT NOT NULL,
+            key TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            state TEXT NOT NULL,
+            status INTEGER,
+            headers TEXT,
+            body BYTEA,
+            created_ms BIGINT NOT NULL,
+            locked_until_ms BIGINT NOT NULL,
+            PRIMARY KEY (scope, key)
+        );
+        CREATE INDEX _lintel_idempotency_created ON _lintel_idempotency (created_ms);",
+    ),
+];
+
+impl ToSql for SqlValue {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        // Every typed value is cast in the SQL text (`$1::int8`), so the type asked for
+        // is the value's own; null goes to whatever column it fills.
+        match self {
+            SqlValue::Null => Ok(IsNull::Yes),
+            SqlValue::Bool(b) => b.to_sql(ty, out),
+            SqlValue::Int(i) => i.to_sql(ty, out),
+            SqlValue::Float(f) => f.to_sql(ty, out),
+            SqlValue::Text(s) => s.as_str().to_sql(ty, out),
+            SqlValue::Json(s) => {
+                if *ty == Type::JSONB {
+                    out.extend_from_slice(&[1]);
+                }
+                out.extend_from_slice(s.as_bytes());
+                Ok(IsNull::No)
+            }
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+/// The PostgreSQL implementation of [`Store`].
+pub struct PgStore {
+    primary: Pool,
+    replicas: Vec<Pool>,
+    next_replica: AtomicUsize,
+}
+
+fn build_pool(url: &str, cfg: &PoolConfig, role: &'static str) -> Result<Pool, StoreError> {
+    let mut pg: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| StoreError::Internal(format!("invalid database URL ({role}): {e}")))?;
+    pg.options(format!(
+        "-c lock_timeout={} -c statement_timeout={}",
+        cfg.lock_timeout_ms, cfg.statement_timeout_ms
+    ));
+    pg.connect_timeout(Duration::from_millis(cfg.acquire_timeout_ms.max(1)));
+    pg.application_name("lintel");
+    let manager = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let idle = Duration::from_secs(cfg.idle_timeout_secs);
+    let lifetime = Duration::from_secs(cfg.max_lifetime_secs);
+    Pool::builder(manager)
+        .max_size(cfg.max_size.max(1))
+        .wait_timeout(Some(Duration::from_millis(cfg.acquire_timeout_ms)))
+        .create_timeout(Some(Duration::from_millis(cfg.acquire_timeout_ms.max(1))))
+        .recycle_timeout(Some(Duration::from_secs(5)))
+        .runtime(Runtime::Tokio1)
+        .pre_recycle(deadpool_postgres::Hook::sync_fn(move |_, metrics| {
+            if metrics.age() > lifetime || metrics.last_used() > idle {
+                return Err(deadpool_postgres::HookError::message("connection expired"));
+            }
+            Ok(())
+        }))
+        .build()
+        .map_err(|e| StoreError::Internal(format!("building the {role} pool: {e}")))
+}
+
+fn map_pg(e: &tokio_postgres::Error, coll: Option<&Collection>) -> StoreError {
+    let Some(code) = e.code() else {
+        // No SQL state: the connection is gone or could not be made.
+        return StoreError::Unavailable(format!("database unreachable: {e}"));
+    };
+    if *code == SqlState::UNIQUE_VIOLATION {
+        let constraint = e.as_db_error().and_then(|d| d.constraint()).unwrap_or("");
+        if let Some(errors) = unique_fields(constraint, coll) {
+            return StoreError::Constraint(errors);
+        }
+        return StoreError::Internal(format!("constraint: {e}"));
+    }
+    if *code == SqlState::T_R_DEADLOCK_DETECTED
+        || *code == SqlState::LOCK_NOT_AVAILABLE
+        || *code == SqlState::QUERY_CANCELED
+        || *code == SqlState::T_R_SERIALIZATION_FAILURE
+        || *code == SqlState::ADMIN_SHUTDOWN
+        || *code == SqlState::CANNOT_CONNECT_NOW
+        || *code == SqlState::TOO_MANY_CONNECTIONS
+    {
+        return StoreError::Unavailable(format!("{e}"));
+    }
+    if *code == SqlState::UNDEFINED_TABLE || *code == SqlState::UNDEFINED_COLUMN {
+        return StoreError::Schema(format!("{e}"));
+    }
+    StoreError::Internal(format!("{e}"))
+}
+
+/// Unique indexes are named `<collection>__<fields>__uniq` (field options) or by the
+/// collection's index specs; either way the spec says which fields they cover.
+fn unique_fields(constraint: &str, coll: Option<&Collection>) -> Option<FieldErrors> {
+    let coll = coll?;
+    let fields: Vec<String> = if let Some(idx) = coll
+        .spec
+        .indexes
+        .iter()
+        .find(|i| i.name.as_deref() == Some(constraint))
+    {
+        idx.fields.clone()
+    } else {
+        coll.fields()
+            .iter()
+            .filter(|f| {
+                crate::collections::model::index_name(
+                    coll.name(),
+                    std::slice::from_ref(&f.name),
+                    true,
+                ) == constraint
+            })
+            .map(|f| f.name.clone())
+            .collect()
+    };
+    if fields.is_empty() {
+        return None;
+    }
+    let mut errors = FieldErrors::new();
+    for f in &fields {
+        let message = if fields.len() > 1 {
+            format!(
+                "another record has the same values of {}",
+                fields.join(", ")
+            )
+        } else {
+            "another record has this value".to_owned()
+        };
+        push_field_error(&mut errors, f, "unique", message);
+    }
+    Some(errors)
+}
+
+fn params(sql: &Sql) -> Vec<&(dyn ToSql + Sync)> {
+    sql.params
+        .iter()
+        .map(|p| p as &(dyn ToSql + Sync))
+        .collect()
+}
+
+async fn query<C: GenericClient>(
+    c: &C,
+    sql: &Sql,
+    coll: Option<&Collection>,
+) -> Result<Vec<Row>, StoreError> {
+    let stmt = c
+        .prepare_cached(&sql.text)
+        .await
+        .map_err(|e| map_pg(&e, coll))?;
+    c.query(&stmt, &params(sql))
+        .await
+        .map_err(|e| map_pg(&e, coll))
+}
+
+async fn execute<C: GenericClient>(
+    c: &C,
+    sql: &Sql,
+    coll: Option<&Collection>,
+) -> Result<u64, StoreError> {
+    let stmt = c
+        .prepare_cached(&sql.text)
+        .await
+        .map_err(|e| map_pg(&e, coll))?;
+    c.execute(&stmt, &params(sql))
+        .await
+        .map_err(|e| map_pg(&e, coll))
+}
+
+async fn query_i64<C: GenericClient>(c: &C, sql: &Sql) -> Result<i64, StoreError> {
+    let rows = query(c, sql, None).await?;
+    rows.first()
+        .and_then(|r| r.try_get::<_, i64>(0).ok())
+        .ok_or_else(|| StoreError::Internal("a count returned no row".into()))
+}
+
+fn decode_record(coll: &Collection, row: &Row) -> Result<Record, StoreError> {
+    let bad = |e: tokio_postgres::Error| StoreError::Internal(format!("decoding a record: {e}"));
+    let mut data = Map::new();
+    if coll.is_document() {
+        if let Some(Value::Object(map)) = row.try_get::<_, Option<Value>>(4).map_err(bad)? {
+            data = map;
+        }
+    } else {
+        for (i, f) in coll.fields().iter().enumerate() {
+            let idx = 4 + i;
+            let v = match (f.field_type, f.multiple) {
+                (FieldType::Json, _) | (FieldType::Relation, true) => row
+                    .try_get::<_, Option<Value>>(idx)
+                    .map_err(bad)?
+                    .unwrap_or(Value::Null),
+                (FieldType::Bool, _) => row
+                    .try_get::<_, Option<bool>>(idx)
+                    .map_err(bad)?
+                    .map_or(Value::Null, Value::Bool),
+                (FieldType::Integer, _) => row
+                    .try_get::<_, Option<i64>>(idx)
+                    .map_err(bad)?
+                    .map_or(Value::Null, Value::from),
+                (FieldType::Number, _) => row
+                    .try_get::<_, Option<f64>>(idx)
+                    .map_err(bad)?
+                    .and_then(Number::from_f64)
+                    .map_or(Value::Null, Value::Number),
+                _ => row
+                    .try_get::<_, Option<String>>(idx)
+                    .map_err(bad)?
+                    .map_or(Value::Null, Value::String),
+            };
+            data.insert(f.name.clone(), v);
+        }
+    }
+    Ok(Record {
+        id: row.try_get(0).map_err(bad)?,
+        created: row.try_get(1).map_err(bad)?,
+        updated: row.try_get(2).map_err(bad)?,
+        version: row.try_get(3).map_err(bad)?,
+        data,
+    })
+}
+
+impl PgStore {
+    /// Connects, opens the pools and brings Lintel's own tables up to date.
+    pub async fn open(url: &str, replica_urls: &str, cfg: &PoolConfig) -> Result<Self, StoreError> {
+        let primary = build_pool(url, cfg, "primary")?;
+        let mut replicas = Vec::new();
+        for r in replica_urls
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            replicas.push(build_pool(r, cfg, "replica")?);
+        }
+        let store = Self {
+            primary,
+            replicas,
+            next_replica: AtomicUsize::new(0),
+        };
+        store.run_system_migrations().await?;
+        // Warm the pool to its minimum so the first requests do not pay for connecting.
+        let mut warm = Vec::new();
+        for _ in 0..cfg.min_idle.min(cfg.max_size) {
+            if let Ok(c) = store.primary.get().await {
+                warm.push(c);
+            }
+        }
+        drop(warm);
+        Ok(store)
+    }
+
+    async fn get(&self, pool: &Pool, role: &'static str) -> Result<Object, StoreError> {
+        let started = Instant::now();
+        let result = pool.get().await;
+        metrics::histogram!("lintel_db_pool_acquire_seconds", "role" => role)
+            .record(started.elapsed().as_secs_f64());
+        let status = pool.status();
+        metrics::gauge!("lintel_db_pool_size", "role" => role).set(status.size as f64);
+        metrics::gauge!("lintel_db_pool_available", "role" => role).set(status.available as f64);
+        metrics::gauge!("lintel_db_pool_in_use", "role" => role)
+            .set(status.size.saturating_sub(status.available) as f64);
+        metrics::gauge!("lintel_db_pool_waiting", "role" => role).set(status.waiting as f64);
+        result.map_err(|e| match e {
+            deadpool_postgres::PoolError::Timeout(_) => {
+                metrics::counter!("lintel_db_pool_timeouts_total", "role" => role).increment(1);
+                StoreError::Unavailable("no database connection became free in time".into())
+            }
+            other => StoreError::Unavailable(format!("database unreachable: {other}")),
+        })
+    }
+
+    /// A connection to the primary, for writes and for reads that must see them.
+    async fn db_write(&self) -> Result<Object, StoreError> {
+        self.get(&self.primary, "primary").await
+    }
+
+    /// A connection for reads: a replica when configured (round robin), else the primary.
+    async fn db_read(&self) -> Result<Object, StoreError> {
+        if self.replicas.is_empty() {
+            return self.db_write().await;
+        }
+        let i = self.next_replica.fetch_add(1, Ordering::Relaxed) % self.replicas.len();
+        self.get(&self.replicas[i], "replica").await
+    }
+
+    async fn run_system_migrations(&self) -> Result<(), StoreError> {
+        let mut client = self.db_write().await?;
+        let tx = client.transaction().await.map_err(|e| map_pg(&e, None))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(|e| map_pg(&e, None))?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS _lintel_system_migrations (
+                version BIGINT PRIMARY KEY NOT NULL,
+                name TEXT NOT NULL,
+                checksum TEXT NOT NULL,
+                applied_at TEXT NOT NULL
+            )",
+        )
+        .await
+        .map_err(|e| map_pg(&e, None))?;
+        for (version, name, sql) in SYSTEM_MIGRATIONS {
+            let sum = checksum(sql.as_bytes());
+            let rows = tx
+                .query(
+                    "SELECT checksum FROM _lintel_system_migrations WHERE version = $1",
+                    &[version],
+                )
+                .await
+                .map_err(|e| map_pg(&e, None))?;
+            match rows.first().map(|r| r.get::<_, String>(0)) {
+                Some(r) if r == sum => {}
+                Some(_) => {
+                    return Err(StoreError::Internal(format!(
+                        "system migration {version} ({name}) differs from the one applied to this database"
+                    )));
+                }
+                None => {
+                    tx.batch_execute(sql).await.map_err(|e| map_pg(&e, None))?;
+                    tx.execute(
+                        "INSERT INTO _lintel_system_migrations (version, name, checksum, applied_at) VALUES ($1, $2, $3, $4)",
+                        &[version, name, &sum, &crate::clock::now()],
+                    )
+                    .await
+                    .map_err(|e| map_pg(&e, None))?;
+                }
+            }
+        }
+        tx.commit().await.map_err(|e| map_pg(&e, None))
+    }
+}
+
+async fn read_catalog<C: GenericClient>(c: &C) -> Result<(Vec<StoredCollection>, i64), StoreError> {
+    let rows = c
+        .query(
+            "SELECT name, spec, created, updated FROM _lintel_collections ORDER BY name",
+            &[],
+        )
+        .await
+        .map_err(|e| map_pg(&e, None))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let name: String = r.get(0);
+        let spec: String = r.get(1);
+        let spec = serde_json::from_str(&spec)
+            .map_err(|e| StoreError::Internal(format!("catalog entry {name} is corrupt: {e}")))?;
+        out.push(StoredCollection {
+            spec,
+            created: r.get(2),
+            updated: r.get(3),
+        });
+    }
+    let generation = c
+        .query_one("SELECT COUNT(*) FROM _lintel_migrations", &[])
+        .await
+        .map_err(|e| map_pg(&e, None))?
+        .get::<_, i64>(0);
+    Ok((out, generation))
+}
+
+async fn run_steps<C: GenericClient>(c: &C, ops: &[SchemaOp]) -> Result<(), StoreError> {
+    let (stored, _) = read_catalog(c).await?;
+    let mut specs: BTreeMap<String, CollectionSpec> = stored
+        .into_iter()
+        .map(|s| (s.spec.name.clone(), s.spec))
+        .collect();
+    let steps = ddl::plan(Dialect::Postgres, ops, &mut specs).map_err(StoreError::Schema)?;
+    let now = crate::clock::now();
+    for step in steps {
+        for stmt in &step.statements {
+            c.batch_execute(stmt).await.map_err(|e| {
+                tracing::warn!(error = %e, "a schema statement failed");
+                StoreError::Schema(
+                    "the database refused the schema change (details in the server log)".into(),
+                )
+            })?;
+        }
+        match step.catalog {
+            CatalogChange::Upsert(spec) => {
+                let text = serde_json::to_string(&spec)
+                    .map_err(|e| StoreError::Internal(e.to_string()))?;
+                c.execute(
+                    "INSERT INTO _lintel_collections (name, spec, created, updated) VALUES ($1, $2, $3, $3)
+                     ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, updated = excluded.updated",
+                    &[&spec.name, &text, &now],
+                )
+                .await
+                .map_err(|e| map_pg(&e, None))?;
+            }
+            CatalogChange::Delete(name) => {
+                c.execute("DELETE FROM _lintel_collections WHERE name = $1", &[&name])
+                    .await
+                    .map_err(|e| map_pg(&e, None))?;
+            }
+            CatalogChange::None => {}
+        }
+    }
+    Ok(())
+}
+
+async fn check_relations<C: GenericClient>(
+    c: &C,
+    coll: &Collection,
+    record: &Record,
+) -> Result<(), StoreError> {
+    for (field, target, ids) in relation_targets(coll, record) {
+        // Lock the targets so a concurrent delete waits for this transaction.
+        let mut sql = Sql::new(Dialect::Postgres);
+        sql.push("SELECT COUNT(*) FROM (SELECT 1 FROM ")
+            .ident(&target)
+            .push(" WHERE \"id\" IN (");
+        for (i, id) in ids.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.bind(SqlValue::Text(id.clone()));
+        }
+        sql.push(") FOR KEY SHARE) AS t");
+        if query_i64(c, &sql).await? != ids.len() as i64 {
+            return Err(StoreError::Constraint(missing_target(&field, &target)));
+        }
+    }
+    Ok(())
+}
+
+async fn no_row_changed<C: GenericClient>(c: &C, coll: &Collection, id: &str) -> StoreError {
+    match query_i64(c, &exists_sql(Dialect::Postgres, coll.name(), id)).await {
+        Ok(0) => StoreError::NotFound,
+        Ok(_) => StoreError::VersionConflict,
+        Err(e) => e,
+    }
+}
+
+async fn apply_op<C: GenericClient>(c: &C, op: WriteOp) -> Result<WriteOutcome, StoreError> {
+    let d = Dialect::Postgres;
+    match op {
+        WriteOp::Insert { coll, record } => {
+            check_relations(c, &coll, &record).await?;
+            execute(c, &insert_sql(d, &coll, &record), Some(&coll)).await?;
+            Ok(WriteOutcome::Written(record))
+        }
+        WriteOp::Update {
+            coll,
+            record,
+            expected_version,
+        } => {
+            check_relations(c, &coll, &record).await?;
+            if execute(
+                c,
+                &update_sql(d, &coll, &record, expected_version),
+                Some(&coll),
+            )
+            .await?
+                == 0
+            {
+                return Err(no_row_changed(c, &coll, &record.id).await);
+            }
+            Ok(WriteOutcome::Written(record))
+        }
+        WriteOp::Delete {
+            coll,
+            id,
+            expected_version,
+            referrers,
+        } => {
+            // Lock the row first: an insert that holds a key-share lock on it (it is
+            // adding a reference) finishes before the referrer check below runs.
+            let mut lock = Sql::new(d);
+            lock.push("SELECT COUNT(*) FROM (SELECT 1 FROM ")
+                .ident(coll.name());
+            lock.push(" WHERE \"id\" = ")
+                .bind(SqlValue::Text(id.clone()))
+                .push(" FOR UPDATE) AS t");
+            if query_i64(c, &lock).await? == 0 {
+                return Err(StoreError::NotFound);
+            }
+            for (rc, field) in &referrers {
+                if query_i64(c, &referrer_sql(d, rc, field, &id)).await? > 0 {
+                    return Err(StoreError::Referenced(format!(
+                        "{}.{}",
+                        rc.name(),
+                        field.name
+                    )));
+                }
+            }
+            if execute(c, &delete_sql(d, &coll, &id, expected_version), Some(&coll)).await? == 0 {
+                return Err(no_row_changed(c, &coll, &id).await);
+            }
+            Ok(WriteOutcome::Deleted)
+        }
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let c = self.db_write().await?;
+        c.simple_query("SELECT 1")
+            .await
+            .map_err(|e| map_pg(&e, None))?;
+        Ok(())
+    }
+
+    async fn query_records(
+        &self,
+        coll: Arc<Collection>,
+        sql: Sql,
+    ) -> Result<Vec<Record>, StoreError> {
+        let c = self.db_read().await?;
+        let rows = query(&c, &sql, Some(&coll)).await?;
+        rows.iter().map(|r| decode_record(&coll, r)).collect()
+    }
+
+    async fn query_count(&self, sql: Sql) -> Result<i64, StoreError> {
+        let c = self.db_read().await?;
+        query_i64(&c, &sql).await
+    }
+
+    async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, WriteError> {
+        let mut client = self.db_write().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| WriteError::from(map_pg(&e, None)))?;
+        let mut out = Vec::with_capacity(ops.len());
+        for (index, op) in ops.into_iter().enumerate() {
+            out.push(
+                apply_op(&tx, op)
+                    .await
+                    .map_err(|error| WriteError { index, error })?,
+            );
+        }
+        tx.commit()
+            .await
+            .map_err(|e| WriteError::from(map_pg(&e, None)))?;
+        metrics::counter!("lintel_store_commits_total").increment(1);
+        Ok(out)
+    }
+
+    async fn load_catalog(&self) -> Result<(Vec<StoredCollection>, i64), StoreError> {
+        let mut client = self.db_write().await?;
+        // One snapshot for the catalog and its generation.
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(|e| map_pg(&e, None))?;
+        let result = read_catalog(&tx).await;
+        let _ = tx.commit().await;
+        result
+    }
+
+    async fn applied_migrations(&self) -> Result<Vec<AppliedMigration>, StoreError> {
+        let c = self.db_write().await?;
+        let rows = c
+            .query(
+                "SELECT version, name, checksum, applied_at, content FROM _lintel_migrations
+                 ORDER BY length(version), version",
+                &[],
+            )
+            .await
+            .map_err(|e| map_pg(&e, None))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let version: String = r.get(0);
+            let content: String = r.get(4);
+            let content = serde_json::from_str(&content).map_err(|e| {
+                StoreError::Internal(format!("recorded migration {version} is corrupt: {e}"))
+            })?;
+            out.push(AppliedMigration {
+                version,
+                name: r.get(1),
+                checksum: r.get(2),
+                applied_at: r.get(3),
+                content,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn apply_migration(
+        &self,
+        migration: Migration,
+        checksum: String,
+    ) -> Result<bool, StoreError> {
+        let mut client = self.db_write().await?;
+        let tx = client.transaction().await.map_err(|e| map_pg(&e, None))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(|e| map_pg(&e, None))?;
+        let rows = tx
+            .query(
+                "SELECT checksum FROM _lintel_migrations WHERE version = $1",
+                &[&migration.version],
+            )
+            .await
+            .map_err(|e| map_pg(&e, None))?;
+        match rows.first().map(|r| r.get::<_, String>(0)) {
+            Some(c) if c == checksum => return Ok(false),
+            Some(_) => {
+                return Err(StoreError::Schema(format!(
+                    "migration {} is already applied with other content",
+                    migration.version
+                )));
+            }
+            None => {}
+        }
+        run_steps(&tx, &migration.up).await?;
+        let content =
+            serde_json::to_string(&migration).map_err(|e| StoreError::Internal(e.to_string()))?;
+        tx.execute(
+            "INSERT INTO _lintel_migrations (version, name, checksum, content, applied_at) VALUES ($1, $2, $3, $4, $5)",
+            &[&migration.version, &migration.name, &checksum, &content, &crate::clock::now()],
+        )
+        .await
+        .map_err(|e| map_pg(&e, None))?;
+        tx.commit().await.map_err(|e| map_pg(&e, None))?;
+        Ok(true)
+    }
+
+    async fn revert_migration(&self, migration: Migration) -> Result<(), StoreError> {
+        let mut client = self.db_write().await?;
+        let tx = client.transaction().await.map_err(|e| map_pg(&e, None))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(|e| map_pg(&e, None))?;
+        run_steps(&tx, &migration.down).await?;
+        let n = tx
+            .execute(
+                "DELETE FROM _lintel_migrations WHERE version = $1",
+                &[&migration.version],
+            )
+            .await
+            .map_err(|e| map_pg(&e, None))?;
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        tx.commit().await.map_err(|e| map_pg(&e, None))
+    }
+
+    async fn idempotency_claim(
+        &self,
+        scope: String,
+        key: String,
+        fingerprint: String,
+        now_ms: i64,
+        ttl_ms: i64,
+        lock_ms: i64,
+    ) -> Result<IdempotencyClaim, StoreError> {
+        let mut client = self.db_write().await?;
+        let tx = client.transaction().await.map_err(|e| map_pg(&e, None))?;
+        let rows = tx
+            .query(
+                "SELECT fingerprint, state, status, headers, body, created_ms, locked_until_ms
+                 FROM _lintel_idempotency WHERE scope = $1 AND key = $2 FOR UPDATE",
+                &[&scope, &key],
+            )
+            .await
+            .map_err(|e| map_pg(&e, None))?;
+        let locked_until = now_ms + lock_ms;
+        let claim = match rows.first() {
+            None => {
+                let n = tx
+                    .execute(
+                        "INSERT INTO _lintel_idempotency (scope, key, fingerprint, state, created_ms, locked_until_ms)
+                         VALUES ($1, $2, $3, 'pending', $4, $5) ON CONFLICT (scope, key) DO NOTHING",
+                        &[&scope, &key, &fingerprint, &now_ms, &locked_until],
+                    )
+                    .await
+                    .map_err(|e| map_pg(&e, None))?;
+                if n == 1 {
+                    IdempotencyClaim::Proceed { token: now_ms }
+                } else {
+                    IdempotencyClaim::InFlight
+                }
+            }
+            Some(r) => {
+                let fp: String = r.get(0);
+                let state: String = r.get(1);
+                let created_ms: i64 = r.get(5);
+                let row_locked_until: i64 = r.get(6);
+                let expired = created_ms + ttl_ms < now_ms;
+                if !expired && fp != fingerprint {
+                    IdempotencyClaim::Mismatch
+                } else if !expired && state == "done" {
+                    let headers: Option<String> = r.get(3);
+                    IdempotencyClaim::Replay(StoredResponse {
+                        status: r
+                            .get::<_, Option<i32>>(2)
+                            .and_then(|s| u16::try_from(s).ok())
+                            .unwrap_or(200),
+                        headers: headers
+                            .and_then(|h| serde_json::from_str(&h).ok())
+                            .unwrap_or_default(),
+                        body: r.get::<_, Option<Vec<u8>>>(4).unwrap_or_default(),
+                    })
+                } else if !expired && row_locked_until > now_ms {
+                    IdempotencyClaim::InFlight
+                } else {
+                    tx.execute(
+                        "UPDATE _lintel_idempotency SET fingerprint = $3, state = 'pending', status = NULL,
+                           headers = NULL, body = NULL, created_ms = $4, locked_until_ms = $5
+                         WHERE scope = $1 AND key = $2",
+                        &[&scope, &key, &fingerprint, &now_ms, &locked_until],
+                    )
+                    .await
+                    .map_err(|e| map_pg(&e, None))?;
+                    IdempotencyClaim::Proceed { token: now_ms }
+                }
+            }
+        };
+        tx.commit().await.map_err(|e| map_pg(&e, None))?;
+        Ok(claim)
+    }
+
+    async fn idempotency_complete(
+        &self,
+        scope: String,
+        key: String,
+        token: i64,
+        response: StoredResponse,
+    ) -> Result<(), StoreError> {
+        let headers = serde_json::to_string(&response.headers)
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        let c = self.db_write().await?;
+        c.execute(
+            "UPDATE _lintel_idempotency SET state = 'done', status = $3, headers = $4, body = $5
+             WHERE scope = $1 AND key = $2 AND created_ms = $6 AND state = 'pending'",
+            &[
+                &scope,
+                &key,
+                &i32::from(response.status),
+                &headers,
+                &response.body,
+                &token,
+            ],
+        )
+        .await
+        .map_err(|e| map_pg(&e, None))?;
+        Ok(())
+    }
+
+    async fn idempotency_release(
+        &self,
+        scope: String,
+        key: String,
+        token: i64,
+    ) -> Result<(), StoreError> {
+        let c = self.db_write().await?;
+        c.execute(
+            "DELETE FROM _lintel_idempotency WHERE scope = $1 AND key = $2 AND state = 'pending' AND created_ms = $3",
+            &[&scope, &key, &token],
+        )
+        .await
+        .map_err(|e| map_pg(&e, None))?;
+        Ok(())
+    }
+
+    async fn idempotency_purge(&self, older_than_ms: i64) -> Result<u64, StoreError> {
+        let c = self.db_write().await?;
+        c.execute(
+            "DELETE FROM _lintel_idempotency WHERE created_ms < $1",
+            &[&older_than_ms],
+        )
+        .await
+        .map_err(|e| map_pg(&e, None))
+    }
+
+    async fn close(&self) {
+        self.primary.close();
+        for r in &self.replicas {
+            r.close();
+        }
+    }
+}
