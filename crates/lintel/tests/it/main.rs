@@ -10,4 +10,5 @@ mod concurrency;
 mod edge;
 mod idempotency;
 mod migrations;
+mod postgres;
 mod records;

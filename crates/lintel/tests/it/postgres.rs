@@ -1,0 +1,221 @@
+//! PostgreSQL only: pool limits, lock timeouts, recovery after lost connections,
+//! instances starting together, read replicas. These need a server: they are ignored
+//! in the plain run and run (and fail loudly without PostgreSQL) with
+//! `LINTEL_TEST_DATABASE_URL=... cargo test -p lintel --test it -- --include-ignored`.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::common::{TestApp, config, postgres_url};
+
+fn require_postgres() -> String {
+    postgres_url().expect("these tests need PostgreSQL: set LINTEL_TEST_DATABASE_URL")
+}
+
+/// A direct connection to the database a test server uses.
+async fn connect(app: &TestApp) -> tokio_postgres::Client {
+    let cfg = config(app.dir.path()).await;
+    let (client, conn) = tokio_postgres::connect(&cfg.database_url.0, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    tokio::spawn(conn);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL (LINTEL_TEST_DATABASE_URL)"]
+async fn an_exhausted_pool_answers_503_with_retry_after_and_locks_time_out() {
+    require_postgres();
+    let app = TestApp::spawn_with(|c| {
+        c.database_pool.max_size = 1;
+        c.database_pool.acquire_timeout_ms = 300;
+        c.database_pool.lock_timeout_ms = 1_500;
+    })
+    .await;
+    app.collection(json!({"name": "items", "fields": [{"name": "n", "type": "integer"}]}))
+        .await;
+    let rec = app.create("items", json!({"n": 1})).await;
+    let href = format!(
+        "/v1/collections/items/records/{}",
+        rec["id"].as_str().unwrap()
+    );
+
+    // Hold the row from outside, so the server's only connection waits on the lock.
+    let mut db = connect(&app).await;
+    let tx = db.transaction().await.unwrap();
+    tx.execute(
+        "SELECT 1 FROM items WHERE id = $1 FOR UPDATE",
+        &[&rec["id"].as_str().unwrap()],
+    )
+    .await
+    .unwrap();
+    let patch = app.req(Method::PATCH, &href).json(&json!({"n": 2}));
+    let blocked = tokio::spawn(async move { patch.send().await.map(|r| r.status()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = std::time::Instant::now();
+    let r = app.get("/v1/collections/items/records").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+    assert_eq!(r.problem_code(), "store_unavailable");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "it waited for the acquire timeout, not forever"
+    );
+
+    // The lock timeout turns the blocked write into a clear 503 too.
+    assert_eq!(
+        blocked.await.unwrap().unwrap(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    tx.rollback().await.unwrap();
+    let r = app.json(Method::PATCH, &href, json!({"n": 3})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let metrics = app.get("/metrics").await.text;
+    assert!(
+        metrics.contains("lintel_db_pool_timeouts_total"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("lintel_db_pool_acquire_seconds"));
+    assert!(metrics.contains("lintel_db_pool_in_use"));
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (LINTEL_TEST_DATABASE_URL)"]
+async fn lintel_recovers_when_its_connections_are_killed() {
+    require_postgres();
+    let app = TestApp::spawn_with(|c| c.database_pool.max_size = 4).await;
+    app.collection(json!({"name": "items", "fields": [{"name": "n", "type": "integer"}]}))
+        .await;
+    app.create("items", json!({"n": 1})).await;
+    let db = connect(&app).await;
+    let killed = db
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(killed >= 1, "the server's connections were terminated");
+    // Requests fail cleanly (503, never 500) until the pool has fresh connections.
+    let mut recovered = false;
+    for _ in 0..20 {
+        let r = app.get("/v1/collections/items/records").await;
+        match r.status {
+            StatusCode::OK => {
+                recovered = true;
+                break;
+            }
+            StatusCode::SERVICE_UNAVAILABLE => r.problem_code(),
+            other => panic!("unexpected {other}: {}", r.text),
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "no restart needed");
+    assert_eq!(app.get("/v1/ready").await.status, StatusCode::OK);
+    app.create("items", json!({"n": 2})).await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL (LINTEL_TEST_DATABASE_URL)"]
+async fn two_instances_starting_on_one_empty_database_apply_migrations_once() {
+    require_postgres();
+    // The migrations both instances find in their folders.
+    let first = TestApp::spawn().await;
+    first
+        .collection(json!({"name": "a", "fields": [{"name": "x", "type": "text"}]}))
+        .await;
+    first
+        .collection(json!({"name": "b", "kind": "document"}))
+        .await;
+    first
+        .admin(
+            Method::PATCH,
+            "/v1/collections/a",
+            Some(json!({"addFields": [{"name": "y", "type": "integer"}]})),
+        )
+        .await;
+    let files = first.dir.path().join("migrations");
+
+    let shared = tempfile::tempdir().unwrap();
+    let db_url = config(shared.path()).await.database_url;
+    let mut starts = Vec::new();
+    let mut dirs = Vec::new();
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("migrations")).unwrap();
+        for e in std::fs::read_dir(&files).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dir.path().join("migrations").join(e.file_name())).unwrap();
+        }
+        let mut cfg = config(dir.path()).await;
+        cfg.database_url = db_url.clone();
+        cfg.database_replica_urls = db_url.clone();
+        starts.push(tokio::spawn(lintel::start(cfg)));
+        dirs.push(dir);
+    }
+    let mut running = Vec::new();
+    for s in starts {
+        running.push(s.await.unwrap().expect("both instances start"));
+    }
+    let (client, conn) = tokio_postgres::connect(&db_url.0, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let n: i64 = client
+        .query_one("SELECT COUNT(*) FROM _lintel_migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3, "each migration applied exactly once");
+    // Both serve the schema; reads go through the replica pool.
+    let http = reqwest::Client::new();
+    for r in &running {
+        let res = http
+            .post(format!("http://{}/v1/collections/a/records", r.addr))
+            .json(&json!({"x": "hi", "y": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let list: serde_json::Value = http
+            .get(format!("http://{}/v1/collections/a/records", r.addr))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(list["totalItems"].as_i64().unwrap() >= 1);
+    }
+    let metrics = http
+        .get(format!("http://{}/metrics", running[0].addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("role=\"replica\""),
+        "reads used the replica pool"
+    );
+    for r in running {
+        r.shutdown().await;
+    }
+    drop(dirs);
+    first.shutdown().await;
+    let name = std::fs::read_to_string(shared.path().join(".test-database")).unwrap();
+    let (admin, conn) = tokio_postgres::connect(&require_postgres(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let _ = admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .await;
+}
