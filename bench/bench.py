@@ -325,12 +325,18 @@ def report(tsv, md_out):
             elif parts[0] == "info":
                 info[parts[1]] = parts[2]
 
+    # Sides: "lintel" (Lintel on SQLite), "lintel-pg" (Lintel on PostgreSQL), "pocketbase".
+    sides = {side for side, _ in runs} | {side for side, _ in mem}
+    has_pg = "lintel-pg" in sides
+    # The Lintel-vs-PocketBase tables, unless Lintel on PostgreSQL is all there is.
+    has_main = bool(sides & {"lintel", "pocketbase"}) or not has_pg
+
     workloads = [("get", "get one record by id"), ("list", "list 20, filter + sort"), ("create", "create a record")]
+    lat = lambda r: "-" if r is None else f"{r['p50']:.2f} / {r['p99']:.2f}"
     header = ["workload", "lintel req/s", "pb req/s", "ratio", "lintel p50/p99 ms", "pb p50/p99 ms", "p99 ratio"]
     rows = []
     for wl, label in workloads:
         l, p = runs.get(("lintel", wl)), runs.get(("pocketbase", wl))
-        lat = lambda r: "-" if r is None else f"{r['p50']:.2f} / {r['p99']:.2f}"
         rows.append([
             label,
             fmt_num(l and l["rps"]),
@@ -350,16 +356,40 @@ def report(tsv, md_out):
         ])
         rows.append(["lintel get-by-id / health", ratio(g and g["rps"], h["rps"]), "-", "-", "-", "-", "-"])
 
-    mem_header = ["resident memory (VmRSS)", "lintel MB", "pb MB", "ratio"]
-    mem_rows = []
-    for stage, label in [
+    mem_stages = [
         ("start", "idle, just started (empty)"),
         ("seeded", "idle, after seeding"),
         ("after", "after the load"),
         ("peak", "peak (VmHWM)"),
-    ]:
+    ]
+    mem_header = ["resident memory (VmRSS)", "lintel MB", "pb MB", "ratio"]
+    mem_rows = []
+    for stage, label in mem_stages:
         l, p = mem.get(("lintel", stage)), mem.get(("pocketbase", stage))
         mem_rows.append([label, fmt_num(l, 1), fmt_num(p, 1), ratio(l, p)])
+
+    # Lintel on PostgreSQL against Lintel on SQLite and PocketBase.
+    pg_header = [
+        "workload", "lintel-sqlite req/s", "lintel-pg req/s", "pg/sqlite",
+        "pb req/s", "pg/pb", "lintel-pg p50/p99 ms",
+    ]
+    pg_rows = []
+    for wl, label in workloads + [("health", "GET /v1/health (ceiling, Lintel only)")]:
+        s, g, p = runs.get(("lintel", wl)), runs.get(("lintel-pg", wl)), runs.get(("pocketbase", wl))
+        pg_rows.append([
+            label,
+            fmt_num(s and s["rps"]),
+            fmt_num(g and g["rps"]),
+            ratio(g and g["rps"], s and s["rps"]),
+            fmt_num(p and p["rps"]),
+            ratio(g and g["rps"], p and p["rps"]),
+            lat(g),
+        ])
+    pg_mem_header = ["resident memory (VmRSS)", "lintel-sqlite MB", "lintel-pg MB", "pg/sqlite", "pb MB", "pg/pb"]
+    pg_mem_rows = []
+    for stage, label in mem_stages:
+        s, g, p = mem.get(("lintel", stage)), mem.get(("lintel-pg", stage)), mem.get(("pocketbase", stage))
+        pg_mem_rows.append([label, fmt_num(s, 1), fmt_num(g, 1), ratio(g, s), fmt_num(p, 1), ratio(g, p)])
 
     problems = []
     for (side, wl), r in sorted(runs.items()):
@@ -376,7 +406,26 @@ def report(tsv, md_out):
         return "\n".join([line(hdr), sep] + [line(r) for r in body])
 
     conf = ", ".join(f"{k}={v}" for k, v in info.items())
-    out = [f"Settings: {conf}", "", table(header, rows), "", table(mem_header, mem_rows)]
+    out = [f"Settings: {conf}"]
+    if has_main:
+        if has_pg and "lintel" in sides:
+            out += ["", "Lintel on SQLite (lintel) against PocketBase (pb):"]
+        elif has_pg:
+            out += ["", "PocketBase (pb); Lintel ran on PostgreSQL only (below):"]
+        out += ["", table(header, rows), "", table(mem_header, mem_rows)]
+    if has_pg:
+        out += [
+            "",
+            "Lintel on PostgreSQL (lintel-pg) against Lintel on SQLite and PocketBase (pb):",
+            "",
+            table(pg_header, pg_rows),
+            "",
+            table(pg_mem_header, pg_mem_rows),
+            "",
+            "- lintel-pg memory is Lintel's own RSS only: the PostgreSQL server's processes are not counted.",
+            "- During the lintel-pg runs the PostgreSQL server shares the same cores as Lintel and wrk;",
+            "  Lintel's in-process read cache is off on PostgreSQL.",
+        ]
     if problems:
         out += ["", "WARNING:"] + [f"- {p}" for p in problems]
     text = "\n".join(out) + "\n"

@@ -5,6 +5,7 @@
 #   bench/run.sh                  # everything, ~2.5 minutes of load at 15s each
 #   DURATION=5s bench/run.sh      # quicker
 #   ONLY=pocketbase bench/run.sh  # one side only (ONLY=lintel for the other)
+#   LINTEL_STORES=sqlite,postgres bench/run.sh  # Lintel on SQLite, then on PostgreSQL
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -22,10 +23,18 @@ ONLY=${ONLY:-}
 PB_VERSION=${PB_VERSION:-0.40.6}
 PB_LOGS=${PB_LOGS:-on}
 LINTEL_BIN=${LINTEL_BIN:-}
+LINTEL_STORES=${LINTEL_STORES:-sqlite}
 PB_BIN=${PB_BIN:-}
 
 PB_EMAIL=bench@example.com
 PB_PASSWORD=bench-password-1234
+
+# LINTEL_STORES=postgres: a fresh database on the local PostgreSQL server (trust auth).
+POSTGRES_HOST=127.0.0.1
+POSTGRES_PORT=5432
+PG_DB=lintel_bench
+PG_ADMIN_URL=postgres://postgres@$POSTGRES_HOST:$POSTGRES_PORT/test
+PG_URL=postgres://postgres@$POSTGRES_HOST:$POSTGRES_PORT/$PG_DB
 
 log() { printf '==> %s\n' "$*" >&2; }
 warn() { printf 'run.sh: warning: %s\n' "$*" >&2; }
@@ -39,6 +48,11 @@ case "$PB_LOGS" in
   on | off) ;;
   *) die "PB_LOGS must be on or off (got '$PB_LOGS')" ;;
 esac
+case "$LINTEL_STORES" in
+  sqlite | postgres | sqlite,postgres) ;;
+  *) die "LINTEL_STORES must be sqlite, postgres or sqlite,postgres (got '$LINTEL_STORES')" ;;
+esac
+IFS=, read -r -a STORES <<<"$LINTEL_STORES"
 [[ "$RECORDS" =~ ^[1-9][0-9]*$ ]] || die "RECORDS must be a positive integer (got '$RECORDS')"
 [[ "$THREADS" =~ ^[1-9][0-9]*$ && "$CONNECTIONS" =~ ^[1-9][0-9]*$ ]] \
   || die "THREADS and CONNECTIONS must be positive integers"
@@ -46,6 +60,16 @@ esac
 
 want_lintel() { [[ "$ONLY" != pocketbase ]]; }
 want_pb() { [[ "$ONLY" != lintel ]]; }
+want_pg() { want_lintel && [[ ",$LINTEL_STORES," == *,postgres,* ]]; }
+
+# The label of Lintel's results on a store: lintel (SQLite) or lintel-pg.
+lintel_side() {
+  case "$1" in
+    sqlite) echo lintel ;;
+    postgres) echo lintel-pg ;;
+    *) die "unknown Lintel store '$1'" ;;
+  esac
+}
 
 # ------------------------------------------------------------------ cleanup
 
@@ -69,7 +93,25 @@ stop_servers() {
   done
   PIDS=()
 }
-trap stop_servers EXIT
+
+# Set once this run may have created the database; drop_pg_db then drops it.
+PG_DB_MADE=
+drop_pg_db() {
+  [[ -n "$PG_DB_MADE" ]] || return 0
+  PG_DB_MADE=
+  log "PostgreSQL: dropping database $PG_DB"
+  if ! PGCONNECT_TIMEOUT=10 PGOPTIONS='-c client_min_messages=warning' \
+    psql "$PG_ADMIN_URL" -X -q -v ON_ERROR_STOP=1 \
+    -c "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null; then
+    warn "could not drop database $PG_DB; drop it by hand: psql $PG_ADMIN_URL -c 'DROP DATABASE $PG_DB WITH (FORCE)'"
+  fi
+}
+
+cleanup() {
+  stop_servers
+  drop_pg_db
+}
+trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'exit 129' HUP
@@ -137,6 +179,25 @@ install_pocketbase() {
 $show"
   PB_BIN=$(realpath "$loc/$rel")
   [[ -x "$PB_BIN" ]] || die "$PB_BIN is not executable"
+}
+
+check_postgres() {
+  if ! command -v pg_isready >/dev/null || ! command -v psql >/dev/null; then
+    apt_install postgresql-client
+  fi
+  local out
+  out=$(pg_isready -h "$POSTGRES_HOST" -p "$POSTGRES_PORT" -t 10 2>&1) \
+    || die "PostgreSQL is not ready on $POSTGRES_HOST:$POSTGRES_PORT (pg_isready: ${out:-no output}); start it, or leave postgres out of LINTEL_STORES"
+}
+
+# A fresh, empty database for Lintel's PostgreSQL store.
+fresh_pg_db() {
+  log "PostgreSQL: dropping and creating database $PG_DB"
+  PG_DB_MADE=1
+  PGCONNECT_TIMEOUT=10 PGOPTIONS='-c client_min_messages=warning' \
+    psql "$PG_ADMIN_URL" -X -q -v ON_ERROR_STOP=1 \
+    -c "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" -c "CREATE DATABASE $PG_DB" >/dev/null \
+    || die "could not drop and create database $PG_DB through $PG_ADMIN_URL (psql's message is above)"
 }
 
 build_lintel() {
@@ -236,23 +297,41 @@ PB_PID=''
 LINTEL_LOG=$WORK/lintel.log
 PB_LOG=$WORK/pocketbase.log
 
+# start_lintel STORE: Lintel on a fresh data directory and, for postgres, a fresh
+# database (the data directory still holds the admin token and migration files).
+# Its files and results are named after lintel_side: lintel-data, lintel.log,
+# lintel-ids.txt for SQLite; lintel-pg-data, lintel-pg.log, ... for PostgreSQL.
 start_lintel() {
-  local data=$WORK/lintel-data token
+  local store=$1 side data token what=Lintel
+  side=$(lintel_side "$store")
+  data=$WORK/$side-data
+  LINTEL_LOG=$WORK/$side.log
   rm -rf "$data"
   mkdir -p "$data"
   token=bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
-  log "starting Lintel on 127.0.0.1:$LINTEL_PORT (log: $LINTEL_LOG)"
-  LINTEL_ADMIN_TOKEN=$token "$LINTEL_BIN" serve --data-dir "$data" --listen "127.0.0.1:$LINTEL_PORT" \
+  # The store is chosen here only: a LINTEL_DATABASE_URL from the caller's
+  # environment must not turn the SQLite run into a PostgreSQL one.
+  local envs=(-u LINTEL_DATABASE_URL -u LINTEL_DATABASE_REPLICA_URLS -u LINTEL_STORES)
+  if [[ "$store" == postgres ]]; then
+    fresh_pg_db
+    envs+=("LINTEL_DATABASE_URL=$PG_URL")
+    what="Lintel (PostgreSQL store, database $PG_DB)"
+  fi
+  [[ $(bench_py free-port "$LINTEL_PORT") == "$LINTEL_PORT" ]] \
+    || die "port $LINTEL_PORT is no longer free on 127.0.0.1; set LINTEL_PORT to a free one"
+  log "starting $what on 127.0.0.1:$LINTEL_PORT (log: $LINTEL_LOG)"
+  env "${envs[@]}" LINTEL_ADMIN_TOKEN="$token" \
+    "$LINTEL_BIN" serve --data-dir "$data" --listen "127.0.0.1:$LINTEL_PORT" \
     >"$LINTEL_LOG" 2>&1 &
   LINTEL_PID=$!
   PIDS+=("$LINTEL_PID")
   bench_py wait-ready "http://127.0.0.1:$LINTEL_PORT/v1/ready" "$LINTEL_PID" 60 \
-    || { tail -n 30 "$LINTEL_LOG" >&2; die "Lintel did not become ready; the lines above are the end of $LINTEL_LOG"; }
+    || { tail -n 30 "$LINTEL_LOG" >&2; die "$what did not become ready; the lines above are the end of $LINTEL_LOG"; }
   sleep 1
-  record_mem lintel start "$LINTEL_PID" VmRSS
-  log "Lintel: creating collection posts and seeding $RECORDS records"
-  bench_py setup-lintel "http://127.0.0.1:$LINTEL_PORT" "$token" "$RECORDS" "$WORK/lintel-ids.txt" \
-    || die "setting up Lintel failed (the message above has the response); server log: $LINTEL_LOG"
+  record_mem "$side" start "$LINTEL_PID" VmRSS
+  log "$what: creating collection posts and seeding $RECORDS records"
+  bench_py setup-lintel "http://127.0.0.1:$LINTEL_PORT" "$token" "$RECORDS" "$WORK/$side-ids.txt" \
+    || die "setting up $what failed (the message above has the response); server log: $LINTEL_LOG"
 }
 
 start_pocketbase() {
@@ -289,6 +368,7 @@ export BENCH_LUA_DIR=$BENCH_DIR
 ensure_tools
 want_pb && install_pocketbase
 want_lintel && build_lintel
+if want_pg; then check_postgres; fi
 
 if want_lintel; then pick_port LINTEL_PORT 8090; fi
 if want_pb; then pick_port PB_PORT 8091 "${LINTEL_PORT:-}"; fi
@@ -313,53 +393,81 @@ cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n1)
       "$("$LINTEL_BIN" --version 2>/dev/null | head -n1 | awk '{print $NF}' || true)" \
       "$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo none)"
   fi
+  if want_pg; then
+    printf 'info\tlintel stores\t%s\n' "$LINTEL_STORES"
+    printf 'info\tpostgresql\t%s\n' \
+      "$(PGCONNECT_TIMEOUT=10 psql "$PG_ADMIN_URL" -XAtq -c 'SHOW server_version' 2>/dev/null | awk 'NR == 1 {print $1}' || true)"
+  fi
 } >>"$TSV"
 
-if want_lintel; then start_lintel; fi
-if want_pb; then start_pocketbase; fi
-
-sleep 2
-if want_lintel; then record_mem lintel seeded "$LINTEL_PID" VmRSS; fi
-if want_pb; then record_mem pocketbase seeded "$PB_PID" VmRSS; fi
-
-L=http://127.0.0.1:${LINTEL_PORT:-0}
-P=http://127.0.0.1:${PB_PORT:-0}
 L_RECORDS=/v1/collections/posts/records
 P_RECORDS=/api/collections/posts/records
 L_LIST="$L_RECORDS?filter=views%3E500%20%26%26%20published%3Dtrue&sort=-views&perPage=20"
 P_LIST="$P_RECORDS?filter=%28views%3E500%20%26%26%20published%3Dtrue%29&sort=-views&perPage=20"
 
-# The HTTP ceiling first, then the three shared workloads, Lintel and
-# PocketBase one after the other for each; creates last, so that reads and
-# lists see exactly the seeded records.
-if want_lintel; then run_wrk lintel health "$LINTEL_PID" "$LINTEL_LOG" "$L/v1/health" plain.lua; fi
-for wl in get list create; do
-  if want_lintel; then
-    case $wl in
-      get) run_wrk lintel get "$LINTEL_PID" "$LINTEL_LOG" "$L" get.lua "$WORK/lintel-ids.txt" "$L_RECORDS/" ;;
-      list) run_wrk lintel list "$LINTEL_PID" "$LINTEL_LOG" "$L$L_LIST" plain.lua ;;
-      create) run_wrk lintel create "$LINTEL_PID" "$LINTEL_LOG" "$L" create.lua "$L_RECORDS" ;;
-    esac
+# run_pass STORE WITH_PB: Lintel on STORE (sqlite, postgres, or none) and, when
+# WITH_PB is set, PocketBase beside it; all the workloads; then both stopped.
+run_pass() {
+  local store=$1 with_pb=$2 side=''
+  if [[ "$store" != none ]]; then
+    side=$(lintel_side "$store")
+    start_lintel "$store"
   fi
-  if want_pb; then
-    case $wl in
-      get) run_wrk pocketbase get "$PB_PID" "$PB_LOG" "$P" get.lua "$WORK/pocketbase-ids.txt" "$P_RECORDS/" ;;
-      list) run_wrk pocketbase list "$PB_PID" "$PB_LOG" "$P$P_LIST" plain.lua ;;
-      create) run_wrk pocketbase create "$PB_PID" "$PB_LOG" "$P" create.lua "$P_RECORDS" ;;
-    esac
+  if [[ -n "$with_pb" ]]; then start_pocketbase; fi
+
+  sleep 2
+  if [[ -n "$side" ]]; then record_mem "$side" seeded "$LINTEL_PID" VmRSS; fi
+  if [[ -n "$with_pb" ]]; then record_mem pocketbase seeded "$PB_PID" VmRSS; fi
+
+  local L=http://127.0.0.1:${LINTEL_PORT:-0}
+  local P=http://127.0.0.1:${PB_PORT:-0}
+  local ids=$WORK/$side-ids.txt wl
+
+  # The HTTP ceiling first, then the three shared workloads, Lintel and
+  # PocketBase one after the other for each; creates last, so that reads and
+  # lists see exactly the seeded records.
+  if [[ -n "$side" ]]; then run_wrk "$side" health "$LINTEL_PID" "$LINTEL_LOG" "$L/v1/health" plain.lua; fi
+  for wl in get list create; do
+    if [[ -n "$side" ]]; then
+      case $wl in
+        get) run_wrk "$side" get "$LINTEL_PID" "$LINTEL_LOG" "$L" get.lua "$ids" "$L_RECORDS/" ;;
+        list) run_wrk "$side" list "$LINTEL_PID" "$LINTEL_LOG" "$L$L_LIST" plain.lua ;;
+        create) run_wrk "$side" create "$LINTEL_PID" "$LINTEL_LOG" "$L" create.lua "$L_RECORDS" ;;
+      esac
+    fi
+    if [[ -n "$with_pb" ]]; then
+      case $wl in
+        get) run_wrk pocketbase get "$PB_PID" "$PB_LOG" "$P" get.lua "$WORK/pocketbase-ids.txt" "$P_RECORDS/" ;;
+        list) run_wrk pocketbase list "$PB_PID" "$PB_LOG" "$P$P_LIST" plain.lua ;;
+        create) run_wrk pocketbase create "$PB_PID" "$PB_LOG" "$P" create.lua "$P_RECORDS" ;;
+      esac
+    fi
+  done
+
+  if [[ -n "$side" ]]; then
+    record_mem "$side" after "$LINTEL_PID" VmRSS
+    record_mem "$side" peak "$LINTEL_PID" VmHWM
   fi
+  if [[ -n "$with_pb" ]]; then
+    record_mem pocketbase after "$PB_PID" VmRSS
+    record_mem pocketbase peak "$PB_PID" VmHWM
+  fi
+
+  stop_servers
+  if [[ "$store" == postgres ]]; then drop_pg_db; fi
+}
+
+# One pass per Lintel store, one Lintel at a time; PocketBase runs once, in the
+# first pass, beside the first store (as before when LINTEL_STORES=sqlite).
+passes=(none)
+if want_lintel; then passes=("${STORES[@]}"); fi
+with_pb=''
+if want_pb; then with_pb=1; fi
+for store in "${passes[@]}"; do
+  run_pass "$store" "$with_pb"
+  with_pb=''
 done
 
-if want_lintel; then
-  record_mem lintel after "$LINTEL_PID" VmRSS
-  record_mem lintel peak "$LINTEL_PID" VmHWM
-fi
-if want_pb; then
-  record_mem pocketbase after "$PB_PID" VmRSS
-  record_mem pocketbase peak "$PB_PID" VmHWM
-fi
-
-stop_servers
 echo
 bench_py report "$TSV" "$WORK/results.md"
 log "raw wrk output: $RESULTS/; this table: $WORK/results.md"

@@ -411,6 +411,12 @@ fn field_vs_value(
                 sql.push(", FALSE))");
                 return Ok(());
             }
+            if op == CompareOp::Eq
+                && let Target::JsonPath { column, path } = t
+                && sql.json_path_equals(table, column, path, value.clone())
+            {
+                return Ok(());
+            }
             if op == CompareOp::Ne {
                 sql.push("(");
                 write_target(sql, table, t);

@@ -140,6 +140,13 @@ fn create(
         "CREATE INDEX {} ON {t} (\"created\")",
         quote_ident(&format!("{}__created__idx", spec.name))
     ));
+    if dialect == Dialect::Postgres && spec.kind == CollectionKind::Document {
+        // Containment filters on the document (`path = value`) use this index.
+        statements.push(format!(
+            "CREATE INDEX {} ON {t} USING GIN (\"data\" jsonb_path_ops)",
+            quote_ident(&format!("{}__data__gin", spec.name))
+        ));
+    }
     for f in &spec.fields {
         if f.unique {
             statements.push(unique_field_index(&spec.name, &f.name));

@@ -198,6 +198,41 @@ impl Sql {
         }
     }
 
+    /// `path = value` in a form an index on the whole document can serve: on
+    /// PostgreSQL, containment (`data @> {"a":{"b":value}}`, which a GIN index answers).
+    /// Returns false (writing nothing) where that form does not apply, so the caller
+    /// writes the plain comparison.
+    pub fn json_path_equals(
+        &mut self,
+        table: &str,
+        column: &str,
+        path: &[String],
+        value: SqlValue,
+    ) -> bool {
+        let keys_only = path_is_safe(path)
+            && !path.is_empty()
+            && path.iter().all(|s| !s.bytes().all(|b| b.is_ascii_digit()));
+        if self.dialect != Dialect::Postgres
+            || !keys_only
+            || matches!(value, SqlValue::Null | SqlValue::Json(_))
+        {
+            return false;
+        }
+        self.push("(");
+        self.column(table, column);
+        self.push(" @> ");
+        for seg in path {
+            // Segments are identifier characters only (checked above).
+            self.push("jsonb_build_object('").push(seg).push("', ");
+        }
+        self.bind(value);
+        for _ in path {
+            self.push(")");
+        }
+        self.push(")");
+        true
+    }
+
     /// A PostgreSQL path (`'{a,b}'`), inline when every segment is safe, like SQLite's.
     fn pg_path(&mut self, path: &[String]) {
         let text = format!("{{{}}}", path.join(","));
