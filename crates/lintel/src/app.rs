@@ -214,16 +214,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .to_json()
             .context("serialising the OpenAPI document")?,
     );
-    // The read cache is exact only when this process sees every write, as with the
-    // embedded store; instances sharing PostgreSQL would serve each other stale data.
-    let config_cache = if config.database_url.0.is_empty() {
-        config.cache.clone()
-    } else {
-        crate::config::CacheConfig {
-            records: 0,
-            counts: 0,
-        }
-    };
+    let config_cache = config.cache.clone();
     let state = AppState(Arc::new(Inner {
         admin_digest: token_digest(&token),
         config,
@@ -266,6 +257,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (shutdown, rx) = watch::channel(false);
     let grace = Duration::from_millis(state.config.http.shutdown_grace_ms);
     let task_state = state.clone();
+    // A shared store (PostgreSQL) reports what other instances change; until its feed
+    // is up, the cache serves nothing.
+    let changes = state.store.watch_changes().map(|feed| {
+        state.cache.suspend();
+        tokio::spawn(follow_changes(state.clone(), feed, rx.clone()))
+    });
     let task = tokio::spawn(async move {
         let upkeep = tokio::spawn(upkeep(task_state.clone(), rx.clone()));
         let mut stop = rx.clone();
@@ -289,6 +286,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             }
         }
         upkeep.abort();
+        if let Some(c) = changes {
+            c.abort();
+        }
         task_state.store.close().await;
         tracing::info!("store closed; stopped");
     });
@@ -298,6 +298,41 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown,
         task,
     })
+}
+
+/// Applies other instances' changes to the read cache and the catalog.
+async fn follow_changes(
+    state: AppState,
+    mut feed: tokio::sync::mpsc::Receiver<crate::store::ChangeNotice>,
+    mut stop: watch::Receiver<bool>,
+) {
+    use crate::store::ChangeNotice;
+    loop {
+        let notice = tokio::select! {
+            n = feed.recv() => n,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        match notice {
+            None => return,
+            Some(ChangeNotice::Record { collection, id }) => {
+                state.cache.written(&collection, &id, None)
+            }
+            Some(ChangeNotice::All) => state.cache.clear(),
+            Some(ChangeNotice::Catalog) => {
+                if let Err(e) = state.reload_catalog().await {
+                    tracing::warn!(error = %e, "reloading the catalog after another instance's change failed");
+                }
+            }
+            Some(ChangeNotice::Lost) => state.cache.suspend(),
+            Some(ChangeNotice::Listening) => {
+                // Catch up on what was missed while the feed was down.
+                if let Err(e) = state.reload_catalog().await {
+                    tracing::warn!(error = %e, "reloading the catalog failed");
+                }
+                state.cache.resume();
+            }
+        }
+    }
 }
 
 /// Periodic housekeeping: expired idempotency keys, metric upkeep.

@@ -24,6 +24,8 @@ pub struct Stamp(u64, u64);
 
 #[derive(Default)]
 struct Inner {
+    /// While set (the change feed of a shared store is down), nothing is served or kept.
+    suspended: bool,
     epoch: u64,
     generations: HashMap<String, u64>,
     records: HashMap<(String, String), Arc<Record>>,
@@ -68,11 +70,16 @@ impl ReadCache {
         if self.max_records == 0 {
             return None;
         }
-        let hit = self
-            .lock()
-            .records
-            .get(&(coll.to_owned(), id.to_owned()))
-            .cloned();
+        let inner = self.lock();
+        let hit = if inner.suspended {
+            None
+        } else {
+            inner
+                .records
+                .get(&(coll.to_owned(), id.to_owned()))
+                .cloned()
+        };
+        drop(inner);
         let name = if hit.is_some() { "hit" } else { "miss" };
         metrics::counter!("lintel_cache_requests_total", "kind" => "record", "result" => name)
             .increment(1);
@@ -86,7 +93,7 @@ impl ReadCache {
             return;
         }
         let mut inner = self.lock();
-        if inner.stamp(coll) != before {
+        if inner.suspended || inner.stamp(coll) != before {
             return;
         }
         if inner.records.len() >= self.max_records
@@ -108,7 +115,7 @@ impl ReadCache {
         let hit = inner
             .counts
             .get(&(coll.to_owned(), key.to_owned()))
-            .filter(|(stamp, _)| *stamp == current)
+            .filter(|(stamp, _)| !inner.suspended && *stamp == current)
             .map(|(_, n)| *n);
         drop(inner);
         let name = if hit.is_some() { "hit" } else { "miss" };
@@ -122,7 +129,7 @@ impl ReadCache {
             return;
         }
         let mut inner = self.lock();
-        if inner.stamp(coll) != before {
+        if inner.suspended || inner.stamp(coll) != before {
             return;
         }
         if inner.counts.len() >= self.max_counts {
@@ -153,6 +160,25 @@ impl ReadCache {
         inner.epoch += 1;
         inner.records.clear();
         inner.counts.clear();
+    }
+
+    /// The change feed of a shared store is down: changes by others may go unseen, so
+    /// stop serving and keeping anything until [`ReadCache::resume`].
+    pub fn suspend(&self) {
+        let mut inner = self.lock();
+        inner.suspended = true;
+        inner.epoch += 1;
+        inner.records.clear();
+        inner.counts.clear();
+    }
+
+    /// The change feed is complete again (from an empty cache).
+    pub fn resume(&self) {
+        let mut inner = self.lock();
+        inner.epoch += 1;
+        inner.records.clear();
+        inner.counts.clear();
+        inner.suspended = false;
     }
 }
 
@@ -211,6 +237,21 @@ mod tests {
             c.record("posts", "b").is_none(),
             "reads from before the schema change are refused"
         );
+    }
+
+    #[test]
+    fn a_suspended_cache_serves_and_keeps_nothing() {
+        let c = ReadCache::new(10, 10);
+        c.suspend();
+        let s = c.stamp("p");
+        c.put_record("p", s, Arc::new(rec("a", 1)));
+        c.put_count("p", s, "k".into(), 1);
+        assert!(c.record("p", "a").is_none());
+        assert!(c.count("p", "k").is_none());
+        c.resume();
+        let s = c.stamp("p");
+        c.put_record("p", s, Arc::new(rec("a", 1)));
+        assert!(c.record("p", "a").is_some());
     }
 
     #[test]

@@ -67,6 +67,21 @@ pub enum StoreError {
     Internal(String),
 }
 
+/// A change made by another process sharing the store, for the read cache.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChangeNotice {
+    /// A record was written or deleted.
+    Record { collection: String, id: String },
+    /// The catalog (collections) changed: reload it.
+    Catalog,
+    /// Too much changed to say: forget everything cached.
+    All,
+    /// The feed stopped: notices may be missed until `Listening` comes again.
+    Lost,
+    /// The feed is (again) complete from here on.
+    Listening,
+}
+
 /// The result of claiming an idempotency key.
 #[derive(Debug, Clone)]
 pub enum IdempotencyClaim {
@@ -161,6 +176,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes idempotency entries older than the cut-off; returns how many.
     async fn idempotency_purge(&self, older_than_ms: i64) -> Result<u64, StoreError>;
+
+    /// A feed of changes made by other processes. `None` when this process is the only
+    /// writer (the embedded store), so local bookkeeping is complete.
+    fn watch_changes(&self) -> Option<tokio::sync::mpsc::Receiver<ChangeNotice>> {
+        None
+    }
 
     /// Finishes queued work and closes connections.
     async fn close(&self);

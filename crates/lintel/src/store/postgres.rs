@@ -111,11 +111,106 @@ impl ToSql for SqlValue {
     to_sql_checked!();
 }
 
+/// The channel on which instances tell each other what they changed.
+const CHANGES_CHANNEL: &str = "lintel_changes";
+/// NOTIFY payloads must stay under 8000 bytes; past this, "everything changed".
+const MAX_PAYLOAD: usize = 7_000;
+
 /// The PostgreSQL implementation of [`Store`].
 pub struct PgStore {
     primary: Pool,
     replicas: Vec<Pool>,
     next_replica: AtomicUsize,
+    /// How to open the dedicated LISTEN connection.
+    listen_config: tokio_postgres::Config,
+    /// This process, so it can ignore its own change notices.
+    instance: String,
+    listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// The change notice payload: the sender, then one line per change
+/// (`r\t<collection>\t<id>`, `c` for the catalog, `*` for everything).
+fn change_payload(instance: &str, lines: &[String]) -> String {
+    let mut payload = format!("{instance}\n{}", lines.join("\n"));
+    if payload.len() > MAX_PAYLOAD {
+        payload = format!("{instance}\n*");
+    }
+    payload
+}
+
+fn parse_payload(instance: &str, payload: &str) -> Vec<crate::store::ChangeNotice> {
+    use crate::store::ChangeNotice;
+    let mut lines = payload.lines();
+    if lines.next() == Some(instance) {
+        return Vec::new();
+    }
+    lines
+        .map(|l| {
+            let mut parts = l.split('\t');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some("r"), Some(c), Some(id)) => ChangeNotice::Record {
+                    collection: c.to_owned(),
+                    id: id.to_owned(),
+                },
+                (Some("c"), None, None) => ChangeNotice::Catalog,
+                _ => ChangeNotice::All,
+            }
+        })
+        .collect()
+}
+
+/// Holds a LISTEN connection open and forwards notices; on any loss it says so and
+/// reconnects with backoff. Ends when nobody receives any more.
+async fn listen_loop(
+    cfg: tokio_postgres::Config,
+    instance: String,
+    tx: tokio::sync::mpsc::Sender<crate::store::ChangeNotice>,
+) {
+    use crate::store::ChangeNotice;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if let Ok((client, mut conn)) = cfg.connect(NoTls).await {
+            let (ntx, mut nrx) = tokio::sync::mpsc::unbounded_channel();
+            let driver = tokio::spawn(async move {
+                while let Some(Ok(msg)) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                    if let tokio_postgres::AsyncMessage::Notification(n) = msg
+                        && ntx.send(n.payload().to_owned()).is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+            if client
+                .batch_execute(&format!("LISTEN {CHANGES_CHANNEL}"))
+                .await
+                .is_ok()
+            {
+                backoff = Duration::from_millis(100);
+                if tx.send(ChangeNotice::Listening).await.is_err() {
+                    driver.abort();
+                    return;
+                }
+                while let Some(payload) = nrx.recv().await {
+                    for notice in parse_payload(&instance, &payload) {
+                        if tx.send(notice).await.is_err() {
+                            driver.abort();
+                            return;
+                        }
+                    }
+                }
+                tracing::warn!("the PostgreSQL change feed was lost; reconnecting");
+            }
+            driver.abort();
+            if tx.send(ChangeNotice::Lost).await.is_err() {
+                return;
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
 }
 
 fn build_pool(url: &str, cfg: &PoolConfig, role: &'static str) -> Result<Pool, StoreError> {
@@ -322,10 +417,16 @@ impl PgStore {
         {
             replicas.push(build_pool(r, cfg, "replica")?);
         }
+        let listen_config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Internal(format!("invalid database URL: {e}")))?;
         let store = Self {
             primary,
             replicas,
             next_replica: AtomicUsize::new(0),
+            listen_config,
+            instance: crate::ids::record_id(),
+            listener: std::sync::Mutex::new(None),
         };
         store.run_system_migrations().await?;
         // Warm the pool to its minimum so the first requests do not pay for connecting.
@@ -418,6 +519,13 @@ impl PgStore {
         }
         tx.commit().await.map_err(|e| map_pg(&e, None))
     }
+}
+
+async fn notify<C: GenericClient>(c: &C, payload: &str) -> Result<(), StoreError> {
+    c.execute("SELECT pg_notify($1, $2)", &[&CHANGES_CHANNEL, &payload])
+        .await
+        .map_err(|e| map_pg(&e, None))?;
+    Ok(())
 }
 
 async fn read_catalog<C: GenericClient>(c: &C) -> Result<(Vec<StoredCollection>, i64), StoreError> {
@@ -617,13 +725,25 @@ impl Store for PgStore {
             .await
             .map_err(|e| WriteError::from(map_pg(&e, None)))?;
         let mut out = Vec::with_capacity(ops.len());
+        let mut lines = Vec::with_capacity(ops.len());
         for (index, op) in ops.into_iter().enumerate() {
+            let (coll, id) = match &op {
+                WriteOp::Insert { coll, record } | WriteOp::Update { coll, record, .. } => {
+                    (coll.name().to_owned(), record.id.clone())
+                }
+                WriteOp::Delete { coll, id, .. } => (coll.name().to_owned(), id.clone()),
+            };
+            lines.push(format!("r\t{coll}\t{id}"));
             out.push(
                 apply_op(&tx, op)
                     .await
                     .map_err(|error| WriteError { index, error })?,
             );
         }
+        // Delivered to the other instances when (and only if) this transaction commits.
+        notify(&tx, &change_payload(&self.instance, &lines))
+            .await
+            .map_err(WriteError::from)?;
         tx.commit()
             .await
             .map_err(|e| WriteError::from(map_pg(&e, None)))?;
@@ -707,9 +827,9 @@ impl Store for PgStore {
         tx.execute(
             "INSERT INTO _lintel_migrations (version, name, checksum, content, applied_at) VALUES ($1, $2, $3, $4, $5)",
             &[&migration.version, &migration.name, &checksum, &content, &crate::clock::now()],
-        )
-        .await
+        )        .await
         .map_err(|e| map_pg(&e, None))?;
+        notify(&tx, &change_payload(&self.instance, &["c".to_owned()])).await?;
         tx.commit().await.map_err(|e| map_pg(&e, None))?;
         Ok(true)
     }
@@ -731,6 +851,7 @@ impl Store for PgStore {
         if n == 0 {
             return Err(StoreError::NotFound);
         }
+        notify(&tx, &change_payload(&self.instance, &["c".to_owned()])).await?;
         tx.commit().await.map_err(|e| map_pg(&e, None))
     }
 
@@ -862,7 +983,27 @@ impl Store for PgStore {
         .map_err(|e| map_pg(&e, None))
     }
 
+    fn watch_changes(&self) -> Option<tokio::sync::mpsc::Receiver<crate::store::ChangeNotice>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let task = tokio::spawn(listen_loop(
+            self.listen_config.clone(),
+            self.instance.clone(),
+            tx,
+        ));
+        if let Ok(mut slot) = self.listener.lock()
+            && let Some(old) = slot.replace(task)
+        {
+            old.abort();
+        }
+        Some(rx)
+    }
+
     async fn close(&self) {
+        if let Ok(mut slot) = self.listener.lock()
+            && let Some(task) = slot.take()
+        {
+            task.abort();
+        }
         self.primary.close();
         for r in &self.replicas {
             r.close();

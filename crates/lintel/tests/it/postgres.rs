@@ -193,6 +193,92 @@ async fn two_instances_starting_on_one_empty_database_apply_migrations_once() {
             .unwrap();
         assert!(list["totalItems"].as_i64().unwrap() >= 1);
     }
+    // A change made through one instance reaches the other's cache and catalog.
+    let (a, b) = (running[0].addr, running[1].addr);
+    let rec: serde_json::Value = http
+        .post(format!("http://{a}/v1/collections/a/records"))
+        .json(&json!({"x": "v1"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let path = format!("/v1/collections/a/records/{}", rec["id"].as_str().unwrap());
+    // Give the instances' change feeds a moment to connect, then let B cache it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..2 {
+        let got: serde_json::Value = http
+            .get(format!("http://{b}{path}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(got["x"], "v1");
+    }
+    // A change behind Lintel's back (no notice) is not seen: B serves its cached copy.
+    client
+        .execute(
+            "UPDATE a SET x = 'behind' WHERE id = $1",
+            &[&rec["id"].as_str().unwrap()],
+        )
+        .await
+        .unwrap();
+    let got: serde_json::Value = http
+        .get(format!("http://{b}{path}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["x"], "v1", "B serves the record from its cache");
+    let res = http
+        .patch(format!("http://{a}{path}"))
+        .json(&json!({"x": "v2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = http
+        .post(format!("http://{a}/v1/collections"))
+        .bearer_auth(crate::common::ADMIN_TOKEN)
+        .json(&json!({"name": "later"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let mut seen_update = false;
+    let mut seen_collection = false;
+    for _ in 0..40 {
+        let got: serde_json::Value = http
+            .get(format!("http://{b}{path}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        seen_update |= got["x"] == "v2";
+        let later = http
+            .get(format!("http://{b}/v1/collections/later/records"))
+            .send()
+            .await
+            .unwrap();
+        seen_collection |= later.status() == StatusCode::OK;
+        if seen_update && seen_collection {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen_update, "B's cache dropped the record A changed");
+    assert!(
+        seen_collection,
+        "B reloaded its catalog after A's schema change"
+    );
+
     let metrics = http
         .get(format!("http://{}/metrics", running[0].addr))
         .send()
