@@ -1010,3 +1010,33 @@ impl Store for PgStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ChangeNotice;
+
+    #[test]
+    fn change_notices_round_trip_and_skip_their_sender() {
+        let lines = vec!["r\tposts\tabc".to_owned(), "c".to_owned()];
+        let payload = change_payload("me", &lines);
+        assert!(
+            parse_payload("me", &payload).is_empty(),
+            "own notices are ignored"
+        );
+        assert_eq!(
+            parse_payload("other", &payload),
+            vec![
+                ChangeNotice::Record {
+                    collection: "posts".into(),
+                    id: "abc".into()
+                },
+                ChangeNotice::Catalog
+            ]
+        );
+        let many: Vec<String> = (0..1000).map(|i| format!("r\tposts\t{i:016}")).collect();
+        let big = change_payload("me", &many);
+        assert!(big.len() < 8000);
+        assert_eq!(parse_payload("other", &big), vec![ChangeNotice::All]);
+    }
+}
