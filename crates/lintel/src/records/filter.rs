@@ -30,7 +30,10 @@ fn err(code: &'static str, span: Span, message: impl Into<String>) -> FilterErro
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Text,
+    /// A system timestamp (`created`, `updated`): canonical RFC 3339 text.
     Datetime,
+    /// A datetime field: a native timestamp column where the store has one.
+    Timestamp,
     Number,
     Bool,
     /// A multiple relation: a JSON array of ids.
@@ -109,7 +112,7 @@ fn field_kind(f: &FieldSpec) -> Kind {
     match f.field_type {
         FieldType::Number | FieldType::Integer => Kind::Number,
         FieldType::Bool => Kind::Bool,
-        FieldType::Datetime => Kind::Datetime,
+        FieldType::Datetime => Kind::Timestamp,
         FieldType::Json => Kind::Json,
         FieldType::Relation if f.multiple => Kind::IdList,
         _ => Kind::Text,
@@ -365,6 +368,22 @@ fn field_vs_value(
                 })?)
             }
         }
+        (Kind::Timestamp, Value::Text(s)) => {
+            if like {
+                return Err(err(
+                    "type_mismatch",
+                    span,
+                    "~ and !~ work on text fields, not date-times",
+                ));
+            }
+            SqlValue::Timestamp(normalize_datetime(&s).ok_or_else(|| {
+                err(
+                    "type_mismatch",
+                    vs,
+                    format!("'{}' is not an RFC 3339 date-time", truncate(&s)),
+                )
+            })?)
+        }
         (Kind::Number, Value::Int(i)) => SqlValue::Int(i),
         (Kind::Number, Value::Float(f)) => SqlValue::Float(f),
         (Kind::Bool, Value::Bool(b)) => SqlValue::Bool(b),
@@ -480,7 +499,7 @@ fn field_vs_value(
 fn kind_name(k: Kind) -> &'static str {
     match k {
         Kind::Text => "text",
-        Kind::Datetime => "date-time",
+        Kind::Datetime | Kind::Timestamp => "date-time",
         Kind::Number => "number",
         Kind::Bool => "true/false",
         Kind::IdList => "record id",

@@ -62,6 +62,8 @@ pub enum SortTarget {
 pub struct SortKey {
     pub target: SortTarget,
     pub desc: bool,
+    /// A datetime field: cursor values are bound as timestamps.
+    pub timestamp: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -338,10 +340,24 @@ fn parse_sort(coll: &Collection, text: &str) -> Result<Vec<SortKey>, String> {
         };
         if name == "id" {
             // id is always the last tie-breaker; sorting by it explicitly ends the list.
-            keys.push(SortKey { target, desc });
+            keys.push(SortKey {
+                timestamp: coll
+                    .field(name)
+                    .is_some_and(|f| f.field_type == FieldType::Datetime)
+                    && !coll.is_document(),
+                target,
+                desc,
+            });
             break;
         }
-        keys.push(SortKey { target, desc });
+        keys.push(SortKey {
+            timestamp: coll
+                .field(name)
+                .is_some_and(|f| f.field_type == FieldType::Datetime)
+                && !coll.is_document(),
+            target,
+            desc,
+        });
         if keys.len() > MAX_SORT_KEYS {
             return Err(format!("at most {MAX_SORT_KEYS} sort keys"));
         }
@@ -418,8 +434,14 @@ fn sql_value(v: &Value) -> SqlValue {
 }
 
 /// Binds a cursor value for comparison with a sort key.
-fn bind_key(sql: &mut Sql, target: &SortTarget, v: SqlValue) {
-    match target {
+fn bind_key(sql: &mut Sql, key: &SortKey, v: SqlValue) {
+    match &key.target {
+        SortTarget::Column(_) if key.timestamp => {
+            sql.bind(match v {
+                SqlValue::Text(s) => SqlValue::Timestamp(s),
+                other => other,
+            });
+        }
         SortTarget::Column(_) => {
             sql.bind(v);
         }
@@ -448,7 +470,7 @@ fn keyset_condition(sql: &mut Sql, table: &str, sort: &[SortKey], values: &[Valu
                 sql.push(" IS NULL");
             } else {
                 sql.push(" = ");
-                bind_key(sql, &key.target, sql_value(&values[j]));
+                bind_key(sql, key, sql_value(&values[j]));
             }
         }
         if i > 0 {
@@ -469,7 +491,7 @@ fn keyset_condition(sql: &mut Sql, table: &str, sort: &[SortKey], values: &[Valu
                 (false, false) => {
                     write_sort_target(sql, table, &key.target);
                     sql.push(" > ");
-                    bind_key(sql, &key.target, sql_value(v));
+                    bind_key(sql, key, sql_value(v));
                 }
                 (true, true) => {
                     sql.push("1 = 0");
@@ -478,7 +500,7 @@ fn keyset_condition(sql: &mut Sql, table: &str, sort: &[SortKey], values: &[Valu
                     sql.push("(");
                     write_sort_target(sql, table, &key.target);
                     sql.push(" < ");
-                    bind_key(sql, &key.target, sql_value(v));
+                    bind_key(sql, key, sql_value(v));
                     sql.push(" OR ");
                     write_sort_target(sql, table, &key.target);
                     sql.push(" IS NULL)");

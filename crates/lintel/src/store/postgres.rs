@@ -93,7 +93,7 @@ impl ToSql for SqlValue {
             SqlValue::Bool(b) => b.to_sql(ty, out),
             SqlValue::Int(i) => i.to_sql(ty, out),
             SqlValue::Float(f) => f.to_sql(ty, out),
-            SqlValue::Text(s) => s.as_str().to_sql(ty, out),
+            SqlValue::Text(s) | SqlValue::Timestamp(s) => s.as_str().to_sql(ty, out),
             SqlValue::Json(s) => {
                 if *ty == Type::JSONB {
                     out.extend_from_slice(&[1]);

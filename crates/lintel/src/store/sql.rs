@@ -25,6 +25,8 @@ pub enum SqlValue {
     Text(String),
     /// JSON text; a `jsonb` parameter on PostgreSQL.
     Json(String),
+    /// A canonical RFC 3339 UTC instant; a `timestamptz` on PostgreSQL, text on SQLite.
+    Timestamp(String),
 }
 
 /// A statement under construction.
@@ -73,6 +75,7 @@ impl Sql {
             (SqlValue::Float(_), _) => "::float8",
             (SqlValue::Text(_), _) => "::text",
             (SqlValue::Json(_), _) => "::jsonb",
+            (SqlValue::Timestamp(_), _) => "::text::timestamptz",
         };
         self.params.push(value);
         let n = self.params.len();
@@ -342,6 +345,7 @@ pub fn column_type(dialect: Dialect, field: &FieldSpec) -> &'static str {
         (Dialect::Postgres, FieldType::Number, _) => "DOUBLE PRECISION",
         (Dialect::Postgres, FieldType::Integer, _) => "BIGINT",
         (Dialect::Postgres, FieldType::Bool, _) => "BOOLEAN",
+        (Dialect::Postgres, FieldType::Datetime, _) => "TIMESTAMPTZ",
         (Dialect::Postgres, FieldType::Json, _)
         | (Dialect::Postgres, FieldType::Relation, true) => "JSONB",
         // Binary collation, so text sorts and compares as on SQLite.
@@ -361,6 +365,7 @@ pub fn field_value(field: &FieldSpec, value: &Value) -> SqlValue {
         },
         Value::String(s) => match field.field_type {
             FieldType::Json => SqlValue::Json(value.to_string()),
+            FieldType::Datetime => SqlValue::Timestamp(s.clone()),
             _ => SqlValue::Text(s.clone()),
         },
         Value::Array(_) | Value::Object(_) => SqlValue::Json(value.to_string()),
@@ -380,7 +385,15 @@ pub fn record_columns(sql: &mut Sql, coll: &Collection) {
         sql.push(", ").column(t, "data");
     } else {
         for f in coll.fields() {
-            sql.push(", ").column(t, &f.name);
+            sql.push(", ");
+            if sql.dialect == Dialect::Postgres && f.field_type == FieldType::Datetime {
+                // Read back in the same canonical text form SQLite stores.
+                sql.push("to_char(");
+                sql.column(t, &f.name);
+                sql.push(" AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')");
+            } else {
+                sql.column(t, &f.name);
+            }
         }
     }
 }

@@ -83,6 +83,53 @@ async fn an_exhausted_pool_answers_503_with_retry_after_and_locks_time_out() {
     app.shutdown().await;
 }
 
+#[tokio::test]
+#[ignore = "needs PostgreSQL (LINTEL_TEST_DATABASE_URL)"]
+async fn collections_are_tables_with_native_types_and_indexes() {
+    require_postgres();
+    let app = TestApp::spawn().await;
+    app.posts().await;
+    app.collection(
+        json!({"name": "docs", "kind": "document", "indexes": [{"fields": ["meta.kind"]}]}),
+    )
+    .await;
+    let db = connect(&app).await;
+    let rows = db
+        .query(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'posts'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let types: std::collections::HashMap<String, String> =
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(types["views"], "bigint");
+    assert_eq!(types["score"], "double precision");
+    assert_eq!(types["published"], "boolean");
+    assert_eq!(types["at"], "timestamp with time zone");
+    assert_eq!(types["meta"], "jsonb");
+    assert_eq!(types["coauthors"], "jsonb");
+    assert_eq!(types["title"], "text");
+    let indexes: Vec<String> = db
+        .query(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = 'docs'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        indexes
+            .iter()
+            .any(|d| d.contains("gin") && d.contains("jsonb_path_ops")),
+        "{indexes:?}"
+    );
+    assert!(indexes.iter().any(|d| d.contains("#>")), "{indexes:?}");
+    app.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL (LINTEL_TEST_DATABASE_URL)"]
 async fn lintel_recovers_when_its_connections_are_killed() {

@@ -679,3 +679,67 @@ async fn injection_attempts_are_data_or_errors() {
     assert_eq!(r.body["totalItems"], 1);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn datetime_fields_compare_and_sort_as_instants() {
+    let app = TestApp::spawn().await;
+    app.posts().await;
+    for (i, at) in [
+        "2024-01-01T12:00:00+02:00",
+        "2024-01-01T09:30:00Z",
+        "2024-01-01T11:00:00+00:30",
+        "2023-12-31T23:59:59.999Z",
+    ]
+    .iter()
+    .enumerate()
+    {
+        app.create("posts", json!({"title": format!("t{i}"), "at": at}))
+            .await;
+    }
+    // 10:00 UTC, 09:30 UTC, 10:30 UTC, the day before.
+    let r = list(
+        &app,
+        &[
+            ("filter", "at > '2024-01-01T10:00:00+01:00'"),
+            ("sort", "at"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let titles: Vec<_> = r.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["title"].clone())
+        .collect();
+    assert_eq!(
+        titles,
+        vec![json!("t1"), json!("t0"), json!("t2")],
+        "{}",
+        r.text
+    );
+    assert_eq!(r.body["items"][0]["at"], "2024-01-01T09:30:00.000Z");
+    let r = list(&app, &[("filter", "at = '2024-01-01T10:00:00Z'")]).await;
+    assert_eq!(r.body["totalItems"], 1, "{}", r.text);
+    let r = list(&app, &[("filter", "at ~ '2024'")]).await;
+    assert_eq!(r.field_error("filter"), Some("type_mismatch"));
+    // Keyset pagination over a datetime field, nulls included.
+    app.create("posts", json!({"title": "no date"})).await;
+    let mut seen = 0;
+    let mut cursor = String::new();
+    for _ in 0..10 {
+        let r = list(
+            &app,
+            &[("sort", "-at"), ("perPage", "2"), ("cursor", &cursor)],
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        seen += r.body["items"].as_array().unwrap().len();
+        match r.body["nextCursor"].as_str() {
+            Some(c) => cursor = c.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(seen, 5);
+    app.shutdown().await;
+}

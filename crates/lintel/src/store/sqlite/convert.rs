@@ -17,7 +17,7 @@ impl ToSql for SqlValue {
             SqlValue::Bool(b) => ToSqlOutput::Borrowed(ValueRef::Integer(i64::from(*b))),
             SqlValue::Int(i) => ToSqlOutput::Borrowed(ValueRef::Integer(*i)),
             SqlValue::Float(f) => ToSqlOutput::Borrowed(ValueRef::Real(*f)),
-            SqlValue::Text(s) | SqlValue::Json(s) => {
+            SqlValue::Text(s) | SqlValue::Json(s) | SqlValue::Timestamp(s) => {
                 ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()))
             }
         })
