@@ -424,7 +424,7 @@ def report(tsv, md_out):
             "",
             "- lintel-pg memory is Lintel's own RSS only: the PostgreSQL server's processes are not counted.",
             "- During the lintel-pg runs the PostgreSQL server shares the same cores as Lintel and wrk;",
-            "  Lintel's in-process read cache is off on PostgreSQL.",
+            "  Lintel's read cache runs on PostgreSQL too (kept in step across instances by LISTEN/NOTIFY).",
         ]
     if problems:
         out += ["", "WARNING:"] + [f"- {p}" for p in problems]
