@@ -22,6 +22,9 @@ use crate::store::Record;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp(u64, u64);
 
+/// (collection, key) -> the stamp it was read at and the value.
+type Entries<V> = HashMap<(String, String), (Stamp, V)>;
+
 #[derive(Default)]
 struct Inner {
     /// While set (the change feed of a shared store is down), nothing is served or kept.
@@ -29,7 +32,8 @@ struct Inner {
     epoch: u64,
     generations: HashMap<String, u64>,
     records: HashMap<(String, String), Arc<Record>>,
-    counts: HashMap<(String, String), (Stamp, i64)>,
+    counts: Entries<i64>,
+    pages: Entries<Arc<Vec<Record>>>,
 }
 
 impl Inner {
@@ -138,6 +142,42 @@ impl ReadCache {
         inner.counts.insert((coll.to_owned(), key), (before, count));
     }
 
+    /// A cached list page (the records of one list query), valid until the next write
+    /// to its collection. Shares the count budget.
+    pub fn page(&self, coll: &str, key: &str) -> Option<Arc<Vec<Record>>> {
+        if self.max_counts == 0 {
+            return None;
+        }
+        let inner = self.lock();
+        let current = inner.stamp(coll);
+        let hit = inner
+            .pages
+            .get(&(coll.to_owned(), key.to_owned()))
+            .filter(|(stamp, _)| !inner.suspended && *stamp == current)
+            .map(|(_, p)| p.clone());
+        drop(inner);
+        let name = if hit.is_some() { "hit" } else { "miss" };
+        metrics::counter!("lintel_cache_requests_total", "kind" => "page", "result" => name)
+            .increment(1);
+        hit
+    }
+
+    pub fn put_page(&self, coll: &str, before: Stamp, key: String, records: Arc<Vec<Record>>) {
+        if self.max_counts == 0 {
+            return;
+        }
+        let mut inner = self.lock();
+        if inner.suspended || inner.stamp(coll) != before {
+            return;
+        }
+        if inner.pages.len() >= self.max_counts {
+            inner.pages.clear();
+        }
+        inner
+            .pages
+            .insert((coll.to_owned(), key), (before, records));
+    }
+
     /// After a committed write: bumps the generation and updates the record in place
     /// (`Some`) or forgets it (`None`, a delete).
     pub fn written(&self, coll: &str, id: &str, record: Option<Record>) {
@@ -160,6 +200,7 @@ impl ReadCache {
         inner.epoch += 1;
         inner.records.clear();
         inner.counts.clear();
+        inner.pages.clear();
     }
 
     /// The change feed of a shared store is down: changes by others may go unseen, so
@@ -170,6 +211,7 @@ impl ReadCache {
         inner.epoch += 1;
         inner.records.clear();
         inner.counts.clear();
+        inner.pages.clear();
     }
 
     /// The change feed is complete again (from an empty cache).
@@ -178,6 +220,7 @@ impl ReadCache {
         inner.epoch += 1;
         inner.records.clear();
         inner.counts.clear();
+        inner.pages.clear();
         inner.suspended = false;
     }
 }
@@ -252,6 +295,21 @@ mod tests {
         let s = c.stamp("p");
         c.put_record("p", s, Arc::new(rec("a", 1)));
         assert!(c.record("p", "a").is_some());
+    }
+
+    #[test]
+    fn pages_die_with_any_write_to_their_collection() {
+        let c = ReadCache::new(10, 10);
+        let s = c.stamp("p");
+        c.put_page("p", s, "q".into(), Arc::new(vec![rec("a", 1)]));
+        assert_eq!(c.page("p", "q").map(|v| v.len()), Some(1));
+        c.written("other", "x", None);
+        assert!(
+            c.page("p", "q").is_some(),
+            "other collections do not matter"
+        );
+        c.written("p", "b", None);
+        assert!(c.page("p", "q").is_none());
     }
 
     #[test]

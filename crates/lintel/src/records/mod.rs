@@ -126,7 +126,7 @@ async fn list_records(
     let items = render_many(
         &state,
         &coll,
-        &page.records,
+        page.records(),
         page.plan.fields.as_deref(),
         &page.plan.expand,
     )

@@ -382,9 +382,17 @@ pub async fn update(
 /// A page of records with its metadata.
 pub struct ListPage {
     pub plan: ListPlan,
-    pub records: Vec<Record>,
+    /// The rows read: the page, plus one more when there is a next page.
+    rows: Arc<Vec<Record>>,
     pub total: Option<i64>,
     pub has_more: bool,
+}
+
+impl ListPage {
+    /// The records of this page.
+    pub fn records(&self) -> &[Record] {
+        &self.rows[..self.rows.len().min(self.plan.per_page)]
+    }
 }
 
 pub async fn list(
@@ -394,14 +402,30 @@ pub async fn list(
 ) -> Result<ListPage, ApiError> {
     let now = crate::clock::now();
     let plan = plan(coll, params, state.store.dialect(), &now)?;
-    let rows = state.store.query_records(coll.clone(), plan.select.clone());
-    let (mut records, total) = match &plan.count {
+    // One stamp, taken before any read, guards both cached parts.
+    let before = state.cache.stamp(coll.name());
+    let page_key = format!("{}\u{0}{:?}", plan.select.text, plan.select.params);
+    let rows = async {
+        if let Some(rows) = state.cache.page(coll.name(), &page_key) {
+            return Ok(rows);
+        }
+        let rows = Arc::new(
+            state
+                .store
+                .query_records(coll.clone(), plan.select.clone())
+                .await?,
+        );
+        state
+            .cache
+            .put_page(coll.name(), before, page_key.clone(), rows.clone());
+        Ok(rows)
+    };
+    let (rows, total) = match &plan.count {
         Some(c) => {
             let key = format!("{}\u{0}{:?}", c.text, c.params);
             match state.cache.count(coll.name(), &key) {
                 Some(n) => (rows.await.map_err(store_error)?, Some(n)),
                 None => {
-                    let before = state.cache.stamp(coll.name());
                     let (rows, total) = tokio::join!(rows, state.store.query_count(c.clone()));
                     let total = total.map_err(store_error)?;
                     state.cache.put_count(coll.name(), before, key, total);
@@ -411,11 +435,10 @@ pub async fn list(
         }
         None => (rows.await.map_err(store_error)?, None),
     };
-    let has_more = records.len() > plan.per_page;
-    records.truncate(plan.per_page);
+    let has_more = rows.len() > plan.per_page;
     Ok(ListPage {
         plan,
-        records,
+        rows,
         total,
         has_more,
     })
@@ -550,7 +573,7 @@ pub fn list_body(
         PageMode::Cursor { .. } => {
             links.push(("self".to_owned(), href(None)));
             let next = if page.has_more {
-                page.records.last().map(|r| encode_cursor(&page.plan, r))
+                page.records().last().map(|r| encode_cursor(&page.plan, r))
             } else {
                 None
             };

@@ -495,6 +495,19 @@ async fn listing_filters_sorts_and_pages() {
         .await;
     assert_eq!(nm.status, StatusCode::NOT_MODIFIED);
 
+    // A cached page and count never outlive a write.
+    let before = list(&app, &[("filter", "views >= 3"), ("sort", "title")]).await;
+    let again = list(&app, &[("filter", "views >= 3"), ("sort", "title")]).await;
+    assert_eq!(before.body["totalItems"], again.body["totalItems"]);
+    app.create("posts", json!({"title": "AAA first", "views": 4}))
+        .await;
+    let after = list(&app, &[("filter", "views >= 3"), ("sort", "title")]).await;
+    assert_eq!(
+        after.body["totalItems"].as_i64(),
+        before.body["totalItems"].as_i64().map(|n| n + 1)
+    );
+    assert_eq!(after.body["items"][0]["title"], "AAA first");
+
     let r = list(&app, &[("perPage", "501")]).await;
     assert_eq!(r.field_error("perPage"), Some("invalid"));
     let r = list(&app, &[("page", "0")]).await;
