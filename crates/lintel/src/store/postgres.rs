@@ -521,6 +521,80 @@ impl PgStore {
     }
 }
 
+/// A string as an SQL literal (standard conforming strings: only `'` is special).
+fn sql_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A transaction on a pooled connection, rolled back if it is dropped unfinished (a
+/// cancelled request), so no connection returns to the pool inside a transaction.
+struct OpenTransaction {
+    client: Option<Object>,
+}
+
+impl OpenTransaction {
+    async fn begin(client: Object) -> Result<Self, StoreError> {
+        client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(|e| map_pg(&e, None))?;
+        Ok(Self {
+            client: Some(client),
+        })
+    }
+
+    fn client(&self) -> Result<&Object, StoreError> {
+        self.client
+            .as_ref()
+            .ok_or_else(|| StoreError::Internal("transaction used after it ended".into()))
+    }
+
+    async fn rollback(&mut self) {
+        if let Some(c) = self.client.take() {
+            let _ = c.batch_execute("ROLLBACK").await;
+        }
+    }
+
+    /// COMMIT succeeded: the transaction is over.
+    fn finished(&mut self) {
+        self.client = None;
+    }
+}
+
+impl Drop for OpenTransaction {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take() {
+            tokio::spawn(async move {
+                let _ = c.batch_execute("ROLLBACK").await;
+            });
+        }
+    }
+}
+
+/// Applies ops in order; returns their outcomes and the change lines for the notice.
+async fn apply_all(
+    c: &Object,
+    ops: Vec<WriteOp>,
+) -> Result<(Vec<WriteOutcome>, Vec<String>), WriteError> {
+    let mut out = Vec::with_capacity(ops.len());
+    let mut lines = Vec::with_capacity(ops.len());
+    for (index, op) in ops.into_iter().enumerate() {
+        let (coll, id) = match &op {
+            WriteOp::Insert { coll, record } | WriteOp::Update { coll, record, .. } => {
+                (coll.name().to_owned(), record.id.clone())
+            }
+            WriteOp::Delete { coll, id, .. } => (coll.name().to_owned(), id.clone()),
+        };
+        lines.push(format!("r\t{coll}\t{id}"));
+        out.push(
+            apply_op(c, op)
+                .await
+                .map_err(|error| WriteError { index, error })?,
+        );
+    }
+    Ok((out, lines))
+}
+
 async fn notify<C: GenericClient>(c: &C, payload: &str) -> Result<(), StoreError> {
     c.execute("SELECT pg_notify($1, $2)", &[&CHANGES_CHANNEL, &payload])
         .await
@@ -719,34 +793,36 @@ impl Store for PgStore {
     }
 
     async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, WriteError> {
-        let mut client = self.db_write().await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| WriteError::from(map_pg(&e, None)))?;
-        let mut out = Vec::with_capacity(ops.len());
-        let mut lines = Vec::with_capacity(ops.len());
-        for (index, op) in ops.into_iter().enumerate() {
-            let (coll, id) = match &op {
-                WriteOp::Insert { coll, record } | WriteOp::Update { coll, record, .. } => {
-                    (coll.name().to_owned(), record.id.clone())
-                }
-                WriteOp::Delete { coll, id, .. } => (coll.name().to_owned(), id.clone()),
-            };
-            lines.push(format!("r\t{coll}\t{id}"));
-            out.push(
-                apply_op(&tx, op)
-                    .await
-                    .map_err(|error| WriteError { index, error })?,
-            );
+        let mut open = OpenTransaction::begin(self.db_write().await?).await?;
+        let result = match open.client() {
+            Ok(c) => apply_all(c, ops).await,
+            Err(e) => Err(e.into()),
+        };
+        let (out, lines) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                open.rollback().await;
+                return Err(e);
+            }
+        };
+        // The change notice is delivered to the other instances when (and only if) the
+        // transaction commits. It travels with COMMIT in one simple-protocol round
+        // trip; the payload holds only validated names and ids, quoted as a literal.
+        let payload = change_payload(&self.instance, &lines);
+        let batch = format!(
+            "SELECT pg_notify('{CHANGES_CHANNEL}', {}); COMMIT",
+            sql_literal(&payload)
+        );
+        let committed = match open.client() {
+            Ok(c) => c.batch_execute(&batch).await,
+            Err(e) => return Err(e.into()),
+        };
+        if let Err(e) = committed {
+            // If the notice failed, COMMIT did not run: end the transaction here.
+            open.rollback().await;
+            return Err(WriteError::from(map_pg(&e, None)));
         }
-        // Delivered to the other instances when (and only if) this transaction commits.
-        notify(&tx, &change_payload(&self.instance, &lines))
-            .await
-            .map_err(WriteError::from)?;
-        tx.commit()
-            .await
-            .map_err(|e| WriteError::from(map_pg(&e, None)))?;
+        open.finished();
         metrics::counter!("lintel_store_commits_total").increment(1);
         Ok(out)
     }
