@@ -571,11 +571,45 @@ impl Drop for OpenTransaction {
     }
 }
 
+/// Locks every record the ops update or delete, in one global order (collection,
+/// then id), before any op runs: two transactions touching the same records in
+/// different orders then queue instead of deadlocking.
+async fn lock_in_order(c: &Object, ops: &[WriteOp]) -> Result<(), StoreError> {
+    let mut targets: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
+    for op in ops {
+        match op {
+            WriteOp::Update { coll, record, .. } => {
+                targets.entry(coll.name()).or_default().insert(&record.id);
+            }
+            WriteOp::Delete { coll, id, .. } => {
+                targets.entry(coll.name()).or_default().insert(id);
+            }
+            WriteOp::Insert { .. } => {}
+        }
+    }
+    for (coll, ids) in targets {
+        let mut sql = Sql::new(Dialect::Postgres);
+        sql.push("SELECT COUNT(*) FROM (SELECT 1 FROM ")
+            .ident(coll)
+            .push(" WHERE \"id\" IN (");
+        for (i, id) in ids.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.bind(SqlValue::Text((*id).to_owned()));
+        }
+        sql.push(") ORDER BY \"id\" FOR UPDATE) AS t");
+        query_i64(c, &sql).await?;
+    }
+    Ok(())
+}
+
 /// Applies ops in order; returns their outcomes and the change lines for the notice.
 async fn apply_all(
     c: &Object,
     ops: Vec<WriteOp>,
 ) -> Result<(Vec<WriteOutcome>, Vec<String>), WriteError> {
+    lock_in_order(c, &ops).await.map_err(WriteError::from)?;
     let mut out = Vec::with_capacity(ops.len());
     let mut lines = Vec::with_capacity(ops.len());
     for (index, op) in ops.into_iter().enumerate() {
