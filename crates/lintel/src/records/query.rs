@@ -338,26 +338,18 @@ fn parse_sort(coll: &Collection, text: &str) -> Result<Vec<SortKey>, String> {
                 }
             }
         };
-        if name == "id" {
-            // id is always the last tie-breaker; sorting by it explicitly ends the list.
-            keys.push(SortKey {
-                timestamp: coll
-                    .field(name)
-                    .is_some_and(|f| f.field_type == FieldType::Datetime)
-                    && !coll.is_document(),
-                target,
-                desc,
-            });
-            break;
-        }
         keys.push(SortKey {
-            timestamp: coll
-                .field(name)
-                .is_some_and(|f| f.field_type == FieldType::Datetime)
-                && !coll.is_document(),
+            timestamp: !coll.is_document()
+                && coll
+                    .field(name)
+                    .is_some_and(|f| f.field_type == FieldType::Datetime),
             target,
             desc,
         });
+        if name == "id" {
+            // id is always the last tie-breaker; sorting by it explicitly ends the list.
+            break;
+        }
         if keys.len() > MAX_SORT_KEYS {
             return Err(format!("at most {MAX_SORT_KEYS} sort keys"));
         }

@@ -27,7 +27,7 @@ use tokio_postgres::{NoTls, Row};
 
 use crate::collections::model::{Collection, CollectionSpec, FieldType};
 use crate::config::PoolConfig;
-use crate::error::{FieldErrors, push_field_error};
+use crate::error::FieldErrors;
 use crate::migrations::{AppliedMigration, Migration, SchemaOp, checksum};
 use crate::store::ddl::{self, CatalogChange};
 use crate::store::write::{
@@ -303,19 +303,7 @@ fn unique_fields(constraint: &str, coll: Option<&Collection>) -> Option<FieldErr
     if fields.is_empty() {
         return None;
     }
-    let mut errors = FieldErrors::new();
-    for f in &fields {
-        let message = if fields.len() > 1 {
-            format!(
-                "another record has the same values of {}",
-                fields.join(", ")
-            )
-        } else {
-            "another record has this value".to_owned()
-        };
-        push_field_error(&mut errors, f, "unique", message);
-    }
-    Some(errors)
+    Some(crate::store::write::unique_violation(&fields))
 }
 
 fn params(sql: &Sql) -> Vec<&(dyn ToSql + Sync)> {

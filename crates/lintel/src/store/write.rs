@@ -195,6 +195,23 @@ pub fn relation_targets(coll: &Collection, record: &Record) -> Vec<(String, Stri
     out
 }
 
+/// The field errors of a unique index violated over `fields`.
+pub fn unique_violation(fields: &[String]) -> FieldErrors {
+    let mut errors = FieldErrors::new();
+    for f in fields {
+        let message = if fields.len() > 1 {
+            format!(
+                "another record has the same values of {}",
+                fields.join(", ")
+            )
+        } else {
+            "another record has this value".to_owned()
+        };
+        push_field_error(&mut errors, f, "unique", message);
+    }
+    errors
+}
+
 /// The field error for a relation whose target is missing.
 pub fn missing_target(field: &str, target: &str) -> FieldErrors {
     let mut errors = FieldErrors::new();

@@ -6,7 +6,7 @@ use rusqlite::{Connection, ToSql};
 use serde_json::{Map, Number, Value};
 
 use crate::collections::model::{Collection, FieldType};
-use crate::error::{FieldErrors, push_field_error};
+use crate::error::FieldErrors;
 use crate::store::sql::{Sql, SqlValue};
 use crate::store::{Record, StoreError};
 
@@ -162,17 +162,5 @@ fn unique_fields(msg: &str, coll: Option<&Collection>) -> Option<FieldErrors> {
     if fields.is_empty() {
         return None;
     }
-    let mut errors = FieldErrors::new();
-    for f in &fields {
-        let message = if fields.len() > 1 {
-            format!(
-                "another record has the same values of {}",
-                fields.join(", ")
-            )
-        } else {
-            "another record has this value".to_owned()
-        };
-        push_field_error(&mut errors, f, "unique", message);
-    }
-    Some(errors)
+    Some(crate::store::write::unique_violation(&fields))
 }
