@@ -551,8 +551,12 @@ impl OpenTransaction {
 
 impl Drop for OpenTransaction {
     fn drop(&mut self) {
-        if let Some(c) = self.client.take() {
-            tokio::spawn(async move {
+        if let Some(c) = self.client.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            // Outside a runtime (process exit) the connection is simply dropped, which
+            // closes it and so ends the transaction too.
+            rt.spawn(async move {
                 let _ = c.batch_execute("ROLLBACK").await;
             });
         }
