@@ -554,8 +554,7 @@ impl Drop for OpenTransaction {
         if let Some(c) = self.client.take()
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
-            // Outside a runtime (process exit) the connection is simply dropped, which
-            // closes it and so ends the transaction too.
+            // Without a runtime the process is exiting and the pool goes with it.
             rt.spawn(async move {
                 let _ = c.batch_execute("ROLLBACK").await;
             });
