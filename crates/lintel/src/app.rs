@@ -66,13 +66,23 @@ impl AppState {
 
     /// Re-reads the collections from the store.
     pub async fn reload_catalog(&self) -> anyhow::Result<()> {
+        self.load_catalog_into(false).await
+    }
+
+    /// Re-reads the collections and installs them even if the generation went down
+    /// (a migration reverted by another process).
+    pub async fn reload_catalog_forced(&self) -> anyhow::Result<()> {
+        self.load_catalog_into(true).await
+    }
+
+    async fn load_catalog_into(&self, force: bool) -> anyhow::Result<()> {
         let (generation, catalog) = load_catalog(self.store.as_ref()).await?;
         let mut slot = match self.catalog.write() {
             Ok(c) => c,
             Err(poisoned) => poisoned.into_inner(),
         };
         // Two reloads can finish out of order; only a snapshot at least as new wins.
-        if generation >= slot.0 {
+        if force || generation >= slot.0 {
             *slot = (generation, Arc::new(catalog));
             self.cache.clear();
         }
@@ -214,7 +224,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .to_json()
             .context("serialising the OpenAPI document")?,
     );
-    let config_cache = config.cache.clone();
+    // Reads from a replica can predate this process's own writes; a cache filled from
+    // them could keep that old state, so with replicas the cache stays off.
+    let config_cache = if config.database_replica_urls.0.trim().is_empty() {
+        config.cache.clone()
+    } else {
+        crate::config::CacheConfig {
+            records: 0,
+            counts: 0,
+        }
+    };
     let state = AppState(Arc::new(Inner {
         admin_digest: token_digest(&token),
         config,
@@ -319,14 +338,14 @@ async fn follow_changes(
             }
             Some(ChangeNotice::All) => state.cache.clear(),
             Some(ChangeNotice::Catalog) => {
-                if let Err(e) = state.reload_catalog().await {
+                if let Err(e) = state.reload_catalog_forced().await {
                     tracing::warn!(error = %e, "reloading the catalog after another instance's change failed");
                 }
             }
             Some(ChangeNotice::Lost) => state.cache.suspend(),
             Some(ChangeNotice::Listening) => {
                 // Catch up on what was missed while the feed was down.
-                if let Err(e) = state.reload_catalog().await {
+                if let Err(e) = state.reload_catalog_forced().await {
                     tracing::warn!(error = %e, "reloading the catalog failed");
                 }
                 state.cache.resume();

@@ -184,8 +184,14 @@ impl ReadCache {
         let mut inner = self.lock();
         *inner.generations.entry(coll.to_owned()).or_insert(0) += 1;
         let key = (coll.to_owned(), id.to_owned());
+        // Writes can report out of commit order; only a newer version replaces a cached
+        // one in place, anything else just forgets it.
+        let newer = match (&record, inner.records.get(&key)) {
+            (Some(r), Some(cached)) => r.version > cached.version,
+            _ => false,
+        };
         match record {
-            Some(r) if self.max_records > 0 && inner.records.contains_key(&key) => {
+            Some(r) if newer && self.max_records > 0 => {
                 inner.records.insert(key, Arc::new(r));
             }
             _ => {
@@ -259,6 +265,13 @@ mod tests {
             Some(3),
             "write-through"
         );
+        c.written("posts", "a", Some(rec("a", 2)));
+        assert!(
+            c.record("posts", "a").is_none(),
+            "an older version reported late is not kept"
+        );
+        let before = c.stamp("posts");
+        c.put_record("posts", before, Arc::new(rec("a", 3)));
         c.written("posts", "a", None);
         assert!(c.record("posts", "a").is_none(), "deleted");
     }

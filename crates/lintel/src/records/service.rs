@@ -307,26 +307,38 @@ pub async fn apply_writes(
             WriteOp::Delete { coll, id, .. } => (coll.name().to_owned(), id.clone()),
         })
         .collect();
-    let result = state.store.write(ops).await;
-    match &result {
-        Ok(outcomes) => {
-            for ((coll, id), outcome) in targets.iter().zip(outcomes) {
-                let record = match outcome {
-                    WriteOutcome::Written(r) => Some(r.clone()),
-                    WriteOutcome::Deleted => None,
-                };
-                state.cache.written(coll, id, record);
+    // The write and the cache update run to completion in their own task: a request
+    // dropped mid-way (time limit, client gone) must not leave a committed write
+    // that the cache never heard of.
+    let state = state.clone();
+    let task = tokio::spawn(async move {
+        let result = state.store.write(ops).await;
+        match &result {
+            Ok(outcomes) => {
+                for ((coll, id), outcome) in targets.iter().zip(outcomes) {
+                    let record = match outcome {
+                        WriteOutcome::Written(r) => Some(r.clone()),
+                        WriteOutcome::Deleted => None,
+                    };
+                    state.cache.written(coll, id, record);
+                }
+            }
+            Err(_) => {
+                // Nothing of a failed batch is kept, but a failed commit leaves doubt:
+                // forget what these records had cached.
+                for (coll, id) in &targets {
+                    state.cache.written(coll, id, None);
+                }
             }
         }
-        Err(_) => {
-            // Nothing of a failed batch is kept, but a failed commit leaves doubt:
-            // forget what these records had cached.
-            for (coll, id) in &targets {
-                state.cache.written(coll, id, None);
-            }
-        }
+        result
+    });
+    match task.await {
+        Ok(result) => result,
+        Err(e) => Err(WriteError::from(StoreError::Internal(format!(
+            "write task failed: {e}"
+        )))),
     }
-    result
 }
 
 /// Runs one write and returns its record (None for a delete).

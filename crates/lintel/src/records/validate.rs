@@ -82,6 +82,16 @@ pub fn validate_table(
 /// Validates a whole document (after any merge) of a document collection.
 pub fn validate_document(coll: &Collection, doc: &Map<String, Value>) -> Result<(), FieldErrors> {
     let mut errors = FieldErrors::new();
+    for (key, value) in doc {
+        if key.contains('\0') || contains_nul(value) {
+            push_field_error(
+                &mut errors,
+                key.replace('\0', ""),
+                "invalid_character",
+                "must not contain NUL characters",
+            );
+        }
+    }
     for key in doc.keys() {
         if is_read_only(key) {
             push_field_error(
@@ -158,8 +168,25 @@ fn empty_value(f: &FieldSpec) -> Value {
 
 type Check = Result<Value, (&'static str, String)>;
 
+/// Whether a JSON value holds a NUL character anywhere (no store keeps those
+/// portably: PostgreSQL refuses them in text and jsonb).
+pub fn contains_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(contains_nul),
+        Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        _ => false,
+    }
+}
+
 /// Checks one non-empty value against its field; also used for defaults.
 pub fn check_value(coll: &Collection, f: &FieldSpec, value: &Value) -> Check {
+    if contains_nul(value) {
+        return Err((
+            "invalid_character",
+            "must not contain NUL characters".into(),
+        ));
+    }
     match f.field_type {
         FieldType::Text => {
             let s = expect_str(value, "text")?;

@@ -190,11 +190,26 @@ async fn listen_loop(
                     driver.abort();
                     return;
                 }
-                while let Some(payload) = nrx.recv().await {
-                    for notice in parse_payload(&instance, &payload) {
-                        if tx.send(notice).await.is_err() {
-                            driver.abort();
-                            return;
+                // A heartbeat notices a connection that died without an error
+                // (a half-open socket would otherwise look like a quiet feed).
+                let mut heartbeat = tokio::time::interval(Duration::from_secs(15));
+                heartbeat.tick().await;
+                loop {
+                    tokio::select! {
+                        payload = nrx.recv() => {
+                            let Some(payload) = payload else { break };
+                            for notice in parse_payload(&instance, &payload) {
+                                if tx.send(notice).await.is_err() {
+                                    driver.abort();
+                                    return;
+                                }
+                            }
+                        }
+                        _ = heartbeat.tick() => {
+                            let alive = tokio::time::timeout(Duration::from_secs(5), client.simple_query("SELECT 1")).await;
+                            if !matches!(alive, Ok(Ok(_))) {
+                                break;
+                            }
                         }
                     }
                 }
@@ -269,6 +284,21 @@ fn map_pg(e: &tokio_postgres::Error, coll: Option<&Collection>) -> StoreError {
         || *code == SqlState::TOO_MANY_CONNECTIONS
     {
         return StoreError::Unavailable(format!("{e}"));
+    }
+    if *code == SqlState::READ_ONLY_SQL_TRANSACTION || code.code().starts_with("08") {
+        // A read-only server (failover in progress) or a broken connection.
+        return StoreError::Unavailable(format!("{e}"));
+    }
+    if code.code().starts_with("22") {
+        // A value the column cannot hold (out of range, bad encoding).
+        let mut errors = FieldErrors::new();
+        crate::error::push_field_error(
+            &mut errors,
+            "value",
+            "invalid_value",
+            "a value cannot be stored (out of range or not representable)",
+        );
+        return StoreError::Constraint(errors);
     }
     if *code == SqlState::UNDEFINED_TABLE || *code == SqlState::UNDEFINED_COLUMN {
         return StoreError::Schema(format!("{e}"));
@@ -405,9 +435,13 @@ impl PgStore {
         {
             replicas.push(build_pool(r, cfg, "replica")?);
         }
-        let listen_config: tokio_postgres::Config = url
+        let mut listen_config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Internal(format!("invalid database URL: {e}")))?;
+        listen_config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(5));
         let store = Self {
             primary,
             replicas,
@@ -522,13 +556,17 @@ struct OpenTransaction {
 
 impl OpenTransaction {
     async fn begin(client: Object) -> Result<Self, StoreError> {
-        client
+        // The guard exists before BEGIN is sent: if this future is dropped while BEGIN
+        // is in flight, the guard still rolls it back.
+        let guard = Self {
+            client: Some(client),
+        };
+        guard
+            .client()?
             .batch_execute("BEGIN")
             .await
             .map_err(|e| map_pg(&e, None))?;
-        Ok(Self {
-            client: Some(client),
-        })
+        Ok(guard)
     }
 
     fn client(&self) -> Result<&Object, StoreError> {
@@ -566,19 +604,27 @@ impl Drop for OpenTransaction {
 /// then id), before any op runs: two transactions touching the same records in
 /// different orders then queue instead of deadlocking.
 async fn lock_in_order(c: &Object, ops: &[WriteOp]) -> Result<(), StoreError> {
-    let mut targets: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
+    // Updates take `FOR NO KEY UPDATE`, which does not conflict with the `FOR KEY
+    // SHARE` that relation checks take; deletes need `FOR UPDATE`.
+    let mut targets: BTreeMap<(&str, &str), std::collections::BTreeSet<&str>> = BTreeMap::new();
     for op in ops {
         match op {
             WriteOp::Update { coll, record, .. } => {
-                targets.entry(coll.name()).or_default().insert(&record.id);
+                targets
+                    .entry((coll.name(), "NO KEY UPDATE"))
+                    .or_default()
+                    .insert(&record.id);
             }
             WriteOp::Delete { coll, id, .. } => {
-                targets.entry(coll.name()).or_default().insert(id);
+                targets
+                    .entry((coll.name(), "UPDATE"))
+                    .or_default()
+                    .insert(id);
             }
             WriteOp::Insert { .. } => {}
         }
     }
-    for (coll, ids) in targets {
+    for ((coll, mode), ids) in targets {
         let mut sql = Sql::new(Dialect::Postgres);
         sql.push("SELECT COUNT(*) FROM (SELECT 1 FROM ")
             .ident(coll)
@@ -589,7 +635,7 @@ async fn lock_in_order(c: &Object, ops: &[WriteOp]) -> Result<(), StoreError> {
             }
             sql.bind(SqlValue::Text((*id).to_owned()));
         }
-        sql.push(") ORDER BY \"id\" FOR UPDATE) AS t");
+        sql.push(") ORDER BY \"id\" FOR ").push(mode).push(") AS t");
         query_i64(c, &sql).await?;
     }
     Ok(())

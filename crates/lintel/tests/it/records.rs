@@ -209,6 +209,12 @@ async fn every_field_type_and_option_is_enforced() {
             "unknown_field",
         ),
         (json!({"title": "t", "_links": {}}), "_links", "read_only"),
+        (json!({"title": "a\u{0}b"}), "title", "invalid_character"),
+        (
+            json!({"title": "t", "meta": {"k": "\u{0}"}}),
+            "meta",
+            "invalid_character",
+        ),
     ];
     for (body, field, code) in cases {
         let r = app
