@@ -46,6 +46,8 @@ pub struct Inner {
     pub metrics: PrometheusHandle,
     /// The OpenAPI document, serialised once.
     pub openapi_json: Bytes,
+    /// Token keys and the session store.
+    pub auth: crate::auth::AuthRuntime,
 }
 
 impl Deref for AppState {
@@ -139,16 +141,23 @@ fn admin_token(config: &Config) -> anyhow::Result<String> {
     if !config.admin_token.0.is_empty() {
         return Ok(config.admin_token.0.clone());
     }
-    let path = config.data_dir.join("admin-token");
-    match std::fs::read_to_string(&path) {
+    secret_file(&config.data_dir.join("admin-token"), "the admin token")
+}
+
+/// A secret kept in a file (mode 0600): read, or generated on first use. Blocking.
+pub fn secret_file(path: &Path, what: &str) -> anyhow::Result<String> {
+    match std::fs::read_to_string(path) {
         Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let token = crate::ids::secret_token();
-    write_secret(&path, &token)?;
-    tracing::info!(path = %path.display(), "generated the admin token; it is in this file");
+    write_secret(path, &token)?;
+    tracing::info!(path = %path.display(), "generated {what}; it is in this file");
     Ok(token)
 }
 
@@ -206,6 +215,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let cfg = config.clone();
         tokio::task::spawn_blocking(move || admin_token(&cfg)).await??
     };
+    let keys = {
+        let cfg = config.auth.clone();
+        let dir = config.data_dir.clone();
+        tokio::task::spawn_blocking(move || crate::auth::tokens::Keys::load(&cfg, &dir)).await??
+    };
     let catalog = load_catalog(store.as_ref()).await?;
     let versions = VersionClock::default();
     for m in store
@@ -234,6 +248,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             counts: 0,
         }
     };
+    let store_for_auth = store.clone();
     let state = AppState(Arc::new(Inner {
         admin_digest: token_digest(&token),
         config,
@@ -243,7 +258,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         cache: crate::cache::ReadCache::new(config_cache.records, config_cache.counts),
         metrics: crate::telemetry::metrics_handle(),
         openapi_json,
+        auth: crate::auth::AuthRuntime::new(keys, store_for_auth),
     }));
+    crate::collections::ensure_users(&state).await?;
     let router = crate::http::finish(router, state.clone());
 
     let edge = axum::middleware::from_fn(crate::http::edge::edge);
@@ -286,11 +303,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let upkeep = tokio::spawn(upkeep(task_state.clone(), rx.clone()));
         let mut stop = rx.clone();
         let mut deadline = rx.clone();
-        let server =
-            axum::serve(listener, app.into_make_service()).with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-                tracing::info!("shutting down: no new connections, draining requests");
-            });
+        let server = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+            tracing::info!("shutting down: no new connections, draining requests");
+        });
         tokio::select! {
             r = server => {
                 if let Err(e) = r {

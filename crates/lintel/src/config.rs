@@ -55,6 +55,129 @@ pub struct Config {
     pub store: StoreConfig,
     pub idempotency: IdempotencyConfig,
     pub cache: CacheConfig,
+    pub auth: AuthConfig,
+    pub mail: MailConfig,
+}
+
+/// Accounts, sessions and tokens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `HS256` (with `jwt_secret`) or `EdDSA` (with `jwt_private_key_file`).
+    pub jwt_algorithm: String,
+    /// The HS256 signing key; empty = generated on first start into
+    /// `<data_dir>/jwt-secret` (set it explicitly when several instances share a store).
+    pub jwt_secret: Secret,
+    /// An Ed25519 private key (PKCS#8 PEM) for EdDSA.
+    pub jwt_private_key_file: PathBuf,
+    /// The matching public key (PEM), for verifying.
+    pub jwt_public_key_file: PathBuf,
+    /// The `iss` of issued tokens.
+    pub issuer: String,
+    /// Access token lifetime, in seconds.
+    pub access_ttl_secs: u64,
+    /// Refresh token (and token session) lifetime, in seconds.
+    pub refresh_ttl_secs: u64,
+    /// A cookie session ends after this long without use, in seconds.
+    pub session_idle_secs: u64,
+    /// A cookie session ends this long after login whatever happens, in seconds.
+    pub session_absolute_secs: u64,
+    /// Always mark cookies `Secure` (they are whenever the request came over TLS).
+    pub cookie_secure: bool,
+    /// Origins allowed to make cookie-authenticated unsafe requests (besides the
+    /// server's own), e.g. `https://app.example.com`.
+    pub allowed_origins: Vec<String>,
+    /// Shortest password accepted (at least 8).
+    pub password_min_length: usize,
+    /// Argon2id memory cost, in KiB.
+    pub argon2_memory_kib: u32,
+    /// Argon2id passes.
+    pub argon2_iterations: u32,
+    /// Argon2id lanes.
+    pub argon2_parallelism: u32,
+    /// Single-use email tokens (verification, reset, email change) live this long, in seconds.
+    pub email_token_ttl_secs: u64,
+    /// The public address of the app, used in links in emails.
+    pub public_url: String,
+    /// Failed sign-ins for one account before it is locked for `lockout_secs`.
+    pub lockout_threshold: u32,
+    /// How long a locked account stays locked, in seconds.
+    pub lockout_secs: u64,
+    /// OpenID Connect providers by name.
+    pub oidc: std::collections::BTreeMap<String, OidcProviderConfig>,
+}
+
+/// One OpenID Connect identity provider.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct OidcProviderConfig {
+    /// The issuer URL; its discovery document is read from
+    /// `<issuer>/.well-known/openid-configuration`.
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// Scopes asked for (openid and email are always included).
+    pub scopes: Vec<String>,
+    /// The auth collection accounts are linked into.
+    pub collection: String,
+    /// Where the provider sends the browser back: `<public_url>/v1/auth/oidc/<name>/callback`
+    /// unless given.
+    pub redirect_url: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_algorithm: "HS256".into(),
+            jwt_secret: Secret::default(),
+            jwt_private_key_file: PathBuf::new(),
+            jwt_public_key_file: PathBuf::new(),
+            issuer: "lintel".into(),
+            access_ttl_secs: 15 * 60,
+            refresh_ttl_secs: 30 * 24 * 3600,
+            session_idle_secs: 2 * 3600,
+            session_absolute_secs: 7 * 24 * 3600,
+            cookie_secure: false,
+            allowed_origins: Vec::new(),
+            password_min_length: 10,
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            email_token_ttl_secs: 3600,
+            public_url: "http://127.0.0.1:8090".into(),
+            lockout_threshold: 10,
+            lockout_secs: 15 * 60,
+            oidc: Default::default(),
+        }
+    }
+}
+
+/// Outgoing mail (verification, password reset, email change).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MailConfig {
+    /// The SMTP server; empty = mail is not sent (the flows answer 503).
+    pub smtp_host: String,
+    pub smtp_port: u16,
+    /// `none`, `starttls` or `tls` (implicit TLS).
+    pub smtp_tls: String,
+    pub smtp_username: String,
+    pub smtp_password: Secret,
+    /// The From address.
+    pub from: String,
+}
+
+impl Default for MailConfig {
+    fn default() -> Self {
+        Self {
+            smtp_host: String::new(),
+            smtp_port: 587,
+            smtp_tls: "starttls".into(),
+            smtp_username: String::new(),
+            smtp_password: Secret::default(),
+            from: "Lintel <no-reply@localhost>".into(),
+        }
+    }
 }
 
 /// The in-process read cache (records by id, list counts); 0 turns a part off.
@@ -190,6 +313,8 @@ impl Default for Config {
             store: StoreConfig::default(),
             idempotency: IdempotencyConfig::default(),
             cache: CacheConfig::default(),
+            auth: AuthConfig::default(),
+            mail: MailConfig::default(),
         }
     }
 }
@@ -300,10 +425,16 @@ pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Result<Loaded
     // variable should not stop a deploy, but it must be visible.
     let known = key_set(&Figment::from(Serialized::defaults(Config::default())))?;
     let given = key_set(&figment)?;
-    let unknown_keys: Vec<String> = given.difference(&known).cloned().collect();
+    // Maps keyed by the user's own names (OIDC providers) have no defaults to compare to.
+    let open = |k: &str| k.starts_with("auth.oidc.");
+    let unknown_keys: Vec<String> = given
+        .difference(&known)
+        .filter(|k| !open(k))
+        .cloned()
+        .collect();
     let mut pruned = Figment::from(Serialized::defaults(Config::default()));
     for (key, value) in flatten(&figment)? {
-        if known.contains(&key) {
+        if known.contains(&key) || open(&key) {
             pruned = pruned.merge(Serialized::global(&key, value));
         }
     }

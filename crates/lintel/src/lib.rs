@@ -7,6 +7,7 @@
 //! [`config`], [`error`]. See docs/ARCHITECTURE.md.
 
 pub mod app;
+pub mod auth;
 pub mod batch;
 pub mod cache;
 pub mod cli;

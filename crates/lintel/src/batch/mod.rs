@@ -15,6 +15,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
+use crate::auth::caller::Caller;
 use crate::error::ApiError;
 use crate::http::extract::JsonBody;
 use crate::http::openapi::ProblemDoc;
@@ -75,7 +76,11 @@ fn body_object(op: &BatchOperation) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
-async fn prepare(state: &AppState, op: &BatchOperation) -> Result<(WriteOp, u16), ApiError> {
+async fn prepare(
+    state: &AppState,
+    caller: &Caller,
+    op: &BatchOperation,
+) -> Result<(WriteOp, u16), ApiError> {
     let Some((coll, id)) = parse_path(&op.path) else {
         return Err(ApiError::field(
             "path",
@@ -86,7 +91,10 @@ async fn prepare(state: &AppState, op: &BatchOperation) -> Result<(WriteOp, u16)
     let coll = service::collection(state, &coll)?;
     let method = op.method.to_ascii_uppercase();
     match (method.as_str(), id) {
-        ("POST", None) => Ok((service::prepare_create(&coll, body_object(op)?)?, 201)),
+        ("POST", None) => Ok((
+            service::prepare_create(state, caller, &coll, body_object(op)?).await?,
+            201,
+        )),
         ("PUT", Some(id)) | ("PATCH", Some(id)) => {
             let mode = if method == "PUT" {
                 Mode::Replace
@@ -95,6 +103,7 @@ async fn prepare(state: &AppState, op: &BatchOperation) -> Result<(WriteOp, u16)
             };
             let op = service::prepare_update(
                 state,
+                caller,
                 &coll,
                 &id,
                 body_object(op)?,
@@ -105,7 +114,7 @@ async fn prepare(state: &AppState, op: &BatchOperation) -> Result<(WriteOp, u16)
             Ok((op, 200))
         }
         ("DELETE", Some(id)) => Ok((
-            service::prepare_delete(state, &coll, &id, op.if_match.as_deref()).await?,
+            service::prepare_delete(state, caller, &coll, &id, op.if_match.as_deref()).await?,
             204,
         )),
         _ => Err(ApiError::field(
@@ -146,6 +155,7 @@ fn failed(index: usize, op: &BatchOperation, err: ApiError) -> ApiError {
 )]
 async fn batch(
     State(state): State<AppState>,
+    caller: Caller,
     JsonBody(req): JsonBody<BatchRequest>,
 ) -> Result<Response, ApiError> {
     if req.operations.is_empty() || req.operations.len() > MAX_OPERATIONS {
@@ -179,7 +189,9 @@ async fn batch(
     let mut ops = Vec::with_capacity(req.operations.len());
     let mut statuses = Vec::with_capacity(req.operations.len());
     for (i, op) in req.operations.iter().enumerate() {
-        let (w, status) = prepare(&state, op).await.map_err(|e| failed(i, op, e))?;
+        let (w, status) = prepare(&state, &caller, op)
+            .await
+            .map_err(|e| failed(i, op, e))?;
         ops.push(w);
         statuses.push(status);
     }
@@ -188,7 +200,8 @@ async fn batch(
         .map(|op| match op {
             WriteOp::Insert { coll, .. }
             | WriteOp::Update { coll, .. }
-            | WriteOp::Delete { coll, .. } => coll.clone(),
+            | WriteOp::Delete { coll, .. } => Some(coll.clone()),
+            WriteOp::System { .. } => None,
         })
         .collect();
     let outcomes = match service::apply_writes(&state, ops).await {
@@ -211,11 +224,11 @@ async fn batch(
         .into_iter()
         .zip(statuses)
         .zip(colls)
-        .map(|((outcome, status), coll)| match outcome {
-            WriteOutcome::Written(r) => {
+        .map(|((outcome, status), coll)| match (outcome, coll) {
+            (WriteOutcome::Written(r), Some(coll)) => {
                 json!({ "status": status, "body": Value::Object(render(&coll, &r, None)) })
             }
-            WriteOutcome::Deleted => json!({ "status": status, "body": Value::Null }),
+            _ => json!({ "status": status, "body": Value::Null }),
         })
         .collect();
     Ok(axum::Json(json!({ "results": results })).into_response())

@@ -24,7 +24,8 @@ use crate::migrations::{AlterCollection, Migration, PendingFile, RenameField, Sc
 use crate::records::validate::check_value;
 use crate::store::{StoreError, ddl};
 use model::{
-    Collection, CollectionSpec, FieldSpec, IndexSpec, index_name, normalize_spec, validate_spec,
+    Collection, CollectionSpec, FieldSpec, IndexSpec, Rules, index_name, normalize_spec,
+    validate_spec,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -52,6 +53,9 @@ pub struct CollectionPatch {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Object)]
     pub schema: Option<Value>,
+    /// New access rules (all five at once; a missing one means superusers only).
+    #[serde(default)]
+    pub rules: Option<Rules>,
 }
 
 /// `Some(value)` whenever the member is present, even when it is `null`.
@@ -291,6 +295,7 @@ async fn patch_collection(
         add_fields: patch.add_fields.clone(),
         add_indexes: add_indexes.clone(),
         schema: patch.schema.clone(),
+        rules: patch.rules.clone(),
     };
 
     // Check the change against the live schema first, so a bad change gets a 400 and
@@ -357,6 +362,7 @@ async fn patch_collection(
             .schema
             .as_ref()
             .map(|_| old.schema.clone().unwrap_or(Value::Null)),
+        rules: patch.rules.as_ref().map(|_| old.rules.clone()),
     };
     apply_change(
         &state,
@@ -417,4 +423,79 @@ async fn delete_collection(
     )
     .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// On a fresh project (no collection migration ever applied), creates the built-in
+/// `users` auth collection, through a migration file like any other change. Owners
+/// see and change their own account; anyone may sign up.
+pub async fn ensure_users(state: &AppState) -> anyhow::Result<()> {
+    if state.catalog().get("users").is_some() {
+        return Ok(());
+    }
+    let applied = state
+        .store
+        .applied_migrations()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !applied.is_empty() {
+        return Ok(());
+    }
+    let own = Some("id = @request.auth.id".to_owned());
+    let mut spec = CollectionSpec {
+        name: "users".into(),
+        kind: model::CollectionKind::Auth,
+        fields: vec![FieldSpec {
+            name: "name".into(),
+            field_type: model::FieldType::Text,
+            required: false,
+            unique: false,
+            min: None,
+            max: Some(200.0),
+            pattern: None,
+            default: None,
+            values: None,
+            collection: None,
+            multiple: false,
+            hidden: false,
+            protected: false,
+        }],
+        indexes: Vec::new(),
+        schema: None,
+        rules: Rules {
+            list: own.clone(),
+            view: own.clone(),
+            create: Some(String::new()),
+            update: own.clone(),
+            delete: own,
+        },
+    };
+    normalize_spec(&mut spec);
+    let result = apply_change(
+        state,
+        "create_users".into(),
+        vec![SchemaOp::CreateCollection { collection: spec }],
+        vec![SchemaOp::DropCollection {
+            name: "users".into(),
+        }],
+    )
+    .await;
+    match result {
+        Ok(()) => {
+            tracing::info!("created the built-in 'users' collection");
+            Ok(())
+        }
+        // Another instance sharing the store created it first.
+        Err(_)
+            if {
+                let _ = state.reload_catalog().await;
+                state.catalog().get("users").is_some()
+            } =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(anyhow::anyhow!(
+            "creating the users collection: {}",
+            e.detail
+        )),
+    }
 }

@@ -51,6 +51,9 @@ pub enum CollectionKind {
     Table,
     /// Any JSON object per record, optionally checked against a JSON Schema.
     Document,
+    /// A table of accounts that can sign in: the built-in fields `email`, `verified`
+    /// and the hidden `passwordHash`, plus any fields the developer adds.
+    Auth,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
@@ -131,6 +134,12 @@ pub struct FieldSpec {
     /// A relation to many records (stored as a JSON array of ids).
     #[serde(default, skip_serializing_if = "is_false")]
     pub multiple: bool,
+    /// Never returned, and not usable in filters, sorts or rules.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub hidden: bool,
+    /// Only superusers set or change it; other callers' values are refused.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub protected: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -164,7 +173,82 @@ pub struct CollectionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Object)]
     pub schema: Option<Value>,
+    /// Who may do what, as filter expressions; a missing rule means superusers only,
+    /// an empty one means anyone.
+    #[serde(default, skip_serializing_if = "Rules::is_unset")]
+    pub rules: Rules,
 }
+
+/// The access rules of a collection (see docs/auth.md).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rules {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete: Option<String>,
+}
+
+impl Rules {
+    pub fn is_unset(&self) -> bool {
+        self == &Rules::default()
+    }
+
+    pub fn all(&self) -> [(&'static str, &Option<String>); 5] {
+        [
+            ("list", &self.list),
+            ("view", &self.view),
+            ("create", &self.create),
+            ("update", &self.update),
+            ("delete", &self.delete),
+        ]
+    }
+}
+
+/// The built-in fields of an auth collection, in order.
+pub fn auth_fields() -> Vec<FieldSpec> {
+    let base = |name: &str, t: FieldType| FieldSpec {
+        name: name.into(),
+        field_type: t,
+        required: false,
+        unique: false,
+        min: None,
+        max: None,
+        pattern: None,
+        default: None,
+        values: None,
+        collection: None,
+        multiple: false,
+        hidden: false,
+        protected: false,
+    };
+    vec![
+        FieldSpec {
+            required: true,
+            unique: true,
+            ..base("email", FieldType::Email)
+        },
+        FieldSpec {
+            default: Some(Value::Bool(false)),
+            protected: true,
+            ..base("verified", FieldType::Bool)
+        },
+        FieldSpec {
+            hidden: true,
+            protected: true,
+            ..base("passwordHash", FieldType::Text)
+        },
+    ]
+}
+
+/// Names of the built-in auth fields.
+pub const AUTH_FIELD_NAMES: [&str; 3] = ["email", "verified", "passwordHash"];
 
 /// A compiled collection: the spec plus what validation needs at run time.
 #[derive(Debug)]
@@ -175,6 +259,40 @@ pub struct Collection {
     field_index: HashMap<String, usize>,
     patterns: Vec<Option<Regex>>,
     validator: Option<jsonschema::Validator>,
+    rules: [Rule; 5],
+}
+
+/// What a collection operation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    List = 0,
+    View = 1,
+    Create = 2,
+    Update = 3,
+    Delete = 4,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::List => "list",
+            Action::View => "view",
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Delete => "delete",
+        }
+    }
+}
+
+/// A compiled access rule.
+#[derive(Debug, Clone)]
+pub enum Rule {
+    /// No rule: superusers only.
+    Superusers,
+    /// An empty rule: anyone.
+    Anyone,
+    /// Callers for whom (and records for which) the expression holds.
+    Expr(lintel_filter::Expr),
 }
 
 impl Collection {
@@ -193,6 +311,21 @@ impl Collection {
             Some(schema) => Some(jsonschema::validator_for(schema).map_err(|e| e.to_string())?),
             None => None,
         };
+        let compile_rule = |r: &Option<String>| -> Result<Rule, String> {
+            Ok(match r.as_deref() {
+                None => Rule::Superusers,
+                Some(t) if t.trim().is_empty() => Rule::Anyone,
+                Some(t) => Rule::Expr(lintel_filter::parse(t).map_err(|e| e.message)?),
+            })
+        };
+        let r = &spec.rules;
+        let rules = [
+            compile_rule(&r.list)?,
+            compile_rule(&r.view)?,
+            compile_rule(&r.create)?,
+            compile_rule(&r.update)?,
+            compile_rule(&r.delete)?,
+        ];
         Ok(Self {
             spec,
             created,
@@ -200,6 +333,7 @@ impl Collection {
             field_index,
             patterns,
             validator,
+            rules,
         })
     }
 
@@ -213,6 +347,25 @@ impl Collection {
 
     pub fn is_document(&self) -> bool {
         self.spec.kind == CollectionKind::Document
+    }
+
+    /// The rule for an action.
+    pub fn rule(&self, action: Action) -> &Rule {
+        &self.rules[action as usize]
+    }
+
+    pub fn is_auth(&self) -> bool {
+        self.spec.kind == CollectionKind::Auth
+    }
+
+    /// Whether a field is hidden from clients.
+    pub fn is_hidden(&self, name: &str) -> bool {
+        self.field(name).is_some_and(|f| f.hidden)
+    }
+
+    /// Whether any field is hidden (so rendering must filter).
+    pub fn has_hidden(&self) -> bool {
+        self.spec.fields.iter().any(|f| f.hidden)
     }
 
     pub fn fields(&self) -> &[FieldSpec] {
@@ -321,6 +474,17 @@ pub fn check_field_name(name: &str) -> Result<(), String> {
 
 /// Fills generated index names and the unique indexes of `unique` fields.
 pub fn normalize_spec(spec: &mut CollectionSpec) {
+    if spec.kind == CollectionKind::Auth {
+        // The built-in fields come first; a client may repeat them only unchanged
+        // (validate_spec refuses any other definition).
+        let builtins = auth_fields();
+        let custom: Vec<FieldSpec> = spec
+            .fields
+            .drain(..)
+            .filter(|f| !builtins.iter().any(|b| b == f))
+            .collect();
+        spec.fields = builtins.into_iter().chain(custom).collect();
+    }
     for idx in &mut spec.indexes {
         if idx.name.is_none() {
             idx.name = Some(index_name(&spec.name, &idx.fields, idx.unique));
@@ -388,7 +552,30 @@ pub fn validate_spec(spec: &CollectionSpec, existing: &[String], altering: bool)
                 }
             }
         }
-        CollectionKind::Table => {
+        CollectionKind::Table | CollectionKind::Auth => {
+            if spec.kind == CollectionKind::Auth {
+                let builtins = auth_fields();
+                for b in &builtins {
+                    match spec.fields.iter().position(|f| f.name == b.name) {
+                        Some(i) if &spec.fields[i] == b => {}
+                        Some(i) => push_field_error(
+                            &mut errors,
+                            format!("fields[{i}]"),
+                            "reserved",
+                            format!(
+                                "'{}' is a built-in field of auth collections and cannot be redefined",
+                                b.name
+                            ),
+                        ),
+                        None => push_field_error(
+                            &mut errors,
+                            "fields",
+                            "reserved",
+                            format!("auth collections keep their built-in field '{}'", b.name),
+                        ),
+                    }
+                }
+            }
             if spec.schema.is_some() {
                 push_field_error(
                     &mut errors,
@@ -426,7 +613,7 @@ pub fn validate_spec(spec: &CollectionSpec, existing: &[String], altering: bool)
         }
         for name in &idx.fields {
             let ok = match spec.kind {
-                CollectionKind::Table => {
+                CollectionKind::Table | CollectionKind::Auth => {
                     SYSTEM_FIELDS.contains(&name.as_str())
                         || spec.fields.iter().any(|f| &f.name == name)
                 }
@@ -466,7 +653,32 @@ pub fn validate_spec(spec: &CollectionSpec, existing: &[String], altering: bool)
             }
         }
     }
+    validate_rules(spec, &mut errors);
     errors
+}
+
+/// Checks that each rule parses and names only fields of the collection and known
+/// macros. Value types are checked when the rule runs (a mismatch denies).
+fn validate_rules(spec: &CollectionSpec, errors: &mut FieldErrors) {
+    if spec.rules.is_unset() {
+        return;
+    }
+    let mut bare = spec.clone();
+    bare.rules = Rules::default();
+    let Ok(coll) = Collection::compile(bare, String::new(), String::new()) else {
+        return;
+    };
+    for (name, rule) in spec.rules.all() {
+        let Some(text) = rule else { continue };
+        if let Err(e) = crate::auth::rules::check(&coll, text) {
+            push_field_error(
+                errors,
+                format!("rules.{name}"),
+                e.code,
+                format!("{} (at position {})", e.message, e.position),
+            );
+        }
+    }
 }
 
 fn validate_field(

@@ -19,6 +19,11 @@ pub const SUPPORTED_VERSIONS: [&str; 1] = ["1"];
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static API_VERSION_HEADER: HeaderName = HeaderName::from_static("api-version");
 
+tokio::task_local! {
+    /// The request id of the request this task is handling (for the audit log).
+    pub static CURRENT_REQUEST_ID: String;
+}
+
 /// The request id of the request being handled, in its extensions.
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
@@ -73,7 +78,9 @@ pub async fn edge(mut req: Request, next: Next) -> Response {
         .to_owned();
     req.extensions_mut().insert(RequestId(request_id.clone()));
     let span = tracing::info_span!("request", request_id = %request_id, trace_id = %trace);
-    let mut res = next.run(req).instrument(span.clone()).await;
+    let mut res = CURRENT_REQUEST_ID
+        .scope(request_id.clone(), next.run(req).instrument(span.clone()))
+        .await;
 
     if let Some(problem) = res.extensions_mut().remove::<Problem>() {
         let body = render_problem(&problem, &request_id);

@@ -91,8 +91,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-/// Proof that the caller presented the admin token.
-pub struct Admin;
+/// Proof that the caller is a superuser (the admin token, a superuser's session or
+/// token, or an API key a superuser made).
+pub struct Admin(pub crate::auth::caller::Caller);
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
@@ -101,15 +102,18 @@ impl FromRequestParts<AppState> for Admin {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(&parts.headers).ok_or_else(|| {
-            ApiError::unauthorized(
-                "This endpoint needs the admin token: Authorization: Bearer <token>.",
-            )
-        })?;
-        if state.admin_token_matches(token) {
-            Ok(Admin)
+        let caller = crate::auth::caller::Caller::from_request_parts(parts, state).await?;
+        if caller.is_superuser() {
+            Ok(Admin(caller))
+        } else if caller.is_anonymous() {
+            Err(ApiError::unauthorized(
+                "This endpoint needs a superuser: Authorization: Bearer <admin token or superuser token>.",
+            ))
         } else {
-            Err(ApiError::unauthorized("The bearer token is not valid."))
+            Err(ApiError::forbidden(
+                "forbidden",
+                "This endpoint is for superusers.",
+            ))
         }
     }
 }

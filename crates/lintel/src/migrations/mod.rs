@@ -59,6 +59,9 @@ pub struct AlterCollection {
     /// Replaces the JSON Schema of a document collection (`null` removes it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<Value>,
+    /// Replaces the access rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<crate::collections::model::Rules>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]

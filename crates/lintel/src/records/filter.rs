@@ -5,6 +5,7 @@
 //! position in the filter text.
 
 use lintel_filter::{CompareOp, Expr, Literal, Operand, Span};
+use serde_json::Map;
 
 use crate::clock::normalize_datetime;
 use crate::collections::model::{Collection, FieldSpec, FieldType};
@@ -26,9 +27,29 @@ fn err(code: &'static str, span: Span, message: impl Into<String>) -> FilterErro
     }
 }
 
+/// What `@` macros expand to: the time, and for requests the caller and the body.
+#[derive(Debug, Clone, Copy)]
+pub struct Env<'a> {
+    pub now: &'a str,
+    /// The caller's fields for `@request.auth.*` (None: anonymous).
+    pub auth: Option<&'a Map<String, serde_json::Value>>,
+    /// The request body for `@request.body.*`.
+    pub body: Option<&'a Map<String, serde_json::Value>>,
+}
+
+impl<'a> Env<'a> {
+    pub fn now(now: &'a str) -> Self {
+        Self {
+            now,
+            auth: None,
+            body: None,
+        }
+    }
+}
+
 /// The type of a column or JSON value as the compiler sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Text,
     /// A system timestamp (`created`, `updated`): canonical RFC 3339 text.
     Datetime,
@@ -43,14 +64,18 @@ enum Kind {
 }
 
 /// Where a field operand reads from.
-enum Target {
+pub(crate) enum Target {
     Column { name: String, kind: Kind },
     JsonPath { column: String, path: Vec<String> },
 }
 
 /// Resolves a field path against the collection: a system field, a table field (a
 /// path continues into a json field), or any path into a document.
-fn resolve(coll: &Collection, path: &[String], span: Span) -> Result<Target, FilterError> {
+pub(crate) fn resolve(
+    coll: &Collection,
+    path: &[String],
+    span: Span,
+) -> Result<Target, FilterError> {
     let Some(first) = path.first() else {
         return Err(err("unknown_field", span, "empty field name"));
     };
@@ -79,7 +104,7 @@ fn resolve(coll: &Collection, path: &[String], span: Span) -> Result<Target, Fil
             path: path.to_vec(),
         });
     }
-    let Some(field) = coll.field(first) else {
+    let Some(field) = coll.field(first).filter(|f| !f.hidden) else {
         return Err(err(
             "unknown_field",
             span,
@@ -108,7 +133,7 @@ fn resolve(coll: &Collection, path: &[String], span: Span) -> Result<Target, Fil
     })
 }
 
-fn field_kind(f: &FieldSpec) -> Kind {
+pub(crate) fn field_kind(f: &FieldSpec) -> Kind {
     match f.field_type {
         FieldType::Number | FieldType::Integer => Kind::Number,
         FieldType::Bool => Kind::Bool,
@@ -120,15 +145,59 @@ fn field_kind(f: &FieldSpec) -> Kind {
 }
 
 /// A literal side, after macros are expanded.
-enum Value {
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Value {
     Null,
+    /// A `@request` value that is not there (an anonymous caller's id, a field the
+    /// body lacks): it equals nothing, not even a null field.
+    Absent,
     Text(String),
     Int(i64),
     Float(f64),
     Bool(bool),
 }
 
-fn literal_value(op: &Operand, now: &str) -> Result<Option<(Value, Span)>, FilterError> {
+/// A JSON value from the request as a literal.
+fn json_literal(v: Option<&serde_json::Value>, span: Span) -> Result<Value, FilterError> {
+    Ok(match v {
+        None => Value::Absent,
+        Some(serde_json::Value::Null) => Value::Null,
+        Some(serde_json::Value::String(s)) => Value::Text(s.clone()),
+        Some(serde_json::Value::Bool(b)) => Value::Bool(*b),
+        Some(serde_json::Value::Number(n)) => match n.as_i64() {
+            Some(i) => Value::Int(i),
+            None => Value::Float(n.as_f64().unwrap_or(0.0)),
+        },
+        Some(_) => {
+            return Err(err(
+                "type_mismatch",
+                span,
+                "only text, number, bool and null request values can be compared",
+            ));
+        }
+    })
+}
+
+fn lookup<'a>(
+    map: Option<&'a Map<String, serde_json::Value>>,
+    path: &[String],
+) -> Option<&'a serde_json::Value> {
+    let (first, rest) = path.split_first()?;
+    let mut cur = map?.get(first)?;
+    for seg in rest {
+        cur = match cur {
+            serde_json::Value::Object(m) => m.get(seg)?,
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
+pub(crate) fn literal_value(
+    op: &Operand,
+    env: &Env<'_>,
+) -> Result<Option<(Value, Span)>, FilterError> {
+    let now = env.now;
     Ok(match op {
         Operand::Field { .. } => None,
         Operand::Literal { value, span } => Some((
@@ -148,11 +217,20 @@ fn literal_value(op: &Operand, now: &str) -> Result<Option<(Value, Span)>, Filte
             .as_slice()
         {
             ["now"] => Some((Value::Text(now.to_owned()), *span)),
+            ["request", "auth", _, ..] => {
+                Some((json_literal(lookup(env.auth, &path[2..]), *span)?, *span))
+            }
+            ["request", "body", _, ..] => {
+                Some((json_literal(lookup(env.body, &path[2..]), *span)?, *span))
+            }
             _ => {
                 return Err(err(
                     "unknown_macro",
                     *span,
-                    format!("unknown macro '@{}' (supported: @now)", path.join(".")),
+                    format!(
+                        "unknown macro '@{}' (supported: @now, @request.auth.<field>, @request.body.<field>)",
+                        path.join(".")
+                    ),
                 ));
             }
         },
@@ -163,7 +241,7 @@ fn literal_value(op: &Operand, now: &str) -> Result<Option<(Value, Span)>, Filte
 pub fn compile(
     expr: &Expr,
     coll: &Collection,
-    now: &str,
+    now: &Env<'_>,
     sql: &mut Sql,
 ) -> Result<(), FilterError> {
     match expr {
@@ -227,7 +305,7 @@ fn compare(
     right: &Operand,
     span: Span,
     coll: &Collection,
-    now: &str,
+    now: &Env<'_>,
     sql: &mut Sql,
 ) -> Result<(), FilterError> {
     let table = coll.name();
@@ -291,6 +369,14 @@ fn compare(
             let t = resolve(coll, path, *fs)?;
             field_vs_value(sql, table, &t, op, v, vs, span)
         }
+        (_, Some((a, _)), _, Some((b, _)))
+            if matches!(left, Operand::Macro { .. }) || matches!(right, Operand::Macro { .. }) =>
+        {
+            // Two values (a request value against a literal): decided here.
+            let yes = const_compare(&a, op, &b).map_err(|m| err("type_mismatch", span, m))?;
+            sql.push(if yes { "(1 = 1)" } else { "(1 = 0)" });
+            Ok(())
+        }
         _ => Err(err(
             "no_field",
             span,
@@ -299,7 +385,51 @@ fn compare(
     }
 }
 
-fn kind_of(t: &Target) -> Kind {
+/// Compares two values (no field involved), with SQL's null-safe meaning of `=`.
+pub(crate) fn const_compare(a: &Value, op: CompareOp, b: &Value) -> Result<bool, String> {
+    use std::cmp::Ordering;
+    let norm = |v: &Value| match v {
+        Value::Absent => Value::Null,
+        other => other.clone(),
+    };
+    let (a, b) = (norm(a), norm(b));
+    let ord: Option<Ordering> = match (&a, &b) {
+        (Value::Null, Value::Null) => Some(Ordering::Equal),
+        (Value::Null, _) | (_, Value::Null) => None,
+        (Value::Text(x), Value::Text(y)) => Some(x.cmp(y)),
+        (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
+        (Value::Int(x), Value::Int(y)) => Some(x.cmp(y)),
+        (Value::Int(_) | Value::Float(_), Value::Int(_) | Value::Float(_)) => {
+            as_f64(&a).partial_cmp(&as_f64(&b))
+        }
+        _ => return Err("the two values have different types".into()),
+    };
+    Ok(match op {
+        CompareOp::Eq => ord == Some(Ordering::Equal),
+        CompareOp::Ne => ord != Some(Ordering::Equal),
+        CompareOp::Gt => ord == Some(Ordering::Greater),
+        CompareOp::Ge => matches!(ord, Some(Ordering::Greater | Ordering::Equal)),
+        CompareOp::Lt => ord == Some(Ordering::Less),
+        CompareOp::Le => matches!(ord, Some(Ordering::Less | Ordering::Equal)),
+        CompareOp::Like | CompareOp::NotLike => {
+            let (Value::Text(x), Value::Text(y)) = (&a, &b) else {
+                return Err("~ and !~ take text on both sides".into());
+            };
+            let hit = x.to_lowercase().contains(&y.to_lowercase());
+            hit == (op == CompareOp::Like)
+        }
+    })
+}
+
+pub(crate) fn as_f64(v: &Value) -> f64 {
+    match v {
+        Value::Int(i) => *i as f64,
+        Value::Float(f) => *f,
+        _ => f64::NAN,
+    }
+}
+
+pub(crate) fn kind_of(t: &Target) -> Kind {
     match t {
         Target::Column { kind, .. } => *kind,
         Target::JsonPath { .. } => Kind::Json,
@@ -316,6 +446,15 @@ fn field_vs_value(
     span: Span,
 ) -> Result<(), FilterError> {
     let kind = kind_of(t);
+    if let Value::Absent = v {
+        // A missing request value equals no field, whatever the field holds.
+        sql.push(if op == CompareOp::Ne {
+            "(1 = 1)"
+        } else {
+            "(1 = 0)"
+        });
+        return Ok(());
+    }
     if let Value::Null = v {
         if let (Kind::IdList, Target::Column { name, .. }) = (kind, t) {
             // An empty list of relations is "no value", like null.
@@ -412,7 +551,7 @@ fn field_vs_value(
                 Value::Int(i) => SqlValue::Int(i),
                 Value::Float(f) => SqlValue::Float(f),
                 Value::Bool(b) => SqlValue::Bool(b),
-                Value::Null => SqlValue::Null,
+                Value::Null | Value::Absent => SqlValue::Null,
             };
             if like {
                 let Target::JsonPath { column, path } = t else {

@@ -3,8 +3,8 @@
 //! Last-Modified), hypermedia links, filters, sorting, offset and keyset pagination,
 //! projection and relation expansion.
 //!
-//! Until access rules exist (a later capability), records are readable and writable by
-//! any caller that reaches the server; collection management needs the admin token.
+//! Every operation is checked against the collection's access rules for the caller
+//! (see `auth::rules`); records the caller may not view answer 404.
 
 pub mod filter;
 pub mod query;
@@ -20,6 +20,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
+use crate::auth::caller::Caller;
 use crate::error::ApiError;
 use crate::http::extract::JsonBody;
 use crate::http::openapi::ProblemDoc;
@@ -60,7 +61,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
 /// `body: None` serialises the record itself (the common case, without copies).
 fn record_response(
     status: StatusCode,
-    coll: &str,
+    coll: &crate::collections::model::Collection,
     record: &crate::store::Record,
     body: Option<Value>,
 ) -> Response {
@@ -82,7 +83,7 @@ fn record_response(
         HeaderValue::from_static(RECORD_CACHE_CONTROL),
     );
     if status == StatusCode::CREATED
-        && let Ok(v) = HeaderValue::from_str(&record_href(coll, &record.id))
+        && let Ok(v) = HeaderValue::from_str(&record_href(coll.name(), &record.id))
     {
         h.insert(header::LOCATION, v);
     }
@@ -115,6 +116,7 @@ fn record_response(
 )]
 async fn list_records(
     State(state): State<AppState>,
+    caller: Caller,
     Path(collection): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -122,9 +124,10 @@ async fn list_records(
     let coll = service::collection(&state, &collection)?;
     let query = query.unwrap_or_default();
     let params = ListParams::from_query(&query);
-    let page = service::list(&state, &coll, &params).await?;
+    let page = service::list(&state, &caller, &coll, &params).await?;
     let items = render_many(
         &state,
+        &caller,
         &coll,
         page.records(),
         page.plan.fields.as_deref(),
@@ -189,20 +192,16 @@ async fn list_records(
 )]
 async fn create_record(
     State(state): State<AppState>,
+    caller: Caller,
     Path(collection): Path<String>,
     JsonBody(input): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
     let coll = service::collection(&state, &collection)?;
-    let op = service::prepare_create(&coll, input)?;
+    let op = service::prepare_create(&state, &caller, &coll, input).await?;
     let record = service::write_one(&state, op)
         .await?
         .ok_or_else(|| ApiError::internal("create returned no record"))?;
-    Ok(record_response(
-        StatusCode::CREATED,
-        coll.name(),
-        &record,
-        None,
-    ))
+    Ok(record_response(StatusCode::CREATED, &coll, &record, None))
 }
 
 #[utoipa::path(
@@ -224,12 +223,13 @@ async fn create_record(
 )]
 async fn get_record(
     State(state): State<AppState>,
+    caller: Caller,
     Path((collection, id)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let coll = service::collection(&state, &collection)?;
-    let record = service::get(&state, &coll, &id).await?;
+    let record = service::get_visible(&state, &caller, &coll, &id).await?;
     let (fields, expand) = match query.as_deref() {
         Some(q) if !q.is_empty() => {
             let p = ListParams::from_query(q);
@@ -261,7 +261,7 @@ async fn get_record(
             .is_some_and(|(since, updated)| updated <= since),
     };
     if fresh && !shaped {
-        let mut res = record_response(StatusCode::OK, coll.name(), &record, Some(Value::Null));
+        let mut res = record_response(StatusCode::OK, &coll, &record, Some(Value::Null));
         *res.status_mut() = StatusCode::NOT_MODIFIED;
         *res.body_mut() = axum::body::Body::empty();
         res.headers_mut().remove(header::CONTENT_TYPE);
@@ -269,10 +269,11 @@ async fn get_record(
         return Ok(res);
     }
     if !shaped {
-        return Ok(record_response(StatusCode::OK, coll.name(), &record, None));
+        return Ok(record_response(StatusCode::OK, &coll, &record, None));
     }
     let mut items = render_many(
         &state,
+        &caller,
         &coll,
         std::slice::from_ref(&*record),
         fields.as_deref(),
@@ -280,7 +281,7 @@ async fn get_record(
     )
     .await?;
     let body = items.pop().unwrap_or(Value::Null);
-    let mut res = record_response(StatusCode::OK, coll.name(), &record, Some(body));
+    let mut res = record_response(StatusCode::OK, &coll, &record, Some(body));
     {
         res.headers_mut().remove(header::ETAG);
         res.headers_mut().remove(header::LAST_MODIFIED);
@@ -290,6 +291,7 @@ async fn get_record(
 
 async fn update(
     state: AppState,
+    caller: Caller,
     collection: String,
     id: String,
     headers: HeaderMap,
@@ -298,8 +300,8 @@ async fn update(
 ) -> Result<Response, ApiError> {
     let coll = service::collection(&state, &collection)?;
     let if_match = if_match(&headers)?;
-    let record = service::update(&state, &coll, &id, input, mode, if_match).await?;
-    Ok(record_response(StatusCode::OK, coll.name(), &record, None))
+    let record = service::update(&state, &caller, &coll, &id, input, mode, if_match).await?;
+    Ok(record_response(StatusCode::OK, &coll, &record, None))
 }
 
 #[utoipa::path(
@@ -322,11 +324,12 @@ async fn update(
 )]
 async fn replace_record(
     State(state): State<AppState>,
+    caller: Caller,
     Path((collection, id)): Path<(String, String)>,
     headers: HeaderMap,
     JsonBody(input): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
-    update(state, collection, id, headers, input, Mode::Replace).await
+    update(state, caller, collection, id, headers, input, Mode::Replace).await
 }
 
 #[utoipa::path(
@@ -349,11 +352,12 @@ async fn replace_record(
 )]
 async fn patch_record(
     State(state): State<AppState>,
+    caller: Caller,
     Path((collection, id)): Path<(String, String)>,
     headers: HeaderMap,
     JsonBody(input): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
-    update(state, collection, id, headers, input, Mode::Patch).await
+    update(state, caller, collection, id, headers, input, Mode::Patch).await
 }
 
 #[utoipa::path(
@@ -374,11 +378,12 @@ async fn patch_record(
 )]
 async fn delete_record(
     State(state): State<AppState>,
+    caller: Caller,
     Path((collection, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let coll = service::collection(&state, &collection)?;
-    let op = service::prepare_delete(&state, &coll, &id, if_match(&headers)?).await?;
+    let op = service::prepare_delete(&state, &caller, &coll, &id, if_match(&headers)?).await?;
     service::write_one(&state, op).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::collections::model::{Collection, FieldType, SYSTEM_FIELDS, is_identifier};
 use crate::error::{ApiError, FieldErrors, push_field_error};
-use crate::records::filter::{FilterError, compile};
+use crate::records::filter::{Env, FilterError, compile};
 use crate::store::Record;
 use crate::store::sql::{Dialect, Sql, SqlValue, record_columns};
 
@@ -116,7 +116,8 @@ pub fn plan(
     coll: &Collection,
     params: &ListParams,
     dialect: Dialect,
-    now: &str,
+    now: &Env<'_>,
+    rule: Option<&lintel_filter::Expr>,
 ) -> Result<ListPlan, ApiError> {
     let mut errors = FieldErrors::new();
     let per_page = match params.per_page.as_deref() {
@@ -230,15 +231,44 @@ pub fn plan(
     };
 
     let t = coll.name();
+    // The access rule and the client's filter, ANDed: a list or a count only ever
+    // sees the rows the rule permits.
+    let condition = |sql: &mut Sql| -> Result<bool, ApiError> {
+        let mut any = false;
+        if let Some(rule) = rule {
+            sql.push(" WHERE (");
+            let mut part = Sql::new(dialect);
+            part.params = std::mem::take(&mut sql.params);
+            let before = part.params.len();
+            match compile(rule, coll, now, &mut part) {
+                Ok(()) => {
+                    sql.params = part.params;
+                    sql.push(&part.text);
+                }
+                Err(e) => {
+                    // A rule that cannot run for this caller permits nothing.
+                    tracing::warn!(collection = t, error = %e.message, "list rule failed; denying");
+                    part.params.truncate(before);
+                    sql.params = part.params;
+                    sql.push("1 = 0");
+                }
+            }
+            sql.push(")");
+            any = true;
+        }
+        if let Some(expr) = &expr {
+            sql.push(if any { " AND " } else { " WHERE " });
+            compile(expr, coll, now, sql).map_err(filter_error)?;
+            any = true;
+        }
+        Ok(any)
+    };
     let count = if skip_total {
         None
     } else {
         let mut c = Sql::new(dialect);
         c.push("SELECT COUNT(*) FROM ").ident(t);
-        if let Some(expr) = &expr {
-            c.push(" WHERE ");
-            compile(expr, coll, now, &mut c).map_err(filter_error)?;
-        }
+        condition(&mut c)?;
         Some(c)
     };
 
@@ -246,12 +276,7 @@ pub fn plan(
     select.push("SELECT ");
     record_columns(&mut select, coll);
     select.push(" FROM ").ident(t);
-    let mut has_where = false;
-    if let Some(expr) = &expr {
-        select.push(" WHERE ");
-        compile(expr, coll, now, &mut select).map_err(filter_error)?;
-        has_where = true;
-    }
+    let has_where = condition(&mut select)?;
     if let PageMode::Cursor { after: Some(cur) } = &mode {
         select.push(if has_where { " AND " } else { " WHERE " });
         keyset_condition(&mut select, t, &sort, &cur.k);
@@ -320,7 +345,7 @@ fn parse_sort(coll: &Collection, text: &str) -> Result<Vec<SortKey>, String> {
             }
             SortTarget::Path(path)
         } else {
-            match coll.field(name) {
+            match coll.field(name).filter(|f| !f.hidden) {
                 Some(f) if f.field_type != FieldType::Json && !f.multiple => {
                     SortTarget::Column(name.to_owned())
                 }
@@ -372,7 +397,7 @@ fn parse_fields(coll: &Collection, text: &str) -> Result<Vec<String>, String> {
             || if coll.is_document() {
                 is_identifier(name)
             } else {
-                coll.field(name).is_some()
+                coll.field(name).is_some_and(|f| !f.hidden)
             };
         if !ok {
             return Err(format!(

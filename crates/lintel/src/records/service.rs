@@ -8,7 +8,9 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use crate::app::AppState;
-use crate::collections::model::{Collection, FieldType};
+use crate::auth::caller::Caller;
+use crate::auth::{audit, password, rules};
+use crate::collections::model::{Action, Collection, FieldType};
 use crate::error::ApiError;
 use crate::records::query::{ListParams, ListPlan, PageMode, encode_cursor, plan};
 use crate::records::validate::{Mode, is_record_id, validate_document, validate_table};
@@ -83,8 +85,9 @@ pub fn render(coll: &Collection, record: &Record, fields: Option<&[String]>) -> 
     if want("version") {
         out.insert("version".into(), Value::from(record.version));
     }
+    let hidden = coll.has_hidden();
     for (k, v) in &record.data {
-        if want(k) {
+        if want(k) && !(hidden && coll.is_hidden(k)) {
             out.insert(k.clone(), v.clone());
         }
     }
@@ -98,7 +101,7 @@ pub fn render(coll: &Collection, record: &Record, fields: Option<&[String]>) -> 
 /// A record as clients see it, serialised straight from the stored record (the same
 /// members and order as [`render`] without `fields`), without copying any value.
 pub struct RecordView<'a> {
-    pub coll: &'a str,
+    pub coll: &'a Collection,
     pub record: &'a Record,
 }
 
@@ -122,15 +125,18 @@ impl serde::Serialize for RecordView<'_> {
             }
         }
         let r = self.record;
-        let mut m = s.serialize_map(Some(r.data.len() + 5))?;
+        let hidden = self.coll.has_hidden();
+        let mut m = s.serialize_map(None)?;
         m.serialize_entry("id", &r.id)?;
         m.serialize_entry("created", &r.created)?;
         m.serialize_entry("updated", &r.updated)?;
         m.serialize_entry("version", &r.version)?;
         for (k, v) in &r.data {
-            m.serialize_entry(k, v)?;
+            if !(hidden && self.coll.is_hidden(k)) {
+                m.serialize_entry(k, v)?;
+            }
         }
-        m.serialize_entry("_links", &Links(record_href(self.coll, &r.id)))?;
+        m.serialize_entry("_links", &Links(record_href(self.coll.name(), &r.id)))?;
         m.end()
     }
 }
@@ -147,28 +153,191 @@ fn truncate(s: &str) -> String {
     s.chars().take(48).collect()
 }
 
-/// A new record from client input.
-pub fn prepare_create(
+/// 403 for an action the rules refuse, recorded in the audit log.
+pub fn denied(state: &AppState, caller: &Caller, coll: &Collection, action: Action) -> ApiError {
+    audit::record(
+        state,
+        audit::Event::new("rule_denied", "denied")
+            .actor(caller.actor())
+            .collection(coll.name())
+            .ip(caller.ip.clone())
+            .detail(json!({ "action": action.as_str() })),
+    );
+    if caller.is_anonymous() {
+        ApiError::unauthorized(format!(
+            "Sign in: {} on '{}' is not open to anonymous callers.",
+            action.as_str(),
+            coll.name()
+        ))
+    } else {
+        ApiError::forbidden(
+            "forbidden",
+            format!(
+                "The collection's {} rule does not allow this.",
+                action.as_str()
+            ),
+        )
+    }
+}
+
+/// Refuses fields only superusers may set (and the password hash, which nobody sets).
+fn check_protected(
+    caller: &Caller,
+    coll: &Collection,
+    input: &Map<String, Value>,
+    updating: bool,
+) -> Result<(), ApiError> {
+    let mut errors = crate::error::FieldErrors::new();
+    for k in input.keys() {
+        let Some(f) = coll.field(k) else { continue };
+        if coll.is_auth() && k == "passwordHash" {
+            crate::error::push_field_error(
+                &mut errors,
+                k,
+                "protected",
+                "set the password with 'password'",
+            );
+        } else if coll.is_auth() && k == "email" && updating && !caller.is_superuser() {
+            crate::error::push_field_error(
+                &mut errors,
+                k,
+                "protected",
+                "change the email with POST /v1/auth/request-email-change",
+            );
+        } else if f.protected && !caller.is_superuser() {
+            crate::error::push_field_error(
+                &mut errors,
+                k,
+                "protected",
+                "only superusers can set this field",
+            );
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation(errors))
+    }
+}
+
+/// Takes `password` (and `oldPassword`) out of an auth record's input and returns the
+/// new hash; checks the old password for callers other than superusers.
+async fn take_password(
+    state: &AppState,
+    caller: &Caller,
+    input: &mut Map<String, Value>,
+    current: Option<&Record>,
+) -> Result<Option<String>, ApiError> {
+    let old = input.remove("oldPassword");
+    let Some(pw) = input.remove("password") else {
+        return if current.is_none() {
+            Err(ApiError::field("password", "required", "is required"))
+        } else {
+            Ok(None)
+        };
+    };
+    let Value::String(pw) = pw else {
+        return Err(ApiError::field(
+            "password",
+            "invalid_type",
+            "must be a string",
+        ));
+    };
+    let email = match (input.get("email"), current) {
+        (Some(Value::String(e)), _) => e.clone(),
+        (_, Some(r)) => r
+            .data
+            .get("email")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
+        _ => String::new(),
+    };
+    if let (Some(current), false) = (current, caller.is_superuser()) {
+        let hash = current
+            .data
+            .get("passwordHash")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let ok = match old {
+            Some(Value::String(o)) => password::verify(hash, o).await,
+            _ => false,
+        };
+        if !ok {
+            return Err(ApiError::field(
+                "oldPassword",
+                "invalid",
+                "the current password is needed to set a new one",
+            ));
+        }
+    }
+    password::check(&state.config.auth, &pw, &email)
+        .map_err(|(code, msg)| ApiError::field("password", code, msg))?;
+    Ok(Some(password::hash(&state.config.auth, pw).await?))
+}
+
+/// A new record from client input, checked against the create rule.
+pub async fn prepare_create(
+    state: &AppState,
+    caller: &Caller,
     coll: &Arc<Collection>,
-    input: Map<String, Value>,
+    mut input: Map<String, Value>,
 ) -> Result<WriteOp, ApiError> {
-    let data = if coll.is_document() {
+    caller.require_scope(coll.name(), Action::Create)?;
+    if rules::is_denied_outright(caller, coll, Action::Create) {
+        return Err(denied(state, caller, coll, Action::Create));
+    }
+    check_protected(caller, coll, &input, false)?;
+    let hash = if coll.is_auth() {
+        if let Some(Value::String(e)) = input.get_mut("email") {
+            *e = crate::auth::routes::normalize_email(e);
+        }
+        take_password(state, caller, &mut input, None).await?
+    } else {
+        None
+    };
+    let body = input.clone();
+    let mut data = if coll.is_document() {
         validate_document(coll, &input).map_err(ApiError::validation)?;
         input
     } else {
         validate_table(coll, &input, Mode::Create).map_err(ApiError::validation)?
     };
+    if let Some(h) = hash {
+        data.insert("passwordHash".into(), Value::String(h));
+    }
     let now = crate::clock::now();
+    let record = Record {
+        id: crate::ids::record_id(),
+        created: now.clone(),
+        updated: now,
+        version: 1,
+        data,
+    };
+    if !rules::allows(caller, coll, Action::Create, &record, Some(&body)) {
+        return Err(denied(state, caller, coll, Action::Create));
+    }
     Ok(WriteOp::Insert {
         coll: coll.clone(),
-        record: Record {
-            id: crate::ids::record_id(),
-            created: now.clone(),
-            updated: now,
-            version: 1,
-            data,
-        },
+        record,
     })
+}
+
+/// Reads a record the caller may view, or 404 (also when the view rule hides it).
+pub async fn get_visible(
+    state: &AppState,
+    caller: &Caller,
+    coll: &Arc<Collection>,
+    id: &str,
+) -> Result<Arc<Record>, ApiError> {
+    caller.require_scope(coll.name(), Action::View)?;
+    let record = get(state, coll, id).await?;
+    if rules::allows(caller, coll, Action::View, &record, None) {
+        Ok(record)
+    } else {
+        Err(store_error(StoreError::NotFound))
+    }
 }
 
 /// Reads a record by id, or 404 (also for ids that cannot exist).
@@ -199,15 +368,30 @@ pub async fn get(
 }
 
 /// An update of a stored record: PUT (`Mode::Replace`) or PATCH (`Mode::Patch`).
+/// A record the caller cannot view is 404; one it can view but not update is 403.
 pub async fn prepare_update(
     state: &AppState,
+    caller: &Caller,
     coll: &Arc<Collection>,
     id: &str,
-    input: Map<String, Value>,
+    mut input: Map<String, Value>,
     mode: Mode,
     if_match: Option<&str>,
 ) -> Result<WriteOp, ApiError> {
-    let current = get(state, coll, id).await?;
+    caller.require_scope(coll.name(), Action::Update)?;
+    let current = get_visible(state, caller, coll, id).await?;
+    check_protected(caller, coll, &input, true)?;
+    let hash = if coll.is_auth() {
+        if let Some(Value::String(e)) = input.get_mut("email") {
+            *e = crate::auth::routes::normalize_email(e);
+        }
+        take_password(state, caller, &mut input, Some(&current)).await?
+    } else {
+        None
+    };
+    if !rules::allows(caller, coll, Action::Update, &current, Some(&input)) {
+        return Err(denied(state, caller, coll, Action::Update));
+    }
     if let Some(h) = if_match
         && !tag_matches(h, &current, false)
     {
@@ -221,10 +405,22 @@ pub async fn prepare_update(
         validate_document(coll, &doc).map_err(ApiError::validation)?;
         doc
     } else {
-        let values = validate_table(coll, &input, mode).map_err(ApiError::validation)?;
+        // PUT replaces the client's fields; the protected ones stay as they were
+        // unless a superuser sends them.
+        let mut values = validate_table(coll, &input, mode).map_err(ApiError::validation)?;
+        if mode == Mode::Replace {
+            for f in coll.fields() {
+                if (f.protected || f.hidden) && !input.contains_key(&f.name) {
+                    values.remove(&f.name);
+                }
+            }
+        }
         let mut data = current.data.clone();
         for (k, v) in values {
             data.insert(k, v);
+        }
+        if let Some(h) = hash {
+            data.insert("passwordHash".into(), Value::String(h));
         }
         data
     };
@@ -263,13 +459,40 @@ fn merge_patch(mut target: Map<String, Value>, patch: Map<String, Value>) -> Map
     target
 }
 
-/// A delete, checked against `If-Match` when given.
+/// A delete, checked against the rules and `If-Match` when given.
 pub async fn prepare_delete(
     state: &AppState,
+    caller: &Caller,
     coll: &Arc<Collection>,
     id: &str,
     if_match: Option<&str>,
 ) -> Result<WriteOp, ApiError> {
+    caller.require_scope(coll.name(), Action::Delete)?;
+    let ruled = !matches!(
+        coll.rule(Action::Delete),
+        crate::collections::model::Rule::Anyone
+    ) || !matches!(
+        coll.rule(Action::View),
+        crate::collections::model::Rule::Anyone
+    );
+    if ruled && !caller.is_superuser() {
+        // The rule was checked against this version: delete only that version.
+        let current = get_visible(state, caller, coll, id).await?;
+        if !rules::allows(caller, coll, Action::Delete, &current, None) {
+            return Err(denied(state, caller, coll, Action::Delete));
+        }
+        if let Some(h) = if_match
+            && !tag_matches(h, &current, false)
+        {
+            return Err(store_error(StoreError::VersionConflict));
+        }
+        return Ok(WriteOp::Delete {
+            coll: coll.clone(),
+            id: id.to_owned(),
+            expected_version: Some(current.version),
+            referrers: state.catalog().referrers(coll.name()),
+        });
+    }
     let expected_version = match if_match {
         Some(h) => {
             let current = get(state, coll, id).await?;
@@ -298,14 +521,9 @@ pub async fn apply_writes(
     state: &AppState,
     ops: Vec<WriteOp>,
 ) -> Result<Vec<WriteOutcome>, WriteError> {
-    let targets: Vec<(String, String)> = ops
+    let targets: Vec<Option<(String, String)>> = ops
         .iter()
-        .map(|op| match op {
-            WriteOp::Insert { coll, record } | WriteOp::Update { coll, record, .. } => {
-                (coll.name().to_owned(), record.id.clone())
-            }
-            WriteOp::Delete { coll, id, .. } => (coll.name().to_owned(), id.clone()),
-        })
+        .map(|op| op.target().map(|(c, id)| (c.to_owned(), id.to_owned())))
         .collect();
     // The write and the cache update run to completion in their own task: a request
     // dropped mid-way (time limit, client gone) must not leave a committed write
@@ -315,10 +533,11 @@ pub async fn apply_writes(
         let result = state.store.write(ops).await;
         match &result {
             Ok(outcomes) => {
-                for ((coll, id), outcome) in targets.iter().zip(outcomes) {
+                for (target, outcome) in targets.iter().zip(outcomes) {
+                    let Some((coll, id)) = target else { continue };
                     let record = match outcome {
                         WriteOutcome::Written(r) => Some(r.clone()),
-                        WriteOutcome::Deleted => None,
+                        _ => None,
                     };
                     state.cache.written(coll, id, record);
                 }
@@ -326,7 +545,7 @@ pub async fn apply_writes(
             Err(_) => {
                 // Nothing of a failed batch is kept, but a failed commit leaves doubt:
                 // forget what these records had cached.
-                for (coll, id) in &targets {
+                for (coll, id) in targets.iter().flatten() {
                     state.cache.written(coll, id, None);
                 }
             }
@@ -356,6 +575,7 @@ pub async fn write_one(state: &AppState, op: WriteOp) -> Result<Option<Record>, 
 /// fresh record (a few times) instead of failing.
 pub async fn update(
     state: &AppState,
+    caller: &Caller,
     coll: &Arc<Collection>,
     id: &str,
     input: Map<String, Value>,
@@ -365,10 +585,28 @@ pub async fn update(
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let op = prepare_update(state, coll, id, input.clone(), mode, if_match).await?;
+        let op = prepare_update(state, caller, coll, id, input.clone(), mode, if_match).await?;
         match apply_writes(state, vec![op]).await {
             Ok(mut out) => {
                 if let Some(WriteOutcome::Written(r)) = out.pop() {
+                    if coll.is_auth() && input.contains_key("password") {
+                        // A new password ends every session of the account.
+                        let n = state
+                            .auth
+                            .sessions
+                            .revoke_all(coll.name(), id, crate::clock::now_ms())
+                            .await
+                            .map_err(store_error)?;
+                        audit::record(
+                            state,
+                            audit::Event::new("password_changed", "ok")
+                                .actor(caller.actor())
+                                .collection(coll.name())
+                                .subject(id)
+                                .ip(caller.ip.clone())
+                                .detail(json!({ "sessionsRevoked": n })),
+                        );
+                    }
                     return Ok(r);
                 }
                 return Err(ApiError::internal("update returned no record"));
@@ -409,11 +647,24 @@ impl ListPage {
 
 pub async fn list(
     state: &AppState,
+    caller: &Caller,
     coll: &Arc<Collection>,
     params: &ListParams,
 ) -> Result<ListPage, ApiError> {
+    caller.require_scope(coll.name(), Action::List)?;
     let now = crate::clock::now();
-    let plan = plan(coll, params, state.store.dialect(), &now)?;
+    let rule = match rules::list_access(caller, coll) {
+        rules::ListAccess::All => None,
+        rules::ListAccess::Filter(e) => Some(e),
+        rules::ListAccess::Denied => return Err(denied(state, caller, coll, Action::List)),
+    };
+    let auth = caller.auth_fields();
+    let env = crate::records::filter::Env {
+        now: &now,
+        auth: auth.as_ref(),
+        body: None,
+    };
+    let plan = plan(coll, params, state.store.dialect(), &env, rule)?;
     // One stamp, taken before any read, guards both cached parts.
     let before = state.cache.stamp(coll.name());
     let page_key = format!("{}\u{0}{:?}", plan.select.text, plan.select.params);
@@ -459,6 +710,7 @@ pub async fn list(
 /// Renders records, with relations expanded when asked.
 pub async fn render_many(
     state: &AppState,
+    caller: &Caller,
     coll: &Arc<Collection>,
     records: &[Record],
     fields: Option<&[String]>,
@@ -495,7 +747,12 @@ pub async fn render_many(
                 .await
                 .map_err(store_error)?
             {
-                found.insert(rec.id.clone(), Value::Object(render(&target, &rec, None)));
+                // An expanded record is shown only to callers who may view it.
+                if caller.scope_allows(target.name(), Action::View)
+                    && rules::allows(caller, &target, Action::View, &rec, None)
+                {
+                    found.insert(rec.id.clone(), Value::Object(render(&target, &rec, None)));
+                }
             }
         }
         expanded.insert(name.clone(), found);

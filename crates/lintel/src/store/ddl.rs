@@ -125,7 +125,7 @@ fn create(
                 "TEXT"
             }
         )),
-        CollectionKind::Table => {
+        CollectionKind::Table | CollectionKind::Auth => {
             for f in &spec.fields {
                 cols.push(format!(
                     "{} {}",
@@ -319,6 +319,10 @@ fn alter_collection(
         };
     }
 
+    if let Some(rules) = &alter.rules {
+        spec.rules = rules.clone();
+    }
+
     let errors = validate_spec(&spec, &names(specs), true);
     if !errors.is_empty() {
         return Err(format!(
@@ -334,6 +338,7 @@ fn alter_collection(
         && alter.add_indexes.is_empty()
         && alter.drop_indexes.is_empty()
         && alter.schema.is_none()
+        && alter.rules.is_none()
     {
         return Err(format!("nothing to change in collection '{}'", spec.name));
     }
@@ -392,6 +397,8 @@ mod tests {
             values: None,
             collection: None,
             multiple: false,
+            hidden: false,
+            protected: false,
         }
     }
 
@@ -404,6 +411,7 @@ mod tests {
             fields: vec![field("title", FieldType::Text)],
             indexes: vec![],
             schema: None,
+            rules: Default::default(),
         };
         let steps = plan(
             Dialect::Sqlite,

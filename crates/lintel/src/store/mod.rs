@@ -23,6 +23,95 @@ use crate::migrations::{AppliedMigration, Migration};
 pub use sql::{Dialect, Sql, SqlValue};
 pub use write::{WriteError, WriteOp, WriteOutcome};
 
+/// Lintel's identity tables, the same text for both dialects (only portable types:
+/// times are epoch milliseconds in BIGINT, flags are 0/1).
+pub const AUTH_TABLES: &str = "CREATE TABLE _lintel_superusers (
+            id TEXT PRIMARY KEY NOT NULL,
+            email TEXT NOT NULL UNIQUE,
+            password_hash TEXT NOT NULL,
+            created BIGINT NOT NULL,
+            updated BIGINT NOT NULL
+        );
+        CREATE TABLE _lintel_sessions (
+            id TEXT PRIMARY KEY NOT NULL,
+            kind TEXT NOT NULL,
+            collection TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            secret_hash TEXT UNIQUE,
+            csrf TEXT,
+            created BIGINT NOT NULL,
+            last_seen BIGINT NOT NULL,
+            expires BIGINT NOT NULL,
+            revoked BIGINT,
+            ip TEXT,
+            user_agent TEXT
+        );
+        CREATE INDEX _lintel_sessions_user ON _lintel_sessions (collection, user_id);
+        CREATE TABLE _lintel_refresh_tokens (
+            hash TEXT PRIMARY KEY NOT NULL,
+            session_id TEXT NOT NULL,
+            created BIGINT NOT NULL,
+            expires BIGINT NOT NULL,
+            used BIGINT
+        );
+        CREATE INDEX _lintel_refresh_tokens_session ON _lintel_refresh_tokens (session_id);
+        CREATE TABLE _lintel_api_keys (
+            id TEXT PRIMARY KEY NOT NULL,
+            name TEXT NOT NULL,
+            key_hash TEXT NOT NULL,
+            collection TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            scopes TEXT NOT NULL,
+            created BIGINT NOT NULL,
+            expires BIGINT,
+            revoked BIGINT,
+            last_used BIGINT
+        );
+        CREATE INDEX _lintel_api_keys_user ON _lintel_api_keys (collection, user_id);
+        CREATE TABLE _lintel_auth_tokens (
+            hash TEXT PRIMARY KEY NOT NULL,
+            purpose TEXT NOT NULL,
+            collection TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            data TEXT,
+            created BIGINT NOT NULL,
+            expires BIGINT NOT NULL,
+            used BIGINT
+        );
+        CREATE TABLE _lintel_mfa (
+            collection TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            secret TEXT NOT NULL,
+            enabled BIGINT NOT NULL,
+            last_step BIGINT NOT NULL,
+            recovery TEXT NOT NULL,
+            created BIGINT NOT NULL,
+            PRIMARY KEY (collection, user_id)
+        );
+        CREATE TABLE _lintel_oauth_states (
+            hash TEXT PRIMARY KEY NOT NULL,
+            provider TEXT NOT NULL,
+            verifier TEXT NOT NULL,
+            nonce TEXT NOT NULL,
+            redirect TEXT,
+            mode TEXT NOT NULL,
+            created BIGINT NOT NULL,
+            expires BIGINT NOT NULL
+        );
+        CREATE TABLE _lintel_audit (
+            id TEXT PRIMARY KEY NOT NULL,
+            at BIGINT NOT NULL,
+            event TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            actor TEXT,
+            collection TEXT,
+            subject TEXT,
+            ip TEXT,
+            request_id TEXT,
+            detail TEXT
+        );
+        CREATE INDEX _lintel_audit_event ON _lintel_audit (event, at);";
+
 /// A record as stored: system fields plus the field values (table) or the document.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
@@ -122,6 +211,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Runs a query returning one integer (a count).
     async fn query_count(&self, sql: Sql) -> Result<i64, StoreError>;
+
+    /// Runs a query on Lintel's own tables; each row as JSON scalars (text, integer,
+    /// float, null). Always answered by the primary, so a read follows its write.
+    async fn query_rows(&self, sql: Sql) -> Result<Vec<Vec<Value>>, StoreError>;
 
     /// Applies record writes in one transaction, all or nothing. On failure the error
     /// names the index of the operation that failed.

@@ -78,6 +78,7 @@ pub const SYSTEM_MIGRATIONS: &[(i64, &str, &str)] = &[
         );
         CREATE INDEX _lintel_idempotency_created ON _lintel_idempotency (created_ms);",
     ),
+    (3, "auth", crate::store::AUTH_TABLES),
 ];
 
 impl ToSql for SqlValue {
@@ -378,6 +379,45 @@ async fn query_i64<C: GenericClient>(c: &C, sql: &Sql) -> Result<i64, StoreError
         .ok_or_else(|| StoreError::Internal("a count returned no row".into()))
 }
 
+/// A row of a system query as JSON scalars, by column type.
+fn row_values(row: &Row) -> Result<Vec<Value>, StoreError> {
+    let bad = |e: tokio_postgres::Error| StoreError::Internal(format!("decoding a row: {e}"));
+    let mut out = Vec::with_capacity(row.len());
+    for (i, col) in row.columns().iter().enumerate() {
+        let t = col.type_();
+        let v = if *t == Type::INT8 {
+            row.try_get::<_, Option<i64>>(i)
+                .map_err(bad)?
+                .map(Value::from)
+        } else if *t == Type::INT4 {
+            row.try_get::<_, Option<i32>>(i)
+                .map_err(bad)?
+                .map(Value::from)
+        } else if *t == Type::INT2 {
+            row.try_get::<_, Option<i16>>(i)
+                .map_err(bad)?
+                .map(Value::from)
+        } else if *t == Type::BOOL {
+            row.try_get::<_, Option<bool>>(i)
+                .map_err(bad)?
+                .map(Value::Bool)
+        } else if *t == Type::FLOAT8 {
+            row.try_get::<_, Option<f64>>(i)
+                .map_err(bad)?
+                .and_then(Number::from_f64)
+                .map(Value::Number)
+        } else if *t == Type::JSONB || *t == Type::JSON {
+            row.try_get::<_, Option<Value>>(i).map_err(bad)?
+        } else {
+            row.try_get::<_, Option<String>>(i)
+                .map_err(bad)?
+                .map(Value::String)
+        };
+        out.push(v.unwrap_or(Value::Null));
+    }
+    Ok(out)
+}
+
 fn decode_record(coll: &Collection, row: &Row) -> Result<Record, StoreError> {
     let bad = |e: tokio_postgres::Error| StoreError::Internal(format!("decoding a record: {e}"));
     let mut data = Map::new();
@@ -621,7 +661,7 @@ async fn lock_in_order(c: &Object, ops: &[WriteOp]) -> Result<(), StoreError> {
                     .or_default()
                     .insert(id);
             }
-            WriteOp::Insert { .. } => {}
+            WriteOp::Insert { .. } | WriteOp::System { .. } => {}
         }
     }
     for ((coll, mode), ids) in targets {
@@ -650,13 +690,9 @@ async fn apply_all(
     let mut out = Vec::with_capacity(ops.len());
     let mut lines = Vec::with_capacity(ops.len());
     for (index, op) in ops.into_iter().enumerate() {
-        let (coll, id) = match &op {
-            WriteOp::Insert { coll, record } | WriteOp::Update { coll, record, .. } => {
-                (coll.name().to_owned(), record.id.clone())
-            }
-            WriteOp::Delete { coll, id, .. } => (coll.name().to_owned(), id.clone()),
-        };
-        lines.push(format!("r\t{coll}\t{id}"));
+        if let Some((coll, id)) = op.target() {
+            lines.push(format!("r\t{coll}\t{id}"));
+        }
         out.push(
             apply_op(c, op)
                 .await
@@ -831,6 +867,13 @@ async fn apply_op<C: GenericClient>(c: &C, op: WriteOp) -> Result<WriteOutcome, 
             }
             Ok(WriteOutcome::Deleted)
         }
+        WriteOp::System { sql, expect } => {
+            let n = execute(c, &sql, None).await?;
+            if expect.is_some_and(|e| e != n) {
+                return Err(StoreError::NotFound);
+            }
+            Ok(WriteOutcome::Affected(n))
+        }
     }
 }
 
@@ -861,6 +904,12 @@ impl Store for PgStore {
     async fn query_count(&self, sql: Sql) -> Result<i64, StoreError> {
         let c = self.db_read().await?;
         query_i64(&c, &sql).await
+    }
+
+    async fn query_rows(&self, sql: Sql) -> Result<Vec<Vec<Value>>, StoreError> {
+        let c = self.db_write().await?;
+        let rows = query(&c, &sql, None).await?;
+        rows.iter().map(row_values).collect()
     }
 
     async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, WriteError> {

@@ -33,6 +33,24 @@ pub enum WriteOp {
         /// Collections and fields that relate to `coll`, checked before deleting.
         referrers: Vec<(Arc<Collection>, FieldSpec)>,
     },
+    /// A statement on one of Lintel's own tables (sessions, tokens, audit...), in the
+    /// same transaction as the record writes beside it. With `expect`, any other
+    /// number of changed rows fails the whole transaction with `NotFound` (a token
+    /// already used, a session already revoked).
+    System { sql: Sql, expect: Option<u64> },
+}
+
+impl WriteOp {
+    /// The record an op writes, for the read cache and change notices.
+    pub fn target(&self) -> Option<(&str, &str)> {
+        match self {
+            WriteOp::Insert { coll, record } | WriteOp::Update { coll, record, .. } => {
+                Some((coll.name(), &record.id))
+            }
+            WriteOp::Delete { coll, id, .. } => Some((coll.name(), id)),
+            WriteOp::System { .. } => None,
+        }
+    }
 }
 
 /// A failed batch of ops: which op failed (0 when the commit itself failed) and why.
@@ -53,6 +71,8 @@ impl From<StoreError> for WriteError {
 pub enum WriteOutcome {
     Written(Record),
     Deleted,
+    /// A system statement ran and changed this many rows.
+    Affected(u64),
 }
 
 fn record_values(coll: &Collection, record: &Record) -> Vec<SqlValue> {

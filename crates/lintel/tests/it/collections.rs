@@ -22,7 +22,10 @@ async fn collection_management_needs_the_admin_token() {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     let r = app.admin(Method::GET, "/v1/collections", None).await;
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.body["items"], json!([]));
+    // A fresh project has only the built-in users collection.
+    assert_eq!(r.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(r.body["items"][0]["name"], "users");
+    assert_eq!(r.body["items"][0]["kind"], "auth");
     app.shutdown().await;
 }
 
@@ -42,7 +45,11 @@ async fn create_get_list_and_drop() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["fields"][0]["name"], "body");
     let r = app.admin(Method::GET, "/v1/collections", None).await;
-    assert_eq!(r.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        r.body["items"].as_array().unwrap().len(),
+        2,
+        "notes and users"
+    );
 
     app.create("notes", json!({"body": "hi"})).await;
     let r = app
@@ -172,7 +179,7 @@ async fn bad_definitions_get_field_errors() {
     let files = std::fs::read_dir(app.dir.path().join("migrations"))
         .unwrap()
         .count();
-    assert_eq!(files, 1);
+    assert_eq!(files, 2, "the users collection's and the one accepted");
     app.shutdown().await;
 }
 
@@ -266,8 +273,8 @@ async fn alter_adds_renames_and_drops_fields_and_indexes() {
         .unwrap()
         .count();
     assert_eq!(
-        files, 3,
-        "create + two alters; refused changes write nothing"
+        files, 4,
+        "users, create + two alters; refused changes write nothing"
     );
     app.shutdown().await;
 }

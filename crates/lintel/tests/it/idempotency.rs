@@ -42,7 +42,7 @@ async fn same_key_same_request_replays_without_writing_again() {
         .send(
             app.req(Method::POST, "/v1/collections/authors/records")
                 .header("idempotency-key", "key-1")
-                .bearer_auth("someone-else")
+                .bearer_auth(crate::common::ADMIN_TOKEN)
                 .json(&json!({"name": "Bob"})),
         )
         .await;

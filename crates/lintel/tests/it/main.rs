@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! data folder and speaks HTTP to it. One binary, so linking happens once.
 
+mod auth;
 mod batch;
 mod collections;
 mod common;

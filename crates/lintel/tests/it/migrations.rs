@@ -44,7 +44,11 @@ async fn migration_files_reproduce_the_schema_in_a_fresh_data_folder() {
         .await;
     let before = specs(&app.admin(Method::GET, "/v1/collections", None).await.body);
     let files = app.dir.path().join("migrations");
-    assert_eq!(std::fs::read_dir(&files).unwrap().count(), 5);
+    assert_eq!(
+        std::fs::read_dir(&files).unwrap().count(),
+        6,
+        "users and five changes"
+    );
 
     let fresh = tempfile::tempdir().unwrap();
     copy_dir(&files, &fresh.path().join("migrations"));
@@ -67,10 +71,9 @@ async fn an_edited_applied_migration_stops_start_up() {
     let dir = app.stop_keep_dir().await;
     let file = std::fs::read_dir(dir.path().join("migrations"))
         .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("notes"))
+        .unwrap();
     let text = std::fs::read_to_string(&file)
         .unwrap()
         .replace("\"body\"", "\"text\"");

@@ -63,6 +63,7 @@ pub const SYSTEM_MIGRATIONS: &[(i64, &str, &str)] = &[
         );
         CREATE INDEX _lintel_idempotency_created ON _lintel_idempotency (created_ms);",
     ),
+    (3, "auth", crate::store::AUTH_TABLES),
 ];
 
 /// The SQLite implementation of [`Store`].
@@ -277,6 +278,13 @@ fn apply_op(conn: &Connection, op: WriteOp) -> Result<WriteOutcome, StoreError> 
             }
             Ok(WriteOutcome::Deleted)
         }
+        WriteOp::System { sql, expect } => {
+            let n = execute(conn, &sql, None)? as u64;
+            if expect.is_some_and(|e| e != n) {
+                return Err(StoreError::NotFound);
+            }
+            Ok(WriteOutcome::Affected(n))
+        }
     }
 }
 
@@ -307,6 +315,12 @@ impl Store for SqliteStore {
 
     async fn query_count(&self, sql: Sql) -> Result<i64, StoreError> {
         self.exec.read(move |conn| query_i64(conn, &sql)).await
+    }
+
+    async fn query_rows(&self, sql: Sql) -> Result<Vec<Vec<serde_json::Value>>, StoreError> {
+        self.exec
+            .read(move |conn| convert::query_rows(conn, &sql))
+            .await
     }
 
     async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, WriteError> {

@@ -1,0 +1,409 @@
+//! Who is calling: resolved once per request from the bearer credential (the admin
+//! token, an access token or an API key) or the session cookie, and kept in the
+//! request's extensions. Cookie-authenticated unsafe requests must prove they are not
+//! cross-site (an allowed Origin and the session's CSRF token).
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use serde_json::{Map, Value};
+
+use crate::app::AppState;
+use crate::auth::{SUPERUSERS, audit, sessions, superusers, tokens};
+use crate::collections::model::Action;
+use crate::error::ApiError;
+use crate::http::extract::bearer;
+use crate::store::Record;
+
+/// The session cookie.
+pub const SESSION_COOKIE: &str = "lintel_session";
+/// The header carrying the CSRF token of a cookie session.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// The account behind a request.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    Anonymous,
+    /// A superuser account, or the admin token (id `admin`).
+    Superuser {
+        id: String,
+        email: String,
+    },
+    /// A record of an auth collection.
+    User {
+        collection: String,
+        record: Arc<Record>,
+    },
+}
+
+/// How the caller proved who it is.
+#[derive(Debug, Clone)]
+pub enum Via {
+    Nothing,
+    AdminToken,
+    Token { session: String },
+    Cookie { session: String },
+    ApiKey { id: String, scopes: Vec<String> },
+}
+
+/// The caller of a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Principal,
+    pub via: Via,
+    /// The client address, for the audit log.
+    pub ip: Option<String>,
+}
+
+impl Caller {
+    pub fn anonymous() -> Self {
+        Self {
+            principal: Principal::Anonymous,
+            via: Via::Nothing,
+            ip: None,
+        }
+    }
+
+    pub fn is_superuser(&self) -> bool {
+        matches!(self.principal, Principal::Superuser { .. })
+    }
+
+    pub fn is_anonymous(&self) -> bool {
+        matches!(self.principal, Principal::Anonymous)
+    }
+
+    /// The account as (collection, id), for sessions and keys.
+    pub fn account(&self) -> Option<(&str, &str)> {
+        match &self.principal {
+            Principal::Anonymous => None,
+            Principal::Superuser { id, .. } => Some((SUPERUSERS, id)),
+            Principal::User { collection, record } => Some((collection, &record.id)),
+        }
+    }
+
+    /// The session this request belongs to, if any.
+    pub fn session(&self) -> Option<&str> {
+        match &self.via {
+            Via::Token { session } | Via::Cookie { session } => Some(session),
+            _ => None,
+        }
+    }
+
+    /// `@request.auth.*`: the account's visible fields, its id and its collection.
+    pub fn auth_fields(&self) -> Option<Map<String, Value>> {
+        match &self.principal {
+            Principal::Anonymous => None,
+            Principal::Superuser { id, email } => {
+                let mut m = Map::new();
+                m.insert("id".into(), id.clone().into());
+                m.insert("email".into(), email.clone().into());
+                m.insert("collection".into(), SUPERUSERS.into());
+                Some(m)
+            }
+            Principal::User { collection, record } => {
+                let mut m = Map::new();
+                m.insert("id".into(), record.id.clone().into());
+                m.insert("collection".into(), collection.clone().into());
+                m.insert("created".into(), record.created.clone().into());
+                m.insert("updated".into(), record.updated.clone().into());
+                for (k, v) in &record.data {
+                    if k != "passwordHash" {
+                        m.insert(k.clone(), v.clone());
+                    }
+                }
+                Some(m)
+            }
+        }
+    }
+
+    /// Whether an API key's scopes cover `action` on `collection` (always true for
+    /// other credentials).
+    pub fn scope_allows(&self, collection: &str, action: Action) -> bool {
+        let Via::ApiKey { scopes, .. } = &self.via else {
+            return true;
+        };
+        scopes.iter().any(|s| {
+            let Some((c, a)) = s.split_once(':') else {
+                return false;
+            };
+            let coll_ok = c == "*" || c == collection;
+            let act_ok = a == "*"
+                || a == action.as_str()
+                || (a == "read" && matches!(action, Action::List | Action::View))
+                || (a == "write"
+                    && matches!(action, Action::Create | Action::Update | Action::Delete));
+            coll_ok && act_ok
+        })
+    }
+
+    /// The caller as the audit log names it.
+    pub fn actor(&self) -> String {
+        let who = match &self.principal {
+            Principal::Anonymous => "anonymous".to_owned(),
+            Principal::Superuser { id, .. } => format!("{SUPERUSERS}/{id}"),
+            Principal::User { collection, record } => format!("{collection}/{}", record.id),
+        };
+        match &self.via {
+            Via::ApiKey { id, .. } => format!("{who} (api key {id})"),
+            Via::AdminToken => "admin token".to_owned(),
+            _ => who,
+        }
+    }
+
+    /// 403 unless an API key's scopes allow the action.
+    pub fn require_scope(&self, collection: &str, action: Action) -> Result<(), ApiError> {
+        if self.scope_allows(collection, action) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                format!(
+                    "The API key's scopes do not allow {} on '{collection}'.",
+                    action.as_str()
+                ),
+            ))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(c) = parts.extensions.get::<Caller>() {
+            return Ok(c.clone());
+        }
+        let mut caller = resolve(state, parts).await?;
+        caller.ip = client_ip(parts);
+        parts.extensions.insert(caller.clone());
+        Ok(caller)
+    }
+}
+
+/// The peer address of the connection.
+pub fn client_ip(parts: &Parts) -> Option<String> {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+}
+
+fn invalid_token() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+        "The bearer token is invalid, expired or revoked.",
+    )
+}
+
+/// A cookie's value from the request.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim())
+        .filter(|v| !v.is_empty())
+}
+
+async fn resolve(state: &AppState, parts: &Parts) -> Result<Caller, ApiError> {
+    if let Some(token) = bearer(&parts.headers) {
+        if state.admin_token_matches(token) {
+            return Ok(Caller {
+                principal: Principal::Superuser {
+                    id: "admin".into(),
+                    email: String::new(),
+                },
+                via: Via::AdminToken,
+                ip: None,
+            });
+        }
+        if token.starts_with(crate::auth::apikeys::PREFIX) {
+            return crate::auth::apikeys::authenticate(state, token)
+                .await?
+                .ok_or_else(invalid_token);
+        }
+        let claims = state.auth.keys.verify(token).ok_or_else(invalid_token)?;
+        let now = crate::clock::now_ms();
+        let session = state
+            .auth
+            .sessions
+            .get(&claims.sid)
+            .await
+            .map_err(crate::records::service::store_error)?
+            .filter(|s| s.active(now) && s.collection == claims.col && s.user_id == claims.sub)
+            .ok_or_else(invalid_token)?;
+        let principal = load_principal(state, &session.collection, &session.user_id)
+            .await?
+            .ok_or_else(invalid_token)?;
+        return Ok(Caller {
+            principal,
+            via: Via::Token {
+                session: session.id,
+            },
+            ip: None,
+        });
+    }
+    if let Some(secret) = cookie(&parts.headers, SESSION_COOKIE) {
+        let now = crate::clock::now_ms();
+        let idle = state.config.auth.session_idle_secs as i64 * 1000;
+        let Some(session) = state
+            .auth
+            .sessions
+            .by_secret(&tokens::digest(secret))
+            .await
+            .map_err(crate::records::service::store_error)?
+            .filter(|s| s.kind == "cookie" && s.active(now) && s.last_seen + idle > now)
+        else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "session_expired",
+                "The session has ended; sign in again.",
+            ));
+        };
+        if !is_safe(&parts.method) {
+            check_csrf(state, parts, session.csrf.as_deref().unwrap_or("")).await?;
+        }
+        if now - session.last_seen > 60_000 {
+            let sessions = state.auth.sessions.clone();
+            let id = session.id.clone();
+            tokio::spawn(async move {
+                if let Err(e) = sessions.touch(&id, now).await {
+                    tracing::warn!(error = %e, "recording session use failed");
+                }
+            });
+        }
+        let principal = load_principal(state, &session.collection, &session.user_id)
+            .await?
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "session_expired",
+                    "The session's account no longer exists.",
+                )
+            })?;
+        return Ok(Caller {
+            principal,
+            via: Via::Cookie {
+                session: session.id,
+            },
+            ip: None,
+        });
+    }
+    Ok(Caller::anonymous())
+}
+
+fn is_safe(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// A cookie-authenticated unsafe request must come from an allowed origin (when the
+/// browser says where it comes from) and carry the session's CSRF token.
+async fn check_csrf(state: &AppState, parts: &Parts, expected: &str) -> Result<(), ApiError> {
+    let h = &parts.headers;
+    let origin = h
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            h.get(header::REFERER)
+                .and_then(|v| v.to_str().ok())
+                .filter(|r| r.starts_with("http"))
+        });
+    let origin_ok = match origin {
+        None => true,
+        Some(o) => {
+            let o = origin_of(o);
+            let host = h
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            o.split_once("://").is_some_and(|(_, rest)| rest == host)
+                || state
+                    .config
+                    .auth
+                    .allowed_origins
+                    .iter()
+                    .any(|a| a.trim_end_matches('/') == o)
+        }
+    };
+    let token = h
+        .get(CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let token_ok = !expected.is_empty()
+        && crate::http::extract::constant_time_eq(
+            &crate::http::extract::token_digest(token),
+            &crate::http::extract::token_digest(expected),
+        );
+    if origin_ok && token_ok {
+        return Ok(());
+    }
+    let reason = if origin_ok {
+        "missing or wrong X-CSRF-Token"
+    } else {
+        "cross-site Origin"
+    };
+    audit::record(
+        state,
+        audit::Event::new("csrf_rejected", "denied")
+            .detail(serde_json::json!({ "reason": reason, "path": parts.uri.path() })),
+    );
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "csrf_failed",
+        "A request authenticated by the session cookie must come from an allowed origin and carry the X-CSRF-Token header given at sign-in.",
+    ))
+}
+
+/// `scheme://host[:port]` of a URL.
+fn origin_of(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host = rest.split('/').next().unwrap_or("");
+            format!("{scheme}://{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Loads the account a session or key belongs to; None when it no longer exists.
+pub async fn load_principal(
+    state: &AppState,
+    collection: &str,
+    id: &str,
+) -> Result<Option<Principal>, ApiError> {
+    if collection == SUPERUSERS {
+        return Ok(superusers::get(state, id)
+            .await?
+            .map(|s| Principal::Superuser {
+                id: s.id,
+                email: s.email,
+            }));
+    }
+    let Some(coll) = state.catalog().get(collection).filter(|c| c.is_auth()) else {
+        return Ok(None);
+    };
+    match crate::records::service::get(state, &coll, id).await {
+        Ok(record) => Ok(Some(Principal::User {
+            collection: collection.to_owned(),
+            record,
+        })),
+        Err(e) if e.status == StatusCode::NOT_FOUND => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Used by handlers that need a signed-in account.
+pub fn require_account(caller: &Caller) -> Result<(&str, &str), ApiError> {
+    caller
+        .account()
+        .ok_or_else(|| ApiError::unauthorized("Sign in first: this endpoint needs an account."))
+}
+
+pub use sessions::Session;

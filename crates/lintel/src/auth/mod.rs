@@ -1,0 +1,42 @@
+//! Identity and access: accounts in auth collections and superusers, sign-in with
+//! cookie sessions or access and refresh tokens, API keys, access rules, second
+//! factors, email flows, single sign-on and the audit log. See docs/auth.md.
+
+pub mod apikeys;
+pub mod audit;
+pub mod caller;
+pub mod mfa;
+pub mod password;
+pub mod routes;
+pub mod rules;
+pub mod sessions;
+pub mod superusers;
+pub mod tokens;
+
+use std::sync::Arc;
+
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::app::AppState;
+
+/// The name superusers go by wherever an auth collection is named.
+pub const SUPERUSERS: &str = "_superusers";
+
+/// What the identity code keeps for the life of the process.
+pub struct AuthRuntime {
+    pub keys: tokens::Keys,
+    pub sessions: Arc<dyn sessions::SessionStore>,
+}
+
+impl AuthRuntime {
+    pub fn new(keys: tokens::Keys, store: Arc<dyn crate::store::Store>) -> Self {
+        Self {
+            keys,
+            sessions: Arc::new(sessions::SqlSessions::new(store)),
+        }
+    }
+}
+
+pub fn router() -> OpenApiRouter<AppState> {
+    routes::router()
+}

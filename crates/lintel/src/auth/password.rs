@@ -1,0 +1,142 @@
+//! Passwords: the rules a new password must meet (length, not a common password, not
+//! the email), and argon2id hashing and verification, run on the blocking pool so a
+//! hash never stalls the async workers.
+
+use std::collections::HashSet;
+use std::sync::OnceLock;
+
+use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
+
+use crate::config::AuthConfig;
+use crate::error::ApiError;
+
+/// The most common passwords of 8 characters or more, lower-cased (from the list
+/// Django ships, itself from public breach corpora).
+const COMMON: &str = include_str!("common-passwords.txt");
+
+/// Longest password accepted: argon2 hashes any length, but a megabyte password is a
+/// denial-of-service, not a password.
+pub const MAX_LENGTH: usize = 256;
+
+fn common() -> &'static HashSet<&'static str> {
+    static SET: OnceLock<HashSet<&'static str>> = OnceLock::new();
+    SET.get_or_init(|| COMMON.lines().map(str::trim).collect())
+}
+
+/// Checks a new password; the error is a field error code and message.
+pub fn check(cfg: &AuthConfig, password: &str, email: &str) -> Result<(), (&'static str, String)> {
+    let min = cfg.password_min_length.max(8);
+    let len = password.chars().count();
+    if len < min {
+        return Err(("too_short", format!("must be at least {min} characters")));
+    }
+    if password.len() > MAX_LENGTH {
+        return Err(("too_long", format!("must be at most {MAX_LENGTH} bytes")));
+    }
+    let lower = password.to_lowercase();
+    if common().contains(lower.as_str()) {
+        return Err((
+            "too_common",
+            "is one of the most common passwords; choose another".into(),
+        ));
+    }
+    let local = email.split('@').next().unwrap_or("").to_lowercase();
+    if lower == email.to_lowercase() || (local.len() >= 4 && lower == local) {
+        return Err(("like_email", "must not be the email address".into()));
+    }
+    Ok(())
+}
+
+fn hasher(cfg: &AuthConfig) -> Result<Argon2<'static>, ApiError> {
+    let params = Params::new(
+        cfg.argon2_memory_kib,
+        cfg.argon2_iterations,
+        cfg.argon2_parallelism,
+        None,
+    )
+    .map_err(|e| ApiError::internal(format!("argon2 parameters: {e}")))?;
+    Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+}
+
+/// Hashes a password into a PHC string (`$argon2id$v=19$m=...`).
+pub async fn hash(cfg: &AuthConfig, password: String) -> Result<String, ApiError> {
+    let argon = hasher(cfg)?;
+    tokio::task::spawn_blocking(move || {
+        let mut salt = [0u8; 16];
+        getrandom::fill(&mut salt).map_err(|e| ApiError::internal(format!("salt: {e}")))?;
+        argon
+            .hash_password_with_salt(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| ApiError::internal(format!("hashing: {e}")))
+    })
+    .await
+    .map_err(ApiError::internal)?
+}
+
+/// A hash of a random password, verified against when an account does not exist so
+/// that a wrong email takes as long as a wrong password.
+pub fn decoy(cfg: &AuthConfig) -> &'static str {
+    static DECOY: OnceLock<String> = OnceLock::new();
+    DECOY.get_or_init(|| {
+        let mut salt = [7u8; 16];
+        let _ = getrandom::fill(&mut salt);
+        hasher(cfg)
+            .ok()
+            .and_then(|a| a.hash_password_with_salt(b"decoy password", &salt).ok())
+            .map(|h| h.to_string())
+            .unwrap_or_default()
+    })
+}
+
+/// Whether `password` matches the PHC hash (parameters come from the hash itself).
+pub async fn verify(hash: String, password: String) -> bool {
+    tokio::task::spawn_blocking(move || {
+        Argon2::default()
+            .verify_password(password.as_bytes(), hash.as_str())
+            .is_ok()
+    })
+    .await
+    .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules() {
+        let cfg = AuthConfig::default();
+        assert_eq!(
+            check(&cfg, "short", "a@b.c").map_err(|e| e.0),
+            Err("too_short")
+        );
+        assert_eq!(
+            check(&cfg, "Password123", "a@b.c").map_err(|e| e.0),
+            Err("too_common")
+        );
+        assert_eq!(
+            check(&cfg, "alice@example.com", "alice@example.com").map_err(|e| e.0),
+            Err("like_email")
+        );
+        assert!(check(&cfg, "correct horse battery", "a@b.c").is_ok());
+        assert_eq!(
+            check(&cfg, &"x".repeat(300), "a@b.c").map_err(|e| e.0),
+            Err("too_long")
+        );
+    }
+
+    #[tokio::test]
+    async fn hash_and_verify() {
+        let cfg = AuthConfig {
+            argon2_memory_kib: 1024,
+            argon2_iterations: 1,
+            ..AuthConfig::default()
+        };
+        let h = hash(&cfg, "correct horse battery".into()).await;
+        let Ok(h) = h else { panic!("hashing failed") };
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify(h.clone(), "correct horse battery".into()).await);
+        assert!(!verify(h, "wrong horse battery".into()).await);
+        assert!(!verify("not a hash".into(), "x".into()).await);
+    }
+}

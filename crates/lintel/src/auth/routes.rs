@@ -1,0 +1,754 @@
+//! The `/v1/auth` endpoints: sign-in (tokens or a cookie session), refresh with
+//! rotation, sign-out, the current account, its sessions, API keys, and the audit log.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::AppState;
+use crate::auth::caller::{Caller, Principal, SESSION_COOKIE, Via, cookie, require_account};
+use crate::auth::sessions::{NewSession, Rotation, Session};
+use crate::auth::{SUPERUSERS, apikeys, audit, password, superusers, tokens};
+use crate::collections::model::Collection;
+use crate::error::ApiError;
+use crate::http::extract::JsonBody;
+use crate::http::openapi::ProblemDoc;
+use crate::records::service::{render, store_error};
+use crate::store::{Record, Sql, SqlValue};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(logout_all))
+        .routes(routes!(me))
+        .routes(routes!(list_sessions))
+        .routes(routes!(revoke_session))
+        .routes(routes!(apikeys::create_key, apikeys::list_keys))
+        .routes(routes!(apikeys::revoke_key))
+        .routes(routes!(list_audit))
+        .routes(routes!(crate::auth::mfa::enroll))
+        .routes(routes!(crate::auth::mfa::confirm))
+        .routes(routes!(crate::auth::mfa::disable))
+}
+
+/// Normalised email: trimmed and lower-cased, so one address is one account.
+pub fn normalize_email(email: &str) -> String {
+    email.trim().to_lowercase()
+}
+
+fn invalid_credentials() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+        "The email or the password is wrong.",
+    )
+}
+
+/// An account found for sign-in.
+pub enum Account {
+    Superuser(superusers::Superuser),
+    User(Arc<Collection>, Record),
+}
+
+impl Account {
+    pub fn collection(&self) -> &str {
+        match self {
+            Account::Superuser(_) => SUPERUSERS,
+            Account::User(c, _) => c.name(),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        match self {
+            Account::Superuser(s) => &s.id,
+            Account::User(_, r) => &r.id,
+        }
+    }
+
+    fn password_hash(&self) -> Option<&str> {
+        match self {
+            Account::Superuser(s) => Some(&s.password_hash),
+            Account::User(_, r) => r.data.get("passwordHash").and_then(Value::as_str),
+        }
+    }
+
+    pub fn json(&self) -> Value {
+        match self {
+            Account::Superuser(s) => {
+                json!({ "id": s.id, "email": s.email, "collection": SUPERUSERS })
+            }
+            Account::User(c, r) => user_json(c, r),
+        }
+    }
+}
+
+/// An auth record as its owner sees it.
+pub fn user_json(coll: &Collection, record: &Record) -> Value {
+    let mut m = render(coll, record, None);
+    m.insert("collection".into(), coll.name().into());
+    Value::Object(m)
+}
+
+/// An auth collection by name, or a 400 naming the field.
+pub fn auth_collection(state: &AppState, name: &str) -> Result<Arc<Collection>, ApiError> {
+    state
+        .catalog()
+        .get(name)
+        .filter(|c| c.is_auth())
+        .ok_or_else(|| {
+            ApiError::field("collection", "unknown_collection", "not an auth collection")
+        })
+}
+
+/// Finds an account by email in a collection (or the superusers).
+pub async fn find_account(
+    state: &AppState,
+    collection: &str,
+    email: &str,
+) -> Result<Option<Account>, ApiError> {
+    if collection == SUPERUSERS {
+        return Ok(superusers::by_email(state, email)
+            .await?
+            .map(Account::Superuser));
+    }
+    let coll = auth_collection(state, collection)?;
+    let mut sql = Sql::new(state.store.dialect());
+    sql.push("SELECT ");
+    crate::store::sql::record_columns(&mut sql, &coll);
+    sql.push(" FROM ")
+        .ident(coll.name())
+        .push(" WHERE ")
+        .column(coll.name(), "email")
+        .push(" = ")
+        .bind(SqlValue::Text(email.to_owned()));
+    let mut rows = state
+        .store
+        .query_records(coll.clone(), sql)
+        .await
+        .map_err(store_error)?;
+    Ok(rows.pop().map(|r| Account::User(coll, r)))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+    /// The auth collection (default `users`; `_superusers` for superusers).
+    #[serde(default)]
+    pub collection: Option<String>,
+    /// `token` (default): access and refresh tokens; `cookie`: a session cookie.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// The current TOTP code, when the account has a second factor.
+    #[serde(default)]
+    pub totp: Option<String>,
+    /// A one-time recovery code instead of the TOTP code.
+    #[serde(default)]
+    pub recovery_code: Option<String>,
+}
+
+fn user_agent(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(200).collect())
+}
+
+/// Opens a session for an account and answers with tokens or a cookie.
+pub async fn open_session(
+    state: &AppState,
+    account: &Account,
+    cookie_mode: bool,
+    caller: &Caller,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let now = crate::clock::now_ms();
+    let cfg = &state.config.auth;
+    let id = crate::ids::secret_token();
+    if cookie_mode {
+        // A fresh session id at every sign-in; a session cookie the browser still
+        // sends is ended, so a planted cookie cannot become a signed-in session.
+        if let Some(old) = cookie(headers, SESSION_COOKIE)
+            && let Ok(Some(s)) = state.auth.sessions.by_secret(&tokens::digest(old)).await
+        {
+            let _ = state.auth.sessions.revoke(&s.id, now).await;
+        }
+        let secret = crate::ids::secret_token();
+        let csrf = crate::ids::secret_token();
+        let expires = now + cfg.session_absolute_secs as i64 * 1000;
+        state
+            .auth
+            .sessions
+            .create(NewSession {
+                session: Session {
+                    id: id.clone(),
+                    kind: "cookie".into(),
+                    collection: account.collection().to_owned(),
+                    user_id: account.id().to_owned(),
+                    csrf: Some(csrf.clone()),
+                    created: now,
+                    last_seen: now,
+                    expires,
+                    revoked: None,
+                    ip: caller.ip.clone(),
+                    user_agent: user_agent(headers),
+                },
+                secret_hash: Some(tokens::digest(&secret)),
+                refresh: None,
+            })
+            .await
+            .map_err(store_error)?;
+        let mut res =
+            axum::Json(json!({ "user": account.json(), "csrfToken": csrf })).into_response();
+        let secure = if cfg.cookie_secure { "; Secure" } else { "" };
+        let max_age = cfg.session_absolute_secs;
+        for c in [
+            format!(
+                "{SESSION_COOKIE}={secret}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
+            ),
+            format!("lintel_csrf={csrf}; Path=/; SameSite=Lax; Max-Age={max_age}{secure}"),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(&c) {
+                res.headers_mut().append(header::SET_COOKIE, v);
+            }
+        }
+        no_store(&mut res);
+        return Ok(res);
+    }
+    let refresh = crate::ids::secret_token();
+    let expires = now + cfg.refresh_ttl_secs as i64 * 1000;
+    state
+        .auth
+        .sessions
+        .create(NewSession {
+            session: Session {
+                id: id.clone(),
+                kind: "token".into(),
+                collection: account.collection().to_owned(),
+                user_id: account.id().to_owned(),
+                csrf: None,
+                created: now,
+                last_seen: now,
+                expires,
+                revoked: None,
+                ip: caller.ip.clone(),
+                user_agent: user_agent(headers),
+            },
+            secret_hash: None,
+            refresh: Some((tokens::digest(&refresh), expires)),
+        })
+        .await
+        .map_err(store_error)?;
+    let access = state
+        .auth
+        .keys
+        .issue(account.collection(), account.id(), &id)
+        .map_err(ApiError::internal)?;
+    let mut res = axum::Json(json!({
+        "accessToken": access,
+        "refreshToken": refresh,
+        "tokenType": "Bearer",
+        "expiresIn": state.auth.keys.access_ttl_secs,
+        "user": account.json(),
+    }))
+    .into_response();
+    no_store(&mut res);
+    Ok(res)
+}
+
+fn no_store(res: &mut Response) {
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/auth/login",
+    tag = "auth",
+    summary = "Sign in with email and password",
+    description = "Returns `{accessToken, refreshToken, expiresIn, user}`; with `\"mode\": \"cookie\"` opens a cookie session and returns `{user, csrfToken}`. A wrong password and an unknown email get the same 401.",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Signed in", body = Value),
+        (status = 401, description = "Wrong credentials, or a second factor is needed (`mfa_required`) or wrong (`invalid_mfa`)", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+async fn login(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<LoginRequest>,
+) -> Result<Response, ApiError> {
+    let collection = req.collection.clone().unwrap_or_else(|| "users".into());
+    let cookie_mode = match req.mode.as_deref() {
+        None | Some("token") => false,
+        Some("cookie") => true,
+        Some(_) => return Err(ApiError::field("mode", "invalid", "token or cookie")),
+    };
+    let email = normalize_email(&req.email);
+    if email.is_empty() || req.password.is_empty() || req.password.len() > password::MAX_LENGTH {
+        return Err(invalid_credentials());
+    }
+    let account = find_account(&state, &collection, &email).await?;
+    let hash = account
+        .as_ref()
+        .and_then(Account::password_hash)
+        .unwrap_or_else(|| password::decoy(&state.config.auth))
+        .to_owned();
+    let ok = password::verify(hash, req.password.clone()).await;
+    let account = match account {
+        Some(a) if ok => a,
+        other => {
+            audit::record(
+                &state,
+                audit::Event::new("login_failed", "denied")
+                    .collection(collection.clone())
+                    .subject(other.as_ref().map_or_else(String::new, |a| a.id().to_owned()))
+                    .ip(caller.ip.clone())
+                    .detail(json!({ "reason": if other.is_some() { "wrong_password" } else { "unknown_email" } })),
+            );
+            return Err(invalid_credentials());
+        }
+    };
+    if let Err(e) = crate::auth::mfa::check_login(
+        &state,
+        account.collection(),
+        account.id(),
+        req.totp.as_deref(),
+        req.recovery_code.as_deref(),
+    )
+    .await
+    {
+        audit::record(
+            &state,
+            audit::Event::new("login_failed", "denied")
+                .collection(account.collection())
+                .subject(account.id())
+                .ip(caller.ip.clone())
+                .detail(json!({ "reason": e.code })),
+        );
+        return Err(e);
+    }
+    audit::record(
+        &state,
+        audit::Event::new("login", "ok")
+            .actor(format!("{}/{}", account.collection(), account.id()))
+            .collection(account.collection())
+            .subject(account.id())
+            .ip(caller.ip.clone())
+            .detail(json!({ "mode": if cookie_mode { "cookie" } else { "token" } })),
+    );
+    open_session(&state, &account, cookie_mode, &caller, &headers).await
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/auth/refresh",
+    tag = "auth",
+    summary = "Exchange a refresh token for a new pair",
+    description = "Each refresh token works once. Presenting a used one revokes its whole session (stolen-token detection).",
+    request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "A new access and refresh token", body = Value),
+        (status = 401, description = "Unknown, expired, revoked or reused refresh token", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+async fn refresh(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(req): JsonBody<RefreshRequest>,
+) -> Result<Response, ApiError> {
+    let now = crate::clock::now_ms();
+    let new_refresh = crate::ids::secret_token();
+    let expires = now + state.config.auth.refresh_ttl_secs as i64 * 1000;
+    let invalid = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_refresh_token",
+            "The refresh token is invalid, expired, revoked or already used.",
+        )
+    };
+    let rotation = state
+        .auth
+        .sessions
+        .rotate(
+            &tokens::digest(&req.refresh_token),
+            &tokens::digest(&new_refresh),
+            now,
+            expires,
+        )
+        .await
+        .map_err(store_error)?;
+    let session = match rotation {
+        Rotation::Rotated(s) => s,
+        Rotation::Reused(s) => {
+            audit::record(
+                &state,
+                audit::Event::new("refresh_token_reused", "revoked")
+                    .collection(s.collection.clone())
+                    .subject(s.user_id.clone())
+                    .ip(caller.ip.clone())
+                    .detail(json!({ "session": s.id })),
+            );
+            return Err(invalid());
+        }
+        Rotation::Invalid => {
+            audit::record(
+                &state,
+                audit::Event::new("refresh_failed", "denied").ip(caller.ip.clone()),
+            );
+            return Err(invalid());
+        }
+    };
+    let Some(principal) =
+        crate::auth::caller::load_principal(&state, &session.collection, &session.user_id).await?
+    else {
+        return Err(invalid());
+    };
+    let user = match &principal {
+        Principal::Superuser { id, email } => {
+            json!({ "id": id, "email": email, "collection": SUPERUSERS })
+        }
+        Principal::User { collection, record } => match state.catalog().get(collection) {
+            Some(c) => user_json(&c, record),
+            None => return Err(invalid()),
+        },
+        Principal::Anonymous => return Err(invalid()),
+    };
+    let access = state
+        .auth
+        .keys
+        .issue(&session.collection, &session.user_id, &session.id)
+        .map_err(ApiError::internal)?;
+    audit::record(
+        &state,
+        audit::Event::new("token_refreshed", "ok")
+            .actor(format!("{}/{}", session.collection, session.user_id))
+            .subject(session.user_id.clone())
+            .ip(caller.ip.clone()),
+    );
+    let mut res = axum::Json(json!({
+        "accessToken": access,
+        "refreshToken": new_refresh,
+        "tokenType": "Bearer",
+        "expiresIn": state.auth.keys.access_ttl_secs,
+        "user": user,
+    }))
+    .into_response();
+    no_store(&mut res);
+    Ok(res)
+}
+
+fn clear_cookies(res: &mut Response) {
+    for c in [
+        format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0"),
+        "lintel_csrf=; Path=/; SameSite=Lax; Max-Age=0".to_owned(),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&c) {
+            res.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/auth/logout",
+    tag = "auth",
+    summary = "End the current session (its access and refresh tokens, or its cookie)",
+    responses(
+        (status = 204, description = "Signed out"),
+        (status = 401, description = "No session", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+async fn logout(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    let Some(session) = caller.session() else {
+        return Err(ApiError::unauthorized(
+            "Sign out needs the session's access token or cookie.",
+        ));
+    };
+    state
+        .auth
+        .sessions
+        .revoke(session, crate::clock::now_ms())
+        .await
+        .map_err(store_error)?;
+    audit::record(
+        &state,
+        audit::Event::new("logout", "ok")
+            .actor(caller.actor())
+            .ip(caller.ip.clone())
+            .detail(json!({ "session": session })),
+    );
+    let mut res = StatusCode::NO_CONTENT.into_response();
+    if matches!(caller.via, Via::Cookie { .. }) {
+        clear_cookies(&mut res);
+    }
+    Ok(res)
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/auth/logout-all",
+    tag = "auth",
+    summary = "End every session of the account",
+    responses(
+        (status = 204, description = "All sessions ended"),
+        (status = 401, description = "Not signed in", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+async fn logout_all(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    let (collection, id) = require_account(&caller)?;
+    let n = state
+        .auth
+        .sessions
+        .revoke_all(collection, id, crate::clock::now_ms())
+        .await
+        .map_err(store_error)?;
+    audit::record(
+        &state,
+        audit::Event::new("logout_all", "ok")
+            .actor(caller.actor())
+            .collection(collection)
+            .subject(id)
+            .ip(caller.ip.clone())
+            .detail(json!({ "sessions": n })),
+    );
+    let mut res = StatusCode::NO_CONTENT.into_response();
+    if matches!(caller.via, Via::Cookie { .. }) {
+        clear_cookies(&mut res);
+    }
+    Ok(res)
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/auth/me",
+    tag = "auth",
+    summary = "The signed-in account",
+    responses(
+        (status = 200, description = "`{user, via}`", body = Value),
+        (status = 401, description = "Not signed in", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+async fn me(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    require_account(&caller)?;
+    let user = match &caller.principal {
+        Principal::Superuser { id, email } => {
+            json!({ "id": id, "email": email, "collection": SUPERUSERS })
+        }
+        Principal::User { collection, record } => match state.catalog().get(collection) {
+            Some(c) => user_json(&c, record),
+            None => Value::Null,
+        },
+        Principal::Anonymous => Value::Null,
+    };
+    let via = match &caller.via {
+        Via::Nothing => "none",
+        Via::AdminToken => "admin_token",
+        Via::Token { .. } => "token",
+        Via::Cookie { .. } => "cookie",
+        Via::ApiKey { .. } => "api_key",
+    };
+    let mut res = axum::Json(json!({ "user": user, "via": via })).into_response();
+    no_store(&mut res);
+    Ok(res)
+}
+
+fn ms(v: i64) -> Value {
+    time::OffsetDateTime::from_unix_timestamp(v / 1000)
+        .map(crate::clock::format_ts)
+        .map_or(Value::Null, Value::String)
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/auth/sessions",
+    tag = "auth",
+    summary = "The account's active sessions",
+    responses(
+        (status = 200, description = "`{items: [{id, kind, created, lastSeen, expires, ip, userAgent, current}]}`", body = Value),
+        (status = 401, description = "Not signed in", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+async fn list_sessions(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let (collection, id) = require_account(&caller)?;
+    let list = state
+        .auth
+        .sessions
+        .list(collection, id, crate::clock::now_ms())
+        .await
+        .map_err(store_error)?;
+    let current = caller.session();
+    let items: Vec<Value> = list
+        .iter()
+        .map(|s| {
+            json!({
+                "id": s.id,
+                "kind": s.kind,
+                "created": ms(s.created),
+                "lastSeen": ms(s.last_seen),
+                "expires": ms(s.expires),
+                "ip": s.ip,
+                "userAgent": s.user_agent,
+                "current": current == Some(s.id.as_str()),
+            })
+        })
+        .collect();
+    let mut res = axum::Json(json!({ "items": items })).into_response();
+    no_store(&mut res);
+    Ok(res)
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/auth/sessions/{id}",
+    tag = "auth",
+    summary = "End one of the account's sessions",
+    params(("id" = String, Path, description = "Session id")),
+    responses(
+        (status = 204, description = "Ended"),
+        (status = 404, description = "No such active session of yours", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+async fn revoke_session(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(session_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (collection, id) = require_account(&caller)?;
+    let now = crate::clock::now_ms();
+    let found = state
+        .auth
+        .sessions
+        .get(&session_id)
+        .await
+        .map_err(store_error)?
+        .filter(|s| s.active(now) && s.collection == collection && s.user_id == id);
+    if found.is_none() {
+        return Err(ApiError::not_found(
+            "No active session of yours has that id.",
+        ));
+    }
+    state
+        .auth
+        .sessions
+        .revoke(&session_id, now)
+        .await
+        .map_err(store_error)?;
+    audit::record(
+        &state,
+        audit::Event::new("session_revoked", "ok")
+            .actor(caller.actor())
+            .subject(id)
+            .ip(caller.ip.clone())
+            .detail(json!({ "session": session_id })),
+    );
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    tag = "auth",
+    summary = "Read the audit log (superusers)",
+    params(
+        ("event" = Option<String>, Query, description = "Only this event"),
+        ("subject" = Option<String>, Query, description = "Only this subject (an account id)"),
+        ("before" = Option<String>, Query, description = "Entries older than this entry id (paging)"),
+        ("limit" = Option<u32>, Query, description = "At most this many (default 100, max 1000)"),
+    ),
+    responses(
+        (status = 200, description = "`{items: [...]}`, newest first", body = Value),
+        (status = 401, description = "Not signed in", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Not a superuser", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+async fn list_audit(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    if caller.is_anonymous() {
+        return Err(ApiError::unauthorized("The audit log is for superusers."));
+    }
+    if !caller.is_superuser() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "The audit log is for superusers.",
+        ));
+    }
+    let mut params: Map<String, Value> = Map::new();
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        params.insert(k.into_owned(), Value::String(v.into_owned()));
+    }
+    let get = |k: &str| params.get(k).and_then(Value::as_str);
+    let limit = match get("limit") {
+        None => 100,
+        Some(s) => match s.parse::<i64>() {
+            Ok(n) if (1..=1000).contains(&n) => n,
+            _ => {
+                return Err(ApiError::field(
+                    "limit",
+                    "invalid",
+                    "a whole number from 1 to 1000",
+                ));
+            }
+        },
+    };
+    let mut sql = Sql::new(state.store.dialect());
+    sql.push("SELECT id, at, event, outcome, actor, collection, subject, ip, request_id, detail FROM _lintel_audit WHERE 1 = 1");
+    if let Some(e) = get("event") {
+        sql.push(" AND event = ").bind(SqlValue::Text(e.to_owned()));
+    }
+    if let Some(s) = get("subject") {
+        sql.push(" AND subject = ")
+            .bind(SqlValue::Text(s.to_owned()));
+    }
+    if let Some(b) = get("before") {
+        sql.push(" AND id < ").bind(SqlValue::Text(b.to_owned()));
+    }
+    sql.push(" ORDER BY id DESC LIMIT ")
+        .bind(SqlValue::Int(limit));
+    let rows = state.store.query_rows(sql).await.map_err(store_error)?;
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let at = |i: usize| r.get(i).cloned().unwrap_or(Value::Null);
+            json!({
+                "id": at(0),
+                "at": at(1).as_i64().map_or(Value::Null, ms),
+                "event": at(2),
+                "outcome": at(3),
+                "actor": at(4),
+                "collection": at(5),
+                "subject": at(6),
+                "ip": at(7),
+                "requestId": at(8),
+                "detail": at(9).as_str().and_then(|s| serde_json::from_str::<Value>(s).ok()).unwrap_or(Value::Null),
+            })
+        })
+        .collect();
+    let mut res = axum::Json(json!({ "items": items })).into_response();
+    no_store(&mut res);
+    Ok(res)
+}

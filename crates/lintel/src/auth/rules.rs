@@ -1,0 +1,318 @@
+//! Access rules: checking a rule when a collection is defined, and deciding, for a
+//! caller, what a rule allows. Lists get the rule as an SQL condition (the same
+//! compiler as filters, so a list or count only ever sees permitted rows); a single
+//! record is checked by evaluating the rule against it here, with the same meaning.
+//!
+//! A rule that fails to evaluate (a type mismatch at run time) denies.
+
+use lintel_filter::{CompareOp, Expr, Operand};
+use serde_json::{Map, Value as Json};
+
+use crate::auth::caller::Caller;
+use crate::clock::normalize_datetime;
+use crate::collections::model::{Action, Collection, Rule};
+use crate::records::filter::{
+    Env, FilterError, Kind, Target, Value, as_f64, const_compare, kind_of, literal_value, resolve,
+};
+use crate::store::Record;
+
+/// Checks a rule's text against a collection: it parses, its fields exist (and are not
+/// hidden) and its macros are known.
+pub fn check(coll: &Collection, text: &str) -> Result<(), FilterError> {
+    if text.trim().is_empty() {
+        return Ok(());
+    }
+    let expr = lintel_filter::parse(text).map_err(|e| FilterError {
+        code: e.code.as_str(),
+        message: e.message.clone(),
+        position: e.position,
+    })?;
+    walk(&expr, coll)
+}
+
+fn walk(expr: &Expr, coll: &Collection) -> Result<(), FilterError> {
+    match expr {
+        Expr::And(a, b) | Expr::Or(a, b) => {
+            walk(a, coll)?;
+            walk(b, coll)
+        }
+        Expr::Compare { left, right, .. } => {
+            for op in [left, right] {
+                match op {
+                    Operand::Field { path, span } => {
+                        resolve(coll, path, *span)?;
+                    }
+                    Operand::Macro { .. } => {
+                        literal_value(op, &Env::now(""))?;
+                    }
+                    Operand::Literal { .. } => {}
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// What a caller may list.
+pub enum ListAccess<'a> {
+    /// Every record.
+    All,
+    /// The records for which this holds.
+    Filter(&'a Expr),
+    /// Nothing: the rule is superusers-only.
+    Denied,
+}
+
+/// The list rule for a caller.
+pub fn list_access<'a>(caller: &Caller, coll: &'a Collection) -> ListAccess<'a> {
+    if caller.is_superuser() {
+        return ListAccess::All;
+    }
+    match coll.rule(Action::List) {
+        Rule::Superusers => ListAccess::Denied,
+        Rule::Anyone => ListAccess::All,
+        Rule::Expr(e) => ListAccess::Filter(e),
+    }
+}
+
+/// Whether the rule for `action` lets `caller` act on `record` (for create: the record
+/// as it would be written). `body` is the request body for `@request.body.*`.
+pub fn allows(
+    caller: &Caller,
+    coll: &Collection,
+    action: Action,
+    record: &Record,
+    body: Option<&Map<String, Json>>,
+) -> bool {
+    if caller.is_superuser() {
+        return true;
+    }
+    match coll.rule(action) {
+        Rule::Superusers => false,
+        Rule::Anyone => true,
+        Rule::Expr(expr) => {
+            let now = crate::clock::now();
+            let auth = caller.auth_fields();
+            let env = Env {
+                now: &now,
+                auth: auth.as_ref(),
+                body,
+            };
+            match eval(expr, coll, record, &env) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(
+                        collection = coll.name(),
+                        action = action.as_str(),
+                        error = %e.message,
+                        "access rule failed to evaluate; denying"
+                    );
+                    false
+                }
+            }
+        }
+    }
+}
+
+/// Whether a rule is superusers-only for this caller (so the answer is 403, not 404).
+pub fn is_denied_outright(caller: &Caller, coll: &Collection, action: Action) -> bool {
+    !caller.is_superuser() && matches!(coll.rule(action), Rule::Superusers)
+}
+
+/// Evaluates a rule against one record.
+pub fn eval(
+    expr: &Expr,
+    coll: &Collection,
+    record: &Record,
+    env: &Env,
+) -> Result<bool, FilterError> {
+    match expr {
+        Expr::And(a, b) => Ok(eval(a, coll, record, env)? && eval(b, coll, record, env)?),
+        Expr::Or(a, b) => Ok(eval(a, coll, record, env)? || eval(b, coll, record, env)?),
+        Expr::Compare {
+            left,
+            op,
+            right,
+            span,
+        } => {
+            let mismatch = |m: String| FilterError {
+                code: "type_mismatch",
+                message: m,
+                position: span.start,
+            };
+            let l = operand(left, coll, record, env)?;
+            let r = operand(right, coll, record, env)?;
+            match (l, r) {
+                (Side::Value(a), Side::Value(b)) => const_compare(&a, *op, &b).map_err(mismatch),
+                (Side::Field(kind, v), Side::Value(b)) => {
+                    field_vs(kind, &v, *op, &b).map_err(mismatch)
+                }
+                (Side::Value(a), Side::Field(kind, v)) => {
+                    let flipped = match op {
+                        CompareOp::Gt => CompareOp::Lt,
+                        CompareOp::Ge => CompareOp::Le,
+                        CompareOp::Lt => CompareOp::Gt,
+                        CompareOp::Le => CompareOp::Ge,
+                        CompareOp::Like | CompareOp::NotLike => {
+                            return Err(mismatch("put the field on the left of ~ and !~".into()));
+                        }
+                        other => *other,
+                    };
+                    field_vs(kind, &v, flipped, &a).map_err(mismatch)
+                }
+                (Side::Field(ka, a), Side::Field(kb, b)) => {
+                    if matches!(op, CompareOp::Like | CompareOp::NotLike) {
+                        return Err(mismatch("~ and !~ compare a field with a value".into()));
+                    }
+                    if ka == Kind::IdList || kb == Kind::IdList {
+                        return Err(mismatch("multiple relations cannot be compared".into()));
+                    }
+                    let b = scalar(kb, &b);
+                    field_vs(ka, &a, *op, &b).map_err(mismatch)
+                }
+            }
+        }
+    }
+}
+
+enum Side {
+    Field(Kind, Json),
+    Value(Value),
+}
+
+fn operand(
+    op: &Operand,
+    coll: &Collection,
+    record: &Record,
+    env: &Env,
+) -> Result<Side, FilterError> {
+    if let Some((v, _)) = literal_value(op, env)? {
+        return Ok(Side::Value(v));
+    }
+    let Operand::Field { path, span } = op else {
+        return Ok(Side::Value(Value::Null));
+    };
+    let target = resolve(coll, path, *span)?;
+    let kind = kind_of(&target);
+    let v = match &target {
+        Target::Column { name, .. } => match name.as_str() {
+            "id" => Json::String(record.id.clone()),
+            "created" => Json::String(record.created.clone()),
+            "updated" => Json::String(record.updated.clone()),
+            "version" => Json::from(record.version),
+            other => record.data.get(other).cloned().unwrap_or(Json::Null),
+        },
+        Target::JsonPath { column, path } => {
+            let mut cur = if coll.is_document() {
+                Some(Json::Object(record.data.clone()))
+            } else {
+                record.data.get(column).cloned()
+            };
+            for seg in path {
+                cur = match cur {
+                    Some(Json::Object(m)) => m.get(seg).cloned(),
+                    Some(Json::Array(a)) => {
+                        seg.parse::<usize>().ok().and_then(|i| a.get(i).cloned())
+                    }
+                    _ => None,
+                };
+            }
+            cur.unwrap_or(Json::Null)
+        }
+    };
+    Ok(Side::Field(kind, v))
+}
+
+/// A stored value as a comparable literal.
+fn scalar(kind: Kind, v: &Json) -> Value {
+    match v {
+        Json::Null => Value::Null,
+        Json::Bool(b) => Value::Bool(*b),
+        Json::Number(n) => match n.as_i64() {
+            Some(i) if kind != Kind::Number || n.is_i64() => Value::Int(i),
+            _ => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Json::String(s) => match kind {
+            Kind::Datetime | Kind::Timestamp => {
+                Value::Text(normalize_datetime(s).unwrap_or_else(|| s.clone()))
+            }
+            _ => Value::Text(s.clone()),
+        },
+        other => Value::Text(other.to_string()),
+    }
+}
+
+fn field_vs(kind: Kind, field: &Json, op: CompareOp, v: &Value) -> Result<bool, String> {
+    if let Value::Absent = v {
+        return Ok(op == CompareOp::Ne);
+    }
+    if kind == Kind::IdList {
+        let ids: Vec<&str> = field
+            .as_array()
+            .map(|a| a.iter().filter_map(Json::as_str).collect())
+            .unwrap_or_default();
+        return match (op, v) {
+            (CompareOp::Eq, Value::Null) => Ok(ids.is_empty()),
+            (CompareOp::Ne, Value::Null) => Ok(!ids.is_empty()),
+            (CompareOp::Like, Value::Text(s)) => Ok(ids.contains(&s.as_str())),
+            (CompareOp::NotLike, Value::Text(s)) => Ok(!ids.contains(&s.as_str())),
+            _ => Err("use ~ or !~ to test whether a multiple relation holds an id".into()),
+        };
+    }
+    let f = scalar(kind, field);
+    // A value of the wrong type for a typed field is an error, as in a filter.
+    let typed_ok = match (kind, v) {
+        (_, Value::Null) | (Kind::Json, _) => true,
+        (Kind::Text | Kind::Datetime | Kind::Timestamp, Value::Text(_)) => true,
+        (Kind::Number, Value::Int(_) | Value::Float(_)) => true,
+        (Kind::Bool, Value::Bool(_)) => true,
+        _ => false,
+    };
+    if !typed_ok {
+        return Err("the field's type and the value's type differ".into());
+    }
+    let v = match (kind, v) {
+        (Kind::Datetime | Kind::Timestamp, Value::Text(s))
+            if !matches!(op, CompareOp::Like | CompareOp::NotLike) =>
+        {
+            Value::Text(normalize_datetime(s).ok_or("not an RFC 3339 date-time")?)
+        }
+        _ => v.clone(),
+    };
+    if kind == Kind::Json {
+        // JSON values of different types are simply unequal (and not ordered).
+        let same = matches!(
+            (&f, &v),
+            (Value::Text(_), Value::Text(_))
+                | (Value::Bool(_), Value::Bool(_))
+                | (
+                    Value::Int(_) | Value::Float(_),
+                    Value::Int(_) | Value::Float(_)
+                )
+                | (Value::Null, _)
+                | (_, Value::Null)
+        );
+        if !same {
+            return Ok(op == CompareOp::Ne);
+        }
+        if let (Value::Int(_) | Value::Float(_), Value::Int(_) | Value::Float(_)) = (&f, &v) {
+            let (a, b) = (Value::Float(as_f64(&f)), Value::Float(as_f64(&v)));
+            return const_compare(&a, op, &b);
+        }
+    }
+    if matches!(op, CompareOp::Like | CompareOp::NotLike) {
+        return match (&f, &v) {
+            (Value::Text(a), Value::Text(b)) => {
+                let hit = a.to_lowercase().contains(&b.to_lowercase());
+                Ok(hit == (op == CompareOp::Like))
+            }
+            // A null field contains nothing.
+            (Value::Null, Value::Text(_)) => Ok(op == CompareOp::NotLike),
+            _ => Err("~ and !~ work on text".into()),
+        };
+    }
+    if f == Value::Null && v != Value::Null && !matches!(op, CompareOp::Eq | CompareOp::Ne) {
+        return Ok(false);
+    }
+    const_compare(&f, op, &v)
+}

@@ -1,0 +1,853 @@
+//! Accounts, sessions, tokens, API keys, second factors and access rules, persona by
+//! persona: anonymous, user A, user B, a superuser, and API keys with and without a
+//! scope. Every rejection path is checked as carefully as the way through.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::common::{ADMIN_TOKEN, Reply, TestApp};
+
+const PW: &str = "correct horse battery";
+
+async fn signup(app: &TestApp, email: &str) -> Value {
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/collections/users/records",
+            json!({"email": email, "password": PW}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    r.body
+}
+
+async fn login(app: &TestApp, email: &str) -> Value {
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/auth/login",
+            json!({"email": email, "password": PW}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    r.body
+}
+
+async fn as_user(
+    app: &TestApp,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Reply {
+    let mut r = app.req(method, path).bearer_auth(token);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    app.send(r).await
+}
+
+fn token(login: &Value) -> String {
+    login["accessToken"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn signup_login_refresh_rotation_and_logout() {
+    let app = TestApp::spawn().await;
+    let alice = signup(&app, "  Alice@Example.COM ").await;
+    assert_eq!(alice["email"], "alice@example.com", "emails are normalised");
+    assert_eq!(alice["verified"], false);
+    assert!(alice.get("passwordHash").is_none() && alice.get("password").is_none());
+
+    // Password rules, with the field and the reason.
+    for (pw, code) in [
+        ("short", "too_short"),
+        ("password1234", "too_common"),
+        ("bob@example.com", "like_email"),
+    ] {
+        let r = app
+            .json(
+                Method::POST,
+                "/v1/collections/users/records",
+                json!({"email": "bob@example.com", "password": pw}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{pw}: {}", r.text);
+        assert_eq!(r.field_error("password"), Some(code), "{pw}");
+    }
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/collections/users/records",
+            json!({"email": "bob@example.com"}),
+        )
+        .await;
+    assert_eq!(r.field_error("password"), Some("required"));
+    // The same address twice is refused; clients cannot set protected fields.
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/collections/users/records",
+            json!({"email": "ALICE@example.com", "password": PW}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    assert!(r.field_error("email").is_some(), "{}", r.text);
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/collections/users/records",
+            json!({"email": "eve@example.com", "password": PW, "verified": true, "passwordHash": "x"}),
+        )
+        .await;
+    assert_eq!(r.field_error("verified"), Some("protected"), "{}", r.text);
+    assert_eq!(r.field_error("passwordHash"), Some("protected"));
+
+    // Wrong password and unknown email: the same answer.
+    let wrong = app
+        .json(
+            Method::POST,
+            "/v1/auth/login",
+            json!({"email": "alice@example.com", "password": "not the password"}),
+        )
+        .await;
+    let unknown = app
+        .json(
+            Method::POST,
+            "/v1/auth/login",
+            json!({"email": "nobody@example.com", "password": PW}),
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(wrong.problem_code(), "invalid_credentials");
+    assert_eq!(unknown.problem_code(), "invalid_credentials");
+    assert_eq!(wrong.body["detail"], unknown.body["detail"]);
+
+    let l = login(&app, "ALICE@example.com").await;
+    assert_eq!(l["expiresIn"], 900);
+    assert_eq!(l["user"]["id"], alice["id"]);
+    assert!(l["user"].get("passwordHash").is_none());
+    let access = token(&l);
+    let me = as_user(&app, &access, Method::GET, "/v1/auth/me", None).await;
+    assert_eq!(me.status, StatusCode::OK, "{}", me.text);
+    assert_eq!(me.body["user"]["email"], "alice@example.com");
+
+    // A tampered or garbage token is refused, never treated as anonymous.
+    let mut tampered = access.clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    for bad in [tampered.as_str(), "garbage", "lk_nothing_here"] {
+        let r = as_user(&app, bad, Method::GET, "/v1/auth/me", None).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{bad}");
+        assert_eq!(r.problem_code(), "invalid_token");
+    }
+    let r = app.get("/v1/auth/me").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+
+    // Refresh rotates; reusing the old token revokes the whole family.
+    let first = l["refreshToken"].as_str().unwrap().to_owned();
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/auth/refresh",
+            json!({"refreshToken": first}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let second = r.body["refreshToken"].as_str().unwrap().to_owned();
+    let access2 = r.body["accessToken"].as_str().unwrap().to_owned();
+    assert_ne!(second, first);
+    let ok = as_user(&app, &access2, Method::GET, "/v1/auth/me", None).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let reuse = app
+        .json(
+            Method::POST,
+            "/v1/auth/refresh",
+            json!({"refreshToken": first}),
+        )
+        .await;
+    assert_eq!(reuse.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(reuse.problem_code(), "invalid_refresh_token");
+    let after = app
+        .json(
+            Method::POST,
+            "/v1/auth/refresh",
+            json!({"refreshToken": second}),
+        )
+        .await;
+    assert_eq!(
+        after.status,
+        StatusCode::UNAUTHORIZED,
+        "the family is revoked"
+    );
+    let r = as_user(&app, &access2, Method::GET, "/v1/auth/me", None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "its access tokens too");
+
+    // Sessions: list, revoke one, log out, log out everywhere.
+    let s1 = login(&app, "alice@example.com").await;
+    let s2 = login(&app, "alice@example.com").await;
+    let list = as_user(&app, &token(&s1), Method::GET, "/v1/auth/sessions", None).await;
+    let items = list.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{}", list.text);
+    assert_eq!(items.iter().filter(|s| s["current"] == true).count(), 1);
+    let other = items.iter().find(|s| s["current"] == false).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = as_user(
+        &app,
+        &token(&s1),
+        Method::DELETE,
+        &format!("/v1/auth/sessions/{other}"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = as_user(&app, &token(&s2), Method::GET, "/v1/auth/me", None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "revoked session");
+    let r = as_user(&app, &token(&s1), Method::POST, "/v1/auth/logout", None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = as_user(&app, &token(&s1), Method::GET, "/v1/auth/me", None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "logged out");
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/auth/refresh",
+            json!({"refreshToken": s1["refreshToken"]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let a = login(&app, "alice@example.com").await;
+    let b = login(&app, "alice@example.com").await;
+    let r = as_user(&app, &token(&a), Method::POST, "/v1/auth/logout-all", None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    for t in [token(&a), token(&b)] {
+        let r = as_user(&app, &t, Method::GET, "/v1/auth/me", None).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+
+    // Changing the password needs the old one and ends every session.
+    let s = login(&app, "alice@example.com").await;
+    let id = alice["id"].as_str().unwrap();
+    let path = format!("/v1/collections/users/records/{id}");
+    let r = as_user(
+        &app,
+        &token(&s),
+        Method::PATCH,
+        &path,
+        Some(json!({"password": "a new long passphrase"})),
+    )
+    .await;
+    assert_eq!(r.field_error("oldPassword"), Some("invalid"), "{}", r.text);
+    let r = as_user(
+        &app,
+        &token(&s),
+        Method::PATCH,
+        &path,
+        Some(json!({"password": "a new long passphrase", "oldPassword": PW})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = as_user(&app, &token(&s), Method::GET, "/v1/auth/me", None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/auth/login",
+            json!({"email": "alice@example.com", "password": "a new long passphrase"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    app.shutdown().await;
+}
+
+/// Notes owned by users; private ones only their owner sees.
+async fn notes(app: &TestApp) {
+    app.collection(json!({
+        "name": "notes",
+        "fields": [
+            {"name": "owner", "type": "relation", "collection": "users", "required": true},
+            {"name": "title", "type": "text"},
+            {"name": "private", "type": "bool", "default": true}
+        ],
+        "rules": {
+            "list": "owner = @request.auth.id || private = false",
+            "view": "owner = @request.auth.id || private = false",
+            "create": "@request.auth.id != null && owner = @request.auth.id",
+            "update": "owner = @request.auth.id",
+            "delete": "owner = @request.auth.id"
+        }
+    }))
+    .await;
+    app.collection(json!({
+        "name": "comments",
+        "fields": [
+            {"name": "note", "type": "relation", "collection": "notes"},
+            {"name": "text", "type": "text"}
+        ],
+        "rules": {"list": "", "view": "", "create": "@request.auth.id != null"}
+    }))
+    .await;
+}
+
+#[tokio::test]
+async fn each_persona_sees_and_changes_only_what_the_rules_allow() {
+    let app = TestApp::spawn().await;
+    notes(&app).await;
+    let a = signup(&app, "a@example.com").await;
+    let b = signup(&app, "b@example.com").await;
+    let (a_id, b_id) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
+    let ta = token(&login(&app, "a@example.com").await);
+    let tb = token(&login(&app, "b@example.com").await);
+    let create = |t: &str, body: Value| {
+        let t = t.to_owned();
+        let app = &app;
+        async move {
+            as_user(
+                app,
+                &t,
+                Method::POST,
+                "/v1/collections/notes/records",
+                Some(body),
+            )
+            .await
+        }
+    };
+    let a_private = create(&ta, json!({"owner": a_id, "title": "A-private"})).await;
+    assert_eq!(a_private.status, StatusCode::CREATED, "{}", a_private.text);
+    let a_private = a_private.body["id"].as_str().unwrap().to_owned();
+    let a_public = create(
+        &ta,
+        json!({"owner": a_id, "title": "A-public", "private": false}),
+    )
+    .await
+    .body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let b_private = create(&tb, json!({"owner": b_id, "title": "B-private"})).await;
+    assert_eq!(b_private.status, StatusCode::CREATED);
+
+    // Creating for someone else, or anonymously, is refused.
+    let r = create(&ta, json!({"owner": b_id, "title": "forged"})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/collections/notes/records",
+            json!({"owner": a_id, "title": "anon"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+
+    // B lists: its own note and A's public one; the count agrees; filters cannot
+    // reach past the rule.
+    let r = as_user(
+        &app,
+        &tb,
+        Method::GET,
+        "/v1/collections/notes/records",
+        None,
+    )
+    .await;
+    let titles: Vec<&str> = r.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(titles.len(), 2, "{}", r.text);
+    assert!(titles.contains(&"A-public") && titles.contains(&"B-private"));
+    assert_eq!(r.body["totalItems"], 2);
+    let r = as_user(
+        &app,
+        &tb,
+        Method::GET,
+        "/v1/collections/notes/records?filter=title%20~%20%22A-private%22",
+        None,
+    )
+    .await;
+    assert_eq!(r.body["totalItems"], 0, "{}", r.text);
+    let r = app.get("/v1/collections/notes/records").await;
+    assert_eq!(
+        r.body["totalItems"], 1,
+        "anonymous: public only: {}",
+        r.text
+    );
+
+    // B cannot read, change or delete A's private note: 404, as if absent.
+    let path = format!("/v1/collections/notes/records/{a_private}");
+    for (m, body) in [
+        (Method::GET, None),
+        (Method::PATCH, Some(json!({"title": "mine now"}))),
+        (
+            Method::PUT,
+            Some(json!({"owner": b_id, "title": "mine now"})),
+        ),
+        (Method::DELETE, None),
+    ] {
+        let r = as_user(&app, &tb, m.clone(), &path, body).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{m}: {}", r.text);
+    }
+    // ... nor by batch.
+    let r = as_user(
+        &app,
+        &tb,
+        Method::POST,
+        "/v1/batch",
+        Some(json!({"operations": [
+            {"method": "PATCH", "path": format!("/v1/collections/notes/records/{a_public}"), "body": {"title": "x"}},
+            {"method": "DELETE", "path": path.clone()}
+        ]})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    assert_eq!(r.body["failedOperation"], 0);
+    // B can see A's public note but not change it: 403.
+    let r = as_user(
+        &app,
+        &tb,
+        Method::PATCH,
+        &format!("/v1/collections/notes/records/{a_public}"),
+        Some(json!({"title": "x"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // A still reads its note, unchanged.
+    let r = as_user(&app, &ta, Method::GET, &path, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["title"], "A-private");
+
+    // Expanding a relation never shows a record the caller may not view.
+    let c = as_user(
+        &app,
+        &tb,
+        Method::POST,
+        "/v1/collections/comments/records",
+        Some(json!({"note": a_private, "text": "peek"})),
+    )
+    .await;
+    assert_eq!(c.status, StatusCode::CREATED, "{}", c.text);
+    let r = as_user(
+        &app,
+        &tb,
+        Method::GET,
+        "/v1/collections/comments/records?expand=note",
+        None,
+    )
+    .await;
+    assert_eq!(
+        r.body["items"][0]["expand"]["note"],
+        Value::Null,
+        "{}",
+        r.text
+    );
+    let r = as_user(
+        &app,
+        &ta,
+        Method::GET,
+        "/v1/collections/comments/records?expand=note",
+        None,
+    )
+    .await;
+    assert_eq!(r.body["items"][0]["expand"]["note"]["title"], "A-private");
+
+    // Users see only their own account.
+    let r = as_user(
+        &app,
+        &tb,
+        Method::GET,
+        "/v1/collections/users/records",
+        None,
+    )
+    .await;
+    assert_eq!(r.body["totalItems"], 1);
+    let r = as_user(
+        &app,
+        &tb,
+        Method::GET,
+        &format!("/v1/collections/users/records/{a_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // Hidden fields are not filterable, sortable or selectable.
+    for q in [
+        "filter=passwordHash%20~%20%22a%22",
+        "sort=passwordHash",
+        "fields=passwordHash",
+    ] {
+        let r = as_user(
+            &app,
+            &tb,
+            Method::GET,
+            &format!("/v1/collections/users/records?{q}"),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{q}: {}", r.text);
+    }
+    // Protected fields: only superusers set them.
+    let r = as_user(
+        &app,
+        &tb,
+        Method::PATCH,
+        &format!("/v1/collections/users/records/{b_id}"),
+        Some(json!({"verified": true})),
+    )
+    .await;
+    assert_eq!(r.field_error("verified"), Some("protected"));
+    let r = app
+        .admin(
+            Method::PATCH,
+            &format!("/v1/collections/users/records/{b_id}"),
+            Some(json!({"verified": true})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["verified"], true);
+
+    // The superuser sees everything.
+    let r = app
+        .admin(Method::GET, "/v1/collections/notes/records", None)
+        .await;
+    assert_eq!(r.body["totalItems"], 3);
+
+    // API keys act as their owner, narrowed to their scopes.
+    let k = as_user(
+        &app,
+        &ta,
+        Method::POST,
+        "/v1/auth/api-keys",
+        Some(json!({"name": "reader", "scopes": ["notes:read"]})),
+    )
+    .await;
+    assert_eq!(k.status, StatusCode::CREATED, "{}", k.text);
+    let key = k.body["key"].as_str().unwrap().to_owned();
+    let key_id = k.body["id"].as_str().unwrap().to_owned();
+    let r = as_user(
+        &app,
+        &key,
+        Method::GET,
+        "/v1/collections/notes/records",
+        None,
+    )
+    .await;
+    assert_eq!(r.body["totalItems"], 2, "A's two notes: {}", r.text);
+    let r = as_user(
+        &app,
+        &key,
+        Method::POST,
+        "/v1/collections/notes/records",
+        Some(json!({"owner": a_id, "title": "by key"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.problem_code(), "insufficient_scope");
+    let k2 = as_user(
+        &app,
+        &ta,
+        Method::POST,
+        "/v1/auth/api-keys",
+        Some(json!({"name": "users only", "scopes": ["users:read"]})),
+    )
+    .await;
+    let key2 = k2.body["key"].as_str().unwrap().to_owned();
+    let r = as_user(
+        &app,
+        &key2,
+        Method::GET,
+        "/v1/collections/notes/records",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = as_user(
+        &app,
+        &ta,
+        Method::POST,
+        "/v1/auth/api-keys",
+        Some(json!({"name": "bad", "scopes": ["nowhere:read", "notes:fly"]})),
+    )
+    .await;
+    assert_eq!(r.field_error("scopes[0]"), Some("invalid_scope"));
+    assert_eq!(r.field_error("scopes[1]"), Some("invalid_scope"));
+    let list = as_user(&app, &ta, Method::GET, "/v1/auth/api-keys", None).await;
+    assert_eq!(list.body["items"].as_array().unwrap().len(), 2);
+    assert!(!list.text.contains(&key[10..]), "secrets are never listed");
+    let r = as_user(
+        &app,
+        &tb,
+        Method::DELETE,
+        &format!("/v1/auth/api-keys/{key_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "B cannot revoke A's key");
+    let r = as_user(
+        &app,
+        &ta,
+        Method::DELETE,
+        &format!("/v1/auth/api-keys/{key_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = as_user(
+        &app,
+        &key,
+        Method::GET,
+        "/v1/collections/notes/records",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "revoked key");
+
+    // Users cannot manage collections; the audit log is for superusers and has
+    // recorded the denials.
+    let r = as_user(&app, &ta, Method::GET, "/v1/collections", None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = as_user(&app, &ta, Method::GET, "/v1/audit", None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let mut denied = 0;
+    for _ in 0..50 {
+        let r = app
+            .admin(Method::GET, "/v1/audit?event=rule_denied", None)
+            .await;
+        denied = r.body["items"].as_array().unwrap().len();
+        if denied >= 3 {
+            assert!(r.body["items"][0]["requestId"].is_string(), "{}", r.text);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(denied >= 3, "rule denials are audited");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn cookie_sessions_need_csrf_proof_for_unsafe_requests() {
+    let app = TestApp::spawn().await;
+    notes(&app).await;
+    let a = signup(&app, "a@example.com").await;
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/auth/login",
+            json!({"email": "a@example.com", "password": PW, "mode": "cookie"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert!(r.body.get("accessToken").is_none());
+    let csrf = r.body["csrfToken"].as_str().unwrap().to_owned();
+    let set: Vec<&str> = r
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    let session = set
+        .iter()
+        .find(|c| c.starts_with("lintel_session="))
+        .unwrap();
+    assert!(session.contains("HttpOnly") && session.contains("SameSite=Lax"));
+    let cookie = session.split(';').next().unwrap().to_owned();
+
+    let me = app
+        .send(
+            app.req(Method::GET, "/v1/auth/me")
+                .header("cookie", &cookie),
+        )
+        .await;
+    assert_eq!(me.status, StatusCode::OK, "{}", me.text);
+    assert_eq!(me.body["via"], "cookie");
+
+    let body = json!({"owner": a["id"], "title": "t"});
+    let post = || {
+        app.req(Method::POST, "/v1/collections/notes/records")
+            .header("cookie", &cookie)
+            .json(&body)
+    };
+    let r = app.send(post()).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    assert_eq!(r.problem_code(), "csrf_failed");
+    let r = app.send(post().header("x-csrf-token", "wrong")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = app
+        .send(
+            post()
+                .header("x-csrf-token", &csrf)
+                .header("origin", "https://evil.example"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "cross-site origin");
+    let r = app.send(post().header("x-csrf-token", &csrf)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+
+    let r = app
+        .send(
+            app.req(Method::POST, "/v1/auth/logout")
+                .header("cookie", &cookie)
+                .header("x-csrf-token", &csrf),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let me = app
+        .send(
+            app.req(Method::GET, "/v1/auth/me")
+                .header("cookie", &cookie),
+        )
+        .await;
+    assert_eq!(me.status, StatusCode::UNAUTHORIZED);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn superusers_sign_in_and_manage_collections() {
+    let app = TestApp::spawn().await;
+    let hash = {
+        let cfg = &app.running().state.config.auth;
+        lintel::auth::password::hash(cfg, PW.into()).await.unwrap()
+    };
+    lintel::auth::superusers::upsert(
+        app.running().state.store.as_ref(),
+        "root@example.com",
+        &hash,
+    )
+    .await
+    .unwrap();
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/auth/login",
+            json!({"email": "root@example.com", "password": PW, "collection": "_superusers"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let t = token(&r.body);
+    let r = as_user(&app, &t, Method::GET, "/v1/collections", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = as_user(
+        &app,
+        &t,
+        Method::POST,
+        "/v1/collections",
+        Some(json!({"name": "things", "fields": [{"name": "a", "type": "text"}]})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    // Without rules, a collection is for superusers only.
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/collections/things/records",
+            json!({"a": "x"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = app.get("/v1/collections/things/records").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = as_user(
+        &app,
+        &t,
+        Method::POST,
+        "/v1/collections/things/records",
+        Some(json!({"a": "x"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    // A user's password does not open the superuser door.
+    signup(&app, "u@example.com").await;
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/auth/login",
+            json!({"email": "u@example.com", "password": PW, "collection": "_superusers"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // Rules are validated when a collection is defined.
+    let r = app
+        .admin(
+            Method::POST,
+            "/v1/collections",
+            Some(
+                json!({"name": "bad", "fields": [{"name": "a", "type": "text"}],
+                "rules": {"list": "nope = 1", "view": "@request.what = 1", "create": "a = "}}),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    assert!(r.field_error("rules.list").is_some());
+    assert!(r.field_error("rules.view").is_some());
+    assert!(r.field_error("rules.create").is_some());
+    let _ = ADMIN_TOKEN;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn totp_second_factor_with_single_use_codes() {
+    let app = TestApp::spawn().await;
+    signup(&app, "a@example.com").await;
+    let t = token(&login(&app, "a@example.com").await);
+    let r = as_user(&app, &t, Method::POST, "/v1/auth/totp/enroll", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let uri = r.body["uri"].as_str().unwrap();
+    assert!(
+        uri.starts_with("otpauth://totp/lintel:a%40example.com?secret="),
+        "{uri}"
+    );
+    let secret = lintel::auth::mfa::unbase32(r.body["secret"].as_str().unwrap()).unwrap();
+    let now = || (lintel::clock::now_ms() / 1000) as u64;
+    let code_now = |offset: u64| lintel::auth::mfa::code_at(&secret, now() / 30 + offset);
+
+    let r = as_user(
+        &app,
+        &t,
+        Method::POST,
+        "/v1/auth/totp/confirm",
+        Some(json!({"code": "000000"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = as_user(
+        &app,
+        &t,
+        Method::POST,
+        "/v1/auth/totp/confirm",
+        Some(json!({"code": code_now(0)})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let recovery: Vec<String> = r.body["recoveryCodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(recovery.len(), 10);
+
+    let attempt = |extra: Value| {
+        let mut body = json!({"email": "a@example.com", "password": PW});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        app.json(Method::POST, "/v1/auth/login", body)
+    };
+    let r = attempt(json!({})).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.problem_code(), "mfa_required");
+    let r = attempt(json!({"totp": "123456"})).await;
+    assert_eq!(r.problem_code(), "invalid_mfa");
+    // The confirming code was for this step; the next step's code works once.
+    let next = code_now(1);
+    let r = attempt(json!({"totp": next})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = attempt(json!({"totp": next})).await;
+    assert_eq!(r.problem_code(), "invalid_mfa", "a code is single-use");
+    let r = attempt(json!({"recoveryCode": recovery[0]})).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = attempt(json!({"recoveryCode": recovery[0]})).await;
+    assert_eq!(r.problem_code(), "invalid_mfa", "recovery codes too");
+    app.shutdown().await;
+}
