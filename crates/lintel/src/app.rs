@@ -48,6 +48,8 @@ pub struct Inner {
     pub openapi_json: Bytes,
     /// Token keys and the session store.
     pub auth: crate::auth::AuthRuntime,
+    /// Outgoing mail, when an SMTP server is configured.
+    pub mailer: Option<Arc<crate::auth::mail::Mailer>>,
 }
 
 impl Deref for AppState {
@@ -249,6 +251,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
     };
     let store_for_auth = store.clone();
+    let mailer_cfg = config.mail.clone();
     let state = AppState(Arc::new(Inner {
         admin_digest: token_digest(&token),
         config,
@@ -259,6 +262,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics: crate::telemetry::metrics_handle(),
         openapi_json,
         auth: crate::auth::AuthRuntime::new(keys, store_for_auth),
+        mailer: crate::auth::mail::Mailer::from_config(&mailer_cfg)?.map(Arc::new),
     }));
     crate::collections::ensure_users(&state).await?;
     let router = crate::http::finish(router, state.clone());

@@ -1,4 +1,5 @@
-//! The command line: `lintel serve` and `lintel migrate status|up|down|new`.
+//! The command line: `lintel serve`, `lintel migrate status|up|down|new` and
+//! `lintel superuser create EMAIL`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,6 +45,21 @@ pub enum Command {
         #[command(subcommand)]
         action: MigrateAction,
     },
+    /// Manage superuser accounts.
+    Superuser {
+        #[command(subcommand)]
+        action: SuperuserAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SuperuserAction {
+    /// Create a superuser, or set the password of an existing one. The password comes
+    /// from LINTEL_SUPERUSER_PASSWORD or is asked for.
+    Create {
+        /// The superuser's email address.
+        email: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -70,7 +86,7 @@ pub async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let listen = match &cli.command {
         Command::Serve { listen } => *listen,
-        Command::Migrate { .. } => None,
+        Command::Migrate { .. } | Command::Superuser { .. } => None,
     };
     let flags = FlagOverrides {
         data_dir: cli.data_dir.clone(),
@@ -87,7 +103,64 @@ pub async fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { .. } => crate::app::run(config).await,
         Command::Migrate { action } => migrate(config, action).await,
+        Command::Superuser {
+            action: SuperuserAction::Create { email },
+        } => create_superuser(config, &email).await,
     }
+}
+
+/// Reads the password from the environment, or from the terminal without echo.
+fn read_password() -> anyhow::Result<String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if let Ok(p) = std::env::var("LINTEL_SUPERUSER_PASSWORD") {
+        return Ok(p);
+    }
+    let stdin = std::io::stdin();
+    let tty = stdin.is_terminal();
+    let echo = |on: bool| {
+        if tty {
+            let _ = std::process::Command::new("stty")
+                .arg(if on { "echo" } else { "-echo" })
+                .stdin(std::process::Stdio::inherit())
+                .status();
+        }
+    };
+    eprint!("Password: ");
+    let _ = std::io::stderr().flush();
+    echo(false);
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    echo(true);
+    eprintln!();
+    read?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+async fn create_superuser(config: config::Config, email: &str) -> anyhow::Result<()> {
+    let email = crate::auth::routes::normalize_email(email);
+    anyhow::ensure!(
+        email.contains('@') && email.len() <= 254,
+        "'{email}' is not an email address"
+    );
+    let password = tokio::task::spawn_blocking(read_password).await??;
+    crate::auth::password::check(&config.auth, &password, &email)
+        .map_err(|(_, msg)| anyhow::anyhow!("the password {msg}"))?;
+    let hash = crate::auth::password::hash(&config.auth, password)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.detail))?;
+    let store = crate::app::open_store(&config).await?;
+    let result = crate::auth::superusers::upsert(store.as_ref(), &email, &hash).await;
+    store.close().await;
+    let (id, created) = result.map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!(
+        "{} superuser {email} ({id})",
+        if created {
+            "created"
+        } else {
+            "updated the password of"
+        }
+    );
+    Ok(())
 }
 
 async fn migrate(config: config::Config, action: MigrateAction) -> anyhow::Result<()> {

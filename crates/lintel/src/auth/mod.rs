@@ -5,6 +5,7 @@
 pub mod apikeys;
 pub mod audit;
 pub mod caller;
+pub mod mail;
 pub mod mfa;
 pub mod password;
 pub mod routes;

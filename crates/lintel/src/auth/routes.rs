@@ -38,6 +38,12 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(crate::auth::mfa::enroll))
         .routes(routes!(crate::auth::mfa::confirm))
         .routes(routes!(crate::auth::mfa::disable))
+        .routes(routes!(crate::auth::mail::request_verification))
+        .routes(routes!(crate::auth::mail::confirm_verification))
+        .routes(routes!(crate::auth::mail::request_password_reset))
+        .routes(routes!(crate::auth::mail::confirm_password_reset))
+        .routes(routes!(crate::auth::mail::request_email_change))
+        .routes(routes!(crate::auth::mail::confirm_email_change))
 }
 
 /// Normalised email: trimmed and lower-cased, so one address is one account.

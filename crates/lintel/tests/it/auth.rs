@@ -851,3 +851,188 @@ async fn totp_second_factor_with_single_use_codes() {
     assert_eq!(r.problem_code(), "invalid_mfa", "recovery codes too");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn email_flows_use_single_use_tokens_and_never_tell_who_exists() {
+    let sink = crate::common::SmtpSink::start().await;
+    let port = sink.port;
+    let app = TestApp::spawn_with(|c| {
+        c.mail.smtp_host = "127.0.0.1".into();
+        c.mail.smtp_port = port;
+        c.mail.smtp_tls = "none".into();
+        c.mail.from = "Lintel <no-reply@example.test>".into();
+    })
+    .await;
+    let a = signup(&app, "a@example.com").await;
+    let path = format!(
+        "/v1/collections/users/records/{}",
+        a["id"].as_str().unwrap()
+    );
+
+    // Verification: the same 204 for a stranger, and no mail to them.
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/auth/request-verification",
+            json!({"email": "nobody@example.com"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/auth/request-verification",
+            json!({"email": "A@example.com"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let mail = sink.message(0).await;
+    assert!(mail.contains("To: a@example.com"), "{mail}");
+    assert_eq!(sink.count(), 1, "nothing was sent for the stranger");
+    let verify = crate::common::mailed_token(&mail);
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/auth/confirm-verification",
+            json!({"token": verify}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/auth/confirm-verification",
+            json!({"token": verify}),
+        )
+        .await;
+    assert_eq!(r.field_error("token"), Some("invalid_token"), "single use");
+    let r = app.admin(Method::GET, &path, None).await;
+    assert_eq!(r.body["verified"], true);
+
+    // Password reset: replaying the token fails; sessions end.
+    let session = token(&login(&app, "a@example.com").await);
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/auth/request-password-reset",
+            json!({"email": "nobody@example.com"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    app.json(
+        Method::POST,
+        "/v1/auth/request-password-reset",
+        json!({"email": "a@example.com"}),
+    )
+    .await;
+    let reset = crate::common::mailed_token(&sink.message(1).await);
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/auth/confirm-password-reset",
+            json!({"token": reset, "password": "short"}),
+        )
+        .await;
+    assert_eq!(r.field_error("password"), Some("too_short"));
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/auth/confirm-password-reset",
+            json!({"token": reset, "password": "brand new passphrase"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/auth/confirm-password-reset",
+            json!({"token": reset, "password": "another passphrase!"}),
+        )
+        .await;
+    assert_eq!(
+        r.field_error("token"),
+        Some("invalid_token"),
+        "replayed reset token"
+    );
+    let r = as_user(&app, &session, Method::GET, "/v1/auth/me", None).await;
+    assert_eq!(
+        r.status,
+        StatusCode::UNAUTHORIZED,
+        "the reset ended old sessions"
+    );
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/auth/login",
+            json!({"email": "a@example.com", "password": "brand new passphrase"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let t = token(&r.body);
+
+    // Email change: mailed to the new address, needs the password.
+    let r = as_user(
+        &app,
+        &t,
+        Method::POST,
+        "/v1/auth/request-email-change",
+        Some(json!({"newEmail": "new@example.com"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    let mail = sink.message(2).await;
+    assert!(mail.contains("To: new@example.com"), "{mail}");
+    let change = crate::common::mailed_token(&mail);
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/auth/confirm-email-change",
+            json!({"token": change, "password": "wrong password!!"}),
+        )
+        .await;
+    assert_eq!(r.field_error("password"), Some("invalid"));
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/auth/confirm-email-change",
+            json!({"token": change, "password": "brand new passphrase"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    let r = app.admin(Method::GET, &path, None).await;
+    assert_eq!(r.body["email"], "new@example.com");
+    // Email is not changed by a plain PATCH.
+    let l = app
+        .json(
+            Method::POST,
+            "/v1/auth/login",
+            json!({"email": "new@example.com", "password": "brand new passphrase"}),
+        )
+        .await;
+    assert_eq!(l.status, StatusCode::OK);
+    let r = as_user(
+        &app,
+        &token(&l.body),
+        Method::PATCH,
+        &path,
+        Some(json!({"email": "x@example.com"})),
+    )
+    .await;
+    assert_eq!(r.field_error("email"), Some("protected"));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn mail_flows_answer_503_without_a_mail_server() {
+    let app = TestApp::spawn().await;
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/auth/request-password-reset",
+            json!({"email": "a@example.com"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.problem_code(), "mail_unavailable");
+    app.shutdown().await;
+}

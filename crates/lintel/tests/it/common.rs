@@ -281,3 +281,83 @@ impl TestApp {
         self.running.as_ref().unwrap_or_else(|| unreachable!())
     }
 }
+
+/// A local SMTP sink: accepts every message and keeps it (the raw DATA text).
+pub struct SmtpSink {
+    pub port: u16,
+    pub messages: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl SmtpSink {
+    pub async fn start() -> Self {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let store = messages.clone();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let (r, mut w) = sock.into_split();
+                    let mut lines = BufReader::new(r).lines();
+                    let _ = w.write_all(b"220 sink ESMTP\r\n").await;
+                    let mut data: Option<String> = None;
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        if let Some(buf) = data.as_mut() {
+                            if line == "." {
+                                store.lock().unwrap().push(std::mem::take(buf));
+                                data = None;
+                                let _ = w.write_all(b"250 queued\r\n").await;
+                            } else {
+                                buf.push_str(line.strip_prefix('.').unwrap_or(&line));
+                                buf.push('\n');
+                            }
+                            continue;
+                        }
+                        let cmd = line.to_ascii_uppercase();
+                        let reply: &[u8] = if cmd.starts_with("EHLO") {
+                            b"250-sink\r\n250 8BITMIME\r\n"
+                        } else if cmd.starts_with("DATA") {
+                            data = Some(String::new());
+                            b"354 go on\r\n"
+                        } else if cmd.starts_with("QUIT") {
+                            let _ = w.write_all(b"221 bye\r\n").await;
+                            break;
+                        } else {
+                            b"250 ok\r\n"
+                        };
+                        let _ = w.write_all(reply).await;
+                    }
+                });
+            }
+        });
+        Self { port, messages }
+    }
+
+    /// Waits for the `n`th message (0-based) and returns it.
+    pub async fn message(&self, n: usize) -> String {
+        for _ in 0..200 {
+            if let Some(m) = self.messages.lock().unwrap().get(n) {
+                return m.clone();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("no mail #{n} arrived");
+    }
+
+    pub fn count(&self) -> usize {
+        self.messages.lock().unwrap().len()
+    }
+}
+
+/// The token in a Lintel mail ("Or enter this token: ...").
+pub fn mailed_token(mail: &str) -> String {
+    let unfolded = mail.replace("=\n", "");
+    unfolded
+        .split("token: ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("a token in the mail")
+        .to_owned()
+}
