@@ -50,6 +50,8 @@ pub struct Inner {
     pub auth: crate::auth::AuthRuntime,
     /// Outgoing mail, when an SMTP server is configured.
     pub mailer: Option<Arc<crate::auth::mail::Mailer>>,
+    /// Outgoing HTTP (identity providers).
+    pub http_client: reqwest::Client,
 }
 
 impl Deref for AppState {
@@ -250,6 +252,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             counts: 0,
         }
     };
+    // One TLS implementation for the whole process (ring); installing it twice (a
+    // second server in one process) is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http_client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .context("building the HTTP client")?;
     let store_for_auth = store.clone();
     let mailer_cfg = config.mail.clone();
     let state = AppState(Arc::new(Inner {
@@ -263,6 +273,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         openapi_json,
         auth: crate::auth::AuthRuntime::new(keys, store_for_auth),
         mailer: crate::auth::mail::Mailer::from_config(&mailer_cfg)?.map(Arc::new),
+        http_client,
     }));
     crate::collections::ensure_users(&state).await?;
     let router = crate::http::finish(router, state.clone());

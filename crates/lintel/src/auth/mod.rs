@@ -7,6 +7,7 @@ pub mod audit;
 pub mod caller;
 pub mod mail;
 pub mod mfa;
+pub mod oidc;
 pub mod password;
 pub mod routes;
 pub mod rules;

@@ -44,6 +44,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(crate::auth::mail::confirm_password_reset))
         .routes(routes!(crate::auth::mail::request_email_change))
         .routes(routes!(crate::auth::mail::confirm_email_change))
+        .routes(routes!(crate::auth::oidc::start))
+        .routes(routes!(crate::auth::oidc::callback))
 }
 
 /// Normalised email: trimmed and lower-cased, so one address is one account.

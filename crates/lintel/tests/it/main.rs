@@ -11,5 +11,6 @@ mod concurrency;
 mod edge;
 mod idempotency;
 mod migrations;
+mod oidc;
 mod postgres;
 mod records;
