@@ -261,13 +261,17 @@ fn field_vs(kind: Kind, field: &Json, op: CompareOp, v: &Value) -> Result<bool, 
     }
     let f = scalar(kind, field);
     // A value of the wrong type for a typed field is an error, as in a filter.
-    let typed_ok = match (kind, v) {
-        (_, Value::Null) | (Kind::Json, _) => true,
-        (Kind::Text | Kind::Datetime | Kind::Timestamp, Value::Text(_)) => true,
-        (Kind::Number, Value::Int(_) | Value::Float(_)) => true,
-        (Kind::Bool, Value::Bool(_)) => true,
-        _ => false,
-    };
+    let typed_ok = matches!(
+        (kind, v),
+        (_, Value::Null)
+            | (Kind::Json, _)
+            | (
+                Kind::Text | Kind::Datetime | Kind::Timestamp,
+                Value::Text(_)
+            )
+            | (Kind::Number, Value::Int(_) | Value::Float(_))
+            | (Kind::Bool, Value::Bool(_))
+    );
     if !typed_ok {
         return Err("the field's type and the value's type differ".into());
     }

@@ -17,7 +17,7 @@ use crate::store::sql::{Dialect, column_type, quote_ident, sqlite_json_path};
 /// What a step does to the catalog table.
 #[derive(Debug, Clone)]
 pub enum CatalogChange {
-    Upsert(CollectionSpec),
+    Upsert(Box<CollectionSpec>),
     Delete(String),
     None,
 }
@@ -158,7 +158,7 @@ fn create(
     specs.insert(spec.name.clone(), spec.clone());
     Ok(Step {
         statements,
-        catalog: CatalogChange::Upsert(spec),
+        catalog: CatalogChange::Upsert(Box::new(spec)),
     })
 }
 
@@ -348,7 +348,7 @@ fn alter_collection(
     specs.insert(spec.name.clone(), spec.clone());
     Ok(Step {
         statements,
-        catalog: CatalogChange::Upsert(spec),
+        catalog: CatalogChange::Upsert(Box::new(spec)),
     })
 }
 
