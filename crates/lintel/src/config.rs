@@ -99,10 +99,6 @@ pub struct AuthConfig {
     pub email_token_ttl_secs: u64,
     /// The public address of the app, used in links in emails.
     pub public_url: String,
-    /// Failed sign-ins for one account before it is locked for `lockout_secs`.
-    pub lockout_threshold: u32,
-    /// How long a locked account stays locked, in seconds.
-    pub lockout_secs: u64,
     /// OpenID Connect providers by name.
     pub oidc: std::collections::BTreeMap<String, OidcProviderConfig>,
 }
@@ -145,8 +141,6 @@ impl Default for AuthConfig {
             argon2_parallelism: 1,
             email_token_ttl_secs: 3600,
             public_url: "http://127.0.0.1:8090".into(),
-            lockout_threshold: 10,
-            lockout_secs: 15 * 60,
             oidc: Default::default(),
         }
     }

@@ -90,6 +90,20 @@ async fn prepare(
     };
     let coll = service::collection(state, &coll)?;
     let method = op.method.to_ascii_uppercase();
+    // A new password ends the account's sessions, which a batch cannot do atomically.
+    if coll.is_auth()
+        && method != "POST"
+        && op
+            .body
+            .as_ref()
+            .is_some_and(|b| b.get("password").is_some())
+    {
+        return Err(ApiError::field(
+            "body.password",
+            "not_in_batch",
+            "change a password with a single PATCH of the account",
+        ));
+    }
     match (method.as_str(), id) {
         ("POST", None) => Ok((
             service::prepare_create(state, caller, &coll, body_object(op)?).await?,

@@ -79,6 +79,21 @@ fn collection_json(coll: &Collection) -> Value {
     v
 }
 
+fn admin_audit(
+    state: &AppState,
+    caller: &crate::auth::caller::Caller,
+    event: &'static str,
+    name: &str,
+) {
+    crate::auth::audit::record(
+        state,
+        crate::auth::audit::Event::new(event, "ok")
+            .actor(caller.actor())
+            .collection(name)
+            .ip(caller.ip.clone()),
+    );
+}
+
 fn no_store(mut res: Response) -> Response {
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -207,7 +222,7 @@ async fn list_collections(_: Admin, State(state): State<AppState>) -> Response {
     )
 )]
 async fn create_collection(
-    _: Admin,
+    Admin(caller): Admin,
     State(state): State<AppState>,
     JsonBody(mut spec): JsonBody<CollectionSpec>,
 ) -> Result<Response, ApiError> {
@@ -227,6 +242,7 @@ async fn create_collection(
         vec![SchemaOp::DropCollection { name: name.clone() }],
     )
     .await?;
+    admin_audit(&state, &caller, "collection_created", &name);
     let coll = crate::records::service::collection(&state, &name)?;
     let mut res = (StatusCode::CREATED, axum::Json(collection_json(&coll))).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("/v1/collections/{name}")) {
@@ -274,7 +290,7 @@ async fn get_collection(
     )
 )]
 async fn patch_collection(
-    _: Admin,
+    Admin(caller): Admin,
     State(state): State<AppState>,
     Path(name): Path<String>,
     JsonBody(patch): JsonBody<CollectionPatch>,
@@ -371,6 +387,7 @@ async fn patch_collection(
         vec![SchemaOp::AlterCollection(down)],
     )
     .await?;
+    admin_audit(&state, &caller, "collection_altered", &name);
     let coll = crate::records::service::collection(&state, &name)?;
     Ok(no_store(axum::Json(collection_json(&coll)).into_response()))
 }
@@ -390,7 +407,7 @@ async fn patch_collection(
     )
 )]
 async fn delete_collection(
-    _: Admin,
+    Admin(caller): Admin,
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -422,6 +439,7 @@ async fn delete_collection(
         }],
     )
     .await?;
+    admin_audit(&state, &caller, "collection_dropped", &name);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

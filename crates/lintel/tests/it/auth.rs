@@ -622,6 +622,15 @@ async fn each_persona_sees_and_changes_only_what_the_rules_allow() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(denied >= 3, "rule denials are audited");
+    let r = app
+        .admin(Method::GET, "/v1/audit?event=collection_created", None)
+        .await;
+    assert!(
+        r.body["items"].as_array().unwrap().len() >= 2,
+        "admin changes are audited: {}",
+        r.text
+    );
+    assert_eq!(r.body["items"][0]["actor"], "admin token");
     app.shutdown().await;
 }
 
