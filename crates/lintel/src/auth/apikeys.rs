@@ -157,12 +157,7 @@ pub async fn create_key(
         SqlValue::Int(now),
         expires.map_or(SqlValue::Null, SqlValue::Int),
     ];
-    for (i, v) in values.into_iter().enumerate() {
-        if i > 0 {
-            sql.push(", ");
-        }
-        sql.bind(v);
-    }
+    sql.bind_all(values);
     sql.push(")");
     state
         .store

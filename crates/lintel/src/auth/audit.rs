@@ -86,12 +86,7 @@ pub fn record(state: &AppState, e: Event) {
         opt(request_id.clone()),
         opt(e.detail.map(|d| d.to_string())),
     ];
-    for (i, v) in values.into_iter().enumerate() {
-        if i > 0 {
-            sql.push(", ");
-        }
-        sql.bind(v);
-    }
+    sql.bind_all(values);
     sql.push(")");
     tracing::info!(event = e.event, outcome = e.outcome, "audit");
     let store = state.store.clone();

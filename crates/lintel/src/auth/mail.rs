@@ -123,12 +123,7 @@ async fn issue(
         SqlValue::Int(now),
         SqlValue::Int(now + state.config.auth.email_token_ttl_secs as i64 * 1000),
     ];
-    for (i, v) in values.into_iter().enumerate() {
-        if i > 0 {
-            sql.push(", ");
-        }
-        sql.bind(v);
-    }
+    sql.bind_all(values);
     sql.push(")");
     state
         .store

@@ -187,12 +187,7 @@ pub async fn start(
         SqlValue::Int(now),
         SqlValue::Int(now + STATE_TTL_MS),
     ];
-    for (i, v) in values.into_iter().enumerate() {
-        if i > 0 {
-            sql.push(", ");
-        }
-        sql.bind(v);
-    }
+    sql.bind_all(values);
     sql.push(")");
     state
         .store

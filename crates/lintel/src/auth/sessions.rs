@@ -170,12 +170,7 @@ impl SessionStore for SqlSessions {
             opt(&s.ip),
             opt(&s.user_agent),
         ];
-        for (i, v) in values.into_iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
-            }
-            sql.bind(v);
-        }
+        sql.bind_all(values);
         sql.push(")");
         let mut ops = vec![system(sql, Some(1))];
         if let Some((hash, expires)) = &new.refresh {

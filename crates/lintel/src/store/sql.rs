@@ -87,6 +87,17 @@ impl Sql {
         self
     }
 
+    /// Appends placeholders for `values`, separated by commas.
+    pub fn bind_all(&mut self, values: impl IntoIterator<Item = SqlValue>) -> &mut Self {
+        for (i, v) in values.into_iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.bind(v);
+        }
+        self
+    }
+
     /// A value compared with a JSON path: as is on SQLite (its JSON functions return SQL
     /// scalars), as `jsonb` on PostgreSQL (where paths return `jsonb`).
     pub fn bind_json_scalar(&mut self, value: SqlValue) -> &mut Self {
