@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::app::AppState;
 use crate::auth::{SUPERUSERS, audit, sessions, superusers, tokens};
-use crate::collections::model::Action;
+use crate::collections::model::{Action, Collection};
 use crate::error::ApiError;
 use crate::http::extract::bearer;
 use crate::store::Record;
@@ -33,9 +33,25 @@ pub enum Principal {
     },
     /// A record of an auth collection.
     User {
-        collection: String,
+        coll: Arc<Collection>,
         record: Arc<Record>,
     },
+}
+
+impl Principal {
+    /// The account as its owner sees it (hidden fields left out), or null.
+    pub fn json(&self) -> Value {
+        match self {
+            Principal::Anonymous => Value::Null,
+            Principal::Superuser { id, email } => superuser_json(id, email),
+            Principal::User { coll, record } => crate::auth::routes::user_json(coll, record),
+        }
+    }
+}
+
+/// A superuser as clients see it.
+pub fn superuser_json(id: &str, email: &str) -> Value {
+    serde_json::json!({ "id": id, "email": email, "collection": SUPERUSERS })
 }
 
 /// How the caller proved who it is.
@@ -79,7 +95,7 @@ impl Caller {
         match &self.principal {
             Principal::Anonymous => None,
             Principal::Superuser { id, .. } => Some((SUPERUSERS, id)),
-            Principal::User { collection, record } => Some((collection, &record.id)),
+            Principal::User { coll, record } => Some((coll.name(), &record.id)),
         }
     }
 
@@ -102,14 +118,14 @@ impl Caller {
                 m.insert("collection".into(), SUPERUSERS.into());
                 Some(m)
             }
-            Principal::User { collection, record } => {
+            Principal::User { coll, record } => {
                 let mut m = Map::new();
                 m.insert("id".into(), record.id.clone().into());
-                m.insert("collection".into(), collection.clone().into());
+                m.insert("collection".into(), coll.name().into());
                 m.insert("created".into(), record.created.clone().into());
                 m.insert("updated".into(), record.updated.clone().into());
                 for (k, v) in &record.data {
-                    if k != "passwordHash" {
+                    if !coll.is_hidden(k) {
                         m.insert(k.clone(), v.clone());
                     }
                 }
@@ -143,7 +159,7 @@ impl Caller {
         let who = match &self.principal {
             Principal::Anonymous => "anonymous".to_owned(),
             Principal::Superuser { id, .. } => format!("{SUPERUSERS}/{id}"),
-            Principal::User { collection, record } => format!("{collection}/{}", record.id),
+            Principal::User { coll, record } => format!("{}/{}", coll.name(), record.id),
         };
         match &self.via {
             Via::ApiKey { id, .. } => format!("{who} (api key {id})"),
@@ -390,10 +406,7 @@ pub async fn load_principal(
         return Ok(None);
     };
     match crate::records::service::get(state, &coll, id).await {
-        Ok(record) => Ok(Some(Principal::User {
-            collection: collection.to_owned(),
-            record,
-        })),
+        Ok(record) => Ok(Some(Principal::User { coll, record })),
         Err(e) if e.status == StatusCode::NOT_FOUND => Ok(None),
         Err(e) => Err(e),
     }

@@ -453,7 +453,7 @@ pub async fn request_email_change(
 ) -> Result<Response, ApiError> {
     require_mailer(&state)?;
     require_account(&caller)?;
-    let Principal::User { collection, record } = &caller.principal else {
+    let Principal::User { coll, record } = &caller.principal else {
         return Err(ApiError::forbidden(
             "forbidden",
             "Only accounts of auth collections change their email this way.",
@@ -474,7 +474,7 @@ pub async fn request_email_change(
     let token = issue(
         &state,
         "email_change",
-        collection,
+        coll.name(),
         &record.id,
         Some(new.clone()),
     )

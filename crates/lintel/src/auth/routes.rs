@@ -13,7 +13,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
-use crate::auth::caller::{Caller, Principal, SESSION_COOKIE, Via, cookie, require_account};
+use crate::auth::caller::{Caller, SESSION_COOKIE, Via, cookie, require_account};
 use crate::auth::sessions::{NewSession, Rotation, Session};
 use crate::auth::{SUPERUSERS, apikeys, audit, password, superusers, tokens};
 use crate::collections::model::Collection;
@@ -91,9 +91,7 @@ impl Account {
 
     pub fn json(&self) -> Value {
         match self {
-            Account::Superuser(s) => {
-                json!({ "id": s.id, "email": s.email, "collection": SUPERUSERS })
-            }
+            Account::Superuser(s) => crate::auth::caller::superuser_json(&s.id, &s.email),
             Account::User(c, r) => user_json(c, r),
         }
     }
@@ -429,16 +427,7 @@ async fn refresh(
     else {
         return Err(invalid());
     };
-    let user = match &principal {
-        Principal::Superuser { id, email } => {
-            json!({ "id": id, "email": email, "collection": SUPERUSERS })
-        }
-        Principal::User { collection, record } => match state.catalog().get(collection) {
-            Some(c) => user_json(&c, record),
-            None => return Err(invalid()),
-        },
-        Principal::Anonymous => return Err(invalid()),
-    };
+    let user = principal.json();
     let access = state
         .auth
         .keys
@@ -554,18 +543,9 @@ async fn logout_all(State(state): State<AppState>, caller: Caller) -> Result<Res
         (status = 401, description = "Not signed in", body = ProblemDoc, content_type = "application/problem+json"),
     )
 )]
-async fn me(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+async fn me(caller: Caller) -> Result<Response, ApiError> {
     require_account(&caller)?;
-    let user = match &caller.principal {
-        Principal::Superuser { id, email } => {
-            json!({ "id": id, "email": email, "collection": SUPERUSERS })
-        }
-        Principal::User { collection, record } => match state.catalog().get(collection) {
-            Some(c) => user_json(&c, record),
-            None => Value::Null,
-        },
-        Principal::Anonymous => Value::Null,
-    };
+    let user = caller.principal.json();
     let via = match &caller.via {
         Via::Nothing => "none",
         Via::AdminToken => "admin_token",
