@@ -181,15 +181,20 @@ pub fn denied(state: &AppState, caller: &Caller, coll: &Collection, action: Acti
 }
 
 /// Refuses fields only superusers may set (and the password hash, which nobody sets).
+/// On update, a protected field sent back unchanged (a PUT of the whole record) passes.
 fn check_protected(
     caller: &Caller,
     coll: &Collection,
     input: &Map<String, Value>,
-    updating: bool,
+    current: Option<&Record>,
 ) -> Result<(), ApiError> {
+    let updating = current.is_some();
     let mut errors = crate::error::FieldErrors::new();
-    for k in input.keys() {
+    for (k, v) in input {
         let Some(f) = coll.field(k) else { continue };
+        if current.is_some_and(|r| r.data.get(k) == Some(v)) && k != "passwordHash" {
+            continue;
+        }
         if coll.is_auth() && k == "passwordHash" {
             crate::error::push_field_error(
                 &mut errors,
@@ -288,7 +293,7 @@ pub async fn prepare_create(
     if rules::is_denied_outright(caller, coll, Action::Create) {
         return Err(denied(state, caller, coll, Action::Create));
     }
-    check_protected(caller, coll, &input, false)?;
+    check_protected(caller, coll, &input, None)?;
     let hash = if coll.is_auth() {
         if let Some(Value::String(e)) = input.get_mut("email") {
             *e = crate::auth::routes::normalize_email(e);
@@ -380,7 +385,7 @@ pub async fn prepare_update(
 ) -> Result<WriteOp, ApiError> {
     caller.require_scope(coll.name(), Action::Update)?;
     let current = get_visible(state, caller, coll, id).await?;
-    check_protected(caller, coll, &input, true)?;
+    check_protected(caller, coll, &input, Some(&current))?;
     let hash = if coll.is_auth() {
         if let Some(Value::String(e)) = input.get_mut("email") {
             *e = crate::auth::routes::normalize_email(e);

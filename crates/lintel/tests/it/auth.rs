@@ -487,7 +487,29 @@ async fn each_persona_sees_and_changes_only_what_the_rules_allow() {
         .await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{q}: {}", r.text);
     }
-    // Protected fields: only superusers set them.
+    // Protected fields: only superusers set them; sending them back unchanged (a PUT
+    // of the whole record) is fine.
+    let own = as_user(
+        &app,
+        &tb,
+        Method::GET,
+        &format!("/v1/collections/users/records/{b_id}"),
+        None,
+    )
+    .await;
+    let mut whole = own.body.clone();
+    for k in ["id", "created", "updated", "version", "_links"] {
+        whole.as_object_mut().unwrap().remove(k);
+    }
+    let r = as_user(
+        &app,
+        &tb,
+        Method::PUT,
+        &format!("/v1/collections/users/records/{b_id}"),
+        Some(whole),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let r = as_user(
         &app,
         &tb,
