@@ -149,7 +149,7 @@ fn admin_token(config: &Config) -> anyhow::Result<String> {
 }
 
 /// A secret kept in a file (mode 0600): read, or generated on first use. Blocking.
-pub fn secret_file(path: &Path, what: &str) -> anyhow::Result<String> {
+fn secret_file(path: &Path, what: &str) -> anyhow::Result<String> {
     match std::fs::read_to_string(path) {
         Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
         Ok(_) => {}
@@ -221,8 +221,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
     let keys = {
         let cfg = config.auth.clone();
-        let dir = config.data_dir.clone();
-        tokio::task::spawn_blocking(move || crate::auth::tokens::Keys::load(&cfg, &dir)).await??
+        let stored =
+            if cfg.jwt_algorithm.eq_ignore_ascii_case("HS256") && cfg.jwt_secret.0.is_empty() {
+                crate::auth::tokens::stored_secret(store.as_ref()).await?
+            } else {
+                String::new()
+            };
+        tokio::task::spawn_blocking(move || crate::auth::tokens::Keys::load(&cfg, &stored))
+            .await??
     };
     let catalog = load_catalog(store.as_ref()).await?;
     let versions = VersionClock::default();

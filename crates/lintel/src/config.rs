@@ -66,7 +66,7 @@ pub struct AuthConfig {
     /// `HS256` (with `jwt_secret`) or `EdDSA` (with `jwt_private_key_file`).
     pub jwt_algorithm: String,
     /// The HS256 signing key; empty = generated on first start into
-    /// `<data_dir>/jwt-secret` (set it explicitly when several instances share a store).
+    /// the store, where every instance sharing it finds it.
     pub jwt_secret: Secret,
     /// An Ed25519 private key (PKCS#8 PEM) for EdDSA.
     pub jwt_private_key_file: PathBuf,

@@ -112,6 +112,13 @@ pub const AUTH_TABLES: &str = "CREATE TABLE _lintel_superusers (
         );
         CREATE INDEX _lintel_audit_event ON _lintel_audit (event, at);";
 
+/// Secrets generated once and shared by every instance on the store (the token
+/// signing key when none is configured).
+pub const SECRETS_TABLE: &str = "CREATE TABLE _lintel_secrets (
+            name TEXT PRIMARY KEY NOT NULL,
+            value TEXT NOT NULL
+        );";
+
 /// A record as stored: system fields plus the field values (table) or the document.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {

@@ -79,6 +79,7 @@ pub const SYSTEM_MIGRATIONS: &[(i64, &str, &str)] = &[
         CREATE INDEX _lintel_idempotency_created ON _lintel_idempotency (created_ms);",
     ),
     (3, "auth", crate::store::AUTH_TABLES),
+    (4, "secrets", crate::store::SECRETS_TABLE),
 ];
 
 impl ToSql for SqlValue {

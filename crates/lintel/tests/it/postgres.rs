@@ -334,6 +334,40 @@ async fn two_instances_starting_on_one_empty_database_apply_migrations_once() {
         "B reloaded its catalog after A's schema change"
     );
 
+    // One signing key in the store: a token from A works on B, and a logout on B
+    // ends it on A.
+    let res = http
+        .post(format!("http://{a}/v1/collections/users/records"))
+        .json(&json!({"email": "x@example.com", "password": "a long passphrase"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let login: serde_json::Value = http
+        .post(format!("http://{a}/v1/auth/login"))
+        .json(&json!({"email": "x@example.com", "password": "a long passphrase"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["accessToken"].as_str().unwrap();
+    let me = |host: std::net::SocketAddr| {
+        http.get(format!("http://{host}/v1/auth/me"))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(me(b).await.unwrap().status(), StatusCode::OK);
+    let out = http
+        .post(format!("http://{b}/v1/auth/logout"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::NO_CONTENT);
+    assert_eq!(me(a).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+
     let metrics = http
         .get(format!("http://{}/metrics", running[0].addr))
         .send()
