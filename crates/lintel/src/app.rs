@@ -52,6 +52,12 @@ pub struct Inner {
     pub mailer: Option<Arc<crate::auth::mail::Mailer>>,
     /// Outgoing HTTP (identity providers).
     pub http_client: reqwest::Client,
+    /// Rate-limit rules and counters (None when turned off).
+    pub limiter: Option<crate::ratelimit::Limiter>,
+    /// Failed sign-ins per account and address.
+    pub login_guard: crate::ratelimit::lockout::LoginGuard,
+    /// Proxies whose forwarding headers are believed.
+    pub trusted_proxies: Vec<crate::http::client_ip::Cidr>,
 }
 
 impl Deref for AppState {
@@ -267,6 +273,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .build()
         .context("building the HTTP client")?;
     let store_for_auth = store.clone();
+    let trusted_proxies = crate::http::client_ip::parse_all(&config.http.trusted_proxies)?;
+    crate::ratelimit::validate(&config.rate_limit.rules)?;
+    let limiter = config.rate_limit.enabled.then(|| {
+        crate::ratelimit::Limiter::new(
+            config.rate_limit.rules.clone(),
+            Box::new(crate::ratelimit::MemoryStore::new(
+                config.rate_limit.max_keys,
+            )),
+        )
+    });
     let mailer_cfg = config.mail.clone();
     let state = AppState(Arc::new(Inner {
         admin_digest: token_digest(&token),
@@ -280,6 +296,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         auth: crate::auth::AuthRuntime::new(keys, store_for_auth),
         mailer: crate::auth::mail::Mailer::from_config(&mailer_cfg)?.map(Arc::new),
         http_client,
+        limiter,
+        login_guard: Default::default(),
+        trusted_proxies,
     }));
     crate::collections::ensure_users(&state).await?;
     let router = crate::http::finish(router, state.clone());
@@ -405,6 +424,18 @@ async fn upkeep(state: AppState, mut stop: watch::Receiver<bool>) {
             _ = stop.wait_for(|s| *s) => return,
         }
         state.metrics.run_upkeep();
+        if let Some(l) = &state.limiter {
+            l.sweep();
+        }
+        state.login_guard.sweep(
+            crate::clock::now_ms(),
+            (state
+                .config
+                .auth
+                .lockout_window_secs
+                .max(state.config.auth.lockout_secs)
+                * 1000) as i64,
+        );
         n += 1;
         if n % 120 == 1 {
             let cutoff = crate::clock::now_ms() - (state.config.idempotency.ttl_secs * 1000) as i64;

@@ -57,6 +57,95 @@ pub struct Config {
     pub cache: CacheConfig,
     pub auth: AuthConfig,
     pub mail: MailConfig,
+    pub cors: CorsConfig,
+    pub security: SecurityConfig,
+    pub rate_limit: RateLimitConfig,
+}
+
+/// Cross-origin requests from browsers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Exact origins (`https://app.example.com`); empty = no CORS headers at all.
+    /// There is no `*`: credentials and wildcards do not mix.
+    pub allowed_origins: Vec<String>,
+    pub allowed_methods: Vec<String>,
+    pub allowed_headers: Vec<String>,
+    /// Let cookies travel with cross-origin requests.
+    pub allow_credentials: bool,
+    /// How long browsers may cache a preflight, in seconds.
+    pub max_age_secs: u64,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        Self {
+            allowed_origins: Vec::new(),
+            allowed_methods: ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+                .map(String::from)
+                .to_vec(),
+            allowed_headers: [
+                "authorization",
+                "content-type",
+                "if-match",
+                "if-none-match",
+                "idempotency-key",
+                "x-csrf-token",
+                "x-request-id",
+                "api-version",
+            ]
+            .map(String::from)
+            .to_vec(),
+            allow_credentials: true,
+            max_age_secs: 600,
+        }
+    }
+}
+
+/// Security headers on every response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    pub referrer_policy: String,
+    pub frame_options: String,
+    /// For every response (Lintel serves JSON; nothing may be framed or run).
+    pub content_security_policy: String,
+    /// `Strict-Transport-Security` max-age when serving TLS; 0 = none.
+    pub hsts_max_age_secs: u64,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            referrer_policy: "no-referrer".into(),
+            frame_options: "DENY".into(),
+            content_security_policy:
+                "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+                    .into(),
+            hsts_max_age_secs: 31_536_000,
+        }
+    }
+}
+
+/// Rate limiting (see `ratelimit`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    /// Counters kept at most (per rule and key).
+    pub max_keys: usize,
+    /// Checked in order; every matching rule counts the request.
+    pub rules: Vec<crate::ratelimit::Rule>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_keys: 100_000,
+            rules: crate::ratelimit::default_rules(),
+        }
+    }
 }
 
 /// Accounts, sessions and tokens.
@@ -99,6 +188,13 @@ pub struct AuthConfig {
     pub email_token_ttl_secs: u64,
     /// The public address of the app, used in links in emails.
     pub public_url: String,
+    /// Failed sign-ins for one account within `lockout_window_secs` before it is locked.
+    pub lockout_threshold: u32,
+    /// Failed sign-ins from one address within the window before it is locked.
+    pub lockout_ip_threshold: u32,
+    pub lockout_window_secs: u64,
+    /// How long a lock lasts, in seconds.
+    pub lockout_secs: u64,
     /// OpenID Connect providers by name.
     pub oidc: std::collections::BTreeMap<String, OidcProviderConfig>,
 }
@@ -141,6 +237,10 @@ impl Default for AuthConfig {
             argon2_parallelism: 1,
             email_token_ttl_secs: 3600,
             public_url: "http://127.0.0.1:8090".into(),
+            lockout_threshold: 10,
+            lockout_ip_threshold: 50,
+            lockout_window_secs: 15 * 60,
+            lockout_secs: 15 * 60,
             oidc: Default::default(),
         }
     }
@@ -221,6 +321,8 @@ pub struct HttpConfig {
     pub shutdown_grace_ms: u64,
     /// Compress responses (gzip) when the client accepts it.
     pub compression: bool,
+    /// Proxies (addresses or ranges) whose `Forwarded` / `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -309,6 +411,9 @@ impl Default for Config {
             cache: CacheConfig::default(),
             auth: AuthConfig::default(),
             mail: MailConfig::default(),
+            cors: CorsConfig::default(),
+            security: SecurityConfig::default(),
+            rate_limit: RateLimitConfig::default(),
         }
     }
 }
@@ -329,6 +434,7 @@ impl Default for HttpConfig {
             request_timeout_ms: 30_000,
             shutdown_grace_ms: 10_000,
             compression: true,
+            trusted_proxies: Vec::new(),
         }
     }
 }

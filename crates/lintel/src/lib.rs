@@ -18,6 +18,7 @@ pub mod error;
 pub mod http;
 pub mod ids;
 pub mod migrations;
+pub mod ratelimit;
 pub mod records;
 pub mod store;
 pub mod telemetry;

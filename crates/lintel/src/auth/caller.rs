@@ -193,18 +193,10 @@ impl FromRequestParts<AppState> for Caller {
             return Ok(c.clone());
         }
         let mut caller = resolve(state, parts).await?;
-        caller.ip = client_ip(parts);
+        caller.ip = crate::http::client_ip::client_ip(parts, state);
         parts.extensions.insert(caller.clone());
         Ok(caller)
     }
-}
-
-/// The peer address of the connection.
-pub fn client_ip(parts: &Parts) -> Option<String> {
-    parts
-        .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
 }
 
 fn invalid_token() -> ApiError {

@@ -20,6 +20,7 @@ use crate::collections::model::Collection;
 use crate::error::ApiError;
 use crate::http::extract::JsonBody;
 use crate::http::openapi::ProblemDoc;
+use crate::ratelimit::lockout::{Gate, Policy};
 use crate::records::service::{render, store_error};
 use crate::store::{Record, Sql, SqlValue};
 
@@ -305,6 +306,53 @@ async fn login(
     if email.is_empty() || req.password.is_empty() || req.password.len() > password::MAX_LENGTH {
         return Err(invalid_credentials());
     }
+    // Sign-in protection: slowed down after a few failures, locked after many.
+    let cfg = &state.config.auth;
+    let window_ms = (cfg.lockout_window_secs * 1000) as i64;
+    let lock_ms = (cfg.lockout_secs * 1000) as i64;
+    let account_key = format!("acct:{collection}/{email}");
+    let ip_key = format!("ip:{}", caller.ip.as_deref().unwrap_or(""));
+    let guard_keys = [
+        (
+            account_key.as_str(),
+            Policy {
+                threshold: cfg.lockout_threshold.max(1),
+                window_ms,
+                lock_ms,
+            },
+        ),
+        (
+            ip_key.as_str(),
+            Policy {
+                threshold: cfg.lockout_ip_threshold.max(1),
+                window_ms,
+                lock_ms,
+            },
+        ),
+    ];
+    match state.login_guard.gate(&guard_keys, crate::clock::now_ms()) {
+        Gate::Locked { retry_after_ms } => {
+            audit::record(
+                &state,
+                audit::Event::new("login_refused_locked", "denied")
+                    .collection(collection.clone())
+                    .ip(caller.ip.clone())
+                    .detail(json!({ "email": email })),
+            );
+            let secs = retry_after_ms.div_ceil(1000).max(1);
+            let mut err = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "signin_locked",
+                format!("Too many failed sign-ins; try again in {secs} s."),
+            );
+            err.retry_after = Some(secs);
+            return Err(err);
+        }
+        Gate::Proceed { delay_ms } if delay_ms > 0 => {
+            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+        }
+        Gate::Proceed { .. } => {}
+    }
     let account = find_account(&state, &collection, &email).await?;
     let hash = account
         .as_ref()
@@ -315,6 +363,18 @@ async fn login(
     let account = match account {
         Some(a) if ok => a,
         other => {
+            for key in state
+                .login_guard
+                .failed(&guard_keys, crate::clock::now_ms())
+            {
+                audit::record(
+                    &state,
+                    audit::Event::new("signin_locked", "locked")
+                        .collection(collection.clone())
+                        .ip(caller.ip.clone())
+                        .detail(json!({ "key": key, "lockSecs": state.config.auth.lockout_secs })),
+                );
+            }
             audit::record(
                 &state,
                 audit::Event::new("login_failed", "denied")
@@ -345,6 +405,7 @@ async fn login(
         );
         return Err(e);
     }
+    state.login_guard.succeeded(&account_key);
     audit::record(
         &state,
         audit::Event::new("login", "ok")

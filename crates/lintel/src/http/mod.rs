@@ -6,10 +6,12 @@
 //! rendering), `version` (path/header version, before routing), then inside the
 //! router: `observe` (time limit, access log, metrics), idempotency, body limit, handler.
 
+pub mod client_ip;
 pub mod edge;
 pub mod extract;
 pub mod idempotency;
 pub mod openapi;
+pub mod security;
 pub mod system;
 
 use axum::Router;
@@ -52,7 +54,15 @@ pub fn finish(router: Router<AppState>, state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            crate::ratelimit::limit,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             edge::observe,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            security::protect,
         ))
         .with_state(state)
 }

@@ -13,4 +13,5 @@ mod idempotency;
 mod migrations;
 mod oidc;
 mod postgres;
+mod protect;
 mod records;

@@ -1,0 +1,403 @@
+//! Rate limiting: rules that match a route pattern and methods, count per client IP,
+//! per account, per API key or globally, and apply one of five algorithms
+//! ([`algorithms`]). Every matching response carries the IETF `RateLimit-Policy` and
+//! `RateLimit` headers; a refused one is a 429 problem with `Retry-After`. Counters live
+//! behind [`RateStore`] (in memory here, bounded, idle keys dropped), so a shared store
+//! can replace it. Sign-in lockout is in [`lockout`].
+
+pub mod algorithms;
+pub mod lockout;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use crate::app::AppState;
+use crate::auth::caller::{Caller, Via};
+use crate::error::ApiError;
+pub use algorithms::{Algorithm, Decision, Quota, State as Counter};
+
+/// What a rule counts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyBy {
+    /// The client address (after trusted proxies).
+    Ip,
+    /// The signed-in account (anonymous callers by address).
+    User,
+    /// The API key (other callers by address).
+    ApiKey,
+    /// One counter for everyone.
+    Global,
+}
+
+/// One rate-limit rule.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Names the policy in the headers.
+    pub name: String,
+    /// A path pattern: `*` matches one segment, a final `**` the rest.
+    pub path: String,
+    /// Methods it applies to; empty = all.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    pub key: KeyBy,
+    pub algorithm: Algorithm,
+    /// Requests per period.
+    pub limit: u32,
+    pub period_secs: u64,
+    /// Token bucket capacity / leaky bucket queue length (default: `limit`).
+    #[serde(default)]
+    pub burst: u32,
+}
+
+impl Rule {
+    fn quota(&self) -> Quota {
+        Quota {
+            limit: self.limit.max(1),
+            period_ms: self.period_secs.max(1) * 1000,
+            burst: if self.burst == 0 {
+                self.limit
+            } else {
+                self.burst
+            },
+        }
+    }
+
+    fn matches(&self, method: &str, path: &str) -> bool {
+        (self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
+            && path_matches(&self.path, path)
+    }
+}
+
+/// `*` matches one segment; a final `**` matches any rest (including nothing).
+pub fn path_matches(pattern: &str, path: &str) -> bool {
+    let mut p = pattern.trim_matches('/').split('/');
+    let mut s = path.trim_matches('/').split('/');
+    loop {
+        match (p.next(), s.next()) {
+            (Some("**"), _) => return true,
+            (Some(a), Some(b)) if a == "*" || a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// The default rules: strict on sign-in and account recovery, generous on the API.
+pub fn default_rules() -> Vec<Rule> {
+    vec![
+        Rule {
+            name: "auth".into(),
+            path: "/v1/auth/**".into(),
+            methods: vec!["POST".into()],
+            key: KeyBy::Ip,
+            algorithm: Algorithm::SlidingWindow,
+            limit: 30,
+            period_secs: 60,
+            burst: 0,
+        },
+        Rule {
+            name: "api".into(),
+            path: "/**".into(),
+            methods: Vec::new(),
+            key: KeyBy::Ip,
+            algorithm: Algorithm::TokenBucket,
+            limit: 6000,
+            period_secs: 60,
+            burst: 300,
+        },
+    ]
+}
+
+/// Where counters live. Implementations must bound their memory.
+pub trait RateStore: Send + Sync + 'static {
+    /// Counts one request for `key` under rule `rule`.
+    fn hit(
+        &self,
+        rule: usize,
+        algorithm: Algorithm,
+        quota: &Quota,
+        key: &str,
+        now_ms: u64,
+    ) -> Decision;
+    /// Drops counters that have returned to their initial state.
+    fn sweep(&self, now_ms: u64, quotas: &[Quota]);
+    /// Counters held.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+const SHARDS: usize = 16;
+
+/// Counters in memory, sharded; at most `max_keys` (beyond that, new keys share one
+/// overflow counter per rule, which is strict but keeps memory bounded).
+pub struct MemoryStore {
+    shards: Vec<Mutex<HashMap<(usize, String), Counter>>>,
+    per_shard: usize,
+}
+
+impl MemoryStore {
+    pub fn new(max_keys: usize) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            per_shard: (max_keys / SHARDS).max(16),
+        }
+    }
+
+    fn shard(&self, rule: usize, key: &str) -> &Mutex<HashMap<(usize, String), Counter>> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (rule, key).hash(&mut h);
+        &self.shards[(h.finish() as usize) % SHARDS]
+    }
+}
+
+impl RateStore for MemoryStore {
+    fn hit(
+        &self,
+        rule: usize,
+        algorithm: Algorithm,
+        quota: &Quota,
+        key: &str,
+        now_ms: u64,
+    ) -> Decision {
+        let mut map = match self.shard(rule, key).lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        let mut k = (rule, key.to_owned());
+        if !map.contains_key(&k) && map.len() >= self.per_shard {
+            map.retain(|(r, _), s| *r != rule || !s.idle(now_ms, quota));
+            if map.len() >= self.per_shard {
+                k = (rule, "\u{0}overflow".to_owned());
+            }
+        }
+        map.entry(k)
+            .or_insert_with(|| Counter::new(algorithm, now_ms, quota))
+            .hit(now_ms, quota)
+    }
+
+    fn sweep(&self, now_ms: u64, quotas: &[Quota]) {
+        for shard in &self.shards {
+            let mut map = match shard.lock() {
+                Ok(m) => m,
+                Err(p) => p.into_inner(),
+            };
+            map.retain(|(r, _), s| quotas.get(*r).is_none_or(|q| !s.idle(now_ms, q)));
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+}
+
+/// The rules and their counters.
+pub struct Limiter {
+    rules: Vec<Rule>,
+    quotas: Vec<Quota>,
+    store: Box<dyn RateStore>,
+    epoch: std::time::Instant,
+}
+
+impl Limiter {
+    pub fn new(rules: Vec<Rule>, store: Box<dyn RateStore>) -> Self {
+        let quotas = rules.iter().map(Rule::quota).collect();
+        Self {
+            rules,
+            quotas,
+            store,
+            epoch: std::time::Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        // Monotonic: wall-clock jumps never refill or drain buckets.
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    pub fn sweep(&self) {
+        self.store.sweep(self.now_ms(), &self.quotas);
+        metrics::gauge!("lintel_ratelimit_keys").set(self.store.len() as f64);
+    }
+
+    fn needs_caller(&self, method: &str, path: &str) -> bool {
+        self.rules
+            .iter()
+            .any(|r| matches!(r.key, KeyBy::User | KeyBy::ApiKey) && r.matches(method, path))
+    }
+}
+
+/// Checks configuration: rules must be usable.
+pub fn validate(rules: &[Rule]) -> anyhow::Result<()> {
+    for r in rules {
+        anyhow::ensure!(
+            r.limit > 0,
+            "rate_limit rule '{}': limit must be above 0",
+            r.name
+        );
+        anyhow::ensure!(
+            r.period_secs > 0,
+            "rate_limit rule '{}': period_secs must be above 0",
+            r.name
+        );
+        anyhow::ensure!(
+            r.path.starts_with('/'),
+            "rate_limit rule '{}': path must start with /",
+            r.name
+        );
+        anyhow::ensure!(
+            !r.name.is_empty()
+                && r.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+            "rate_limit rule names are letters, digits, - and _"
+        );
+    }
+    Ok(())
+}
+
+/// The middleware: counts the request under every matching rule.
+pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(limiter) = state.limiter.as_ref() else {
+        return next.run(req).await;
+    };
+    let method = req.method().as_str().to_owned();
+    let path = req.uri().path().to_owned();
+    let (mut parts, body) = req.into_parts();
+    let ip = crate::http::client_ip::client_ip(&parts, &state).unwrap_or_default();
+    // The caller only when a rule counts by account or key; a bad credential counts
+    // by address (the handler answers it).
+    let caller = if limiter.needs_caller(&method, &path) {
+        Caller::from_request_parts(&mut parts, &state).await.ok()
+    } else {
+        None
+    };
+    let now = limiter.now_ms();
+    let mut policies = Vec::new();
+    let mut states = Vec::new();
+    let mut refused: Option<u64> = None;
+    let mut delay = 0u64;
+    for (i, rule) in limiter.rules.iter().enumerate() {
+        if !rule.matches(&method, &path) {
+            continue;
+        }
+        let key = match (rule.key, &caller) {
+            (KeyBy::Global, _) => String::new(),
+            (KeyBy::User, Some(c)) => match c.account() {
+                Some((coll, id)) => format!("u:{coll}/{id}"),
+                None => format!("ip:{ip}"),
+            },
+            (
+                KeyBy::ApiKey,
+                Some(Caller {
+                    via: Via::ApiKey { id, .. },
+                    ..
+                }),
+            ) => {
+                format!("k:{id}")
+            }
+            _ => format!("ip:{ip}"),
+        };
+        let q = &limiter.quotas[i];
+        let d = limiter.store.hit(i, rule.algorithm, q, &key, now);
+        policies.push(format!(
+            "\"{}\";q={};w={}",
+            rule.name,
+            q.limit,
+            rule.period_secs.max(1)
+        ));
+        states.push(format!(
+            "\"{}\";r={};t={}",
+            rule.name,
+            d.remaining,
+            d.reset_ms.div_ceil(1000)
+        ));
+        if d.allowed {
+            delay = delay.max(d.delay_ms);
+        } else {
+            refused = Some(refused.unwrap_or(0).max(d.retry_after_ms));
+        }
+    }
+    let mut res = match refused {
+        Some(wait) => {
+            metrics::counter!("lintel_ratelimit_refused_total").increment(1);
+            let secs = wait.div_ceil(1000).max(1);
+            let mut err = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("Too many requests; retry in {secs} s."),
+            );
+            err.retry_after = Some(secs);
+            err.into_response()
+        }
+        None => {
+            if delay > 0 {
+                // The leaky bucket's queue: the request waits for its slot.
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            next.run(Request::from_parts(parts, body)).await
+        }
+    };
+    if !policies.is_empty() {
+        let h = res.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&policies.join(", ")) {
+            h.insert("ratelimit-policy", v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&states.join(", ")) {
+            h.insert("ratelimit", v);
+        }
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        assert!(path_matches("/**", "/v1/anything/at/all"));
+        assert!(path_matches("/v1/auth/**", "/v1/auth/login"));
+        assert!(path_matches("/v1/auth/**", "/v1/auth"));
+        assert!(!path_matches("/v1/auth/**", "/v1/authx/login"));
+        assert!(path_matches(
+            "/v1/collections/*/records",
+            "/v1/collections/posts/records"
+        ));
+        assert!(!path_matches(
+            "/v1/collections/*/records",
+            "/v1/collections/posts/records/x"
+        ));
+        assert!(path_matches("/v1/health", "/v1/health"));
+    }
+
+    #[test]
+    fn memory_is_bounded_and_swept() {
+        let store = MemoryStore::new(16 * 16);
+        let q = Quota {
+            limit: 1,
+            period_ms: 1000,
+            burst: 1,
+        };
+        for i in 0..10_000 {
+            store.hit(0, Algorithm::FixedWindow, &q, &format!("k{i}"), 10);
+        }
+        assert!(store.len() <= 16 * 16 + 16, "bounded: {}", store.len());
+        store.sweep(5000, &[q]);
+        assert_eq!(store.len(), 0, "idle keys expire");
+    }
+}

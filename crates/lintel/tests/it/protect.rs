@@ -1,0 +1,358 @@
+//! The edge's protections over HTTP: rate limits (429, the RateLimit headers, the
+//! reset, each algorithm), client addresses through trusted proxies, sign-in lockout,
+//! CORS for allowed and refused origins, and the security headers.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::common::{Reply, TestApp};
+
+fn rule(
+    name: &str,
+    path: &str,
+    key: &str,
+    algorithm: &str,
+    limit: u32,
+    period: u64,
+    burst: u32,
+) -> lintel::ratelimit::Rule {
+    serde_json::from_value(json!({
+        "name": name, "path": path, "key": key, "algorithm": algorithm,
+        "limit": limit, "period_secs": period, "burst": burst
+    }))
+    .unwrap()
+}
+
+async fn with_rules(rules: Vec<lintel::ratelimit::Rule>) -> TestApp {
+    TestApp::spawn_with(|c| c.rate_limit.rules = rules).await
+}
+
+#[tokio::test]
+async fn each_algorithm_refuses_past_its_limit_with_headers() {
+    for algorithm in [
+        "fixed_window",
+        "sliding_log",
+        "sliding_window",
+        "token_bucket",
+    ] {
+        let app = with_rules(vec![rule("tight", "/v1/health", "ip", algorithm, 3, 60, 3)]).await;
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let r = app.get("/v1/health").await;
+            assert_eq!(r.status, StatusCode::OK, "{algorithm}");
+            assert_eq!(
+                r.header("ratelimit-policy"),
+                Some("\"tight\";q=3;w=60"),
+                "{algorithm}"
+            );
+            seen.push(r.header("ratelimit").unwrap().to_owned());
+        }
+        for (i, s) in seen.iter().enumerate() {
+            assert!(
+                s.starts_with(&format!("\"tight\";r={};t=", 2 - i)),
+                "{algorithm}: {s}"
+            );
+        }
+        let r = app.get("/v1/health").await;
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{algorithm}");
+        assert_eq!(r.problem_code(), "rate_limited");
+        let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry), "{algorithm}: {retry}");
+        assert!(r.header("ratelimit").unwrap().starts_with("\"tight\";r=0;"));
+        // Other routes are not under this rule.
+        assert_eq!(app.get("/v1/ready").await.status, StatusCode::OK);
+        app.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_refused_client_gets_through_after_retry_after() {
+    // Two per second, a bucket of two.
+    let app = with_rules(vec![rule(
+        "tb",
+        "/v1/health",
+        "ip",
+        "token_bucket",
+        2,
+        1,
+        2,
+    )])
+    .await;
+    assert_eq!(app.get("/v1/health").await.status, StatusCode::OK);
+    assert_eq!(app.get("/v1/health").await.status, StatusCode::OK);
+    let r = app.get("/v1/health").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert_eq!(retry, 1);
+    tokio::time::sleep(Duration::from_millis(1000 * retry + 50)).await;
+    assert_eq!(app.get("/v1/health").await.status, StatusCode::OK);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_leaky_bucket_spreads_a_burst_out() {
+    // Five per second (one per 200 ms), three may queue.
+    let app = with_rules(vec![rule(
+        "lb",
+        "/v1/health",
+        "ip",
+        "leaky_bucket",
+        5,
+        1,
+        3,
+    )])
+    .await;
+    let started = Instant::now();
+    let results = futures::future::join_all((0..4).map(|_| async {
+        let r = app.get("/v1/health").await;
+        (r.status, started.elapsed())
+    }))
+    .await;
+    let ok: Vec<Duration> = results
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::OK)
+        .map(|(_, t)| *t)
+        .collect();
+    assert_eq!(ok.len(), 3, "{results:?}");
+    assert_eq!(
+        results
+            .iter()
+            .filter(|(s, _)| *s == StatusCode::TOO_MANY_REQUESTS)
+            .count(),
+        1
+    );
+    let slowest = ok.iter().max().unwrap();
+    assert!(
+        *slowest >= Duration::from_millis(350),
+        "queued, not refused: {slowest:?}"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn limits_count_per_account_and_trust_only_configured_proxies() {
+    let app = TestApp::spawn_with(|c| {
+        c.rate_limit.rules = vec![
+            rule("me", "/v1/auth/me", "user", "fixed_window", 2, 60, 2),
+            rule("health", "/v1/health", "ip", "fixed_window", 1, 60, 1),
+        ];
+        c.http.trusted_proxies = vec!["127.0.0.1".into()];
+    })
+    .await;
+    let mut tokens = Vec::new();
+    for email in ["a@example.com", "b@example.com"] {
+        app.json(
+            Method::POST,
+            "/v1/collections/users/records",
+            json!({"email": email, "password": "correct horse battery"}),
+        )
+        .await;
+        let l = app
+            .json(
+                Method::POST,
+                "/v1/auth/login",
+                json!({"email": email, "password": "correct horse battery"}),
+            )
+            .await;
+        tokens.push(l.body["accessToken"].as_str().unwrap().to_owned());
+    }
+    let me = |t: &str| app.send(app.req(Method::GET, "/v1/auth/me").bearer_auth(t));
+    for t in &tokens {
+        assert_eq!(me(t).await.status, StatusCode::OK);
+        assert_eq!(me(t).await.status, StatusCode::OK);
+        assert_eq!(
+            me(t).await.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "each account has its own count"
+        );
+    }
+    // Behind a trusted proxy, each forwarded client is counted on its own.
+    let via = |client: &str| {
+        app.send(
+            app.req(Method::GET, "/v1/health")
+                .header("x-forwarded-for", format!("{client}, 127.0.0.1")),
+        )
+    };
+    assert_eq!(via("203.0.113.1").await.status, StatusCode::OK);
+    assert_eq!(
+        via("203.0.113.1").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(via("203.0.113.2").await.status, StatusCode::OK);
+    app.shutdown().await;
+
+    // Without trust, forwarding headers change nothing.
+    let app = with_rules(vec![rule(
+        "health",
+        "/v1/health",
+        "ip",
+        "fixed_window",
+        1,
+        60,
+        1,
+    )])
+    .await;
+    let spoof = |client: &str| {
+        app.send(
+            app.req(Method::GET, "/v1/health")
+                .header("x-forwarded-for", client.to_owned()),
+        )
+    };
+    assert_eq!(spoof("203.0.113.1").await.status, StatusCode::OK);
+    assert_eq!(
+        spoof("203.0.113.2").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn repeated_sign_in_failures_lock_the_account_and_are_audited() {
+    let app = TestApp::spawn_with(|c| {
+        c.auth.lockout_threshold = 3;
+        c.auth.lockout_secs = 60;
+    })
+    .await;
+    app.json(
+        Method::POST,
+        "/v1/collections/users/records",
+        json!({"email": "a@example.com", "password": "correct horse battery"}),
+    )
+    .await;
+    let attempt = |pw: &str| {
+        app.json(
+            Method::POST,
+            "/v1/auth/login",
+            json!({"email": "a@example.com", "password": pw}),
+        )
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            attempt("wrong password!").await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let r = attempt("correct horse battery").await;
+    assert_eq!(
+        r.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "locked even with the right password"
+    );
+    assert_eq!(r.problem_code(), "signin_locked");
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((50..=60).contains(&retry), "{retry}");
+    // Another account is not locked.
+    app.json(
+        Method::POST,
+        "/v1/collections/users/records",
+        json!({"email": "b@example.com", "password": "correct horse battery"}),
+    )
+    .await;
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/auth/login",
+            json!({"email": "b@example.com", "password": "correct horse battery"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let mut found = false;
+    for _ in 0..50 {
+        let r = app
+            .admin(Method::GET, "/v1/audit?event=signin_locked", None)
+            .await;
+        if !r.body["items"].as_array().unwrap().is_empty() {
+            found = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(found, "the lock is audited");
+    app.shutdown().await;
+}
+
+fn cors_headers(r: &Reply) -> Vec<String> {
+    r.headers
+        .keys()
+        .map(|k| k.as_str().to_owned())
+        .filter(|k| k.starts_with("access-control-"))
+        .collect()
+}
+
+#[tokio::test]
+async fn cors_answers_allowed_origins_only_and_security_headers_are_everywhere() {
+    let app = TestApp::spawn_with(|c| {
+        c.cors.allowed_origins = vec!["https://app.example.com".into()];
+    })
+    .await;
+    let preflight = |origin: &str| {
+        app.send(
+            app.req(Method::OPTIONS, "/v1/collections/users/records")
+                .header("origin", origin.to_owned())
+                .header("access-control-request-method", "POST")
+                .header(
+                    "access-control-request-headers",
+                    "content-type, authorization",
+                ),
+        )
+    };
+    let ok = preflight("https://app.example.com").await;
+    assert_eq!(ok.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        ok.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(ok.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(ok.header("access-control-max-age"), Some("600"));
+    assert!(
+        ok.header("access-control-allow-methods")
+            .unwrap()
+            .contains("PATCH")
+    );
+    assert!(
+        ok.header("access-control-allow-headers")
+            .unwrap()
+            .contains("authorization")
+    );
+    let refused = preflight("https://evil.example").await;
+    assert!(cors_headers(&refused).is_empty(), "{:?}", refused.headers);
+
+    let get = |origin: &str| {
+        app.send(
+            app.req(Method::GET, "/v1/health")
+                .header("origin", origin.to_owned()),
+        )
+    };
+    let r = get("https://app.example.com").await;
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert!(
+        r.header("access-control-expose-headers")
+            .unwrap()
+            .contains("ETag")
+    );
+    assert_eq!(r.header("vary"), Some("Origin"));
+    let r = get("https://evil.example").await;
+    assert!(cors_headers(&r).is_empty());
+
+    // Security headers on successes, problems and preflights alike.
+    for r in [
+        app.get("/v1/health").await,
+        app.get("/v1/nowhere").await,
+        ok,
+    ] {
+        assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+        assert_eq!(r.header("referrer-policy"), Some("no-referrer"));
+        assert_eq!(r.header("x-frame-options"), Some("DENY"));
+        assert!(
+            r.header("content-security-policy")
+                .unwrap()
+                .contains("frame-ancestors 'none'")
+        );
+    }
+    app.shutdown().await;
+}
