@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::body::Bytes;
-use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -58,6 +57,8 @@ pub struct Inner {
     pub login_guard: crate::ratelimit::lockout::LoginGuard,
     /// Proxies whose forwarding headers are believed.
     pub trusted_proxies: Vec<crate::http::client_ip::Cidr>,
+    /// The TLS certificate in use, when serving HTTPS.
+    pub tls: Option<Arc<crate::http::serve::Tls>>,
 }
 
 impl Deref for AppState {
@@ -274,6 +275,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .context("building the HTTP client")?;
     let store_for_auth = store.clone();
     let trusted_proxies = crate::http::client_ip::parse_all(&config.http.trusted_proxies)?;
+    let tls = if config.tls.cert_file.as_os_str().is_empty() {
+        None
+    } else {
+        let cfg = config.tls.clone();
+        Some(Arc::new(
+            tokio::task::spawn_blocking(move || crate::http::serve::Tls::load(&cfg)).await??,
+        ))
+    };
     crate::ratelimit::validate(&config.rate_limit.rules)?;
     let limiter = config.rate_limit.enabled.then(|| {
         crate::ratelimit::Limiter::new(
@@ -299,6 +308,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         limiter,
         login_guard: Default::default(),
         trusted_proxies,
+        tls: tls.clone(),
     }));
     crate::collections::ensure_users(&state).await?;
     let router = crate::http::finish(router, state.clone());
@@ -325,10 +335,21 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("listening on {}", state.config.listen))?;
     let addr = listener.local_addr()?;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    tracing::info!(%addr, "listening");
+    tracing::info!(%addr, tls = state.tls.is_some(), "listening");
+    let redirect = if state.tls.is_some() && !state.config.tls.redirect_listen.is_empty() {
+        let l = tokio::net::TcpListener::bind(&state.config.tls.redirect_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "listening on {} (tls.redirect_listen)",
+                    state.config.tls.redirect_listen
+                )
+            })?;
+        tracing::info!(addr = %l.local_addr()?, "redirecting plain HTTP to HTTPS");
+        Some(l)
+    } else {
+        None
+    };
 
     let (shutdown, rx) = watch::channel(false);
     let grace = Duration::from_millis(state.config.http.shutdown_grace_ms);
@@ -341,22 +362,24 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     });
     let task = tokio::spawn(async move {
         let upkeep = tokio::spawn(upkeep(task_state.clone(), rx.clone()));
-        let mut stop = rx.clone();
         let mut deadline = rx.clone();
-        let server = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
+        let mut announce = rx.clone();
+        tokio::spawn(async move {
+            let _ = announce.wait_for(|s| *s).await;
             tracing::info!("shutting down: no new connections, draining requests");
         });
+        if let Some(l) = redirect {
+            tokio::spawn(crate::http::serve::redirect(l, addr.port(), rx.clone()));
+        }
+        let server = crate::http::serve::serve(
+            listener,
+            app,
+            task_state.config.http.clone(),
+            task_state.tls.clone(),
+            rx.clone(),
+        );
         tokio::select! {
-            r = server => {
-                if let Err(e) = r {
-                    tracing::error!(error = %e, "server stopped with an error");
-                }
-            }
+            _ = server => {}
             _ = async move {
                 let _ = deadline.wait_for(|s| *s).await;
                 tokio::time::sleep(grace).await;
@@ -416,7 +439,7 @@ async fn follow_changes(
 
 /// Periodic housekeeping: expired idempotency keys, metric upkeep.
 async fn upkeep(state: AppState, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
     let mut n: u64 = 0;
     loop {
         tokio::select! {
@@ -426,6 +449,9 @@ async fn upkeep(state: AppState, mut stop: watch::Receiver<bool>) {
         state.metrics.run_upkeep();
         if let Some(l) = &state.limiter {
             l.sweep();
+        }
+        if let Some(tls) = state.tls.clone() {
+            let _ = tokio::task::spawn_blocking(move || tls.reload_if_changed()).await;
         }
         state.login_guard.sweep(
             crate::clock::now_ms(),

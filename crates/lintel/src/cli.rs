@@ -1,5 +1,5 @@
-//! The command line: `lintel serve`, `lintel migrate status|up|down|new` and
-//! `lintel superuser create EMAIL`.
+//! The command line: `lintel serve`, `lintel migrate status|up|down|new`,
+//! `lintel superuser create EMAIL` and `lintel dev-cert --out DIR`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,6 +39,18 @@ pub enum Command {
         /// Address to listen on (default 127.0.0.1:8090).
         #[arg(long, value_name = "ADDR")]
         listen: Option<SocketAddr>,
+        /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's PEM private key.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+    },
+    /// Write a self-signed certificate for local HTTPS (cert.pem, key.pem).
+    DevCert {
+        /// The folder to write into.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        out: PathBuf,
     },
     /// Report, apply, revert or create migrations.
     Migrate {
@@ -84,15 +96,40 @@ pub enum MigrateAction {
 /// Parses the command line and runs it.
 pub async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let listen = match &cli.command {
-        Command::Serve { listen } => *listen,
-        Command::Migrate { .. } | Command::Superuser { .. } => None,
+    if let Command::DevCert { out } = &cli.command {
+        let (cert, key) = crate::http::serve::write_dev_cert(out)?;
+        println!(
+            "wrote {} and {}\nserve them with: lintel serve --tls-cert {} --tls-key {}",
+            cert.display(),
+            key.display(),
+            cert.display(),
+            key.display()
+        );
+        return Ok(());
+    }
+    let (listen, tls) = match &cli.command {
+        Command::Serve {
+            listen,
+            tls_cert,
+            tls_key,
+        } => (
+            *listen,
+            tls_cert
+                .clone()
+                .zip(tls_key.clone())
+                .map(|(c, k)| config::TlsFlags {
+                    cert_file: c,
+                    key_file: k,
+                }),
+        ),
+        _ => (None, None),
     };
     let flags = FlagOverrides {
         data_dir: cli.data_dir.clone(),
         migrations_dir: cli.migrations_dir.clone(),
         listen,
         database_url: cli.database_url.clone(),
+        tls,
     };
     let loaded = config::load(cli.config.as_deref(), &flags)?;
     let _log_guard = crate::telemetry::init_logging(&loaded.config.log);
@@ -106,6 +143,7 @@ pub async fn run() -> anyhow::Result<()> {
         Command::Superuser {
             action: SuperuserAction::Create { email },
         } => create_superuser(config, &email).await,
+        Command::DevCert { .. } => Ok(()),
     }
 }
 

@@ -57,6 +57,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub auth: AuthConfig,
     pub mail: MailConfig,
+    pub tls: TlsConfig,
     pub cors: CorsConfig,
     pub security: SecurityConfig,
     pub rate_limit: RateLimitConfig,
@@ -323,6 +324,31 @@ pub struct HttpConfig {
     pub compression: bool,
     /// Proxies (addresses or ranges) whose `Forwarded` / `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<String>,
+    /// A client must send a request's headers (and finish a TLS handshake) within this.
+    pub header_read_timeout_ms: u64,
+    /// A connection with no bytes moving either way for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// Largest request head accepted (at least 8192).
+    pub max_header_bytes: usize,
+    /// Open connections at most; more wait to be accepted.
+    pub max_connections: usize,
+}
+
+/// Serving HTTPS (rustls): certificate files, reloaded when they change; optional
+/// client certificates (mutual TLS); an optional plain-HTTP listener that redirects.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain; empty = plain HTTP.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM CA certificates that client certificates must chain to (mutual TLS).
+    pub client_ca_file: PathBuf,
+    /// With a client CA: `required` (default) or `optional`.
+    pub client_auth: String,
+    /// A plain-HTTP address that answers every request with a redirect to HTTPS.
+    pub redirect_listen: String,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -411,6 +437,10 @@ impl Default for Config {
             cache: CacheConfig::default(),
             auth: AuthConfig::default(),
             mail: MailConfig::default(),
+            tls: TlsConfig {
+                client_auth: "required".into(),
+                ..TlsConfig::default()
+            },
             cors: CorsConfig::default(),
             security: SecurityConfig::default(),
             rate_limit: RateLimitConfig::default(),
@@ -435,6 +465,10 @@ impl Default for HttpConfig {
             shutdown_grace_ms: 10_000,
             compression: true,
             trusted_proxies: Vec::new(),
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_header_bytes: 16 * 1024,
+            max_connections: 10_000,
         }
     }
 }
@@ -487,6 +521,15 @@ pub struct FlagOverrides {
     pub listen: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFlags>,
+}
+
+/// `--tls-cert` and `--tls-key`.
+#[derive(Debug, Default, Serialize)]
+pub struct TlsFlags {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 /// The loaded configuration and the keys nobody knows (to be logged once logging is up).

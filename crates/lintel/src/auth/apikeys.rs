@@ -332,5 +332,6 @@ pub async fn authenticate(state: &AppState, key: &str) -> Result<Option<Caller>,
             scopes,
         },
         ip: None,
+        tls: false,
     }))
 }

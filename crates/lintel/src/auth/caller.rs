@@ -36,7 +36,15 @@ pub enum Principal {
         coll: Arc<Collection>,
         record: Arc<Record>,
     },
+    /// Another service, known by the identity in its verified client certificate
+    /// (mutual TLS). Rules see it as `@request.auth.collection = "_services"`.
+    Service {
+        name: String,
+    },
 }
+
+/// The collection name services go by in rules.
+pub const SERVICES: &str = "_services";
 
 impl Principal {
     /// The account as its owner sees it (hidden fields left out), or null.
@@ -45,6 +53,9 @@ impl Principal {
             Principal::Anonymous => Value::Null,
             Principal::Superuser { id, email } => superuser_json(id, email),
             Principal::User { coll, record } => crate::auth::routes::user_json(coll, record),
+            Principal::Service { name } => {
+                serde_json::json!({ "id": name, "collection": SERVICES })
+            }
         }
     }
 }
@@ -59,9 +70,18 @@ pub fn superuser_json(id: &str, email: &str) -> Value {
 pub enum Via {
     Nothing,
     AdminToken,
-    Token { session: String },
-    Cookie { session: String },
-    ApiKey { id: String, scopes: Vec<String> },
+    Token {
+        session: String,
+    },
+    Cookie {
+        session: String,
+    },
+    ApiKey {
+        id: String,
+        scopes: Vec<String>,
+    },
+    /// A verified client certificate (mutual TLS).
+    ClientCert,
 }
 
 /// The caller of a request.
@@ -71,6 +91,8 @@ pub struct Caller {
     pub via: Via,
     /// The client address, for the audit log.
     pub ip: Option<String>,
+    /// The request came over TLS.
+    pub tls: bool,
 }
 
 impl Caller {
@@ -79,6 +101,7 @@ impl Caller {
             principal: Principal::Anonymous,
             via: Via::Nothing,
             ip: None,
+            tls: false,
         }
     }
 
@@ -96,6 +119,7 @@ impl Caller {
             Principal::Anonymous => None,
             Principal::Superuser { id, .. } => Some((SUPERUSERS, id)),
             Principal::User { coll, record } => Some((coll.name(), &record.id)),
+            Principal::Service { .. } => None,
         }
     }
 
@@ -116,6 +140,12 @@ impl Caller {
                 m.insert("id".into(), id.clone().into());
                 m.insert("email".into(), email.clone().into());
                 m.insert("collection".into(), SUPERUSERS.into());
+                Some(m)
+            }
+            Principal::Service { name } => {
+                let mut m = Map::new();
+                m.insert("id".into(), name.clone().into());
+                m.insert("collection".into(), SERVICES.into());
                 Some(m)
             }
             Principal::User { coll, record } => {
@@ -160,6 +190,7 @@ impl Caller {
             Principal::Anonymous => "anonymous".to_owned(),
             Principal::Superuser { id, .. } => format!("{SUPERUSERS}/{id}"),
             Principal::User { coll, record } => format!("{}/{}", coll.name(), record.id),
+            Principal::Service { name } => format!("{SERVICES}/{name}"),
         };
         match &self.via {
             Via::ApiKey { id, .. } => format!("{who} (api key {id})"),
@@ -194,6 +225,10 @@ impl FromRequestParts<AppState> for Caller {
         }
         let mut caller = resolve(state, parts).await?;
         caller.ip = crate::http::client_ip::client_ip(parts, state);
+        caller.tls = parts
+            .extensions
+            .get::<crate::http::serve::TlsInfo>()
+            .is_some();
         parts.extensions.insert(caller.clone());
         Ok(caller)
     }
@@ -230,6 +265,7 @@ async fn resolve(state: &AppState, parts: &Parts) -> Result<Caller, ApiError> {
                 },
                 via: Via::AdminToken,
                 ip: None,
+                tls: false,
             });
         }
         if token.starts_with(crate::auth::apikeys::PREFIX) {
@@ -256,6 +292,7 @@ async fn resolve(state: &AppState, parts: &Parts) -> Result<Caller, ApiError> {
                 session: session.id,
             },
             ip: None,
+            tls: false,
         });
     }
     if let Some(secret) = cookie(&parts.headers, SESSION_COOKIE) {
@@ -302,6 +339,20 @@ async fn resolve(state: &AppState, parts: &Parts) -> Result<Caller, ApiError> {
                 session: session.id,
             },
             ip: None,
+            tls: false,
+        });
+    }
+    // No credential in the request: a verified client certificate names a service.
+    if let Some(name) = parts
+        .extensions
+        .get::<crate::http::serve::TlsInfo>()
+        .and_then(|t| t.client.clone())
+    {
+        return Ok(Caller {
+            principal: Principal::Service { name },
+            via: Via::ClientCert,
+            ip: None,
+            tls: true,
         });
     }
     Ok(Caller::anonymous())

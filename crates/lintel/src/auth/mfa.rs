@@ -316,7 +316,8 @@ pub async fn enroll(State(state): State<AppState>, caller: Caller) -> Result<Res
             .unwrap_or(id)
             .to_owned(),
         crate::auth::caller::Principal::Superuser { email, .. } => email.clone(),
-        crate::auth::caller::Principal::Anonymous => id.to_owned(),
+        crate::auth::caller::Principal::Anonymous
+        | crate::auth::caller::Principal::Service { .. } => id.to_owned(),
     };
     let issuer = &state.config.auth.issuer;
     let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();

@@ -217,7 +217,11 @@ pub async fn open_session(
             .map_err(store_error)?;
         let mut res =
             axum::Json(json!({ "user": account.json(), "csrfToken": csrf })).into_response();
-        let secure = if cfg.cookie_secure { "; Secure" } else { "" };
+        let secure = if cfg.cookie_secure || caller.tls {
+            "; Secure"
+        } else {
+            ""
+        };
         let max_age = cfg.session_absolute_secs;
         for c in [
             format!(
@@ -605,7 +609,11 @@ async fn logout_all(State(state): State<AppState>, caller: Caller) -> Result<Res
     )
 )]
 async fn me(caller: Caller) -> Result<Response, ApiError> {
-    require_account(&caller)?;
+    if caller.is_anonymous() {
+        return Err(ApiError::unauthorized(
+            "Sign in first: this endpoint needs an account.",
+        ));
+    }
     let user = caller.principal.json();
     let via = match &caller.via {
         Via::Nothing => "none",
@@ -613,6 +621,7 @@ async fn me(caller: Caller) -> Result<Response, ApiError> {
         Via::Token { .. } => "token",
         Via::Cookie { .. } => "cookie",
         Via::ApiKey { .. } => "api_key",
+        Via::ClientCert => "client_certificate",
     };
     let mut res = axum::Json(json!({ "user": user, "via": via })).into_response();
     no_store(&mut res);

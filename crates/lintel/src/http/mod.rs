@@ -12,6 +12,7 @@ pub mod extract;
 pub mod idempotency;
 pub mod openapi;
 pub mod security;
+pub mod serve;
 pub mod system;
 
 use axum::Router;

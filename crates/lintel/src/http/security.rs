@@ -35,6 +35,10 @@ pub async fn protect(State(state): State<AppState>, req: Request, next: Next) ->
     let cors = &state.config.cors;
     let origin = allowed_origin(&state, req.headers()).cloned();
     let has_origin = req.headers().contains_key(header::ORIGIN);
+    let over_tls = req
+        .extensions()
+        .get::<crate::http::serve::TlsInfo>()
+        .is_some();
     let preflight = req.method() == Method::OPTIONS
         && has_origin
         && req
@@ -89,6 +93,13 @@ pub async fn protect(State(state): State<AppState>, req: Request, next: Next) ->
     );
     set(h, header::REFERRER_POLICY, &sec.referrer_policy);
     set(h, header::X_FRAME_OPTIONS, &sec.frame_options);
+    if over_tls && sec.hsts_max_age_secs > 0 {
+        set(
+            h,
+            header::STRICT_TRANSPORT_SECURITY,
+            &format!("max-age={}; includeSubDomains", sec.hsts_max_age_secs),
+        );
+    }
     if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
         set(
             h,

@@ -15,3 +15,4 @@ mod oidc;
 mod postgres;
 mod protect;
 mod records;
+mod tls;

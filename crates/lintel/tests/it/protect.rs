@@ -356,3 +356,114 @@ async fn cors_answers_allowed_origins_only_and_security_headers_are_everywhere()
     }
     app.shutdown().await;
 }
+
+async fn raw(app: &TestApp) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(app.addr).await.unwrap()
+}
+
+/// Reads until the peer closes (or `within` passes); returns what arrived.
+async fn read_until_closed(s: &mut tokio::net::TcpStream, within: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(String::from_utf8_lossy(&out).into_owned()),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_idle_and_oversized_clients_are_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    // Each limit on its own server, the others set far away, so each is shown alone.
+    let app = TestApp::spawn_with(|c| {
+        c.http.header_read_timeout_ms = 500;
+        c.http.idle_timeout_ms = 60_000;
+    })
+    .await;
+    // Headers that never finish: closed after the header read timeout.
+    let mut s = raw(&app).await;
+    s.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    assert!(
+        read_until_closed(&mut s, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "closed"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    app.shutdown().await;
+
+    // A kept-alive connection that goes quiet: closed after the idle timeout.
+    let app = TestApp::spawn_with(|c| {
+        c.http.header_read_timeout_ms = 30_000;
+        c.http.idle_timeout_ms = 1000;
+        c.http.max_header_bytes = 8192;
+        c.http.max_connections = 3;
+    })
+    .await;
+    let mut s = raw(&app).await;
+    s.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let got = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    let got = got.expect("closed once idle");
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    let quiet = started.elapsed();
+    assert!(
+        quiet >= Duration::from_millis(900) && quiet < Duration::from_secs(3),
+        "{quiet:?}"
+    );
+
+    // An oversized head is refused.
+    let mut s = raw(&app).await;
+    let big = format!(
+        "GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let _ = s.write_all(big.as_bytes()).await;
+    let got = read_until_closed(&mut s, Duration::from_secs(5))
+        .await
+        .unwrap_or_default();
+    assert!(got.is_empty() || got.starts_with("HTTP/1.1 431"), "{got}");
+
+    // At the connection limit, the next connection waits for a free slot.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = raw(&app).await;
+        s.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let waiting = tokio::spawn({
+        let addr = app.addr;
+        async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let t = std::time::Instant::now();
+            let got = read_until_closed(&mut s, Duration::from_secs(10))
+                .await
+                .unwrap_or_default();
+            (got, t.elapsed())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "no slot yet");
+    held.clear();
+    let (got, waited) = waiting.await.unwrap();
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    app.shutdown().await;
+}
