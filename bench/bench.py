@@ -147,6 +147,8 @@ def setup_lintel(base, token, records, ids_out):
         "kind": "table",
         "fields": COLLECTION_FIELDS_LINTEL,
         "indexes": [{"fields": ["views"]}],
+        # Open like PocketBase's collection below (missing rules mean superusers only).
+        "rules": {"list": "", "view": "", "create": ""},
     }
     expect("create collection posts", "POST", f"{base}/v1/collections", {200, 201}, coll, auth)
     records_path = "/v1/collections/posts/records"

@@ -24,6 +24,10 @@ PB_VERSION=${PB_VERSION:-0.40.6}
 PB_LOGS=${PB_LOGS:-on}
 LINTEL_BIN=${LINTEL_BIN:-}
 LINTEL_STORES=${LINTEL_STORES:-sqlite}
+# Lintel's rate limiter: `never` = one rule that counts every request but never trips
+# (what the limiter costs), `off` = no limiter. The default rules would refuse a
+# benchmark's load from one address.
+LINTEL_RATE_LIMIT=${LINTEL_RATE_LIMIT:-never}
 PB_BIN=${PB_BIN:-}
 
 PB_EMAIL=bench@example.com
@@ -319,9 +323,18 @@ start_lintel() {
   fi
   [[ $(bench_py free-port "$LINTEL_PORT") == "$LINTEL_PORT" ]] \
     || die "port $LINTEL_PORT is no longer free on 127.0.0.1; set LINTEL_PORT to a free one"
-  log "starting $what on 127.0.0.1:$LINTEL_PORT (log: $LINTEL_LOG)"
+  case "$LINTEL_RATE_LIMIT" in
+    off) printf '[rate_limit]\nenabled = false\n' >"$data/lintel.toml" ;;
+    never)
+      printf '%s\n' '[[rate_limit.rules]]' 'name = "bench"' 'path = "/**"' 'key = "ip"' \
+        'algorithm = "token_bucket"' 'limit = 1000000000' 'period_secs = 1' 'burst = 1000000000' \
+        >"$data/lintel.toml"
+      ;;
+    *) die "LINTEL_RATE_LIMIT must be never or off (got '$LINTEL_RATE_LIMIT')" ;;
+  esac
+  log "starting $what on 127.0.0.1:$LINTEL_PORT (rate limiter: $LINTEL_RATE_LIMIT; log: $LINTEL_LOG)"
   env "${envs[@]}" LINTEL_ADMIN_TOKEN="$token" \
-    "$LINTEL_BIN" serve --data-dir "$data" --listen "127.0.0.1:$LINTEL_PORT" \
+    "$LINTEL_BIN" serve --config "$data/lintel.toml" --data-dir "$data" --listen "127.0.0.1:$LINTEL_PORT" \
     >"$LINTEL_LOG" 2>&1 &
   LINTEL_PID=$!
   PIDS+=("$LINTEL_PID")
