@@ -27,7 +27,9 @@ LINTEL_STORES=${LINTEL_STORES:-sqlite}
 # Lintel's rate limiter: `never` = one rule that counts every request but never trips
 # (what the limiter costs), `off` = no limiter. The default rules would refuse a
 # benchmark's load from one address.
-LINTEL_RATE_LIMIT=${LINTEL_RATE_LIMIT:-never}
+BENCH_LIMITER=${BENCH_LIMITER:-never}
+# The shared workloads to run (after health), e.g. WORKLOADS=get.
+WORKLOADS=${WORKLOADS:-get list create}
 PB_BIN=${PB_BIN:-}
 
 PB_EMAIL=bench@example.com
@@ -315,7 +317,7 @@ start_lintel() {
   token=bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
   # The store is chosen here only: a LINTEL_DATABASE_URL from the caller's
   # environment must not turn the SQLite run into a PostgreSQL one.
-  local envs=(-u LINTEL_DATABASE_URL -u LINTEL_DATABASE_REPLICA_URLS -u LINTEL_STORES)
+  local envs=(-u LINTEL_DATABASE_URL -u LINTEL_DATABASE_REPLICA_URLS -u LINTEL_STORES -u LINTEL_BIN)
   if [[ "$store" == postgres ]]; then
     fresh_pg_db
     envs+=("LINTEL_DATABASE_URL=$PG_URL")
@@ -323,16 +325,16 @@ start_lintel() {
   fi
   [[ $(bench_py free-port "$LINTEL_PORT") == "$LINTEL_PORT" ]] \
     || die "port $LINTEL_PORT is no longer free on 127.0.0.1; set LINTEL_PORT to a free one"
-  case "$LINTEL_RATE_LIMIT" in
+  case "$BENCH_LIMITER" in
     off) printf '[rate_limit]\nenabled = false\n' >"$data/lintel.toml" ;;
     never)
       printf '%s\n' '[[rate_limit.rules]]' 'name = "bench"' 'path = "/**"' 'key = "ip"' \
         'algorithm = "token_bucket"' 'limit = 1000000000' 'period_secs = 1' 'burst = 1000000000' \
         >"$data/lintel.toml"
       ;;
-    *) die "LINTEL_RATE_LIMIT must be never or off (got '$LINTEL_RATE_LIMIT')" ;;
+    *) die "BENCH_LIMITER must be never or off (got '$BENCH_LIMITER')" ;;
   esac
-  log "starting $what on 127.0.0.1:$LINTEL_PORT (rate limiter: $LINTEL_RATE_LIMIT; log: $LINTEL_LOG)"
+  log "starting $what on 127.0.0.1:$LINTEL_PORT (rate limiter: $BENCH_LIMITER; log: $LINTEL_LOG)"
   env "${envs[@]}" LINTEL_ADMIN_TOKEN="$token" \
     "$LINTEL_BIN" serve --config "$data/lintel.toml" --data-dir "$data" --listen "127.0.0.1:$LINTEL_PORT" \
     >"$LINTEL_LOG" 2>&1 &
@@ -440,7 +442,7 @@ run_pass() {
   # PocketBase one after the other for each; creates last, so that reads and
   # lists see exactly the seeded records.
   if [[ -n "$side" ]]; then run_wrk "$side" health "$LINTEL_PID" "$LINTEL_LOG" "$L/v1/health" plain.lua; fi
-  for wl in get list create; do
+  for wl in $WORKLOADS; do
     if [[ -n "$side" ]]; then
       case $wl in
         get) run_wrk "$side" get "$LINTEL_PID" "$LINTEL_LOG" "$L" get.lua "$ids" "$L_RECORDS/" ;;

@@ -9,6 +9,7 @@ pub mod algorithms;
 pub mod lockout;
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -139,28 +140,34 @@ pub trait RateStore: Send + Sync + 'static {
 
 const SHARDS: usize = 16;
 
+/// One shard: per rule, counters by key (looked up by `&str`, no allocation for a
+/// key already counted).
+type Shard = Vec<HashMap<String, Counter>>;
+
 /// Counters in memory, sharded; at most `max_keys` (beyond that, new keys share one
 /// overflow counter per rule, which is strict but keeps memory bounded).
 pub struct MemoryStore {
-    shards: Vec<Mutex<HashMap<(usize, String), Counter>>>,
+    shards: Vec<Mutex<Shard>>,
     per_shard: usize,
 }
 
 impl MemoryStore {
     pub fn new(max_keys: usize) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
             per_shard: (max_keys / SHARDS).max(16),
         }
     }
 
-    fn shard(&self, rule: usize, key: &str) -> &Mutex<HashMap<(usize, String), Counter>> {
+    fn shard(&self, rule: usize, key: &str) -> &Mutex<Shard> {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (rule, key).hash(&mut h);
         &self.shards[(h.finish() as usize) % SHARDS]
     }
 }
+
+const OVERFLOW: &str = "\u{0}overflow";
 
 impl RateStore for MemoryStore {
     fn hit(
@@ -171,36 +178,51 @@ impl RateStore for MemoryStore {
         key: &str,
         now_ms: u64,
     ) -> Decision {
-        let mut map = match self.shard(rule, key).lock() {
+        let mut shard = match self.shard(rule, key).lock() {
             Ok(m) => m,
             Err(p) => p.into_inner(),
         };
-        let mut k = (rule, key.to_owned());
-        if !map.contains_key(&k) && map.len() >= self.per_shard {
-            map.retain(|(r, _), s| *r != rule || !s.idle(now_ms, quota));
-            if map.len() >= self.per_shard {
-                k = (rule, "\u{0}overflow".to_owned());
+        if shard.len() <= rule {
+            shard.resize_with(rule + 1, HashMap::new);
+        }
+        if let Some(c) = shard[rule].get_mut(key) {
+            return c.hit(now_ms, quota);
+        }
+        let mut key = key;
+        if shard.iter().map(HashMap::len).sum::<usize>() >= self.per_shard {
+            shard[rule].retain(|_, s| !s.idle(now_ms, quota));
+            if shard.iter().map(HashMap::len).sum::<usize>() >= self.per_shard {
+                key = OVERFLOW;
             }
         }
-        map.entry(k)
+        shard[rule]
+            .entry(key.to_owned())
             .or_insert_with(|| Counter::new(algorithm, now_ms, quota))
             .hit(now_ms, quota)
     }
 
     fn sweep(&self, now_ms: u64, quotas: &[Quota]) {
         for shard in &self.shards {
-            let mut map = match shard.lock() {
+            let mut shard = match shard.lock() {
                 Ok(m) => m,
                 Err(p) => p.into_inner(),
             };
-            map.retain(|(r, _), s| quotas.get(*r).is_none_or(|q| !s.idle(now_ms, q)));
+            for (r, map) in shard.iter_mut().enumerate() {
+                if let Some(q) = quotas.get(r) {
+                    map.retain(|_, s| !s.idle(now_ms, q));
+                }
+            }
         }
     }
 
     fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .map(|s| {
+                s.lock()
+                    .map(|m| m.iter().map(HashMap::len).sum::<usize>())
+                    .unwrap_or(0)
+            })
             .sum()
     }
 }
@@ -209,16 +231,24 @@ impl RateStore for MemoryStore {
 pub struct Limiter {
     rules: Vec<Rule>,
     quotas: Vec<Quota>,
+    /// Each rule's `RateLimit-Policy` item, made once.
+    policies: Vec<String>,
     store: Box<dyn RateStore>,
     epoch: std::time::Instant,
 }
 
 impl Limiter {
     pub fn new(rules: Vec<Rule>, store: Box<dyn RateStore>) -> Self {
-        let quotas = rules.iter().map(Rule::quota).collect();
+        let quotas: Vec<Quota> = rules.iter().map(Rule::quota).collect();
+        let policies = rules
+            .iter()
+            .zip(&quotas)
+            .map(|(r, q)| format!("\"{}\";q={};w={}", r.name, q.limit, r.period_secs.max(1)))
+            .collect();
         Self {
             rules,
             quotas,
+            policies,
             store,
             epoch: std::time::Instant::now(),
         }
@@ -275,31 +305,45 @@ pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> R
     let Some(limiter) = state.limiter.as_ref() else {
         return next.run(req).await;
     };
-    let method = req.method().as_str().to_owned();
+    let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let (mut parts, body) = req.into_parts();
-    let ip = crate::http::client_ip::client_ip(&parts, &state).unwrap_or_default();
+    let ip = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| crate::http::client_ip::resolve(c.0.ip(), req.headers(), &state.trusted_proxies));
+    let ip_key = match ip {
+        Some(ip) => format!("ip:{ip}"),
+        None => "ip:".to_owned(),
+    };
     // The caller only when a rule counts by account or key; a bad credential counts
     // by address (the handler answers it).
-    let caller = if limiter.needs_caller(&method, &path) {
-        Caller::from_request_parts(&mut parts, &state).await.ok()
+    let mut req = req;
+    let caller = if limiter.needs_caller(method.as_str(), &path) {
+        let (mut parts, body) = req.into_parts();
+        let c = Caller::from_request_parts(&mut parts, &state).await.ok();
+        req = Request::from_parts(parts, body);
+        c
     } else {
         None
     };
     let now = limiter.now_ms();
-    let mut policies = Vec::new();
-    let mut states = Vec::new();
+    let mut policies = String::new();
+    let mut states = String::new();
     let mut refused: Option<u64> = None;
     let mut delay = 0u64;
     for (i, rule) in limiter.rules.iter().enumerate() {
-        if !rule.matches(&method, &path) {
+        if !rule.matches(method.as_str(), &path) {
             continue;
         }
-        let key = match (rule.key, &caller) {
-            (KeyBy::Global, _) => String::new(),
+        let owned;
+        let key: &str = match (rule.key, &caller) {
+            (KeyBy::Global, _) => "",
             (KeyBy::User, Some(c)) => match c.account() {
-                Some((coll, id)) => format!("u:{coll}/{id}"),
-                None => format!("ip:{ip}"),
+                Some((coll, id)) => {
+                    owned = format!("u:{coll}/{id}");
+                    &owned
+                }
+                None => &ip_key,
             },
             (
                 KeyBy::ApiKey,
@@ -308,24 +352,25 @@ pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> R
                     ..
                 }),
             ) => {
-                format!("k:{id}")
+                owned = format!("k:{id}");
+                &owned
             }
-            _ => format!("ip:{ip}"),
+            _ => &ip_key,
         };
         let q = &limiter.quotas[i];
-        let d = limiter.store.hit(i, rule.algorithm, q, &key, now);
-        policies.push(format!(
-            "\"{}\";q={};w={}",
-            rule.name,
-            q.limit,
-            rule.period_secs.max(1)
-        ));
-        states.push(format!(
+        let d = limiter.store.hit(i, rule.algorithm, q, key, now);
+        if !policies.is_empty() {
+            policies.push_str(", ");
+            states.push_str(", ");
+        }
+        policies.push_str(&limiter.policies[i]);
+        let _ = write!(
+            states,
             "\"{}\";r={};t={}",
             rule.name,
             d.remaining,
             d.reset_ms.div_ceil(1000)
-        ));
+        );
         if d.allowed {
             delay = delay.max(d.delay_ms);
         } else {
@@ -349,15 +394,15 @@ pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> R
                 // The leaky bucket's queue: the request waits for its slot.
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
-            next.run(Request::from_parts(parts, body)).await
+            next.run(req).await
         }
     };
     if !policies.is_empty() {
         let h = res.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&policies.join(", ")) {
+        if let Ok(v) = HeaderValue::from_str(&policies) {
             h.insert("ratelimit-policy", v);
         }
-        if let Ok(v) = HeaderValue::from_str(&states.join(", ")) {
+        if let Ok(v) = HeaderValue::from_str(&states) {
             h.insert("ratelimit", v);
         }
     }
