@@ -220,7 +220,23 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
     let in_flight = metrics::gauge!("lintel_http_requests_in_flight");
     in_flight.increment(1.0);
     let limit = Duration::from_millis(state.config.http.request_timeout_ms);
-    let res = match tokio::time::timeout(limit, next.run(req)).await {
+    let (req, verdict) = crate::ratelimit::check(&state, req).await;
+    let crate::ratelimit::Verdict {
+        refused,
+        delay,
+        headers: limit_headers,
+    } = verdict;
+    let run = async {
+        if let Some(refused) = refused {
+            return refused;
+        }
+        if !delay.is_zero() {
+            // The leaky bucket's queue: the request waits for its slot.
+            tokio::time::sleep(delay).await;
+        }
+        next.run(req).await
+    };
+    let mut res = match tokio::time::timeout(limit, run).await {
         Ok(res) => res,
         Err(_) => {
             tracing::warn!(timeout_ms = limit.as_millis() as u64, "request timed out");
@@ -233,6 +249,7 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
         }
     };
     in_flight.decrement(1.0);
+    crate::ratelimit::apply_headers(limit_headers, &mut res);
     let elapsed = started.elapsed();
     let status = res.status().as_u16();
     let labels = [

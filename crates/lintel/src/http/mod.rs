@@ -55,10 +55,6 @@ pub fn finish(router: Router<AppState>, state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            crate::ratelimit::limit,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
             edge::observe,
         ))
         .layer(axum::middleware::from_fn_with_state(

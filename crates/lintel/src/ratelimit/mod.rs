@@ -9,13 +9,11 @@ pub mod algorithms;
 pub mod lockout;
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, Request};
 use axum::http::{HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
@@ -120,13 +118,13 @@ pub fn default_rules() -> Vec<Rule> {
 
 /// Where counters live. Implementations must bound their memory.
 pub trait RateStore: Send + Sync + 'static {
-    /// Counts one request for `key` under rule `rule`.
+    /// Counts one request for `key` (opaque bytes) under rule `rule`.
     fn hit(
         &self,
         rule: usize,
         algorithm: Algorithm,
         quota: &Quota,
-        key: &str,
+        key: &[u8],
         now_ms: u64,
     ) -> Decision;
     /// Drops counters that have returned to their initial state.
@@ -142,7 +140,7 @@ const SHARDS: usize = 16;
 
 /// One shard: per rule, counters by key (looked up by `&str`, no allocation for a
 /// key already counted).
-type Shard = Vec<HashMap<String, Counter>>;
+type Shard = Vec<HashMap<Box<[u8]>, Counter>>;
 
 /// Counters in memory, sharded; at most `max_keys` (beyond that, new keys share one
 /// overflow counter per rule, which is strict but keeps memory bounded).
@@ -159,7 +157,7 @@ impl MemoryStore {
         }
     }
 
-    fn shard(&self, rule: usize, key: &str) -> &Mutex<Shard> {
+    fn shard(&self, rule: usize, key: &[u8]) -> &Mutex<Shard> {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (rule, key).hash(&mut h);
@@ -167,7 +165,7 @@ impl MemoryStore {
     }
 }
 
-const OVERFLOW: &str = "\u{0}overflow";
+const OVERFLOW: &[u8] = b"\0overflow";
 
 impl RateStore for MemoryStore {
     fn hit(
@@ -175,7 +173,7 @@ impl RateStore for MemoryStore {
         rule: usize,
         algorithm: Algorithm,
         quota: &Quota,
-        key: &str,
+        key: &[u8],
         now_ms: u64,
     ) -> Decision {
         let mut shard = match self.shard(rule, key).lock() {
@@ -196,7 +194,7 @@ impl RateStore for MemoryStore {
             }
         }
         shard[rule]
-            .entry(key.to_owned())
+            .entry(Box::from(key))
             .or_insert_with(|| Counter::new(algorithm, now_ms, quota))
             .hit(now_ms, quota)
     }
@@ -300,10 +298,47 @@ pub fn validate(rules: &[Rule]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The middleware: counts the request under every matching rule.
-pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// What the limiter decided for a request.
+pub struct Verdict {
+    /// A 429 to answer instead of running the request.
+    pub refused: Option<Response>,
+    /// The leaky bucket's wait before the request runs.
+    pub delay: Duration,
+    /// `RateLimit-Policy` and `RateLimit` for the response.
+    pub headers: Option<(HeaderValue, HeaderValue)>,
+}
+
+/// Adds `RateLimit-Policy` and `RateLimit` to a response.
+pub fn apply_headers(headers: Option<(HeaderValue, HeaderValue)>, res: &mut Response) {
+    if let Some((policy, state)) = headers {
+        let h = res.headers_mut();
+        h.insert("ratelimit-policy", policy);
+        h.insert("ratelimit", state);
+    }
+}
+
+/// The key bytes of a client address.
+fn ip_key(ip: Option<std::net::IpAddr>) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(b'i');
+    match ip {
+        Some(std::net::IpAddr::V4(v4)) => k.extend_from_slice(&v4.octets()),
+        Some(std::net::IpAddr::V6(v6)) => k.extend_from_slice(&v6.octets()),
+        None => {}
+    }
+    k
+}
+
+/// Counts the request under every matching rule (run by the `observe` middleware, so
+/// the limiter adds no layer of its own).
+pub async fn check(state: &AppState, req: Request) -> (Request, Verdict) {
+    let none = Verdict {
+        refused: None,
+        delay: Duration::ZERO,
+        headers: None,
+    };
     let Some(limiter) = state.limiter.as_ref() else {
-        return next.run(req).await;
+        return (req, none);
     };
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -311,16 +346,13 @@ pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> R
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| crate::http::client_ip::resolve(c.0.ip(), req.headers(), &state.trusted_proxies));
-    let ip_key = match ip {
-        Some(ip) => format!("ip:{ip}"),
-        None => "ip:".to_owned(),
-    };
+    let by_ip = ip_key(ip);
     // The caller only when a rule counts by account or key; a bad credential counts
     // by address (the handler answers it).
     let mut req = req;
     let caller = if limiter.needs_caller(method.as_str(), &path) {
         let (mut parts, body) = req.into_parts();
-        let c = Caller::from_request_parts(&mut parts, &state).await.ok();
+        let c = Caller::from_request_parts(&mut parts, state).await.ok();
         req = Request::from_parts(parts, body);
         c
     } else {
@@ -331,19 +363,20 @@ pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> R
     let mut states = String::new();
     let mut refused: Option<u64> = None;
     let mut delay = 0u64;
+    let mut num = itoa::Buffer::new();
     for (i, rule) in limiter.rules.iter().enumerate() {
         if !rule.matches(method.as_str(), &path) {
             continue;
         }
-        let owned;
-        let key: &str = match (rule.key, &caller) {
-            (KeyBy::Global, _) => "",
+        let owned: Vec<u8>;
+        let key: &[u8] = match (rule.key, &caller) {
+            (KeyBy::Global, _) => b"",
             (KeyBy::User, Some(c)) => match c.account() {
                 Some((coll, id)) => {
-                    owned = format!("u:{coll}/{id}");
+                    owned = [b"u", coll.as_bytes(), b"/", id.as_bytes()].concat();
                     &owned
                 }
-                None => &ip_key,
+                None => &by_ip,
             },
             (
                 KeyBy::ApiKey,
@@ -352,10 +385,10 @@ pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> R
                     ..
                 }),
             ) => {
-                owned = format!("k:{id}");
+                owned = [b"k", id.as_bytes()].concat();
                 &owned
             }
-            _ => &ip_key,
+            _ => &by_ip,
         };
         let q = &limiter.quotas[i];
         let d = limiter.store.hit(i, rule.algorithm, q, key, now);
@@ -364,49 +397,43 @@ pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> R
             states.push_str(", ");
         }
         policies.push_str(&limiter.policies[i]);
-        let _ = write!(
-            states,
-            "\"{}\";r={};t={}",
-            rule.name,
-            d.remaining,
-            d.reset_ms.div_ceil(1000)
-        );
+        states.push('"');
+        states.push_str(&rule.name);
+        states.push_str("\";r=");
+        states.push_str(num.format(d.remaining));
+        states.push_str(";t=");
+        states.push_str(num.format(d.reset_ms.div_ceil(1000)));
         if d.allowed {
             delay = delay.max(d.delay_ms);
         } else {
             refused = Some(refused.unwrap_or(0).max(d.retry_after_ms));
         }
     }
-    let mut res = match refused {
-        Some(wait) => {
-            metrics::counter!("lintel_ratelimit_refused_total").increment(1);
-            let secs = wait.div_ceil(1000).max(1);
-            let mut err = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!("Too many requests; retry in {secs} s."),
-            );
-            err.retry_after = Some(secs);
-            err.into_response()
-        }
-        None => {
-            if delay > 0 {
-                // The leaky bucket's queue: the request waits for its slot.
-                tokio::time::sleep(Duration::from_millis(delay)).await;
-            }
-            next.run(req).await
-        }
-    };
-    if !policies.is_empty() {
-        let h = res.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&policies) {
-            h.insert("ratelimit-policy", v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&states) {
-            h.insert("ratelimit", v);
-        }
+    if policies.is_empty() {
+        return (req, none);
     }
-    res
+    let headers = HeaderValue::from_str(&policies)
+        .ok()
+        .zip(HeaderValue::from_str(&states).ok());
+    let refused = refused.map(|wait| {
+        metrics::counter!("lintel_ratelimit_refused_total").increment(1);
+        let secs = wait.div_ceil(1000).max(1);
+        let mut err = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("Too many requests; retry in {secs} s."),
+        );
+        err.retry_after = Some(secs);
+        err.into_response()
+    });
+    (
+        req,
+        Verdict {
+            refused,
+            delay: Duration::from_millis(delay),
+            headers,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -439,7 +466,13 @@ mod tests {
             burst: 1,
         };
         for i in 0..10_000 {
-            store.hit(0, Algorithm::FixedWindow, &q, &format!("k{i}"), 10);
+            store.hit(
+                0,
+                Algorithm::FixedWindow,
+                &q,
+                format!("k{i}").as_bytes(),
+                10,
+            );
         }
         assert!(store.len() <= 16 * 16 + 16, "bounded: {}", store.len());
         store.sweep(5000, &[q]);
