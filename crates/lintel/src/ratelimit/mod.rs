@@ -229,8 +229,10 @@ impl RateStore for MemoryStore {
 pub struct Limiter {
     rules: Vec<Rule>,
     quotas: Vec<Quota>,
-    /// Each rule's `RateLimit-Policy` item, made once.
+    /// Each rule's `RateLimit-Policy` item, made once (and as a header value, shared
+    /// by every response when only that rule matches).
     policies: Vec<String>,
+    policy_values: Vec<Option<HeaderValue>>,
     store: Box<dyn RateStore>,
     epoch: std::time::Instant,
 }
@@ -238,15 +240,20 @@ pub struct Limiter {
 impl Limiter {
     pub fn new(rules: Vec<Rule>, store: Box<dyn RateStore>) -> Self {
         let quotas: Vec<Quota> = rules.iter().map(Rule::quota).collect();
-        let policies = rules
+        let policies: Vec<String> = rules
             .iter()
             .zip(&quotas)
             .map(|(r, q)| format!("\"{}\";q={};w={}", r.name, q.limit, r.period_secs.max(1)))
+            .collect();
+        let policy_values = policies
+            .iter()
+            .map(|p: &String| HeaderValue::from_str(p).ok())
             .collect();
         Self {
             rules,
             quotas,
             policies,
+            policy_values,
             store,
             epoch: std::time::Instant::now(),
         }
@@ -317,16 +324,22 @@ pub fn apply_headers(headers: Option<(HeaderValue, HeaderValue)>, res: &mut Resp
     }
 }
 
-/// The key bytes of a client address.
-fn ip_key(ip: Option<std::net::IpAddr>) -> Vec<u8> {
-    let mut k = Vec::with_capacity(17);
-    k.push(b'i');
-    match ip {
-        Some(std::net::IpAddr::V4(v4)) => k.extend_from_slice(&v4.octets()),
-        Some(std::net::IpAddr::V6(v6)) => k.extend_from_slice(&v6.octets()),
-        None => {}
-    }
-    k
+/// The key bytes of a client address, on the stack: `i` and the address's octets.
+fn ip_key(ip: Option<std::net::IpAddr>) -> ([u8; 17], usize) {
+    let mut k = [0u8; 17];
+    k[0] = b'i';
+    let n = match ip {
+        Some(std::net::IpAddr::V4(v4)) => {
+            k[1..5].copy_from_slice(&v4.octets());
+            5
+        }
+        Some(std::net::IpAddr::V6(v6)) => {
+            k[1..17].copy_from_slice(&v6.octets());
+            17
+        }
+        None => 1,
+    };
+    (k, n)
 }
 
 /// Counts the request under every matching rule (run by the `observe` middleware, so
@@ -341,16 +354,16 @@ pub async fn check(state: &AppState, req: Request) -> (Request, Verdict) {
         return (req, none);
     };
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
     let ip = req
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| crate::http::client_ip::resolve(c.0.ip(), req.headers(), &state.trusted_proxies));
-    let by_ip = ip_key(ip);
+    let (ip_bytes, ip_len) = ip_key(ip);
+    let by_ip = &ip_bytes[..ip_len];
     // The caller only when a rule counts by account or key; a bad credential counts
     // by address (the handler answers it).
     let mut req = req;
-    let caller = if limiter.needs_caller(method.as_str(), &path) {
+    let caller = if limiter.needs_caller(method.as_str(), req.uri().path()) {
         let (mut parts, body) = req.into_parts();
         let c = Caller::from_request_parts(&mut parts, state).await.ok();
         req = Request::from_parts(parts, body);
@@ -358,14 +371,17 @@ pub async fn check(state: &AppState, req: Request) -> (Request, Verdict) {
     } else {
         None
     };
+    let path = req.uri().path();
     let now = limiter.now_ms();
     let mut policies = String::new();
-    let mut states = String::new();
+    let mut single_policy: Option<usize> = None;
+    let mut matched = 0usize;
+    let mut states = String::with_capacity(64);
     let mut refused: Option<u64> = None;
     let mut delay = 0u64;
     let mut num = itoa::Buffer::new();
     for (i, rule) in limiter.rules.iter().enumerate() {
-        if !rule.matches(method.as_str(), &path) {
+        if !rule.matches(method.as_str(), path) {
             continue;
         }
         let owned: Vec<u8>;
@@ -376,7 +392,7 @@ pub async fn check(state: &AppState, req: Request) -> (Request, Verdict) {
                     owned = [b"u", coll.as_bytes(), b"/", id.as_bytes()].concat();
                     &owned
                 }
-                None => &by_ip,
+                None => by_ip,
             },
             (
                 KeyBy::ApiKey,
@@ -388,15 +404,23 @@ pub async fn check(state: &AppState, req: Request) -> (Request, Verdict) {
                 owned = [b"k", id.as_bytes()].concat();
                 &owned
             }
-            _ => &by_ip,
+            _ => by_ip,
         };
         let q = &limiter.quotas[i];
         let d = limiter.store.hit(i, rule.algorithm, q, key, now);
-        if !policies.is_empty() {
+        matched += 1;
+        if matched == 1 {
+            single_policy = Some(i);
+        } else {
+            if matched == 2
+                && let Some(first) = single_policy.take()
+            {
+                policies.push_str(&limiter.policies[first]);
+            }
             policies.push_str(", ");
             states.push_str(", ");
+            policies.push_str(&limiter.policies[i]);
         }
-        policies.push_str(&limiter.policies[i]);
         states.push('"');
         states.push_str(&rule.name);
         states.push_str("\";r=");
@@ -409,12 +433,15 @@ pub async fn check(state: &AppState, req: Request) -> (Request, Verdict) {
             refused = Some(refused.unwrap_or(0).max(d.retry_after_ms));
         }
     }
-    if policies.is_empty() {
+    if matched == 0 {
         return (req, none);
     }
-    let headers = HeaderValue::from_str(&policies)
-        .ok()
-        .zip(HeaderValue::from_str(&states).ok());
+    let policy = match single_policy {
+        Some(i) => limiter.policy_values[i].clone(),
+        None => HeaderValue::from_str(&policies).ok(),
+    };
+    let state_value = HeaderValue::from_maybe_shared(bytes::Bytes::from(states)).ok();
+    let headers = policy.zip(state_value);
     let refused = refused.map(|wait| {
         metrics::counter!("lintel_ratelimit_refused_total").increment(1);
         let secs = wait.div_ceil(1000).max(1);

@@ -467,3 +467,28 @@ async fn slow_idle_and_oversized_clients_are_cut_off() {
     assert!(waited >= Duration::from_millis(300), "{waited:?}");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_default_rules_are_on_and_every_matching_policy_is_reported() {
+    let app = TestApp::spawn().await;
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/auth/login",
+            json!({"email": "nobody@example.com", "password": "whatever it is"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        r.header("ratelimit-policy"),
+        Some("\"auth\";q=30;w=60, \"api\";q=6000;w=60")
+    );
+    let state = r.header("ratelimit").unwrap();
+    assert!(
+        state.starts_with("\"auth\";r=29;t=") && state.contains(", \"api\";r="),
+        "{state}"
+    );
+    let r = app.get("/v1/health").await;
+    assert_eq!(r.header("ratelimit-policy"), Some("\"api\";q=6000;w=60"));
+    app.shutdown().await;
+}
