@@ -249,6 +249,9 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
         }
     };
     in_flight.decrement(1.0);
+    // Room for the headers the outer layers add (rate limit, security, request id),
+    // so the map grows at most once here instead of header by header.
+    res.headers_mut().reserve(10);
     crate::ratelimit::apply_headers(limit_headers, &mut res);
     let elapsed = started.elapsed();
     let status = res.status().as_u16();

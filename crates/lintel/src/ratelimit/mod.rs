@@ -158,10 +158,13 @@ impl MemoryStore {
     }
 
     fn shard(&self, rule: usize, key: &[u8]) -> &Mutex<Shard> {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (rule, key).hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+        // FNV-1a: only spreads keys over shards (the maps inside use SipHash, which
+        // guards against chosen collisions).
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ rule as u64;
+        for &b in key {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        &self.shards[(h as usize) % SHARDS]
     }
 }
 
