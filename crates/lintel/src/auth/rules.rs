@@ -226,7 +226,7 @@ fn operand(
 /// A stored value as a comparable literal.
 fn scalar(kind: Kind, v: &Json) -> Value {
     match v {
-        Json::Null => Value::Null,
+        Json::Null => Value::DataNull,
         Json::Bool(b) => Value::Bool(*b),
         Json::Number(n) => match n.as_i64() {
             Some(i) if kind != Kind::Number || n.is_i64() => Value::Int(i),
@@ -244,7 +244,7 @@ fn scalar(kind: Kind, v: &Json) -> Value {
 
 fn field_vs(kind: Kind, field: &Json, op: CompareOp, v: &Value) -> Result<bool, String> {
     if let Value::Absent = v {
-        return Ok(op == CompareOp::Ne);
+        return Ok(false);
     }
     if kind == Kind::IdList {
         let ids: Vec<&str> = field
@@ -253,7 +253,8 @@ fn field_vs(kind: Kind, field: &Json, op: CompareOp, v: &Value) -> Result<bool, 
             .unwrap_or_default();
         return match (op, v) {
             (CompareOp::Eq, Value::Null) => Ok(ids.is_empty()),
-            (CompareOp::Ne, Value::Null) => Ok(!ids.is_empty()),
+            (CompareOp::Ne, Value::Null | Value::DataNull) => Ok(!ids.is_empty()),
+            (_, Value::DataNull) => Ok(false),
             (CompareOp::Like, Value::Text(s)) => Ok(ids.contains(&s.as_str())),
             (CompareOp::NotLike, Value::Text(s)) => Ok(!ids.contains(&s.as_str())),
             _ => Err("use ~ or !~ to test whether a multiple relation holds an id".into()),
@@ -263,7 +264,7 @@ fn field_vs(kind: Kind, field: &Json, op: CompareOp, v: &Value) -> Result<bool, 
     // A value of the wrong type for a typed field is an error, as in a filter.
     let typed_ok = matches!(
         (kind, v),
-        (_, Value::Null)
+        (_, Value::Null | Value::DataNull)
             | (Kind::Json, _)
             | (
                 Kind::Text | Kind::Datetime | Kind::Timestamp,
@@ -293,8 +294,8 @@ fn field_vs(kind: Kind, field: &Json, op: CompareOp, v: &Value) -> Result<bool, 
                     Value::Int(_) | Value::Float(_),
                     Value::Int(_) | Value::Float(_)
                 )
-                | (Value::Null, _)
-                | (_, Value::Null)
+                | (Value::Null | Value::DataNull, _)
+                | (_, Value::Null | Value::DataNull)
         );
         if !same {
             return Ok(op == CompareOp::Ne);
@@ -311,12 +312,10 @@ fn field_vs(kind: Kind, field: &Json, op: CompareOp, v: &Value) -> Result<bool, 
                 Ok(hit == (op == CompareOp::Like))
             }
             // A null field contains nothing.
-            (Value::Null, Value::Text(_)) => Ok(op == CompareOp::NotLike),
+            (Value::DataNull, Value::Text(_)) => Ok(op == CompareOp::NotLike),
+            (_, Value::DataNull) => Ok(false),
             _ => Err("~ and !~ work on text".into()),
         };
-    }
-    if f == Value::Null && v != Value::Null && !matches!(op, CompareOp::Eq | CompareOp::Ne) {
-        return Ok(false);
     }
     const_compare(&f, op, &v)
 }

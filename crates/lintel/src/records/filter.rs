@@ -147,9 +147,13 @@ pub(crate) fn field_kind(f: &FieldSpec) -> Kind {
 /// A literal side, after macros are expanded.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Value {
+    /// The literal `null`: the explicit test for "no value" (`x = null`, `x != null`).
     Null,
+    /// A null that came from data (a request value sent as JSON null, a null field):
+    /// it equals nothing, not even another null.
+    DataNull,
     /// A `@request` value that is not there (an anonymous caller's id, a field the
-    /// body lacks): it equals nothing, not even a null field.
+    /// body lacks): every comparison with it is false, except `= null`.
     Absent,
     Text(String),
     Int(i64),
@@ -161,7 +165,7 @@ pub(crate) enum Value {
 fn json_literal(v: Option<&serde_json::Value>, span: Span) -> Result<Value, FilterError> {
     Ok(match v {
         None => Value::Absent,
-        Some(serde_json::Value::Null) => Value::Null,
+        Some(serde_json::Value::Null) => Value::DataNull,
         Some(serde_json::Value::String(s)) => Value::Text(s.clone()),
         Some(serde_json::Value::Bool(b)) => Value::Bool(*b),
         Some(serde_json::Value::Number(n)) => match n.as_i64() {
@@ -345,8 +349,9 @@ fn compare(
             sql.push("(");
             write_target(sql, table, &a);
             let op_text = match op {
+                // `=` never holds for a null side (SQL's own `=`); `!=` holds when
+                // exactly one side is null.
                 CompareOp::Ne => sql.null_safe_ne(),
-                CompareOp::Eq => sql.null_safe_eq(),
                 _ => sql_op(op),
             };
             sql.push(op_text);
@@ -385,22 +390,38 @@ fn compare(
     }
 }
 
-/// Compares two values (no field involved), with SQL's null-safe meaning of `=`.
+/// Compares two values (no field involved). The truth table for null and missing
+/// values is in docs/filters.md: the literal `null` tests for "no value"; otherwise a
+/// missing (`Absent`) side makes every comparison false, and a null side never
+/// satisfies `=` (two nulls are not equal) but differs from any value under `!=`.
 pub(crate) fn const_compare(a: &Value, op: CompareOp, b: &Value) -> Result<bool, String> {
     use std::cmp::Ordering;
-    let norm = |v: &Value| match v {
-        Value::Absent => Value::Null,
-        other => other.clone(),
-    };
-    let (a, b) = (norm(a), norm(b));
-    let ord: Option<Ordering> = match (&a, &b) {
-        (Value::Null, Value::Null) => Some(Ordering::Equal),
-        (Value::Null, _) | (_, Value::Null) => None,
+    let no_value = |v: &Value| matches!(v, Value::Null | Value::DataNull | Value::Absent);
+    if matches!(a, Value::Null) || matches!(b, Value::Null) {
+        let other = if matches!(a, Value::Null) { b } else { a };
+        return match op {
+            CompareOp::Eq => Ok(no_value(other)),
+            CompareOp::Ne => Ok(!no_value(other)),
+            _ => Err("null can only be compared with = and !=".into()),
+        };
+    }
+    if matches!(a, Value::Absent) || matches!(b, Value::Absent) {
+        return Ok(false);
+    }
+    match (a, b) {
+        (Value::DataNull, Value::DataNull) => return Ok(false),
+        (Value::DataNull, _) | (_, Value::DataNull) => {
+            // A null differs from any value and contains nothing.
+            return Ok(matches!(op, CompareOp::Ne | CompareOp::NotLike));
+        }
+        _ => {}
+    }
+    let ord: Option<Ordering> = match (a, b) {
         (Value::Text(x), Value::Text(y)) => Some(x.cmp(y)),
         (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
         (Value::Int(x), Value::Int(y)) => Some(x.cmp(y)),
         (Value::Int(_) | Value::Float(_), Value::Int(_) | Value::Float(_)) => {
-            as_f64(&a).partial_cmp(&as_f64(&b))
+            as_f64(a).partial_cmp(&as_f64(b))
         }
         _ => return Err("the two values have different types".into()),
     };
@@ -412,7 +433,7 @@ pub(crate) fn const_compare(a: &Value, op: CompareOp, b: &Value) -> Result<bool,
         CompareOp::Lt => ord == Some(Ordering::Less),
         CompareOp::Le => matches!(ord, Some(Ordering::Less | Ordering::Equal)),
         CompareOp::Like | CompareOp::NotLike => {
-            let (Value::Text(x), Value::Text(y)) = (&a, &b) else {
+            let (Value::Text(x), Value::Text(y)) = (a, b) else {
                 return Err("~ and !~ take text on both sides".into());
             };
             let hit = x.to_lowercase().contains(&y.to_lowercase());
@@ -447,14 +468,21 @@ fn field_vs_value(
 ) -> Result<(), FilterError> {
     let kind = kind_of(t);
     if let Value::Absent = v {
-        // A missing request value equals no field, whatever the field holds.
-        sql.push(if op == CompareOp::Ne {
-            "(1 = 1)"
-        } else {
-            "(1 = 0)"
-        });
+        // A missing request value makes every comparison false (fail closed: an
+        // anonymous caller's `@request.auth.id != ""` does not hold).
+        sql.push("(1 = 0)");
         return Ok(());
     }
+    // A null request value is not the literal: it equals nothing; `!=` holds for
+    // fields that have a value, as for the literal.
+    let v = match (v, op) {
+        (Value::DataNull, CompareOp::Ne) => Value::Null,
+        (Value::DataNull, _) => {
+            sql.push("(1 = 0)");
+            return Ok(());
+        }
+        (v, _) => v,
+    };
     if let Value::Null = v {
         if let (Kind::IdList, Target::Column { name, .. }) = (kind, t) {
             // An empty list of relations is "no value", like null.
@@ -551,7 +579,7 @@ fn field_vs_value(
                 Value::Int(i) => SqlValue::Int(i),
                 Value::Float(f) => SqlValue::Float(f),
                 Value::Bool(b) => SqlValue::Bool(b),
-                Value::Null | Value::Absent => SqlValue::Null,
+                Value::Null | Value::DataNull | Value::Absent => SqlValue::Null,
             };
             if like {
                 let Target::JsonPath { column, path } = t else {
@@ -648,4 +676,68 @@ fn kind_name(k: Kind) -> &'static str {
 
 fn truncate(s: &str) -> String {
     s.chars().take(40).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every cell of the table in docs/filters.md ("null, missing and empty").
+    #[test]
+    fn truth_table() {
+        let lit = Value::Null;
+        let null = Value::DataNull;
+        let missing = Value::Absent;
+        let empty = Value::Text(String::new());
+        let x = Value::Text("x".into());
+        let cols = [&lit, &null, &missing, &empty, &x];
+        let rows: [(&Value, [bool; 5], [bool; 5]); 4] = [
+            (
+                &null,
+                [true, false, false, false, false],
+                [false, false, false, true, true],
+            ),
+            (
+                &missing,
+                [true, false, false, false, false],
+                [false, false, false, false, false],
+            ),
+            (
+                &empty,
+                [false, false, false, true, false],
+                [true, true, false, false, true],
+            ),
+            (
+                &x,
+                [false, false, false, false, true],
+                [true, true, false, true, false],
+            ),
+        ];
+        for (left, eq, ne) in rows {
+            for (i, right) in cols.iter().enumerate() {
+                for (op, want) in [(CompareOp::Eq, eq[i]), (CompareOp::Ne, ne[i])] {
+                    assert_eq!(
+                        const_compare(left, op, right),
+                        Ok(want),
+                        "{left:?} {op:?} {right:?}"
+                    );
+                    assert_eq!(
+                        const_compare(right, op, left),
+                        Ok(want),
+                        "{right:?} {op:?} {left:?} (symmetric)"
+                    );
+                }
+            }
+        }
+        for op in [CompareOp::Lt, CompareOp::Ge, CompareOp::Like] {
+            for v in [&null, &missing] {
+                assert_eq!(const_compare(v, op, &x), Ok(false), "{v:?} {op:?}");
+                assert_eq!(const_compare(&x, op, v), Ok(false), "{op:?} {v:?}");
+            }
+            assert!(const_compare(&lit, op, &x).is_err());
+        }
+        assert_eq!(const_compare(&null, CompareOp::NotLike, &x), Ok(true));
+        assert_eq!(const_compare(&missing, CompareOp::NotLike, &x), Ok(false));
+        assert_eq!(const_compare(&lit, CompareOp::Eq, &lit), Ok(true));
+    }
 }

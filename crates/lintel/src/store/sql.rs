@@ -257,14 +257,6 @@ impl Sql {
         }
     }
 
-    /// The operator for "equal, where null equals null".
-    pub fn null_safe_eq(&self) -> &'static str {
-        match self.dialect {
-            Dialect::Sqlite => " IS ",
-            Dialect::Postgres => " IS NOT DISTINCT FROM ",
-        }
-    }
-
     /// Whether a JSON array column is null or empty.
     pub fn json_array_empty(&mut self, table: &str, column: &str) {
         self.push("(");
