@@ -155,6 +155,29 @@ fn admin_token(config: &Config) -> anyhow::Result<String> {
     secret_file(&config.data_dir.join("admin-token"), "the admin token")
 }
 
+/// The generated HS256 signing key. On SQLite it lives in `jwt-secret` (mode 0600)
+/// beside the database, never in it, so a copy of the database file cannot mint
+/// tokens (a key an earlier version kept in the database moves to the file). On
+/// PostgreSQL every instance must share it, so it stays in the database, guarded by
+/// the database's own access control (or set `auth.jwt_secret` to keep it out).
+async fn signing_secret(config: &Config, store: &dyn Store) -> anyhow::Result<String> {
+    if !config.database_url.0.is_empty() {
+        return crate::auth::tokens::stored_secret(store).await;
+    }
+    let legacy = crate::auth::tokens::take_stored_secret(store).await?;
+    let path = config.data_dir.join("jwt-secret");
+    let secret = tokio::task::spawn_blocking(move || match legacy {
+        Some(s) if !path.exists() => {
+            write_secret(&path, &s)?;
+            Ok(s)
+        }
+        _ => secret_file(&path, "the token signing key"),
+    })
+    .await??;
+    crate::auth::tokens::forget_stored_secret(store).await?;
+    Ok(secret)
+}
+
 /// A secret kept in a file (mode 0600): read, or generated on first use. Blocking.
 fn secret_file(path: &Path, what: &str) -> anyhow::Result<String> {
     match std::fs::read_to_string(path) {
@@ -230,12 +253,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let cfg = config.auth.clone();
         let stored =
             if cfg.jwt_algorithm.eq_ignore_ascii_case("HS256") && cfg.jwt_secret.0.is_empty() {
-                crate::auth::tokens::stored_secret(store.as_ref()).await?
+                signing_secret(&config, store.as_ref()).await?
             } else {
                 String::new()
             };
         tokio::task::spawn_blocking(move || crate::auth::tokens::Keys::load(&cfg, &stored))
             .await??
+    };
+    let hasher = {
+        let cfg = config.auth.clone();
+        tokio::task::spawn_blocking(move || crate::auth::password::Hasher::new(&cfg)).await??
     };
     let catalog = load_catalog(store.as_ref()).await?;
     let versions = VersionClock::default();
@@ -302,7 +329,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         cache: crate::cache::ReadCache::new(config_cache.records, config_cache.counts),
         metrics: crate::telemetry::metrics_handle(),
         openapi_json,
-        auth: crate::auth::AuthRuntime::new(keys, store_for_auth),
+        auth: crate::auth::AuthRuntime::new(keys, hasher, store_for_auth),
         mailer: crate::auth::mail::Mailer::from_config(&mailer_cfg)?.map(Arc::new),
         http_client,
         limiter,

@@ -183,7 +183,12 @@ async fn create_superuser(config: config::Config, email: &str) -> anyhow::Result
     let password = tokio::task::spawn_blocking(read_password).await??;
     crate::auth::password::check(&config.auth, &password, &email)
         .map_err(|(_, msg)| anyhow::anyhow!("the password {msg}"))?;
-    let hash = crate::auth::password::hash(&config.auth, password)
+    let hasher = {
+        let cfg = config.auth.clone();
+        tokio::task::spawn_blocking(move || crate::auth::password::Hasher::new(&cfg)).await??
+    };
+    let hash = hasher
+        .hash(password)
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.detail))?;
     let store = crate::app::open_store(&config).await?;

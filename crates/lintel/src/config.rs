@@ -185,6 +185,8 @@ pub struct AuthConfig {
     pub argon2_iterations: u32,
     /// Argon2id lanes.
     pub argon2_parallelism: u32,
+    /// Password hashes computed at once (0 = one per CPU core); more wait their turn.
+    pub hash_concurrency: usize,
     /// Single-use email tokens (verification, reset, email change) live this long, in seconds.
     pub email_token_ttl_secs: u64,
     /// The public address of the app, used in links in emails.
@@ -236,6 +238,7 @@ impl Default for AuthConfig {
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,
             argon2_parallelism: 1,
+            hash_concurrency: 0,
             email_token_ttl_secs: 3600,
             public_url: "http://127.0.0.1:8090".into(),
             lockout_threshold: 10,

@@ -21,6 +21,24 @@ use crate::records::service::store_error;
 use crate::store::{Sql, SqlValue, WriteError, WriteOp};
 
 pub const PREFIX: &str = "lk_";
+
+/// Revokes every active key of an account (part of a credential change's transaction).
+pub fn revoke_all_op(
+    dialect: crate::store::Dialect,
+    collection: &str,
+    user_id: &str,
+    now_ms: i64,
+) -> WriteOp {
+    let mut sql = Sql::new(dialect);
+    sql.push("UPDATE _lintel_api_keys SET revoked = ")
+        .bind(SqlValue::Int(now_ms))
+        .push(" WHERE collection = ")
+        .bind(SqlValue::Text(collection.to_owned()))
+        .push(" AND user_id = ")
+        .bind(SqlValue::Text(user_id.to_owned()))
+        .push(" AND revoked IS NULL");
+    WriteOp::System { sql, expect: None }
+}
 const ACTIONS: [&str; 8] = [
     "list", "view", "create", "update", "delete", "read", "write", "*",
 ];
@@ -36,7 +54,17 @@ pub struct NewKey {
     pub expires_at: Option<String>,
 }
 
-fn check(state: &AppState, req: &NewKey) -> Result<Option<i64>, ApiError> {
+/// Admin areas a superuser's key can be scoped to (`<area>:read`, `<area>:write` or
+/// `<area>:*`); see `http::extract::admin_scope`.
+pub const ADMIN_AREAS: [&str; 2] = ["collections", "audit"];
+
+fn admin_scope_ok(scope: &str) -> bool {
+    scope.split_once(':').is_some_and(|(area, access)| {
+        ADMIN_AREAS.contains(&area) && matches!(access, "read" | "write" | "*")
+    })
+}
+
+fn check(state: &AppState, req: &NewKey, superuser: bool) -> Result<Option<i64>, ApiError> {
     let mut errors = FieldErrors::new();
     if req.name.trim().is_empty() || req.name.len() > 100 {
         push_field_error(&mut errors, "name", "invalid", "1 to 100 characters");
@@ -48,13 +76,14 @@ fn check(state: &AppState, req: &NewKey) -> Result<Option<i64>, ApiError> {
     for (i, s) in req.scopes.iter().enumerate() {
         let ok = s
             .split_once(':')
-            .is_some_and(|(c, a)| (c == "*" || catalog.get(c).is_some()) && ACTIONS.contains(&a));
+            .is_some_and(|(c, a)| (c == "*" || catalog.get(c).is_some()) && ACTIONS.contains(&a))
+            || (superuser && admin_scope_ok(s));
         if !ok {
             push_field_error(
                 &mut errors,
                 format!("scopes[{i}]"),
                 "invalid_scope",
-                "must be <collection>:<action> with an existing collection (or *) and one of list, view, create, update, delete, read, write, *",
+                "must be <collection>:<action> with an existing collection (or *) and one of list, view, create, update, delete, read, write, *; a superuser's key may also hold collections:read|write|* and audit:read|*",
             );
         }
     }
@@ -139,7 +168,7 @@ pub async fn create_key(
 ) -> Result<Response, ApiError> {
     no_keys_from_keys(&caller)?;
     let (collection, user_id) = require_account(&caller)?;
-    let expires = check(&state, &req)?;
+    let expires = check(&state, &req, caller.is_superuser())?;
     let id = crate::ids::record_id();
     let secret = crate::ids::secret_token();
     let key = format!("{PREFIX}{id}_{secret}");

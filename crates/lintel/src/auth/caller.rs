@@ -22,6 +22,76 @@ pub const SESSION_COOKIE: &str = "lintel_session";
 /// The header carrying the CSRF token of a cookie session.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
+/// Where resolving the caller leaves `Set-Cookie` values for the response: a stale
+/// session cookie is cleared, a live one has its lifetime renewed. Put in the request
+/// by [`session_cookie`] only when the request carries a session cookie.
+#[derive(Clone, Default)]
+pub struct CookieSlot(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl CookieSlot {
+    fn set(&self, values: Vec<String>) {
+        match self.0.lock() {
+            Ok(mut v) => *v = values,
+            Err(poisoned) => *poisoned.into_inner() = values,
+        }
+    }
+
+    fn take(&self) -> Vec<String> {
+        match self.0.lock() {
+            Ok(mut v) => std::mem::take(&mut *v),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        }
+    }
+}
+
+/// The session and CSRF cookies, set for `max_age` seconds (0 clears them).
+pub fn session_cookies(secret: &str, csrf: &str, max_age: i64, secure: bool) -> [String; 2] {
+    let secure = if secure { "; Secure" } else { "" };
+    let max_age = max_age.max(0);
+    [
+        format!(
+            "{SESSION_COOKIE}={secret}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
+        ),
+        format!("lintel_csrf={csrf}; Path=/; SameSite=Lax; Max-Age={max_age}{secure}"),
+    ]
+}
+
+/// How long a cookie session lives from `now` if not used again, in seconds: the
+/// sooner of its idle and absolute expiry.
+pub fn session_max_age(state: &AppState, expires_ms: i64, now_ms: i64) -> i64 {
+    let idle = state.config.auth.session_idle_secs as i64;
+    ((expires_ms - now_ms) / 1000).min(idle).max(0)
+}
+
+/// Middleware: gives requests that carry a session cookie a [`CookieSlot`] and adds
+/// what resolving the caller left there to the response, unless the handler set the
+/// session cookie itself (a sign-in).
+pub async fn session_cookie(
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if cookie(req.headers(), SESSION_COOKIE).is_none() {
+        return next.run(req).await;
+    }
+    let slot = CookieSlot::default();
+    req.extensions_mut().insert(slot.clone());
+    let mut res = next.run(req).await;
+    let values = slot.take();
+    let handler_set = res
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .any(|v| v.as_bytes().starts_with(SESSION_COOKIE.as_bytes()));
+    if !handler_set {
+        for v in values {
+            if let Ok(v) = axum::http::HeaderValue::from_str(&v) {
+                res.headers_mut().append(header::SET_COOKIE, v);
+            }
+        }
+    }
+    res
+}
+
 /// The account behind a request.
 #[derive(Debug, Clone)]
 pub enum Principal {
@@ -278,7 +348,7 @@ async fn resolve(state: &AppState, parts: &Parts) -> Result<Caller, ApiError> {
         let session = state
             .auth
             .sessions
-            .get(&claims.sid)
+            .get(&tokens::digest(&claims.sid))
             .await
             .map_err(crate::records::service::store_error)?
             .filter(|s| s.active(now) && s.collection == claims.col && s.user_id == claims.sub)
@@ -298,6 +368,12 @@ async fn resolve(state: &AppState, parts: &Parts) -> Result<Caller, ApiError> {
     if let Some(secret) = cookie(&parts.headers, SESSION_COOKIE) {
         let now = crate::clock::now_ms();
         let idle = state.config.auth.session_idle_secs as i64 * 1000;
+        let slot = parts.extensions.get::<CookieSlot>().cloned();
+        let secure = state.config.auth.cookie_secure
+            || parts
+                .extensions
+                .get::<crate::http::serve::TlsInfo>()
+                .is_some();
         let Some(session) = state
             .auth
             .sessions
@@ -306,16 +382,24 @@ async fn resolve(state: &AppState, parts: &Parts) -> Result<Caller, ApiError> {
             .map_err(crate::records::service::store_error)?
             .filter(|s| s.kind == "cookie" && s.active(now) && s.last_seen + idle > now)
         else {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "session_expired",
-                "The session has ended; sign in again.",
-            ));
+            // An ended or unknown session cookie is no credential: the request goes on
+            // as anonymous (a route that needs an account answers 401 itself, sign-in
+            // and sign-up work) and the response clears the cookie.
+            if let Some(slot) = slot {
+                slot.set(session_cookies("", "", 0, secure).to_vec());
+            }
+            return Ok(Caller::anonymous());
         };
         if !is_safe(&parts.method) {
             check_csrf(state, parts, session.csrf.as_deref().unwrap_or("")).await?;
         }
         if now - session.last_seen > 60_000 {
+            // Used again: the cookie lives as long as the session now can.
+            if let Some(slot) = slot {
+                let max_age = session_max_age(state, session.expires, now);
+                let csrf = session.csrf.as_deref().unwrap_or("");
+                slot.set(session_cookies(secret, csrf, max_age, secure).to_vec());
+            }
             let sessions = state.auth.sessions.clone();
             let id = session.id.clone();
             tokio::spawn(async move {
@@ -455,8 +539,17 @@ pub async fn load_principal(
     }
 }
 
-/// Used by handlers that need a signed-in account.
+/// Used by handlers that manage the signed-in account itself (sessions, second
+/// factor, email, API keys): an API key acts on data, never on the account, so it is
+/// refused here whatever its scopes.
 pub fn require_account(caller: &Caller) -> Result<(&str, &str), ApiError> {
+    if matches!(caller.via, Via::ApiKey { .. }) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "api_key_not_allowed",
+            "Managing the account needs the account's own sign-in, not an API key.",
+        ));
+    }
     caller
         .account()
         .ok_or_else(|| ApiError::unauthorized("Sign in first: this endpoint needs an account."))

@@ -192,11 +192,13 @@ async fn present(state: &AppState, purpose: &str, token: &str) -> Result<Present
     })
 }
 
-/// Applies field changes to an account together with using up its token.
+/// Applies field changes to an account together with using up its token (and any
+/// `extra` writes, such as revoking API keys), in one transaction.
 async fn change(
     p: Presented,
     state: &AppState,
     changes: Map<String, Value>,
+    extra: Vec<WriteOp>,
 ) -> Result<Record, ApiError> {
     let mut data = p.record.data.clone();
     data.extend(changes);
@@ -212,7 +214,9 @@ async fn change(
         record: record.clone(),
         expected_version: p.record.version,
     };
-    match apply_writes(state, vec![p.use_up, op]).await {
+    let mut ops = vec![p.use_up, op];
+    ops.extend(extra);
+    match apply_writes(state, ops).await {
         Ok(_) => Ok(record),
         Err(WriteError {
             index: 0,
@@ -325,7 +329,7 @@ pub async fn confirm_verification(
     let (coll, id) = (p.coll.name().to_owned(), p.record.id.clone());
     let mut changes = Map::new();
     changes.insert("verified".into(), Value::Bool(true));
-    change(p, &state, changes).await?;
+    change(p, &state, changes, Vec::new()).await?;
     audit::record(
         &state,
         audit::Event::new("email_verified", "ok")
@@ -407,11 +411,19 @@ pub async fn confirm_password_reset(
         .to_owned();
     password::check(&state.config.auth, &pw, &email)
         .map_err(|(code, msg)| ApiError::field("password", code, msg))?;
-    let hash = password::hash(&state.config.auth, pw).await?;
+    let hash = state.auth.hasher.hash(pw).await?;
     let (coll, id) = (p.coll.name().to_owned(), p.record.id.clone());
     let mut changes = Map::new();
     changes.insert("passwordHash".into(), Value::String(hash));
-    change(p, &state, changes).await?;
+    // A reset means the password may be known to someone else: the account's API
+    // keys go with its sessions.
+    let revoke_keys = crate::auth::apikeys::revoke_all_op(
+        state.store.dialect(),
+        &coll,
+        &id,
+        crate::clock::now_ms(),
+    );
+    change(p, &state, changes, vec![revoke_keys]).await?;
     let n = state
         .auth
         .sessions
@@ -514,7 +526,12 @@ pub async fn confirm_email_change(
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_owned();
-    if !password::verify(hash, req.password.clone().unwrap_or_default()).await {
+    if !state
+        .auth
+        .hasher
+        .verify(hash, req.password.clone().unwrap_or_default())
+        .await
+    {
         return Err(ApiError::field(
             "password",
             "invalid",
@@ -526,7 +543,7 @@ pub async fn confirm_email_change(
     let mut changes = Map::new();
     changes.insert("email".into(), Value::String(new));
     changes.insert("verified".into(), Value::Bool(true));
-    change(p, &state, changes).await?;
+    change(p, &state, changes, Vec::new()).await?;
     state
         .auth
         .sessions

@@ -28,13 +28,20 @@ pub const SUPERUSERS: &str = "_superusers";
 pub struct AuthRuntime {
     pub keys: tokens::Keys,
     pub sessions: Arc<dyn sessions::SessionStore>,
+    /// Password hashing on a bounded share of the blocking pool.
+    pub hasher: password::Hasher,
 }
 
 impl AuthRuntime {
-    pub fn new(keys: tokens::Keys, store: Arc<dyn crate::store::Store>) -> Self {
+    pub fn new(
+        keys: tokens::Keys,
+        hasher: password::Hasher,
+        store: Arc<dyn crate::store::Store>,
+    ) -> Self {
         Self {
             keys,
             sessions: Arc::new(sessions::SqlSessions::new(store)),
+            hasher,
         }
     }
 }

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use crate::app::AppState;
 use crate::auth::caller::Caller;
 use crate::auth::routes::{Account, auth_collection, find_account, open_session};
-use crate::auth::{audit, password, rules, tokens};
+use crate::auth::{audit, rules, tokens};
 use crate::collections::model::Action;
 use crate::config::OidcProviderConfig;
 use crate::error::ApiError;
@@ -389,7 +389,7 @@ pub async fn callback(
                 ));
             }
             // A random password the user never sees; a password reset can set one.
-            let hash = password::hash(&state.config.auth, crate::ids::secret_token()).await?;
+            let hash = state.auth.hasher.hash(crate::ids::secret_token()).await?;
             let now = crate::clock::now();
             let mut data = Map::new();
             for f in coll.fields() {

@@ -1,11 +1,13 @@
 //! Passwords: the rules a new password must meet (length, not a common password, not
-//! the email), and argon2id hashing and verification, run on the blocking pool so a
-//! hash never stalls the async workers.
+//! the email), and argon2id hashing and verification, run on the blocking pool (a
+//! bounded number at a time) so a hash never stalls the async workers.
 
 use std::collections::HashSet;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
+
+use tokio::sync::Semaphore;
 
 use crate::config::AuthConfig;
 use crate::error::ApiError;
@@ -47,7 +49,7 @@ pub fn check(cfg: &AuthConfig, password: &str, email: &str) -> Result<(), (&'sta
     Ok(())
 }
 
-fn hasher(cfg: &AuthConfig) -> Result<Argon2<'static>, ApiError> {
+fn argon(cfg: &AuthConfig) -> Result<Argon2<'static>, ApiError> {
     let params = Params::new(
         cfg.argon2_memory_kib,
         cfg.argon2_iterations,
@@ -58,45 +60,78 @@ fn hasher(cfg: &AuthConfig) -> Result<Argon2<'static>, ApiError> {
     Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
 }
 
-/// Hashes a password into a PHC string (`$argon2id$v=19$m=...`).
-pub async fn hash(cfg: &AuthConfig, password: String) -> Result<String, ApiError> {
-    let argon = hasher(cfg)?;
-    tokio::task::spawn_blocking(move || {
+/// Hashes and verifies passwords on the blocking pool, at most `permits` at a time, so
+/// a burst of sign-ups or sign-ins queues for CPU and memory (each argon2 run holds
+/// `argon2_memory_kib`) instead of taking the whole machine.
+pub struct Hasher {
+    argon: Argon2<'static>,
+    permits: Arc<Semaphore>,
+    decoy: String,
+}
+
+impl Hasher {
+    /// Builds the hasher and its decoy hash; blocking (one argon2 run), so call it from
+    /// the blocking pool at start-up.
+    pub fn new(cfg: &AuthConfig) -> anyhow::Result<Self> {
+        let argon = argon(cfg).map_err(|e| anyhow::anyhow!("{}", e.detail))?;
         let mut salt = [0u8; 16];
-        getrandom::fill(&mut salt).map_err(|e| ApiError::internal(format!("salt: {e}")))?;
-        argon
-            .hash_password_with_salt(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| ApiError::internal(format!("hashing: {e}")))
-    })
-    .await
-    .map_err(ApiError::internal)?
-}
+        getrandom::fill(&mut salt).map_err(|e| anyhow::anyhow!("salt: {e}"))?;
+        let decoy = argon
+            .hash_password_with_salt(b"decoy password", &salt)
+            .map_err(|e| anyhow::anyhow!("decoy hash: {e}"))?
+            .to_string();
+        let permits = if cfg.hash_concurrency == 0 {
+            std::thread::available_parallelism().map_or(2, usize::from)
+        } else {
+            cfg.hash_concurrency
+        };
+        Ok(Self {
+            argon,
+            permits: Arc::new(Semaphore::new(permits)),
+            decoy,
+        })
+    }
 
-/// A hash of a random password, verified against when an account does not exist so
-/// that a wrong email takes as long as a wrong password.
-pub fn decoy(cfg: &AuthConfig) -> &'static str {
-    static DECOY: OnceLock<String> = OnceLock::new();
-    DECOY.get_or_init(|| {
-        let mut salt = [7u8; 16];
-        let _ = getrandom::fill(&mut salt);
-        hasher(cfg)
-            .ok()
-            .and_then(|a| a.hash_password_with_salt(b"decoy password", &salt).ok())
-            .map(|h| h.to_string())
-            .unwrap_or_default()
-    })
-}
+    /// Hashes a password into a PHC string (`$argon2id$v=19$m=...`).
+    pub async fn hash(&self, password: String) -> Result<String, ApiError> {
+        let _permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(ApiError::internal)?;
+        let argon = self.argon.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut salt = [0u8; 16];
+            getrandom::fill(&mut salt).map_err(|e| ApiError::internal(format!("salt: {e}")))?;
+            argon
+                .hash_password_with_salt(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(|e| ApiError::internal(format!("hashing: {e}")))
+        })
+        .await
+        .map_err(ApiError::internal)?
+    }
 
-/// Whether `password` matches the PHC hash (parameters come from the hash itself).
-pub async fn verify(hash: String, password: String) -> bool {
-    tokio::task::spawn_blocking(move || {
-        Argon2::default()
-            .verify_password(password.as_bytes(), hash.as_str())
-            .is_ok()
-    })
-    .await
-    .unwrap_or(false)
+    /// Whether `password` matches the PHC hash (parameters come from the hash itself).
+    pub async fn verify(&self, hash: String, password: String) -> bool {
+        let Ok(_permit) = self.permits.clone().acquire_owned().await else {
+            return false;
+        };
+        tokio::task::spawn_blocking(move || {
+            Argon2::default()
+                .verify_password(password.as_bytes(), hash.as_str())
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// A hash of a random password, verified against when an account does not exist
+    /// so that a wrong email takes as long as a wrong password.
+    pub fn decoy(&self) -> &str {
+        &self.decoy
+    }
 }
 
 #[cfg(test)]
@@ -132,11 +167,20 @@ mod tests {
             argon2_iterations: 1,
             ..AuthConfig::default()
         };
-        let h = hash(&cfg, "correct horse battery".into()).await;
+        let Ok(hasher) = Hasher::new(&cfg) else {
+            panic!("hasher")
+        };
+        let h = hasher.hash("correct horse battery".into()).await;
         let Ok(h) = h else { panic!("hashing failed") };
         assert!(h.starts_with("$argon2id$"));
-        assert!(verify(h.clone(), "correct horse battery".into()).await);
-        assert!(!verify(h, "wrong horse battery".into()).await);
-        assert!(!verify("not a hash".into(), "x".into()).await);
+        assert!(
+            hasher
+                .verify(h.clone(), "correct horse battery".into())
+                .await
+        );
+        assert!(!hasher.verify(h, "wrong horse battery".into()).await);
+        assert!(!hasher.verify("not a hash".into(), "x".into()).await);
+        assert!(hasher.decoy().starts_with("$argon2id$"));
+        assert!(!hasher.verify(hasher.decoy().to_owned(), "x".into()).await);
     }
 }

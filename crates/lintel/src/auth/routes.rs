@@ -217,18 +217,13 @@ pub async fn open_session(
             .map_err(store_error)?;
         let mut res =
             axum::Json(json!({ "user": account.json(), "csrfToken": csrf })).into_response();
-        let secure = if cfg.cookie_secure || caller.tls {
-            "; Secure"
-        } else {
-            ""
-        };
-        let max_age = cfg.session_absolute_secs;
-        for c in [
-            format!(
-                "{SESSION_COOKIE}={secret}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
-            ),
-            format!("lintel_csrf={csrf}; Path=/; SameSite=Lax; Max-Age={max_age}{secure}"),
-        ] {
+        let max_age = crate::auth::caller::session_max_age(state, expires, now);
+        for c in crate::auth::caller::session_cookies(
+            &secret,
+            &csrf,
+            max_age,
+            cfg.cookie_secure || caller.tls,
+        ) {
             if let Ok(v) = HeaderValue::from_str(&c) {
                 res.headers_mut().append(header::SET_COOKIE, v);
             }
@@ -236,14 +231,17 @@ pub async fn open_session(
         no_store(&mut res);
         return Ok(res);
     }
-    let refresh = crate::ids::secret_token();
+    // The store keeps only digests: the session's id is the digest of the `sid` that
+    // access tokens carry, and refresh tokens (`<sid>.<secret>`) are kept as digests,
+    // so the database alone can neither name a live session in a token nor refresh.
+    let refresh = refresh_token(&id);
     let expires = now + cfg.refresh_ttl_secs as i64 * 1000;
     state
         .auth
         .sessions
         .create(NewSession {
             session: Session {
-                id: id.clone(),
+                id: tokens::digest(&id),
                 kind: "token".into(),
                 collection: account.collection().to_owned(),
                 user_id: account.id().to_owned(),
@@ -275,6 +273,11 @@ pub async fn open_session(
     .into_response();
     no_store(&mut res);
     Ok(res)
+}
+
+/// A refresh token of the session whose access tokens carry `sid`.
+fn refresh_token(sid: &str) -> String {
+    format!("{sid}.{}", crate::ids::secret_token())
 }
 
 fn no_store(res: &mut Response) {
@@ -361,9 +364,9 @@ async fn login(
     let hash = account
         .as_ref()
         .and_then(Account::password_hash)
-        .unwrap_or_else(|| password::decoy(&state.config.auth))
+        .unwrap_or_else(|| state.auth.hasher.decoy())
         .to_owned();
-    let ok = password::verify(hash, req.password.clone()).await;
+    let ok = state.auth.hasher.verify(hash, req.password.clone()).await;
     let account = match account {
         Some(a) if ok => a,
         other => {
@@ -446,8 +449,6 @@ async fn refresh(
     JsonBody(req): JsonBody<RefreshRequest>,
 ) -> Result<Response, ApiError> {
     let now = crate::clock::now_ms();
-    let new_refresh = crate::ids::secret_token();
-    let expires = now + state.config.auth.refresh_ttl_secs as i64 * 1000;
     let invalid = || {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -455,6 +456,13 @@ async fn refresh(
             "The refresh token is invalid, expired, revoked or already used.",
         )
     };
+    let sid = req
+        .refresh_token
+        .split_once('.')
+        .map(|(sid, _)| sid.to_owned())
+        .unwrap_or_default();
+    let new_refresh = refresh_token(&sid);
+    let expires = now + state.config.auth.refresh_ttl_secs as i64 * 1000;
     let rotation = state
         .auth
         .sessions
@@ -467,7 +475,8 @@ async fn refresh(
         .await
         .map_err(store_error)?;
     let session = match rotation {
-        Rotation::Rotated(s) => s,
+        Rotation::Rotated(s) if s.id == tokens::digest(&sid) => s,
+        Rotation::Rotated(_) => return Err(invalid()),
         Rotation::Reused(s) => {
             audit::record(
                 &state,
@@ -496,7 +505,7 @@ async fn refresh(
     let access = state
         .auth
         .keys
-        .issue(&session.collection, &session.user_id, &session.id)
+        .issue(&session.collection, &session.user_id, &sid)
         .map_err(ApiError::internal)?;
     audit::record(
         &state,
@@ -518,10 +527,7 @@ async fn refresh(
 }
 
 fn clear_cookies(res: &mut Response) {
-    for c in [
-        format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0"),
-        "lintel_csrf=; Path=/; SameSite=Lax; Max-Age=0".to_owned(),
-    ] {
+    for c in crate::auth::caller::session_cookies("", "", 0, false) {
         if let Ok(v) = HeaderValue::from_str(&c) {
             res.headers_mut().append(header::SET_COOKIE, v);
         }
@@ -742,19 +748,9 @@ async fn revoke_session(
 )]
 async fn list_audit(
     State(state): State<AppState>,
-    caller: Caller,
+    _: crate::http::extract::Admin,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    if caller.is_anonymous() {
-        return Err(ApiError::unauthorized("The audit log is for superusers."));
-    }
-    if !caller.is_superuser() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "The audit log is for superusers.",
-        ));
-    }
     let mut params: Map<String, Value> = Map::new();
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         params.insert(k.into_owned(), Value::String(v.into_owned()));

@@ -153,6 +153,42 @@ pub async fn stored_secret(store: &dyn crate::store::Store) -> anyhow::Result<St
         .ok_or_else(|| anyhow::anyhow!("the token signing key is missing from the store"))
 }
 
+/// The HS256 secret an earlier version kept in the store, if any (to be moved into the
+/// key file; see [`forget_stored_secret`]).
+pub async fn take_stored_secret(store: &dyn crate::store::Store) -> anyhow::Result<Option<String>> {
+    use crate::store::{Sql, SqlValue};
+    let mut select = Sql::new(store.dialect());
+    select
+        .push("SELECT value FROM _lintel_secrets WHERE name = ")
+        .bind(SqlValue::Text("jwt_hs256".into()));
+    let rows = store
+        .query_rows(select)
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the token signing key: {e}"))?;
+    Ok(rows
+        .first()
+        .and_then(|r| r.first())
+        .and_then(|v| v.as_str())
+        .map(str::to_owned))
+}
+
+/// Deletes the store's copy of the HS256 secret once it lives in the key file.
+pub async fn forget_stored_secret(store: &dyn crate::store::Store) -> anyhow::Result<()> {
+    use crate::store::{Sql, SqlValue, WriteOp};
+    let mut delete = Sql::new(store.dialect());
+    delete
+        .push("DELETE FROM _lintel_secrets WHERE name = ")
+        .bind(SqlValue::Text("jwt_hs256".into()));
+    store
+        .write(vec![WriteOp::System {
+            sql: delete,
+            expect: None,
+        }])
+        .await
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("removing the token signing key from the store: {}", e.error))
+}
+
 /// SHA-256 of a secret, as hex: what the store keeps instead of the secret.
 pub fn digest(secret: &str) -> String {
     Sha256::digest(secret.as_bytes())

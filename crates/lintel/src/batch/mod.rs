@@ -80,7 +80,7 @@ async fn prepare(
     state: &AppState,
     caller: &Caller,
     op: &BatchOperation,
-) -> Result<(WriteOp, u16), ApiError> {
+) -> Result<(service::Prepared, u16), ApiError> {
     let Some((coll, id)) = parse_path(&op.path) else {
         return Err(ApiError::field(
             "path",
@@ -128,7 +128,9 @@ async fn prepare(
             Ok((op, 200))
         }
         ("DELETE", Some(id)) => Ok((
-            service::prepare_delete(state, caller, &coll, &id, op.if_match.as_deref()).await?,
+            service::prepare_delete(state, caller, &coll, &id, op.if_match.as_deref())
+                .await?
+                .into(),
             204,
         )),
         _ => Err(ApiError::field(
@@ -200,15 +202,18 @@ async fn batch(
             targets.push((i, (coll, id)));
         }
     }
-    let mut ops = Vec::with_capacity(req.operations.len());
+    // Every operation is checked (input, rules, If-Match) before any password is
+    // hashed: a batch that fails costs no hashing.
+    let mut prepared = Vec::with_capacity(req.operations.len());
     let mut statuses = Vec::with_capacity(req.operations.len());
     for (i, op) in req.operations.iter().enumerate() {
         let (w, status) = prepare(&state, &caller, op)
             .await
             .map_err(|e| failed(i, op, e))?;
-        ops.push(w);
+        prepared.push(w);
         statuses.push(status);
     }
+    let ops = service::finish(&state, &caller, prepared).await?;
     let colls: Vec<_> = ops
         .iter()
         .map(|op| match op {

@@ -92,8 +92,29 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 /// Proof that the caller is a superuser (the admin token, a superuser's session or
-/// token, or an API key a superuser made).
+/// token, or an API key a superuser made whose scopes cover the route: see
+/// [`admin_scope`]).
 pub struct Admin(pub crate::auth::caller::Caller);
+
+/// The scope an API key needs for an admin route: `<area>:read` for GET and HEAD,
+/// `<area>:write` otherwise, where the area is the path's first segment after `/v1`
+/// (`collections`, `audit`). `<area>:*` covers both; the `*` collection wildcard of
+/// record scopes does not reach admin areas.
+pub fn admin_scope(method: &axum::http::Method, path: &str) -> (String, &'static str) {
+    let area = path
+        .trim_start_matches('/')
+        .trim_start_matches("v1/")
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .to_owned();
+    let access = if matches!(*method, axum::http::Method::GET | axum::http::Method::HEAD) {
+        "read"
+    } else {
+        "write"
+    };
+    (area, access)
+}
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
@@ -104,6 +125,20 @@ impl FromRequestParts<AppState> for Admin {
     ) -> Result<Self, Self::Rejection> {
         let caller = crate::auth::caller::Caller::from_request_parts(parts, state).await?;
         if caller.is_superuser() {
+            if let crate::auth::caller::Via::ApiKey { scopes, .. } = &caller.via {
+                let (area, access) = admin_scope(&parts.method, parts.uri.path());
+                let granted = scopes.iter().any(|s| {
+                    s.split_once(':')
+                        .is_some_and(|(a, x)| a == area && (x == access || x == "*"))
+                });
+                if !granted {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "insufficient_scope",
+                        format!("The API key's scopes do not include {area}:{access}."),
+                    ));
+                }
+            }
             Ok(Admin(caller))
         } else if caller.is_anonymous() {
             Err(ApiError::unauthorized(

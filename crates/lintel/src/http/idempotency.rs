@@ -2,18 +2,22 @@
 //! response is stored; the same key with the same request replays that response (with
 //! `Idempotent-Replayed: true`) without running the handler again; the same key with a
 //! different request gets 422; a duplicate that arrives while the first is still
-//! running gets 409. Keys are scoped to the caller (a digest of its credentials) and
-//! expire after `idempotency.ttl_secs`. Responses that say "try again" (5xx, 409, 429)
-//! are not stored: the key is released so a retry can run.
+//! running gets 409. Keys are scoped to the resolved caller (its session, API key,
+//! service or the admin token; anonymous callers by address), which is checked before
+//! anything is replayed, and expire after `idempotency.ttl_secs`. Responses that say
+//! "try again" (5xx, 409, 429) are not stored: the key is released so a retry can run.
+//! Routes under `/v1/auth/` issue tokens, secrets and sessions: a stored copy would be
+//! a second credential, so the header is ignored there.
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 use crate::app::AppState;
+use crate::auth::caller::{Caller, Principal, Via};
 use crate::error::{ApiError, PROBLEM_JSON, Problem, render_problem};
 use crate::http::edge::RequestId;
 use crate::store::{IdempotencyClaim, StoredResponse};
@@ -42,6 +46,9 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
     let Some(key) = req.headers().get(&IDEMPOTENCY_KEY) else {
         return next.run(req).await;
     };
+    if req.uri().path().starts_with("/v1/auth/") {
+        return next.run(req).await;
+    }
     let key = match key.to_str() {
         Ok(k)
             if !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| (0x21..0x7f).contains(&b)) =>
@@ -57,21 +64,20 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
             .into_response();
         }
     };
-    let scope = {
-        let cred = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .map(|v| v.as_bytes().to_vec())
-            .unwrap_or_default();
-        hex(&Sha256::digest(&cred)[..16])
-    };
     let request_id = req
         .extensions()
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_default();
 
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    // Who is calling is settled before anything is replayed: a bad credential gets its
+    // 401, and a stored response is only ever given back to the same caller.
+    let caller = match Caller::from_request_parts(&mut parts, &state).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let scope = hex(&Sha256::digest(caller_scope(&caller).as_bytes())[..16]);
     let bytes = match axum::body::to_bytes(body, state.config.http.body_limit).await {
         Ok(b) => b,
         Err(_) => {
@@ -156,6 +162,18 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
                     .into_response(),
             }
         }
+    }
+}
+
+/// The scope idempotency keys live in: one per session, API key, service, the admin
+/// token, and for anonymous callers their address.
+fn caller_scope(caller: &Caller) -> String {
+    match (&caller.via, &caller.principal) {
+        (Via::AdminToken, _) => "admin".to_owned(),
+        (Via::Token { session } | Via::Cookie { session }, _) => format!("session:{session}"),
+        (Via::ApiKey { id, .. }, _) => format!("key:{id}"),
+        (_, Principal::Service { name }) => format!("service:{name}"),
+        _ => format!("anonymous:{}", caller.ip.as_deref().unwrap_or("")),
     }
 }
 

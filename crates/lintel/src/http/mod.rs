@@ -57,6 +57,9 @@ pub fn finish(router: Router<AppState>, state: AppState) -> Router {
             state.clone(),
             edge::observe,
         ))
+        .layer(axum::middleware::from_fn(
+            crate::auth::caller::session_cookie,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             security::protect,

@@ -272,6 +272,32 @@ impl Limiter {
         metrics::gauge!("lintel_ratelimit_keys").set(self.store.len() as f64);
     }
 
+    /// Counts `units` of costly work (password hashes) done for a client address under
+    /// the rule named `rule`, as if each were a request that rule matched: a sign-up
+    /// with many accounts in one batch spends the same budget as many sign-in POSTs.
+    /// Err holds the seconds to wait. No rule of that name: no limit.
+    pub fn charge(&self, rule: &str, ip: Option<std::net::IpAddr>, units: u32) -> Result<(), u64> {
+        let Some(i) = self.rules.iter().position(|r| r.name == rule) else {
+            return Ok(());
+        };
+        let rule = &self.rules[i];
+        let (key, len) = ip_key(ip);
+        let key: &[u8] = if rule.key == KeyBy::Global {
+            b""
+        } else {
+            &key[..len]
+        };
+        let now = self.now_ms();
+        for _ in 0..units {
+            let d = self.store.hit(i, rule.algorithm, &self.quotas[i], key, now);
+            if !d.allowed {
+                metrics::counter!("lintel_ratelimit_refused_total").increment(1);
+                return Err(d.retry_after_ms.div_ceil(1000).max(1));
+            }
+        }
+        Ok(())
+    }
+
     fn needs_caller(&self, method: &str, path: &str) -> bool {
         self.rules
             .iter()

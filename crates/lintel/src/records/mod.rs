@@ -197,7 +197,11 @@ async fn create_record(
     JsonBody(input): JsonBody<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
     let coll = service::collection(&state, &collection)?;
-    let op = service::prepare_create(&state, &caller, &coll, input).await?;
+    let prepared = service::prepare_create(&state, &caller, &coll, input).await?;
+    let op = service::finish(&state, &caller, vec![prepared])
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::internal("create prepared no write"))?;
     let record = service::write_one(&state, op)
         .await?
         .ok_or_else(|| ApiError::internal("create returned no record"))?;

@@ -415,7 +415,8 @@ fn parse_fields(coll: &Collection, text: &str) -> Result<Vec<String>, String> {
 pub fn parse_expand(coll: &Collection, text: &str) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     for name in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        match coll.field(name) {
+        // A hidden field is not there for clients, not even to expand.
+        match coll.field(name).filter(|f| !f.hidden) {
             Some(f) if f.field_type == FieldType::Relation => out.push(name.to_owned()),
             Some(_) => return Err(format!("'{name}' is not a relation field")),
             None => {

@@ -227,6 +227,9 @@ fn check_protected(
 
 /// Takes `password` (and `oldPassword`) out of an auth record's input and returns the
 /// new hash; checks the old password for callers other than superusers.
+/// Takes `password` (and `oldPassword`) out of the input and checks the new password
+/// against the rules; the plain text is hashed later, in [`finish`], once every check
+/// of the request has passed.
 async fn take_password(
     state: &AppState,
     caller: &Caller,
@@ -266,7 +269,10 @@ async fn take_password(
             .unwrap_or("")
             .to_owned();
         let ok = match old {
-            Some(Value::String(o)) => password::verify(hash, o).await,
+            Some(Value::String(o)) => {
+                charge_hashes(state, caller, 1)?;
+                state.auth.hasher.verify(hash, o).await
+            }
             _ => false,
         };
         if !ok {
@@ -279,7 +285,123 @@ async fn take_password(
     }
     password::check(&state.config.auth, &pw, &email)
         .map_err(|(code, msg)| ApiError::field("password", code, msg))?;
-    Ok(Some(password::hash(&state.config.auth, pw).await?))
+    Ok(Some(pw))
+}
+
+/// Spends the caller's address's budget for password hashing (the `auth` rate-limit
+/// rule): 429 once it is used up.
+fn charge_hashes(state: &AppState, caller: &Caller, units: u32) -> Result<(), ApiError> {
+    let Some(limiter) = state.limiter.as_ref() else {
+        return Ok(());
+    };
+    if caller.is_superuser() {
+        return Ok(());
+    }
+    let ip = caller.ip.as_deref().and_then(|s| s.parse().ok());
+    limiter.charge("auth", ip, units).map_err(|secs| {
+        let mut err = ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("Too many password operations from this address; retry in {secs} s."),
+        );
+        err.retry_after = Some(secs);
+        err
+    })
+}
+
+/// A relation may name only records the writer may view: an id it cannot see is
+/// refused exactly like one that does not exist (so ids cannot be probed either).
+/// References the record already held are kept without a check.
+async fn check_relation_access(
+    state: &AppState,
+    caller: &Caller,
+    coll: &Collection,
+    record: &Record,
+    previous: Option<&Record>,
+) -> Result<(), ApiError> {
+    if caller.is_superuser() {
+        return Ok(());
+    }
+    for (field, target, ids) in crate::store::write::relation_targets(coll, record) {
+        let held: BTreeSet<&str> = match previous.and_then(|p| p.data.get(&field)) {
+            Some(Value::String(s)) => std::iter::once(s.as_str()).collect(),
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+            _ => BTreeSet::new(),
+        };
+        let new: Vec<String> = ids
+            .into_iter()
+            .filter(|id| !held.contains(id.as_str()))
+            .collect();
+        if new.is_empty() {
+            continue;
+        }
+        let refused = || ApiError::validation(crate::store::write::missing_target(&field, &target));
+        let Some(target_coll) = state.catalog().get(&target) else {
+            return Err(refused());
+        };
+        if !caller.scope_allows(&target, Action::View) {
+            return Err(refused());
+        }
+        let mut visible = 0usize;
+        for chunk in new.chunks(500) {
+            let sql = select_by_ids(state.store.dialect(), &target_coll, chunk);
+            for rec in state
+                .store
+                .query_records(target_coll.clone(), sql)
+                .await
+                .map_err(store_error)?
+            {
+                if rules::allows(caller, &target_coll, Action::View, &rec, None) {
+                    visible += 1;
+                }
+            }
+        }
+        if visible != new.len() {
+            return Err(refused());
+        }
+    }
+    Ok(())
+}
+
+/// A write prepared from client input: every check done, but a new password not yet
+/// hashed (hashing is the costly part, so it runs only once the whole request is
+/// known to be valid; see [`finish`]).
+pub struct Prepared {
+    pub op: WriteOp,
+    password: Option<String>,
+}
+
+impl From<WriteOp> for Prepared {
+    fn from(op: WriteOp) -> Self {
+        Self { op, password: None }
+    }
+}
+
+/// Hashes the new passwords of prepared writes (counted against the caller's
+/// address's budget first, all at once) and returns the writes to apply.
+pub async fn finish(
+    state: &AppState,
+    caller: &Caller,
+    prepared: Vec<Prepared>,
+) -> Result<Vec<WriteOp>, ApiError> {
+    let n = prepared.iter().filter(|p| p.password.is_some()).count();
+    if n > 0 {
+        charge_hashes(state, caller, u32::try_from(n).unwrap_or(u32::MAX))?;
+    }
+    let mut ops = Vec::with_capacity(prepared.len());
+    for p in prepared {
+        let mut op = p.op;
+        if let Some(pw) = p.password {
+            let hash = state.auth.hasher.hash(pw).await?;
+            if let WriteOp::Insert { record, .. } | WriteOp::Update { record, .. } = &mut op {
+                record
+                    .data
+                    .insert("passwordHash".into(), Value::String(hash));
+            }
+        }
+        ops.push(op);
+    }
+    Ok(ops)
 }
 
 /// A new record from client input, checked against the create rule.
@@ -288,13 +410,13 @@ pub async fn prepare_create(
     caller: &Caller,
     coll: &Arc<Collection>,
     mut input: Map<String, Value>,
-) -> Result<WriteOp, ApiError> {
+) -> Result<Prepared, ApiError> {
     caller.require_scope(coll.name(), Action::Create)?;
     if rules::is_denied_outright(caller, coll, Action::Create) {
         return Err(denied(state, caller, coll, Action::Create));
     }
     check_protected(caller, coll, &input, None)?;
-    let hash = if coll.is_auth() {
+    let password = if coll.is_auth() {
         if let Some(Value::String(e)) = input.get_mut("email") {
             *e = crate::auth::routes::normalize_email(e);
         }
@@ -303,15 +425,12 @@ pub async fn prepare_create(
         None
     };
     let body = input.clone();
-    let mut data = if coll.is_document() {
+    let data = if coll.is_document() {
         validate_document(coll, &input).map_err(ApiError::validation)?;
         input
     } else {
         validate_table(coll, &input, Mode::Create).map_err(ApiError::validation)?
     };
-    if let Some(h) = hash {
-        data.insert("passwordHash".into(), Value::String(h));
-    }
     let now = crate::clock::now();
     let record = Record {
         id: crate::ids::record_id(),
@@ -323,9 +442,13 @@ pub async fn prepare_create(
     if !rules::allows(caller, coll, Action::Create, &record, Some(&body)) {
         return Err(denied(state, caller, coll, Action::Create));
     }
-    Ok(WriteOp::Insert {
-        coll: coll.clone(),
-        record,
+    check_relation_access(state, caller, coll, &record, None).await?;
+    Ok(Prepared {
+        op: WriteOp::Insert {
+            coll: coll.clone(),
+            record,
+        },
+        password,
     })
 }
 
@@ -382,11 +505,11 @@ pub async fn prepare_update(
     mut input: Map<String, Value>,
     mode: Mode,
     if_match: Option<&str>,
-) -> Result<WriteOp, ApiError> {
+) -> Result<Prepared, ApiError> {
     caller.require_scope(coll.name(), Action::Update)?;
     let current = get_visible(state, caller, coll, id).await?;
     check_protected(caller, coll, &input, Some(&current))?;
-    let hash = if coll.is_auth() {
+    let password = if coll.is_auth() {
         if let Some(Value::String(e)) = input.get_mut("email") {
             *e = crate::auth::routes::normalize_email(e);
         }
@@ -394,7 +517,8 @@ pub async fn prepare_update(
     } else {
         None
     };
-    if !rules::allows(caller, coll, Action::Update, &current, Some(&input)) {
+    let body = input.clone();
+    if !rules::allows(caller, coll, Action::Update, &current, Some(&body)) {
         return Err(denied(state, caller, coll, Action::Update));
     }
     if let Some(h) = if_match
@@ -424,21 +548,28 @@ pub async fn prepare_update(
         for (k, v) in values {
             data.insert(k, v);
         }
-        if let Some(h) = hash {
-            data.insert("passwordHash".into(), Value::String(h));
-        }
         data
     };
-    Ok(WriteOp::Update {
-        coll: coll.clone(),
-        expected_version: current.version,
-        record: Record {
-            id: current.id.clone(),
-            created: current.created.clone(),
-            updated: crate::clock::now(),
-            version: current.version + 1,
-            data,
+    let record = Record {
+        id: current.id.clone(),
+        created: current.created.clone(),
+        updated: crate::clock::now(),
+        version: current.version + 1,
+        data,
+    };
+    // The rule holds for the record as it is and as it will be: a caller cannot move
+    // a record into a state it could not have created (another owner, say).
+    if !rules::allows(caller, coll, Action::Update, &record, Some(&body)) {
+        return Err(denied(state, caller, coll, Action::Update));
+    }
+    check_relation_access(state, caller, coll, &record, Some(&current)).await?;
+    Ok(Prepared {
+        op: WriteOp::Update {
+            coll: coll.clone(),
+            expected_version: current.version,
+            record,
         },
+        password,
     })
 }
 
@@ -576,6 +707,9 @@ pub async fn write_one(state: &AppState, op: WriteOp) -> Result<Option<Record>, 
     }
 }
 
+/// The body member that keeps an account's API keys through a password change.
+pub const KEEP_API_KEYS: &str = "keepApiKeys";
+
 /// An update with compare-and-set; without If-Match, a lost race is retried on the
 /// fresh record (a few times) instead of failing.
 pub async fn update(
@@ -590,11 +724,26 @@ pub async fn update(
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let op = prepare_update(state, caller, coll, id, input.clone(), mode, if_match).await?;
-        match apply_writes(state, vec![op]).await {
-            Ok(mut out) => {
-                if let Some(WriteOutcome::Written(r)) = out.pop() {
-                    if coll.is_auth() && input.contains_key("password") {
+        let mut body = input.clone();
+        // A new password revokes the account's API keys too, unless the request says
+        // to keep them (`"keepApiKeys": true`).
+        let keep_keys =
+            coll.is_auth() && matches!(body.remove(KEEP_API_KEYS), Some(Value::Bool(true)));
+        let prepared = prepare_update(state, caller, coll, id, body, mode, if_match).await?;
+        let new_password = prepared.password.is_some();
+        let mut ops = finish(state, caller, vec![prepared]).await?;
+        if new_password && !keep_keys {
+            ops.push(crate::auth::apikeys::revoke_all_op(
+                state.store.dialect(),
+                coll.name(),
+                id,
+                crate::clock::now_ms(),
+            ));
+        }
+        match apply_writes(state, ops).await {
+            Ok(out) => {
+                if let Some(WriteOutcome::Written(r)) = out.into_iter().next() {
+                    if new_password {
                         // A new password ends every session of the account.
                         let n = state
                             .auth
@@ -609,7 +758,10 @@ pub async fn update(
                                 .collection(coll.name())
                                 .subject(id)
                                 .ip(caller.ip.clone())
-                                .detail(json!({ "sessionsRevoked": n })),
+                                .detail(json!({
+                                    "sessionsRevoked": n,
+                                    "apiKeysRevoked": !keep_keys,
+                                })),
                         );
                     }
                     return Ok(r);
@@ -723,7 +875,9 @@ pub async fn render_many(
 ) -> Result<Vec<Value>, ApiError> {
     let mut expanded: HashMap<String, HashMap<String, Value>> = HashMap::new();
     for name in expand {
-        let Some(f) = coll.field(name) else { continue };
+        let Some(f) = coll.field(name).filter(|f| !f.hidden) else {
+            continue;
+        };
         if f.field_type != FieldType::Relation {
             continue;
         }

@@ -418,13 +418,24 @@ async fn each_persona_sees_and_changes_only_what_the_rules_allow() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["title"], "A-private");
 
-    // Expanding a relation never shows a record the caller may not view.
+    // A relation cannot point at a record the writer may not view...
     let c = as_user(
         &app,
         &tb,
         Method::POST,
         "/v1/collections/comments/records",
         Some(json!({"note": a_private, "text": "peek"})),
+    )
+    .await;
+    assert_eq!(c.status, StatusCode::BAD_REQUEST, "{}", c.text);
+    assert_eq!(c.field_error("note"), Some("relation_not_found"));
+    // ...and expanding one never shows a record the caller may not view.
+    let c = as_user(
+        &app,
+        &ta,
+        Method::POST,
+        "/v1/collections/comments/records",
+        Some(json!({"note": a_private, "text": "mine"})),
     )
     .await;
     assert_eq!(c.status, StatusCode::CREATED, "{}", c.text);
@@ -436,6 +447,8 @@ async fn each_persona_sees_and_changes_only_what_the_rules_allow() {
         None,
     )
     .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["items"].as_array().map(Vec::len), Some(1));
     assert_eq!(
         r.body["items"][0]["expand"]["note"],
         Value::Null,
@@ -736,10 +749,14 @@ async fn cookie_sessions_need_csrf_proof_for_unsafe_requests() {
 #[tokio::test]
 async fn superusers_sign_in_and_manage_collections() {
     let app = TestApp::spawn().await;
-    let hash = {
-        let cfg = &app.running().state.config.auth;
-        lintel::auth::password::hash(cfg, PW.into()).await.unwrap()
-    };
+    let hash = app
+        .running()
+        .state
+        .auth
+        .hasher
+        .hash(PW.into())
+        .await
+        .unwrap();
     lintel::auth::superusers::upsert(
         app.running().state.store.as_ref(),
         "root@example.com",

@@ -15,4 +15,5 @@ mod oidc;
 mod postgres;
 mod protect;
 mod records;
+mod security;
 mod tls;

@@ -76,9 +76,51 @@ impl SqliteStore {
     /// Opens (or creates) the database and brings Lintel's own tables up to date.
     /// Blocking: call it from a blocking context.
     pub fn open(path: &Path, cfg: &StoreConfig) -> Result<Self, StoreError> {
+        private_file(path)?;
         let exec = Executor::open(path, cfg, run_system_migrations)?;
         Ok(Self { exec })
     }
+}
+
+/// The database file holds every record, session and key digest: it is created
+/// readable by its owner only (SQLite gives its `-wal` and `-shm` files the same
+/// mode), and an existing one that others can read is reported at start.
+fn private_file(path: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        match std::fs::metadata(path) {
+            Ok(meta) => {
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    tracing::warn!(
+                        path = %path.display(),
+                        mode = format!("{mode:o}"),
+                        "the database file is readable by other users; chmod 600 it"
+                    );
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)
+                    .map_err(|e| {
+                        StoreError::Internal(format!("creating {}: {e}", path.display()))
+                    })?;
+            }
+            Err(e) => {
+                return Err(StoreError::Internal(format!(
+                    "reading {}: {e}",
+                    path.display()
+                )));
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 fn run_system_migrations(conn: &mut Connection) -> Result<(), StoreError> {
