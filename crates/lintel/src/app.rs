@@ -51,6 +51,8 @@ pub struct Inner {
     pub mailer: Option<Arc<crate::auth::mail::Mailer>>,
     /// Outgoing HTTP (identity providers).
     pub http_client: reqwest::Client,
+    /// The identity providers' discovery documents and key sets, kept for a while.
+    pub oidc_providers: crate::auth::oidc::ProviderCache,
     /// Rate-limit rules and counters (None when turned off).
     pub limiter: Option<crate::ratelimit::Limiter>,
     /// Failed sign-ins per account and address.
@@ -332,6 +334,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         auth: crate::auth::AuthRuntime::new(keys, hasher, store_for_auth),
         mailer: crate::auth::mail::Mailer::from_config(&mailer_cfg)?.map(Arc::new),
         http_client,
+        oidc_providers: Default::default(),
         limiter,
         login_guard: Default::default(),
         trusted_proxies,

@@ -218,6 +218,10 @@ pub struct OidcProviderConfig {
     /// Where the provider sends the browser back: `<public_url>/v1/auth/oidc/<name>/callback`
     /// unless given.
     pub redirect_url: String,
+    /// Origins besides the issuer's that its discovery document may name for the
+    /// authorization endpoint, the token endpoint and the JWKS (Google, for one, serves
+    /// them from `https://oauth2.googleapis.com` and `https://www.googleapis.com`).
+    pub endpoint_origins: Vec<String>,
 }
 
 impl Default for AuthConfig {

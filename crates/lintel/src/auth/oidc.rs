@@ -1,35 +1,49 @@
 //! Single sign-on with any OpenID Connect provider, from its discovery document:
-//! the authorization-code flow with PKCE (S256), a single-use `state` and a `nonce`,
-//! the ID token's signature checked against the provider's JWKS and its issuer,
-//! audience, expiry and nonce verified. Accounts are linked by verified email; a new
-//! address becomes a new account only where the collection allows sign-up.
+//! the authorization-code flow with PKCE (S256), a single-use `state` bound to the
+//! browser that started the flow (a cookie) and a `nonce`, the ID token's signature
+//! checked against the provider's JWKS and its issuer, audience, expiry and nonce
+//! verified. The discovery document and the JWKS are fetched only for configured
+//! providers, only from the issuer's origin (or origins the configuration adds), and
+//! kept for a while. Accounts are linked by email to a verified account; an
+//! unverified account with that email is taken over cleanly (its password, sessions,
+//! API keys and second factor are removed); a new address becomes a new account only
+//! where the collection allows sign-up. An account with a second factor finishes the
+//! sign-in with its code, as a password sign-in does.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::app::AppState;
-use crate::auth::caller::Caller;
-use crate::auth::routes::{Account, auth_collection, find_account, open_session};
+use crate::auth::caller::{Caller, cookie};
+use crate::auth::routes::{
+    Account, Pending, SignInGuard, auth_collection, find_account, second_factor, signed_in,
+};
 use crate::auth::{audit, rules, tokens};
-use crate::collections::model::Action;
+use crate::collections::model::{Action, Collection};
 use crate::config::OidcProviderConfig;
 use crate::error::ApiError;
 use crate::http::openapi::ProblemDoc;
-use crate::records::service::{store_error, write_one};
+use crate::records::service::{apply_writes, store_error, write_one};
 use crate::store::{Record, Sql, SqlValue, StoreError, WriteError, WriteOp};
 
 /// How long a started sign-in may take, in milliseconds.
 const STATE_TTL_MS: i64 = 10 * 60 * 1000;
+/// The cookie that binds a started sign-in to its browser.
+pub const BINDING_COOKIE: &str = "lintel_oidc";
+/// How long a provider's discovery document and JWKS are kept.
+pub const PROVIDER_CACHE_TTL: Duration = Duration::from_secs(10 * 60);
 
 #[derive(Debug, Deserialize)]
 struct Discovery {
@@ -68,13 +82,91 @@ fn upstream(e: impl std::fmt::Display) -> ApiError {
     )
 }
 
-async fn discover(state: &AppState, p: &OidcProviderConfig) -> Result<Discovery, ApiError> {
+/// The discovery documents and key sets of the configured providers, each kept for
+/// [`PROVIDER_CACHE_TTL`] in this process. No lock is held across an await.
+pub struct ProviderCache {
+    ttl: Duration,
+    discovery: Mutex<HashMap<String, (Instant, Arc<Discovery>)>>,
+    jwks: Mutex<HashMap<String, (Instant, Arc<JwkSet>)>>,
+}
+
+impl Default for ProviderCache {
+    fn default() -> Self {
+        Self::new(PROVIDER_CACHE_TTL)
+    }
+}
+
+type Entries<T> = Mutex<HashMap<String, (Instant, Arc<T>)>>;
+
+fn fresh<T>(map: &Entries<T>, key: &str, ttl: Duration, now: Instant) -> Option<Arc<T>> {
+    let map = map.lock().unwrap_or_else(|p| p.into_inner());
+    map.get(key)
+        .filter(|(at, _)| now.saturating_duration_since(*at) < ttl)
+        .map(|(_, v)| Arc::clone(v))
+}
+
+fn keep<T>(map: &Entries<T>, key: &str, value: Arc<T>, ttl: Duration, now: Instant) {
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    map.retain(|_, (at, _)| now.saturating_duration_since(*at) < ttl);
+    map.insert(key.to_owned(), (now, value));
+}
+
+impl ProviderCache {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            discovery: Mutex::default(),
+            jwks: Mutex::default(),
+        }
+    }
+}
+
+/// Whether `url` is on the issuer's origin or one of `extra` (scheme, host and port
+/// alike; http or https only).
+pub fn on_allowed_origin(issuer: &str, extra: &[String], url: &str) -> bool {
+    let origin = |u: &str| {
+        url::Url::parse(u)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "https" | "http"))
+            .map(|u| u.origin())
+    };
+    let Some(o) = origin(url) else { return false };
+    origin(issuer).as_ref() == Some(&o) || extra.iter().any(|e| origin(e).as_ref() == Some(&o))
+}
+
+/// A discovery document's endpoints must stay on the issuer's origin (or one the
+/// provider's `endpoint_origins` adds): a document cannot send the browser, the
+/// code exchange or the key fetch anywhere else.
+fn check_endpoints(p: &OidcProviderConfig, d: &Discovery) -> Result<(), String> {
+    for (what, url) in [
+        ("authorization_endpoint", &d.authorization_endpoint),
+        ("token_endpoint", &d.token_endpoint),
+        ("jwks_uri", &d.jwks_uri),
+    ] {
+        if !on_allowed_origin(&p.issuer, &p.endpoint_origins, url) {
+            return Err(format!(
+                "the discovery document's {what} ({url}) is not on the issuer's origin"
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn discover(
+    http: &reqwest::Client,
+    cache: &ProviderCache,
+    p: &OidcProviderConfig,
+) -> Result<Arc<Discovery>, ApiError> {
+    if let Some(d) = fresh(&cache.discovery, &p.issuer, cache.ttl, Instant::now()) {
+        // Checked at each use: two providers may share an issuer, not their origins.
+        check_endpoints(p, &d).map_err(upstream)?;
+        return Ok(d);
+    }
     let url = format!(
         "{}/.well-known/openid-configuration",
         p.issuer.trim_end_matches('/')
     );
-    let d: Discovery = state
-        .http_client
+    let d: Discovery = http
         .get(url)
         .send()
         .await
@@ -87,7 +179,61 @@ async fn discover(state: &AppState, p: &OidcProviderConfig) -> Result<Discovery,
     if d.issuer.trim_end_matches('/') != p.issuer.trim_end_matches('/') {
         return Err(upstream("the discovery document names another issuer"));
     }
+    check_endpoints(p, &d).map_err(upstream)?;
+    let d = Arc::new(d);
+    keep(
+        &cache.discovery,
+        &p.issuer,
+        Arc::clone(&d),
+        cache.ttl,
+        Instant::now(),
+    );
     Ok(d)
+}
+
+async fn fetch_jwks(http: &reqwest::Client, uri: &str) -> Result<Arc<JwkSet>, ApiError> {
+    let set: JwkSet = http
+        .get(uri)
+        .send()
+        .await
+        .map_err(upstream)?
+        .error_for_status()
+        .map_err(upstream)?
+        .json()
+        .await
+        .map_err(upstream)?;
+    Ok(Arc::new(set))
+}
+
+fn find_key<'a>(set: &'a JwkSet, kid: Option<&str>) -> Option<&'a Jwk> {
+    match kid {
+        Some(kid) => set.find(kid),
+        None => set.keys.first(),
+    }
+}
+
+/// The provider's key for an ID token: from the cached JWKS, fetched again once when
+/// the token names a key the cached set does not have (the provider rotated its keys).
+async fn signing_key(
+    http: &reqwest::Client,
+    cache: &ProviderCache,
+    jwks_uri: &str,
+    kid: Option<&str>,
+) -> Result<Option<Jwk>, ApiError> {
+    if let Some(set) = fresh(&cache.jwks, jwks_uri, cache.ttl, Instant::now())
+        && let Some(k) = find_key(&set, kid)
+    {
+        return Ok(Some(k.clone()));
+    }
+    let set = fetch_jwks(http, jwks_uri).await?;
+    keep(
+        &cache.jwks,
+        jwks_uri,
+        Arc::clone(&set),
+        cache.ttl,
+        Instant::now(),
+    );
+    Ok(find_key(&set, kid).cloned())
 }
 
 fn redirect_url(state: &AppState, name: &str, p: &OidcProviderConfig) -> String {
@@ -125,11 +271,40 @@ fn allowed_return(state: &AppState, url: &str) -> bool {
             .any(|a| origin(a).as_deref() == Some(o.as_str()))
 }
 
+/// The path the binding cookie is limited to: the callback's, as the browser sees it.
+fn callback_path(state: &AppState, name: &str, p: &OidcProviderConfig) -> String {
+    url::Url::parse(&redirect_url(state, name, p))
+        .ok()
+        .map(|u| u.path().to_owned())
+        .filter(|path| {
+            path.starts_with('/')
+                && path
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b';' && b != b',')
+        })
+        .unwrap_or_else(|| "/v1/auth/oidc/".to_owned())
+}
+
+/// The `Set-Cookie` value of the binding cookie (`max_age` 0 clears it).
+fn binding_cookie(path: &str, value: &str, max_age: i64, secure: bool) -> String {
+    format!(
+        "{BINDING_COOKIE}={value}; Path={path}; HttpOnly; SameSite=Lax; Max-Age={max_age}{}",
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+fn set_cookie(res: &mut Response, c: &str) {
+    if let Ok(v) = HeaderValue::from_str(c) {
+        res.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
 #[utoipa::path(
     get,
     path = "/v1/auth/oidc/{provider}/start",
     tag = "auth",
     summary = "Start signing in with an identity provider (redirects to it)",
+    description = "Sets the `lintel_oidc` cookie (HttpOnly, SameSite=Lax, limited to the callback's path, 10 minutes) that binds the sign-in to this browser: the callback refuses a `state` arriving without it.",
     params(
         ("provider" = String, Path, description = "Provider name from configuration"),
         ("mode" = Option<String>, Query, description = "`token` (default) or `cookie`"),
@@ -138,10 +313,12 @@ fn allowed_return(state: &AppState, url: &str) -> bool {
     responses(
         (status = 303, description = "To the provider's authorization endpoint"),
         (status = 404, description = "No such provider", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 502, description = "The provider's discovery document could not be read or points elsewhere than its origin", body = ProblemDoc, content_type = "application/problem+json"),
     )
 )]
 pub async fn start(
     State(state): State<AppState>,
+    tls: Option<Extension<crate::http::serve::TlsInfo>>,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -165,7 +342,7 @@ pub async fn start(
             "must be on the public URL's origin or an allowed origin",
         ));
     }
-    let d = discover(&state, p).await?;
+    let d = discover(&state.http_client, &state.oidc_providers, p).await?;
     let st = crate::ids::secret_token();
     let nonce = crate::ids::secret_token();
     let verifier = format!(
@@ -173,10 +350,13 @@ pub async fn start(
         crate::ids::secret_token(),
         crate::ids::secret_token()
     );
+    // Only the browser holding this value (in an HttpOnly cookie) may finish the
+    // sign-in: a `state` planted in another browser (login CSRF) is refused.
+    let browser = crate::ids::secret_token();
     let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
     let now = crate::clock::now_ms();
     let mut sql = Sql::new(state.store.dialect());
-    sql.push("INSERT INTO _lintel_oauth_states (hash, provider, verifier, nonce, redirect, mode, created, expires) VALUES (");
+    sql.push("INSERT INTO _lintel_oauth_states (hash, provider, verifier, nonce, redirect, mode, created, expires, browser) VALUES (");
     let values = [
         SqlValue::Text(tokens::digest(&st)),
         SqlValue::Text(name.clone()),
@@ -186,6 +366,7 @@ pub async fn start(
         SqlValue::Text(mode),
         SqlValue::Int(now),
         SqlValue::Int(now + STATE_TTL_MS),
+        SqlValue::Text(tokens::digest(&browser)),
     ];
     sql.bind_all(values);
     sql.push(")");
@@ -219,6 +400,16 @@ pub async fn start(
     }
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let secure = state.config.auth.cookie_secure || tls.is_some();
+    set_cookie(
+        &mut res,
+        &binding_cookie(
+            &callback_path(&state, &name, p),
+            &browser,
+            STATE_TTL_MS / 1000,
+            secure,
+        ),
+    );
     Ok(res)
 }
 
@@ -231,12 +422,13 @@ fn refused(detail: &str) -> ApiError {
     path = "/v1/auth/oidc/{provider}/callback",
     tag = "auth",
     summary = "Where the identity provider returns: finishes the sign-in",
-    description = "Answers with the same body as /v1/auth/login, or redirects to the `redirect` given at start (tokens in the URL fragment, or the session cookie set).",
+    description = "Answers with the same body as /v1/auth/login, or redirects to the `redirect` given at start (tokens in the URL fragment, or the session cookie set). Needs the `lintel_oidc` cookie set by start in the same browser, and clears it. For an account with a second factor the answer is `401 mfa_required` with an `mfaToken` (with a `redirect`: the fragment carries `mfaRequired=totp&mfaToken=...`); POST /v1/auth/login with `{mfaToken, totp}` finishes the sign-in.",
     params(("provider" = String, Path, description = "Provider name")),
     responses(
         (status = 200, description = "Signed in", body = Value),
-        (status = 303, description = "Signed in; back to the app"),
-        (status = 400, description = "Unknown or used state, provider error, bad ID token, unverified email", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 303, description = "Signed in, or a second factor is needed; back to the app"),
+        (status = 400, description = "Unknown or used state, a state from another browser, provider error, bad ID token, unverified email", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "The account has a second factor (`mfa_required`, with `mfaToken`)", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "No account with this email and sign-up is closed", body = ProblemDoc, content_type = "application/problem+json"),
     )
 )]
@@ -248,37 +440,88 @@ pub async fn callback(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let p = provider(&state, &name)?;
+    let mut res = match finish(&state, p, &caller, &headers, &name, query).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    // The binding is spent whatever happened: a new sign-in starts over.
+    let secure = state.config.auth.cookie_secure || caller.tls;
+    set_cookie(
+        &mut res,
+        &binding_cookie(&callback_path(&state, &name, p), "", 0, secure),
+    );
+    Ok(res)
+}
+
+/// 303 to `location`, not to be cached, carrying the cookies of `from`.
+fn see_other(location: &str, from: Option<&HeaderMap>) -> Response {
+    let mut out = StatusCode::SEE_OTHER.into_response();
+    if let Some(h) = from {
+        for c in h.get_all(header::SET_COOKIE) {
+            out.headers_mut().append(header::SET_COOKIE, c.clone());
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(location) {
+        out.headers_mut().insert(header::LOCATION, v);
+    }
+    out.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    out
+}
+
+async fn finish(
+    state: &AppState,
+    p: &OidcProviderConfig,
+    caller: &Caller,
+    headers: &HeaderMap,
+    name: &str,
+    query: Option<String>,
+) -> Result<Response, ApiError> {
     let q = query_map(query);
     let get = |k: &str| q.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
     let fail = |reason: &str| {
         audit::record(
-            &state,
+            state,
             audit::Event::new("oidc_login_failed", "denied")
                 .ip(caller.ip.clone())
                 .detail(json!({ "provider": name, "reason": reason })),
         );
         refused(reason)
     };
-    // The state is used up first, whatever happens next: a callback works once.
     let hash = tokens::digest(&get("state"));
     let mut sql = Sql::new(state.store.dialect());
     sql.push(
-        "SELECT verifier, nonce, redirect, mode, expires FROM _lintel_oauth_states WHERE hash = ",
+        "SELECT verifier, nonce, redirect, mode, expires, browser FROM _lintel_oauth_states WHERE hash = ",
     )
     .bind(SqlValue::Text(hash.clone()))
     .push(" AND provider = ")
-    .bind(SqlValue::Text(name.clone()));
+    .bind(SqlValue::Text(name.to_owned()));
     let rows = state.store.query_rows(sql).await.map_err(store_error)?;
     let Some(row) = rows.first() else {
         return Err(fail("unknown or already used state"));
     };
     let col = |i: usize| row.get(i).and_then(Value::as_str).map(str::to_owned);
+    // The state counts only in the browser that started the sign-in. Checked before
+    // the state is used up, so a state sent to another browser cannot spend it.
+    let bound = match (cookie(headers, BINDING_COOKIE), col(5)) {
+        (Some(presented), Some(stored)) => crate::http::extract::constant_time_eq(
+            &crate::http::extract::token_digest(&tokens::digest(presented)),
+            &crate::http::extract::token_digest(&stored),
+        ),
+        _ => false,
+    };
+    if !bound {
+        return Err(fail(
+            "the sign-in was not started in this browser; start again",
+        ));
+    }
     let (verifier, nonce, back, mode) = (
         col(0).unwrap_or_default(),
         col(1).unwrap_or_default(),
         col(2),
         col(3).unwrap_or_default(),
     );
+    // The state is used up next, whatever happens after: a callback works once.
     let mut del = Sql::new(state.store.dialect());
     del.push("DELETE FROM _lintel_oauth_states WHERE hash = ")
         .bind(SqlValue::Text(hash));
@@ -308,7 +551,7 @@ pub async fn callback(
         return Err(fail("no authorization code"));
     }
 
-    let d = discover(&state, p).await?;
+    let d = discover(&state.http_client, &state.oidc_providers, p).await?;
     let token: Value = state
         .http_client
         .post(&d.token_endpoint)
@@ -316,7 +559,7 @@ pub async fn callback(
         .form(&[
             ("grant_type", "authorization_code"),
             ("code", code.as_str()),
-            ("redirect_uri", redirect_url(&state, &name, p).as_str()),
+            ("redirect_uri", redirect_url(state, name, p).as_str()),
             ("code_verifier", verifier.as_str()),
         ])
         .send()
@@ -341,21 +584,15 @@ pub async fn callback(
     if !ALLOWED.contains(&header.alg) {
         return Err(fail("unsupported ID token algorithm"));
     }
-    let jwks: JwkSet = state
-        .http_client
-        .get(&d.jwks_uri)
-        .send()
-        .await
-        .map_err(upstream)?
-        .json()
-        .await
-        .map_err(upstream)?;
-    let jwk = match &header.kid {
-        Some(kid) => jwks.find(kid),
-        None => jwks.keys.first(),
-    }
+    let jwk = signing_key(
+        &state.http_client,
+        &state.oidc_providers,
+        &d.jwks_uri,
+        header.kid.as_deref(),
+    )
+    .await?
     .ok_or_else(|| fail("the ID token's key is not in the provider's JWKS"))?;
-    let key = DecodingKey::from_jwk(jwk).map_err(|_| fail("unusable provider key"))?;
+    let key = DecodingKey::from_jwk(&jwk).map_err(|_| fail("unusable provider key"))?;
     let mut v = Validation::new(header.alg);
     v.leeway = 60;
     v.set_issuer(&[d.issuer.as_str()]);
@@ -377,67 +614,50 @@ pub async fn callback(
     } else {
         p.collection.as_str()
     };
-    let coll = auth_collection(&state, collection)?;
-    let account = match find_account(&state, collection, &email).await? {
-        Some(a) => a,
-        None => {
-            let anyone = Caller::anonymous();
-            if rules::is_denied_outright(&anyone, &coll, Action::Create) {
-                return Err(ApiError::forbidden(
-                    "signup_closed",
-                    "No account has this email and sign-up is closed.",
-                ));
-            }
-            // A random password the user never sees; a password reset can set one.
-            let hash = state.auth.hasher.hash(crate::ids::secret_token()).await?;
-            let now = crate::clock::now();
-            let mut data = Map::new();
-            for f in coll.fields() {
-                if let Some(d) = &f.default {
-                    data.insert(f.name.clone(), d.clone());
-                } else {
-                    data.insert(f.name.clone(), Value::Null);
-                }
-            }
-            data.insert("email".into(), Value::String(email.clone()));
-            data.insert("verified".into(), Value::Bool(true));
-            data.insert("passwordHash".into(), Value::String(hash));
-            let record = Record {
-                id: crate::ids::record_id(),
-                created: now.clone(),
-                updated: now,
-                version: 1,
-                data,
-            };
-            let written = write_one(
-                &state,
-                WriteOp::Insert {
-                    coll: Arc::clone(&coll),
-                    record,
-                },
-            )
-            .await?
-            .ok_or_else(|| ApiError::internal("insert returned no record"))?;
-            Account::User(coll.clone(), written)
+    let coll = auth_collection(state, collection)?;
+    let account = match find_account(state, collection, &email).await? {
+        Some(Account::User(c, r)) if r.data.get("verified") != Some(&Value::Bool(true)) => {
+            take_over(state, caller, &c, r, name).await?
         }
+        Some(a) => a,
+        None => create_account(state, &coll, &email).await?,
     };
-    audit::record(
-        &state,
-        audit::Event::new("login", "ok")
-            .actor(format!("{}/{}", account.collection(), account.id()))
-            .collection(account.collection())
-            .subject(account.id())
-            .ip(caller.ip.clone())
-            .detail(json!({ "provider": name, "subject": claims.sub, "mode": mode })),
-    );
-    let res = open_session(&state, &account, mode == "cookie", &caller, &headers).await?;
+    let cookie_mode = mode == "cookie";
+    let guard = SignInGuard::new(state, caller, account.collection(), &email);
+    let pending = Pending {
+        cookie_mode,
+        via: format!("oidc:{name}"),
+    };
+    // The same second-factor step as a password sign-in.
+    if let Err(e) = second_factor(state, caller, &guard, &account, None, None, &pending).await {
+        let token = e.extra.get("mfaToken").and_then(Value::as_str);
+        return match (&back, token) {
+            (Some(back), Some(token)) => {
+                let mut frag = url::form_urlencoded::Serializer::new(String::new());
+                frag.append_pair("mfaRequired", "totp")
+                    .append_pair("mfaToken", token);
+                Ok(see_other(&format!("{back}#{}", frag.finish()), None))
+            }
+            _ => Err(e),
+        };
+    }
+    let res = signed_in(
+        state,
+        caller,
+        headers,
+        &guard,
+        &account,
+        cookie_mode,
+        json!({ "provider": name, "subject": claims.sub, "mode": mode }),
+    )
+    .await?;
     let Some(back) = back else {
         return Ok(res);
     };
     // Back to the app: the cookie travels in Set-Cookie; tokens in the fragment,
     // which browsers never send to servers.
     let (parts, body) = res.into_parts();
-    let location = if mode == "cookie" {
+    let location = if cookie_mode {
         back
     } else {
         let bytes = axum::body::to_bytes(body, 1 << 20)
@@ -452,14 +672,376 @@ pub async fn callback(
         }
         format!("{back}#{}", frag.finish())
     };
-    let mut out = StatusCode::SEE_OTHER.into_response();
-    for c in parts.headers.get_all(header::SET_COOKIE) {
-        out.headers_mut().append(header::SET_COOKIE, c.clone());
+    Ok(see_other(&location, Some(&parts.headers)))
+}
+
+/// A new verified account for an address the provider vouched for.
+async fn create_account(
+    state: &AppState,
+    coll: &Arc<Collection>,
+    email: &str,
+) -> Result<Account, ApiError> {
+    let anyone = Caller::anonymous();
+    if rules::is_denied_outright(&anyone, coll, Action::Create) {
+        return Err(ApiError::forbidden(
+            "signup_closed",
+            "No account has this email and sign-up is closed.",
+        ));
     }
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        out.headers_mut().insert(header::LOCATION, v);
+    // A random password the user never sees; a password reset can set one.
+    let hash = state.auth.hasher.hash(crate::ids::secret_token()).await?;
+    let now = crate::clock::now();
+    let mut data = Map::new();
+    for f in coll.fields() {
+        if let Some(d) = &f.default {
+            data.insert(f.name.clone(), d.clone());
+        } else {
+            data.insert(f.name.clone(), Value::Null);
+        }
     }
-    out.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(out)
+    data.insert("email".into(), Value::String(email.to_owned()));
+    data.insert("verified".into(), Value::Bool(true));
+    data.insert("passwordHash".into(), Value::String(hash));
+    let record = Record {
+        id: crate::ids::record_id(),
+        created: now.clone(),
+        updated: now,
+        version: 1,
+        data,
+    };
+    let written = write_one(
+        state,
+        WriteOp::Insert {
+            coll: Arc::clone(coll),
+            record,
+        },
+    )
+    .await?
+    .ok_or_else(|| ApiError::internal("insert returned no record"))?;
+    Ok(Account::User(Arc::clone(coll), written))
+}
+
+/// Statement on one of an account's rows in Lintel's own tables.
+fn account_rows(state: &AppState, head: &str, now: Option<i64>, coll: &str, id: &str) -> Sql {
+    let mut sql = Sql::new(state.store.dialect());
+    sql.push(head);
+    if let Some(now) = now {
+        sql.bind(SqlValue::Int(now));
+    }
+    sql.push(" WHERE collection = ")
+        .bind(SqlValue::Text(coll.to_owned()))
+        .push(" AND user_id = ")
+        .bind(SqlValue::Text(id.to_owned()));
+    sql
+}
+
+/// An unverified account with the address the provider vouched for: whoever made it
+/// never proved they own the address, so it goes to the one who just did. In one
+/// transaction its password is removed (a password reset sets a new one), every
+/// session (and so every refresh token) is revoked, its API keys are revoked, its
+/// second factor and pending email tokens are dropped, and it becomes verified.
+async fn take_over(
+    state: &AppState,
+    caller: &Caller,
+    coll: &Arc<Collection>,
+    record: Record,
+    provider: &str,
+) -> Result<Account, ApiError> {
+    let now = crate::clock::now_ms();
+    let (name, id) = (coll.name(), record.id.as_str());
+    let mut data = record.data.clone();
+    data.insert("passwordHash".into(), Value::Null);
+    data.insert("verified".into(), Value::Bool(true));
+    let updated = Record {
+        id: record.id.clone(),
+        created: record.created.clone(),
+        updated: crate::clock::now(),
+        version: record.version + 1,
+        data,
+    };
+    let mut ops = vec![WriteOp::Update {
+        coll: Arc::clone(coll),
+        record: updated.clone(),
+        expected_version: record.version,
+    }];
+    let sessions = state.auth.sessions.revoke_all_ops(name, id, now);
+    let in_transaction = sessions.is_some();
+    ops.extend(sessions.unwrap_or_default());
+    let sessions_at = 1..ops.len();
+    let keys_at = ops.len();
+    let mut keys = account_rows(
+        state,
+        "UPDATE _lintel_api_keys SET revoked = ",
+        Some(now),
+        name,
+        id,
+    );
+    keys.push(" AND revoked IS NULL");
+    let mut mail_tokens = account_rows(
+        state,
+        "UPDATE _lintel_auth_tokens SET used = ",
+        Some(now),
+        name,
+        id,
+    );
+    mail_tokens.push(" AND used IS NULL");
+    for sql in [
+        keys,
+        account_rows(state, "DELETE FROM _lintel_mfa", None, name, id),
+        mail_tokens,
+    ] {
+        ops.push(WriteOp::System { sql, expect: None });
+    }
+    let out = match apply_writes(state, ops).await {
+        Ok(out) => out,
+        Err(WriteError {
+            error: StoreError::VersionConflict,
+            ..
+        }) => {
+            return Err(ApiError::conflict(
+                "conflict",
+                "The account changed at the same time; sign in again.",
+            ));
+        }
+        Err(e) => return Err(store_error(e.error)),
+    };
+    let affected = |i: usize| match out.get(i) {
+        Some(crate::store::WriteOutcome::Affected(n)) => *n,
+        _ => 0,
+    };
+    let sessions_revoked = if in_transaction {
+        sessions_at.map(affected).sum()
+    } else {
+        // Sessions kept outside the main store: revoked right after.
+        state
+            .auth
+            .sessions
+            .revoke_all(name, id, now)
+            .await
+            .map_err(store_error)?
+    };
+    audit::record(
+        state,
+        audit::Event::new("account_taken_over", "ok")
+            .collection(name)
+            .subject(id)
+            .ip(caller.ip.clone())
+            .detail(json!({
+                "provider": provider,
+                "reason": "unverified account with the provider's verified email",
+                "sessionsRevoked": sessions_revoked,
+                "apiKeysRevoked": affected(keys_at),
+            })),
+    );
+    let record = match out.into_iter().next() {
+        Some(crate::store::WriteOutcome::Written(r)) => r,
+        _ => updated,
+    };
+    Ok(Account::User(Arc::clone(coll), record))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    fn doc(issuer: &str, auth: &str, token: &str, jwks: &str) -> Discovery {
+        Discovery {
+            issuer: issuer.into(),
+            authorization_endpoint: auth.into(),
+            token_endpoint: token.into(),
+            jwks_uri: jwks.into(),
+        }
+    }
+
+    #[test]
+    fn endpoints_stay_on_the_issuers_origin() {
+        let iss = "https://id.example.com/tenant/v2";
+        let no: &[String] = &[];
+        for ok in [
+            "https://id.example.com/authorize",
+            "https://id.example.com:443/tenant/token",
+            "https://ID.example.com/keys?x=1",
+        ] {
+            assert!(on_allowed_origin(iss, no, ok), "{ok}");
+        }
+        for bad in [
+            "https://evil.example/token",
+            "http://id.example.com/token",
+            "https://id.example.com:8443/token",
+            "https://id.example.com.evil.example/token",
+            "https://evil.example/https://id.example.com/",
+            "//id.example.com/token",
+            "/token",
+            "file:///etc/passwd",
+            "data:text/plain,x",
+            "",
+        ] {
+            assert!(!on_allowed_origin(iss, no, bad), "{bad}");
+        }
+        let extra = ["https://oauth2.googleapis.com".to_owned()];
+        assert!(on_allowed_origin(
+            iss,
+            &extra,
+            "https://oauth2.googleapis.com/token"
+        ));
+        assert!(!on_allowed_origin(
+            iss,
+            &extra,
+            "https://www.googleapis.com/certs"
+        ));
+
+        let p = OidcProviderConfig {
+            issuer: iss.into(),
+            ..Default::default()
+        };
+        let good = "https://id.example.com";
+        assert!(check_endpoints(&p, &doc(iss, good, good, good)).is_ok());
+        let evil = "https://evil.example/x";
+        for (d, what) in [
+            (doc(iss, evil, good, good), "authorization_endpoint"),
+            (doc(iss, good, evil, good), "token_endpoint"),
+            (doc(iss, good, good, evil), "jwks_uri"),
+        ] {
+            let e = check_endpoints(&p, &d).unwrap_err();
+            assert!(e.contains(what), "{e}");
+        }
+    }
+
+    #[test]
+    fn cache_entries_expire() {
+        let cache = ProviderCache::new(Duration::from_secs(600));
+        let t0 = Instant::now();
+        assert!(fresh(&cache.discovery, "a", cache.ttl, t0).is_none());
+        keep(
+            &cache.discovery,
+            "a",
+            Arc::new(doc("a", "", "", "")),
+            cache.ttl,
+            t0,
+        );
+        assert!(
+            fresh(
+                &cache.discovery,
+                "a",
+                cache.ttl,
+                t0 + Duration::from_secs(599)
+            )
+            .is_some()
+        );
+        assert!(
+            fresh(
+                &cache.discovery,
+                "a",
+                cache.ttl,
+                t0 + Duration::from_secs(600)
+            )
+            .is_none()
+        );
+        assert!(fresh(&cache.discovery, "b", cache.ttl, t0).is_none());
+    }
+
+    #[test]
+    fn the_binding_cookie() {
+        assert_eq!(
+            binding_cookie("/v1/auth/oidc/g/callback", "abc", 600, false),
+            "lintel_oidc=abc; Path=/v1/auth/oidc/g/callback; HttpOnly; SameSite=Lax; Max-Age=600"
+        );
+        assert_eq!(
+            binding_cookie("/p", "", 0, true),
+            "lintel_oidc=; Path=/p; HttpOnly; SameSite=Lax; Max-Age=0; Secure"
+        );
+    }
+
+    /// A provider on 127.0.0.1 that counts the requests for its discovery document
+    /// and its JWKS; the JWKS gains the key `k2` after the first fetch (a rotation).
+    async fn counting_provider(
+        token_endpoint: Option<&str>,
+    ) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let issuer = format!("http://{}", listener.local_addr().unwrap());
+        let (docs, keys) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let token = token_endpoint.map_or_else(|| format!("{issuer}/token"), str::to_owned);
+        let body = json!({
+            "issuer": issuer,
+            "authorization_endpoint": format!("{issuer}/auth"),
+            "token_endpoint": token,
+            "jwks_uri": format!("{issuer}/jwks"),
+        });
+        let (d, k) = (docs.clone(), keys.clone());
+        let app = axum::Router::new()
+            .route(
+                "/.well-known/openid-configuration",
+                axum::routing::get(move || {
+                    d.fetch_add(1, Ordering::SeqCst);
+                    let body = body.clone();
+                    async move { axum::Json(body) }
+                }),
+            )
+            .route(
+                "/jwks",
+                axum::routing::get(move || {
+                    let n = k.fetch_add(1, Ordering::SeqCst);
+                    let key = |kid: &str| json!({"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256", "n": "AQAB", "e": "AQAB"});
+                    let keys = if n == 0 { vec![key("k1")] } else { vec![key("k1"), key("k2")] };
+                    async move { axum::Json(json!({ "keys": keys })) }
+                }),
+            );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (issuer, docs, keys)
+    }
+
+    #[tokio::test]
+    async fn discovery_and_keys_are_cached_and_keys_fetched_again_for_an_unknown_kid() {
+        let (issuer, docs, keys) = counting_provider(None).await;
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::new();
+        let cache = ProviderCache::default();
+        let p = OidcProviderConfig {
+            issuer: issuer.clone(),
+            ..Default::default()
+        };
+        let d = discover(&http, &cache, &p).await.unwrap();
+        discover(&http, &cache, &p).await.unwrap();
+        assert_eq!(docs.load(Ordering::SeqCst), 1, "discovery read once");
+        let key = |kid: &'static str| signing_key(&http, &cache, &d.jwks_uri, Some(kid));
+        assert!(key("k1").await.unwrap().is_some());
+        assert!(key("k1").await.unwrap().is_some());
+        assert_eq!(keys.load(Ordering::SeqCst), 1, "JWKS read once");
+        assert!(
+            key("k2").await.unwrap().is_some(),
+            "a rotated-in key is found"
+        );
+        assert_eq!(
+            keys.load(Ordering::SeqCst),
+            2,
+            "an unknown kid: fetched again once"
+        );
+        assert!(key("k2").await.unwrap().is_some());
+        assert_eq!(keys.load(Ordering::SeqCst), 2, "and kept");
+        assert!(key("nope").await.unwrap().is_none());
+        assert_eq!(
+            keys.load(Ordering::SeqCst),
+            3,
+            "one fetch per unknown kid, no more"
+        );
+
+        // Without a cache lifetime every sign-in reads them again.
+        let uncached = ProviderCache::new(Duration::ZERO);
+        discover(&http, &uncached, &p).await.unwrap();
+        assert_eq!(docs.load(Ordering::SeqCst), 2);
+
+        // A document that sends the code exchange elsewhere is refused, and not kept.
+        let (evil, evil_docs, _) = counting_provider(Some("http://127.0.0.2:9/token")).await;
+        let p = OidcProviderConfig {
+            issuer: evil,
+            ..Default::default()
+        };
+        for _ in 0..2 {
+            let e = discover(&http, &cache, &p).await.unwrap_err();
+            assert_eq!(e.code, "identity_provider_failed");
+        }
+        assert_eq!(evil_docs.load(Ordering::SeqCst), 2);
+    }
 }

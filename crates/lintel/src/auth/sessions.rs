@@ -86,6 +86,12 @@ pub trait SessionStore: Send + Sync + 'static {
         user_id: &str,
         now: i64,
     ) -> Result<Vec<Session>, StoreError>;
+    /// The statements that revoke every session of an account (and so its refresh
+    /// tokens), for a caller to run inside its own transaction on the main store;
+    /// None when sessions live elsewhere (then the caller uses `revoke_all`).
+    fn revoke_all_ops(&self, _collection: &str, _user_id: &str, _now: i64) -> Option<Vec<WriteOp>> {
+        None
+    }
 }
 
 /// Sessions in the main store's `_lintel_sessions` and `_lintel_refresh_tokens`.
@@ -351,5 +357,17 @@ impl SessionStore for SqlSessions {
             .iter()
             .map(|r| decode(r))
             .collect())
+    }
+
+    fn revoke_all_ops(&self, collection: &str, user_id: &str, now: i64) -> Option<Vec<WriteOp>> {
+        let mut sql = self.sql();
+        sql.push("UPDATE _lintel_sessions SET revoked = ")
+            .bind(SqlValue::Int(now))
+            .push(" WHERE collection = ")
+            .bind(SqlValue::Text(collection.to_owned()))
+            .push(" AND user_id = ")
+            .bind(SqlValue::Text(user_id.to_owned()))
+            .push(" AND revoked IS NULL");
+        Some(vec![system(sql, None)])
     }
 }

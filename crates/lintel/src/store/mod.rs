@@ -112,6 +112,10 @@ pub const AUTH_TABLES: &str = "CREATE TABLE _lintel_superusers (
         );
         CREATE INDEX _lintel_audit_event ON _lintel_audit (event, at);";
 
+/// The OpenID Connect `state` bound to the browser that started the sign-in: the
+/// digest of the random value in that browser's `lintel_oidc` cookie.
+pub const OAUTH_STATE_BROWSER: &str = "ALTER TABLE _lintel_oauth_states ADD COLUMN browser TEXT;";
+
 /// Secrets generated once and shared by every instance on the store (the token
 /// signing key when none is configured).
 pub const SECRETS_TABLE: &str = "CREATE TABLE _lintel_secrets (

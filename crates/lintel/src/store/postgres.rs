@@ -80,6 +80,7 @@ pub const SYSTEM_MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (3, "auth", crate::store::AUTH_TABLES),
     (4, "secrets", crate::store::SECRETS_TABLE),
+    (5, "oauth_state_browser", crate::store::OAUTH_STATE_BROWSER),
 ];
 
 impl ToSql for SqlValue {

@@ -900,6 +900,101 @@ async fn totp_second_factor_with_single_use_codes() {
     app.shutdown().await;
 }
 
+/// A six-digit code that is none of the codes valid around now.
+fn wrong_code(secret: &[u8]) -> String {
+    let step = (lintel::clock::now_ms() / 1000 / 30) as u64;
+    let valid: Vec<String> = (step - 2..=step + 2)
+        .map(|s| lintel::auth::mfa::code_at(secret, s))
+        .collect();
+    (0..)
+        .map(|n: u32| format!("{:06}", (n * 7919) % 1_000_000))
+        .find(|c| !valid.contains(c))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn wrong_second_factor_codes_count_toward_the_sign_in_lockout() {
+    let app = TestApp::spawn_with(|c| {
+        c.auth.lockout_threshold = 3;
+        c.auth.lockout_secs = 60;
+    })
+    .await;
+    signup(&app, "a@example.com").await;
+    let t = token(&login(&app, "a@example.com").await);
+    let r = as_user(&app, &t, Method::POST, "/v1/auth/totp/enroll", None).await;
+    let secret = lintel::auth::mfa::unbase32(r.body["secret"].as_str().unwrap()).unwrap();
+    let step = || (lintel::clock::now_ms() / 1000 / 30) as u64;
+    let r = as_user(
+        &app,
+        &t,
+        Method::POST,
+        "/v1/auth/totp/confirm",
+        Some(json!({"code": lintel::auth::mfa::code_at(&secret, step())})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let attempt = |body: Value| app.json(Method::POST, "/v1/auth/login", body);
+    let with_password = |extra: Value| {
+        let mut body = json!({"email": "a@example.com", "password": PW});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        attempt(body)
+    };
+
+    // The right password without a code: not a failure; the answer carries the
+    // mfaToken that finishes this sign-in.
+    let r = with_password(json!({})).await;
+    assert_eq!(r.problem_code(), "mfa_required");
+    let mfa_token = r.body["mfaToken"].as_str().unwrap().to_owned();
+    // Two wrong codes with the password, one more with the mfaToken: three failures.
+    for _ in 0..2 {
+        let r = with_password(json!({"totp": wrong_code(&secret)})).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+        assert_eq!(r.problem_code(), "invalid_mfa");
+    }
+    let r = attempt(json!({"mfaToken": mfa_token, "totp": wrong_code(&secret)})).await;
+    assert_eq!(r.problem_code(), "invalid_mfa");
+    // Locked: the right password with the right code is refused, and so is the
+    // mfaToken with the right code.
+    let right = lintel::auth::mfa::code_at(&secret, step() + 1);
+    let r = with_password(json!({"totp": right})).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text);
+    assert_eq!(r.problem_code(), "signin_locked");
+    assert!(r.header("retry-after").is_some());
+    let r = attempt(json!({"mfaToken": mfa_token, "totp": right})).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text);
+    assert_eq!(r.problem_code(), "signin_locked");
+
+    // Audited: each wrong code and the lock.
+    let mut found = (0, false);
+    for _ in 0..100 {
+        let r = app
+            .admin(Method::GET, "/v1/audit?event=login_failed", None)
+            .await;
+        found.0 = r.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["detail"]["reason"] == "invalid_mfa")
+            .count();
+        let r = app
+            .admin(Method::GET, "/v1/audit?event=signin_locked", None)
+            .await;
+        found.1 = !r.body["items"].as_array().unwrap().is_empty();
+        if found == (3, true) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        found,
+        (3, true),
+        "three wrong codes and the lock are audited"
+    );
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn email_flows_use_single_use_tokens_and_never_tell_who_exists() {
     let sink = crate::common::SmtpSink::start().await;
