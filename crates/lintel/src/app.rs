@@ -59,6 +59,8 @@ pub struct Inner {
     pub trusted_proxies: Vec<crate::http::client_ip::Cidr>,
     /// The TLS certificate in use, when serving HTTPS.
     pub tls: Option<Arc<crate::http::serve::Tls>>,
+    /// Background tasks (audit writes, mail, ...), waited for at shutdown.
+    pub tasks: crate::tasks::Tasks,
 }
 
 impl Deref for AppState {
@@ -309,6 +311,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         login_guard: Default::default(),
         trusted_proxies,
         tls: tls.clone(),
+        tasks: crate::tasks::Tasks::new(),
     }));
     crate::collections::ensure_users(&state).await?;
     let router = crate::http::finish(router, state.clone());
@@ -364,9 +367,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let upkeep = tokio::spawn(upkeep(task_state.clone(), rx.clone()));
         let mut deadline = rx.clone();
         let mut announce = rx.clone();
+        let signalled = Arc::new(std::sync::OnceLock::new());
+        let signalled_at = signalled.clone();
         tokio::spawn(async move {
-            let _ = announce.wait_for(|s| *s).await;
-            tracing::info!("shutting down: no new connections, draining requests");
+            if announce.wait_for(|s| *s).await.is_ok() {
+                let _ = signalled_at.set(tokio::time::Instant::now());
+                tracing::info!("shutting down: no new connections, draining requests");
+            }
         });
         if let Some(l) = redirect {
             tokio::spawn(crate::http::serve::redirect(l, addr.port(), rx.clone()));
@@ -388,6 +395,22 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             }
         }
         upkeep.abort();
+        // Background work (audit rows, mail, writes of dropped requests) gets what is
+        // left of the grace period to finish before the store closes.
+        let left = signalled
+            .get()
+            .map_or(grace, |at| grace.saturating_sub(at.elapsed()));
+        let started = tokio::time::Instant::now();
+        let unfinished = task_state
+            .tasks
+            .wait_idle(left.saturating_sub(started.elapsed()))
+            .await;
+        if unfinished > 0 {
+            tracing::warn!(
+                tasks = unfinished,
+                "background tasks still running after the grace period; closing the store anyway"
+            );
+        }
         if let Some(c) = changes {
             c.abort();
         }

@@ -90,7 +90,7 @@ pub fn record(state: &AppState, e: Event) {
     sql.push(")");
     tracing::info!(event = e.event, outcome = e.outcome, "audit");
     let store = state.store.clone();
-    tokio::spawn(async move {
+    state.tasks.spawn(async move {
         if let Err(err) = store
             .write(vec![WriteOp::System { sql, expect: None }])
             .await

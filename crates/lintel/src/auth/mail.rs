@@ -75,7 +75,7 @@ fn send(state: &AppState, to: &str, subject: &str, body: String) {
     };
     let to = to.to_owned();
     let subject = subject.to_owned();
-    tokio::spawn(async move {
+    state.tasks.spawn(async move {
         let send = async {
             let msg = Message::builder()
                 .from(mailer.from.clone())

@@ -534,7 +534,8 @@ pub async fn apply_writes(
     // dropped mid-way (time limit, client gone) must not leave a committed write
     // that the cache never heard of.
     let state = state.clone();
-    let task = tokio::spawn(async move {
+    let tasks = state.tasks.clone();
+    let task = tasks.spawn(async move {
         let result = state.store.write(ops).await;
         match &result {
             Ok(outcomes) => {

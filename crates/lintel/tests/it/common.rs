@@ -290,6 +290,11 @@ pub struct SmtpSink {
 
 impl SmtpSink {
     pub async fn start() -> Self {
+        Self::start_slow(std::time::Duration::ZERO).await
+    }
+
+    /// A sink that waits `delay` before greeting each connection (a slow server).
+    pub async fn start_slow(delay: std::time::Duration) -> Self {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -301,6 +306,7 @@ impl SmtpSink {
                 tokio::spawn(async move {
                     let (r, mut w) = sock.into_split();
                     let mut lines = BufReader::new(r).lines();
+                    tokio::time::sleep(delay).await;
                     let _ = w.write_all(b"220 sink ESMTP\r\n").await;
                     let mut data: Option<String> = None;
                     while let Ok(Some(line)) = lines.next_line().await {
