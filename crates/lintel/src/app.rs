@@ -61,6 +61,8 @@ pub struct Inner {
     pub tls: Option<Arc<crate::http::serve::Tls>>,
     /// Background tasks (audit writes, mail, ...), waited for at shutdown.
     pub tasks: crate::tasks::Tasks,
+    /// Recent rule denials, coalesced into one audit row per caller and window.
+    pub denials: crate::auth::audit::Denials,
 }
 
 impl Deref for AppState {
@@ -295,6 +297,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         )
     });
     let mailer_cfg = config.mail.clone();
+    let denial_window_secs = config.audit.denial_window_secs;
     let state = AppState(Arc::new(Inner {
         admin_digest: token_digest(&token),
         config,
@@ -312,6 +315,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         trusted_proxies,
         tls: tls.clone(),
         tasks: crate::tasks::Tasks::new(),
+        denials: crate::auth::audit::Denials::new(denial_window_secs),
     }));
     crate::collections::ensure_users(&state).await?;
     let router = crate::http::finish(router, state.clone());
@@ -365,6 +369,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     });
     let task = tokio::spawn(async move {
         let upkeep = tokio::spawn(upkeep(task_state.clone(), rx.clone()));
+        let purge = (task_state.config.store.purge_interval_secs > 0)
+            .then(|| tokio::spawn(purge_loop(task_state.clone(), rx.clone())));
         let mut deadline = rx.clone();
         let mut announce = rx.clone();
         let signalled = Arc::new(std::sync::OnceLock::new());
@@ -401,6 +407,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .get()
             .map_or(grace, |at| grace.saturating_sub(at.elapsed()));
         let started = tokio::time::Instant::now();
+        if let Some(mut p) = purge {
+            // It stops between batches once told to.
+            if tokio::time::timeout(left, &mut p).await.is_err() {
+                p.abort();
+            }
+        }
+        task_state
+            .tasks
+            .wait_idle(left.saturating_sub(started.elapsed()))
+            .await;
+        // Rows of coalesced rule denials get their final counts (after the rows
+        // themselves were written above).
+        crate::auth::audit::flush_denials(&task_state, true);
         let unfinished = task_state
             .tasks
             .wait_idle(left.saturating_sub(started.elapsed()))
@@ -460,10 +479,10 @@ async fn follow_changes(
     }
 }
 
-/// Periodic housekeeping: expired idempotency keys, metric upkeep.
+/// Periodic housekeeping: metric upkeep, limiter and lockout sweeps, certificate
+/// reloads, the counts of coalesced rule denials.
 async fn upkeep(state: AppState, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
-    let mut n: u64 = 0;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -485,14 +504,45 @@ async fn upkeep(state: AppState, mut stop: watch::Receiver<bool>) {
                 .max(state.config.auth.lockout_secs)
                 * 1000) as i64,
         );
-        n += 1;
-        if n % 120 == 1 {
-            let cutoff = crate::clock::now_ms() - (state.config.idempotency.ttl_secs * 1000) as i64;
-            match state.store.idempotency_purge(cutoff).await {
-                Ok(0) => {}
-                Ok(count) => tracing::info!(count, "purged expired idempotency keys"),
-                Err(e) => tracing::warn!(error = %e, "purging idempotency keys failed"),
-            }
+        crate::auth::audit::flush_denials(&state, false);
+    }
+}
+
+/// Deletes expired rows every `store.purge_interval_secs` (the first run at start),
+/// until shutdown; a run in progress stops between batches.
+async fn purge_loop(state: AppState, mut stop: watch::Receiver<bool>) {
+    let every = Duration::from_secs(state.config.store.purge_interval_secs.max(1));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let policy = crate::store::purge::PurgePolicy::from_config(&state.config);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let stopping = stop.clone();
+        let keep_going = move || !*stopping.borrow();
+        let started = std::time::Instant::now();
+        match crate::store::purge::purge_expired(
+            state.store.as_ref(),
+            &policy,
+            crate::clock::now_ms(),
+            keep_going,
+        )
+        .await
+        {
+            Ok(r) if r.total() == 0 => {}
+            Ok(r) => tracing::info!(
+                oauth_states = r.oauth_states,
+                auth_tokens = r.auth_tokens,
+                sessions = r.sessions,
+                refresh_tokens = r.refresh_tokens,
+                idempotency = r.idempotency,
+                audit = r.audit,
+                ms = started.elapsed().as_millis() as u64,
+                "purged expired rows"
+            ),
+            Err(e) => tracing::warn!(error = %e, "purging expired rows failed"),
         }
     }
 }

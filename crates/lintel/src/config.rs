@@ -56,6 +56,7 @@ pub struct Config {
     pub idempotency: IdempotencyConfig,
     pub cache: CacheConfig,
     pub auth: AuthConfig,
+    pub audit: AuditConfig,
     pub mail: MailConfig,
     pub tls: TlsConfig,
     pub cors: CorsConfig,
@@ -247,6 +248,26 @@ impl Default for AuthConfig {
     }
 }
 
+/// The audit log (`_lintel_audit`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Rows older than this many days are purged; 0 keeps them forever.
+    pub retention_days: u64,
+    /// Repeated rule denials of one caller on one collection and action within this
+    /// many seconds share one `rule_denied` row (with a `count`); 0 = a row each.
+    pub denial_window_secs: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            retention_days: 90,
+            denial_window_secs: 60,
+        }
+    }
+}
+
 /// Outgoing mail (verification, password reset, email change).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -374,6 +395,9 @@ pub struct StoreConfig {
     pub max_group_commit: usize,
     /// Writes waiting for the writer before new ones get 503.
     pub write_queue: usize,
+    /// How often expired rows (sessions, tokens, OIDC states, idempotency keys, old
+    /// audit rows) are deleted, in seconds; 0 = never. Both stores.
+    pub purge_interval_secs: u64,
 }
 
 /// The PostgreSQL connection pool (one per primary and per replica).
@@ -436,6 +460,7 @@ impl Default for Config {
             idempotency: IdempotencyConfig::default(),
             cache: CacheConfig::default(),
             auth: AuthConfig::default(),
+            audit: AuditConfig::default(),
             mail: MailConfig::default(),
             tls: TlsConfig {
                 client_auth: "required".into(),
@@ -481,6 +506,7 @@ impl Default for StoreConfig {
             busy_timeout_ms: 5_000,
             max_group_commit: 256,
             write_queue: 4096,
+            purge_interval_secs: 300,
         }
     }
 }

@@ -155,13 +155,12 @@ fn truncate(s: &str) -> String {
 
 /// 403 for an action the rules refuse, recorded in the audit log.
 pub fn denied(state: &AppState, caller: &Caller, coll: &Collection, action: Action) -> ApiError {
-    audit::record(
+    audit::record_denial(
         state,
-        audit::Event::new("rule_denied", "denied")
-            .actor(caller.actor())
-            .collection(coll.name())
-            .ip(caller.ip.clone())
-            .detail(json!({ "action": action.as_str() })),
+        caller.actor(),
+        caller.ip.clone(),
+        coll.name(),
+        action.as_str(),
     );
     if caller.is_anonymous() {
         ApiError::unauthorized(format!(
