@@ -395,6 +395,8 @@ pub struct StoreConfig {
     pub max_group_commit: usize,
     /// Writes waiting for the writer before new ones get 503.
     pub write_queue: usize,
+    /// Reads waiting for a reader before new ones get 503.
+    pub read_queue: usize,
     /// How often expired rows (sessions, tokens, OIDC states, idempotency keys, old
     /// audit rows) are deleted, in seconds; 0 = never. Both stores.
     pub purge_interval_secs: u64,
@@ -506,6 +508,7 @@ impl Default for StoreConfig {
             busy_timeout_ms: 5_000,
             max_group_commit: 256,
             write_queue: 4096,
+            read_queue: 4096,
             purge_interval_secs: 300,
         }
     }
