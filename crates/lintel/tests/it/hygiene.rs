@@ -278,6 +278,129 @@ async fn repeated_rule_denials_share_one_audit_row_with_a_count() {
 }
 
 #[tokio::test]
+async fn a_new_mailed_token_makes_the_earlier_ones_useless() {
+    let sink = SmtpSink::start().await;
+    let port = sink.port;
+    let app = TestApp::spawn_with(|c| with_mail(c, port)).await;
+    signup(&app, "a@example.com").await;
+    let mut n = 0;
+    let mut two = async |path: &str, token: Option<&str>, body: Value| {
+        let mut tokens = Vec::new();
+        for _ in 0..2 {
+            let mut req = app.req(Method::POST, path).json(&body);
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let r = app.send(req).await;
+            assert_eq!(r.status, StatusCode::NO_CONTENT, "{path}: {}", r.text);
+            tokens.push(crate::common::mailed_token(&sink.message(n).await));
+            n += 1;
+        }
+        tokens
+    };
+    let confirm = async |path: &str, body: Value| app.json(Method::POST, path, body).await;
+
+    let v = two(
+        "/v1/auth/request-verification",
+        None,
+        json!({"email": "a@example.com"}),
+    )
+    .await;
+    let r = confirm("/v1/auth/confirm-verification", json!({"token": v[0]})).await;
+    assert_eq!(r.field_error("token"), Some("invalid_token"), "{}", r.text);
+    let r = confirm("/v1/auth/confirm-verification", json!({"token": v[1]})).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+
+    let p = two(
+        "/v1/auth/request-password-reset",
+        None,
+        json!({"email": "a@example.com"}),
+    )
+    .await;
+    let new_pw = "brand new passphrase";
+    let r = confirm(
+        "/v1/auth/confirm-password-reset",
+        json!({"token": p[0], "password": new_pw}),
+    )
+    .await;
+    assert_eq!(r.field_error("token"), Some("invalid_token"), "{}", r.text);
+    let r = confirm(
+        "/v1/auth/confirm-password-reset",
+        json!({"token": p[1], "password": new_pw}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+
+    let l = login(&app, "a@example.com", new_pw).await;
+    let access = l.body["accessToken"].as_str().unwrap().to_owned();
+    let c = two(
+        "/v1/auth/request-email-change",
+        Some(&access),
+        json!({"newEmail": "b@example.com"}),
+    )
+    .await;
+    let r = confirm(
+        "/v1/auth/confirm-email-change",
+        json!({"token": c[0], "password": new_pw}),
+    )
+    .await;
+    assert_eq!(r.field_error("token"), Some("invalid_token"), "{}", r.text);
+    let r = confirm(
+        "/v1/auth/confirm-email-change",
+        json!({"token": c[1], "password": new_pw}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn wrong_passwords_at_email_change_count_and_lock_like_sign_ins() {
+    let sink = SmtpSink::start().await;
+    let port = sink.port;
+    let app = TestApp::spawn_with(|c| {
+        with_mail(c, port);
+        c.auth.lockout_threshold = 3;
+    })
+    .await;
+    signup(&app, "a@example.com").await;
+    let l = login(&app, "a@example.com", PW).await;
+    let access = l.body["accessToken"].as_str().unwrap();
+    let r = app
+        .send(
+            app.req(Method::POST, "/v1/auth/request-email-change")
+                .bearer_auth(access)
+                .json(&json!({"newEmail": "b@example.com"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    let token = crate::common::mailed_token(&sink.message(0).await);
+    let attempt = async |password: &str| {
+        app.json(
+            Method::POST,
+            "/v1/auth/confirm-email-change",
+            json!({"token": token, "password": password}),
+        )
+        .await
+    };
+    for _ in 0..3 {
+        let r = attempt("wrong password!!").await;
+        assert_eq!(r.field_error("password"), Some("invalid"), "{}", r.text);
+    }
+    // Locked, even with the right password; and signing in is locked too.
+    let r = attempt(PW).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text);
+    assert_eq!(r.problem_code(), "signin_locked");
+    assert!(r.header("retry-after").is_some());
+    let r = login(&app, "a@example.com", PW).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text);
+    settle(&app).await;
+    assert_eq!(audit(&app, "email_change_failed").await.len(), 3);
+    assert_eq!(audit(&app, "signin_locked").await.len(), 1);
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn work_spawned_by_an_idempotent_request_keeps_its_request_id() {
     let app = TestApp::spawn().await;
     app.collection(json!({
