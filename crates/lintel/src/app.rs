@@ -127,8 +127,11 @@ async fn load_catalog(store: &dyn Store) -> anyhow::Result<(i64, Catalog)> {
 }
 
 /// Opens the store for `config`: PostgreSQL when `database_url` is set, else SQLite
-/// under the data folder.
+/// under the data folder. Either way the data folder (migrations, the admin token) is
+/// created first, readable by this user only.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let dir = config.data_dir.clone();
+    tokio::task::spawn_blocking(move || create_private_dir(&dir)).await??;
     if !config.database_url.0.is_empty() {
         let store = crate::store::postgres::PgStore::open(
             &config.database_url.0,
@@ -139,36 +142,90 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         .map_err(|e| anyhow::anyhow!("opening the PostgreSQL store: {e}"))?;
         return Ok(Arc::new(store));
     }
-    let dir = config.data_dir.clone();
     let path = config.database_path();
     let store_cfg = config.store.clone();
     let store = tokio::task::spawn_blocking(move || -> anyhow::Result<SqliteStore> {
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("creating data folder {}", dir.display()))?;
         SqliteStore::open(&path, &store_cfg).map_err(|e| anyhow::anyhow!("{e}"))
     })
     .await??;
     Ok(Arc::new(store))
 }
 
-/// The admin token: configured, or read from / generated into `<data-dir>/admin-token`.
-fn admin_token(config: &Config) -> anyhow::Result<String> {
-    if !config.admin_token.0.is_empty() {
-        return Ok(config.admin_token.0.clone());
+/// The shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
+
+/// Creates a folder (and its missing parents) readable by this user only (0700). An
+/// existing folder is left as it is, with a warning when others may enter it. Blocking.
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating data folder {}", dir.display()))?;
+    if let Ok(meta) = std::fs::metadata(dir)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            path = %dir.display(),
+            mode = format!("{:o}", meta.permissions().mode() & 0o777),
+            "the data folder is open to other users; chmod 700 it"
+        );
     }
-    secret_file(&config.data_dir.join("admin-token"), "the admin token")
+    Ok(())
 }
 
-/// A secret kept in a file (mode 0600): read, or generated on first use. Blocking.
+/// The admin token: configured, or read from / generated into `<data-dir>/admin-token`.
+/// Refuses one shorter than [`MIN_ADMIN_TOKEN_LEN`]. Blocking.
+fn admin_token(config: &Config) -> anyhow::Result<String> {
+    let (token, source) = if config.admin_token.0.is_empty() {
+        let path = config.data_dir.join("admin-token");
+        (
+            secret_file(&path, "the admin token")?,
+            path.display().to_string(),
+        )
+    } else {
+        (
+            config.admin_token.0.clone(),
+            "admin_token (LINTEL_ADMIN_TOKEN / LINTEL_ADMIN_TOKEN_FILE)".to_owned(),
+        )
+    };
+    anyhow::ensure!(
+        token.chars().count() >= MIN_ADMIN_TOKEN_LEN,
+        "the admin token from {source} is {} characters long; it must have at least {MIN_ADMIN_TOKEN_LEN} (leave admin_token unset to have one generated)",
+        token.chars().count()
+    );
+    Ok(token)
+}
+
+/// Why a secret file's mode is unsafe: readable or writable by group or others.
+fn loose_mode(mode: u32) -> Option<String> {
+    (mode & 0o077 != 0).then(|| format!("{:o}", mode & 0o777))
+}
+
+/// A secret kept in a file (mode 0600): read, or generated on first use. An existing
+/// file that others may read is used, with a warning. Blocking.
 fn secret_file(path: &Path, what: &str) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
     match std::fs::read_to_string(path) {
-        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
+        Ok(t) if !t.trim().is_empty() => {
+            if let Ok(meta) = std::fs::metadata(path)
+                && let Some(mode) = loose_mode(meta.permissions().mode())
+            {
+                tracing::warn!(
+                    path = %path.display(),
+                    %mode,
+                    "the file holding {what} is open to other users; chmod 600 it"
+                );
+            }
+            return Ok(t.trim().to_owned());
+        }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        create_private_dir(dir)?;
     }
     let token = crate::ids::secret_token();
     write_secret(path, &token)?;
@@ -218,6 +275,11 @@ impl Running {
 
 /// Starts Lintel: opens the store, applies pending migrations, binds the listener.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    // Before the store is touched: a refused token leaves nothing half-started.
+    let token = {
+        let cfg = config.clone();
+        tokio::task::spawn_blocking(move || admin_token(&cfg)).await??
+    };
     let store = open_store(&config).await?;
     if config.auto_migrate {
         let applied =
@@ -226,10 +288,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             tracing::info!(count = applied.len(), "applied pending migrations");
         }
     }
-    let token = {
-        let cfg = config.clone();
-        tokio::task::spawn_blocking(move || admin_token(&cfg)).await??
-    };
     let keys = {
         let cfg = config.auth.clone();
         let stored =
@@ -574,5 +632,51 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => tracing::info!("Ctrl-C received"),
         _ = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn data_folders_are_private_and_loose_secret_files_are_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a").join("b");
+        create_private_dir(&dir).unwrap();
+        for d in [tmp.path().join("a"), dir.clone()] {
+            let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", d.display());
+        }
+        assert_eq!(loose_mode(0o100600), None);
+        assert_eq!(loose_mode(0o100400), None);
+        assert_eq!(loose_mode(0o100640).as_deref(), Some("640"));
+        assert_eq!(loose_mode(0o100604).as_deref(), Some("604"));
+    }
+
+    #[test]
+    fn short_admin_tokens_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            data_dir: tmp.path().to_path_buf(),
+            ..Config::default()
+        };
+        config.admin_token = crate::config::Secret("x".repeat(MIN_ADMIN_TOKEN_LEN - 1));
+        let err = admin_token(&config)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("at least 32"), "{err}");
+        config.admin_token = crate::config::Secret("x".repeat(MIN_ADMIN_TOKEN_LEN));
+        assert!(admin_token(&config).is_ok());
+        // A short token in the data folder's file is refused too.
+        config.admin_token = crate::config::Secret::default();
+        std::fs::write(tmp.path().join("admin-token"), "short\n").unwrap();
+        assert!(admin_token(&config).is_err());
+        std::fs::remove_file(tmp.path().join("admin-token")).unwrap();
+        let generated = admin_token(&config).unwrap();
+        assert!(generated.len() >= MIN_ADMIN_TOKEN_LEN);
     }
 }

@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// At least 32 characters: Lintel refuses shorter admin tokens.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdefghij";
 
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -129,7 +130,8 @@ async fn create_database(admin_url: &str, name: &str) {
     }
 }
 
-async fn drop_database(dir: &std::path::Path) {
+/// Drops the PostgreSQL database of a data folder made by [`config`] (no-op on SQLite).
+pub async fn drop_database(dir: &std::path::Path) {
     let (Some(admin_url), Ok(name)) = (
         postgres_url(),
         std::fs::read_to_string(dir.join(".test-database")),

@@ -401,6 +401,32 @@ async fn wrong_passwords_at_email_change_count_and_lock_like_sign_ins() {
 }
 
 #[tokio::test]
+async fn a_short_admin_token_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = crate::common::config(dir.path()).await;
+    cfg.admin_token = lintel::config::Secret("thirty-one-characters-long-0123".into());
+    assert_eq!(cfg.admin_token.0.len(), 31);
+    let err = lintel::start(cfg).await.err().expect("start-up refused");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("at least 32"), "{msg}");
+    crate::common::drop_database(dir.path()).await;
+}
+
+#[tokio::test]
+async fn the_data_folder_is_created_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = TestApp::spawn_with(|c| c.data_dir = c.data_dir.join("srv").join("lintel")).await;
+    for d in [
+        app.dir.path().join("srv"),
+        app.dir.path().join("srv/lintel"),
+    ] {
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", d.display());
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn work_spawned_by_an_idempotent_request_keeps_its_request_id() {
     let app = TestApp::spawn().await;
     app.collection(json!({
@@ -447,3 +473,95 @@ async fn shutdown_waits_for_mail_still_being_sent() {
 }
 
 /// `lintel serve` as a process, configured by the environment only.
+struct Served {
+    child: tokio::process::Child,
+    addr: String,
+    log: Vec<String>,
+}
+
+async fn serve(
+    data: &std::path::Path,
+    env: &[(&str, String)],
+) -> Result<Served, (Option<i32>, Vec<String>)> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_lintel"));
+    cmd.arg("serve")
+        .env_remove("LINTEL_TEST_DATABASE_URL")
+        .env_remove("LINTEL_TEST_OIDC_DIR")
+        .env("LINTEL_LOG__FORMAT", "json")
+        .env("LINTEL_LISTEN", "127.0.0.1:0")
+        .env("LINTEL_DATA_DIR", data)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .expect("lintel serve started or stopped in time")
+            .unwrap();
+        let Some(line) = line else {
+            let status = child.wait().await.unwrap();
+            return Err((status.code(), log));
+        };
+        let addr = serde_json::from_str::<Value>(&line)
+            .ok()
+            .filter(|v| v["fields"]["message"] == "listening")
+            .and_then(|v| v["fields"]["addr"].as_str().map(str::to_owned));
+        log.push(line);
+        if let Some(addr) = addr {
+            // Keep reading, so the process never blocks on a full pipe.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            return Ok(Served { child, addr, log });
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_admin_token_file_open_to_others_is_reported() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let token = "a-token-someone-wrote-0123456789abcdef";
+    let file = data.join("admin-token");
+    std::fs::write(&file, token).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let db_dir = tempfile::tempdir().unwrap();
+    let mut env = Vec::new();
+    if crate::common::postgres_url().is_some() {
+        let url = crate::common::config(db_dir.path()).await.database_url.0;
+        env.push(("LINTEL_DATABASE_URL", url));
+    }
+    let served = match serve(&data, &env).await {
+        Ok(s) => s,
+        Err((code, log)) => panic!("lintel serve exited ({code:?}): {log:#?}"),
+    };
+    assert!(
+        served
+            .log
+            .iter()
+            .any(|l| l.contains("open to other users") && l.contains("admin-token")),
+        "{:#?}",
+        served.log
+    );
+    // A warning, not a refusal: the token works.
+    let r = reqwest::Client::new()
+        .get(format!("http://{}/v1/collections", served.addr))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut child = served.child;
+    let _ = child.kill().await;
+    crate::common::drop_database(db_dir.path()).await;
+}
