@@ -325,6 +325,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         crate::config::CacheConfig {
             records: 0,
             counts: 0,
+            page_bytes: 0,
         }
     };
     // One TLS implementation for the whole process (ring); installing it twice (a
@@ -362,7 +363,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         store,
         catalog: RwLock::new((catalog.0, Arc::new(catalog.1))),
         versions,
-        cache: crate::cache::ReadCache::new(config_cache.records, config_cache.counts),
+        cache: crate::cache::ReadCache::new(
+            config_cache.records,
+            config_cache.counts,
+            config_cache.page_bytes,
+        ),
         metrics: crate::telemetry::metrics_handle(),
         openapi_json,
         auth: crate::auth::AuthRuntime::new(keys, store_for_auth),

@@ -304,6 +304,8 @@ pub struct CacheConfig {
     pub records: usize,
     /// List counts kept, at most.
     pub counts: usize,
+    /// List pages kept, at most this many bytes of them (estimated).
+    pub page_bytes: usize,
 }
 
 impl Default for CacheConfig {
@@ -311,6 +313,7 @@ impl Default for CacheConfig {
         Self {
             records: 20_000,
             counts: 1_024,
+            page_bytes: 32 * 1024 * 1024,
         }
     }
 }
