@@ -524,6 +524,129 @@ async fn serve(
     }
 }
 
+fn write_secret(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+#[tokio::test]
+async fn environment_variables_configure_a_real_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secrets = tmp.path().join("secrets");
+    let (cert, key) = lintel::http::serve::write_dev_cert(&secrets).unwrap();
+    let admin = "an-admin-token-given-in-a-file-0123456789";
+    let jwt = "a-signing-secret-given-in-a-file-0123456789";
+    let mut env = vec![
+        ("LINTEL_TLS__CERT_FILE", cert.display().to_string()),
+        ("LINTEL_TLS__KEY_FILE", key.display().to_string()),
+        (
+            "LINTEL_ADMIN_TOKEN_FILE",
+            write_secret(&secrets, "admin", &format!("{admin}\n")),
+        ),
+        (
+            "LINTEL_AUTH__JWT_SECRET_FILE",
+            write_secret(&secrets, "jwt", jwt),
+        ),
+        ("LINTEL_AUTH__ARGON2_MEMORY_KIB", "1024".into()),
+        ("LINTEL_AUTH__ARGON2_ITERATIONS", "1".into()),
+        ("LINTEL_TYPO_KEY", "1".into()),
+    ];
+    // On PostgreSQL, the URL comes from a file too.
+    let data = tmp.path().join("data");
+    let db_dir = tempfile::tempdir().unwrap();
+    if crate::common::postgres_url().is_some() {
+        let url = crate::common::config(db_dir.path()).await.database_url.0;
+        env.push((
+            "LINTEL_DATABASE_URL_FILE",
+            write_secret(&secrets, "db", &url),
+        ));
+    }
+    let served = match serve(&data, &env).await {
+        Ok(s) => s,
+        Err((code, log)) => panic!("lintel serve exited ({code:?}): {log:#?}"),
+    };
+    let log = served.log.join("\n");
+    assert!(
+        served
+            .log
+            .iter()
+            .any(|l| l.contains("unknown configuration key ignored") && l.contains("typo_key")),
+        "the unknown variable is named: {log}"
+    );
+    let port = served.addr.rsplit(':').next().unwrap();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let base = format!("https://localhost:{port}");
+    // The TLS files were used (this is HTTPS), and the admin token came from its file.
+    let r = client
+        .get(format!("{base}/v1/collections"))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = client
+        .get(format!("{base}/v1/collections"))
+        .bearer_auth(crate::common::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // Access tokens are signed with the secret from its file.
+    let r = client
+        .post(format!("{base}/v1/collections/users/records"))
+        .json(&json!({"email": "a@example.com", "password": PW}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let l: Value = client
+        .post(format!("{base}/v1/auth/login"))
+        .json(&json!({"email": "a@example.com", "password": PW}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.validate_aud = false;
+    let claims = jsonwebtoken::decode::<Value>(
+        l["accessToken"].as_str().unwrap(),
+        &jsonwebtoken::DecodingKey::from_secret(jwt.as_bytes()),
+        &validation,
+    );
+    assert!(claims.is_ok(), "{claims:?}");
+    let mut child = served.child;
+    let _ = child.kill().await;
+    crate::common::drop_database(db_dir.path()).await;
+
+    // A database URL from a file is used (here one nobody answers at).
+    let bad = write_secret(&secrets, "bad-db", "postgres://nobody@127.0.0.1:1/none\n");
+    let admin_file = write_secret(&secrets, "admin", admin);
+    let failed = serve(
+        &tmp.path().join("data2"),
+        &[
+            ("LINTEL_DATABASE_URL_FILE", bad),
+            ("LINTEL_ADMIN_TOKEN_FILE", admin_file),
+        ],
+    )
+    .await;
+    let Err((code, log)) = failed else {
+        panic!("started without its database");
+    };
+    assert_eq!(code, Some(1));
+    assert!(
+        log.iter().any(|l| l.contains("PostgreSQL")),
+        "the URL from the file was used: {log:#?}"
+    );
+}
+
 #[tokio::test]
 async fn an_admin_token_file_open_to_others_is_reported() {
     use std::os::unix::fs::PermissionsExt;
