@@ -273,7 +273,8 @@ impl Default for AuditConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MailConfig {
-    /// The SMTP server; empty = mail is not sent (the flows answer 503).
+    /// The SMTP server; empty = mail is not sent (the flows answer 409
+    /// `mail_not_configured`).
     pub smtp_host: String,
     pub smtp_port: u16,
     /// `none`, `starttls` or `tls` (implicit TLS).

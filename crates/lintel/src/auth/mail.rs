@@ -93,12 +93,13 @@ fn send(state: &AppState, to: &str, subject: &str, body: String) {
     });
 }
 
+/// A flow that sends mail on a server that has no mail server configured: a 409 (the
+/// server's configuration, not a passing failure; retrying does not help).
 fn require_mailer(state: &AppState) -> Result<Arc<Mailer>, ApiError> {
     state.mailer.clone().ok_or_else(|| {
-        ApiError::unavailable(
-            "mail_unavailable",
-            "This server sends no mail (mail.smtp_host is not set).",
-            60,
+        ApiError::conflict(
+            "mail_not_configured",
+            "This server sends no mail (mail.smtp_host is not set), so this flow is not available.",
         )
     })
 }
@@ -285,7 +286,7 @@ async fn user_by_email(
     request_body = EmailRequest,
     responses(
         (status = 204, description = "Accepted"),
-        (status = 503, description = "No mail server configured", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "No mail server configured (`mail_not_configured`)", body = ProblemDoc, content_type = "application/problem+json"),
     )
 )]
 pub async fn request_verification(
@@ -361,7 +362,7 @@ pub async fn confirm_verification(
     request_body = EmailRequest,
     responses(
         (status = 204, description = "Accepted"),
-        (status = 503, description = "No mail server configured", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "No mail server configured (`mail_not_configured`)", body = ProblemDoc, content_type = "application/problem+json"),
     )
 )]
 pub async fn request_password_reset(
@@ -462,6 +463,7 @@ pub struct EmailChangeRequest {
         (status = 204, description = "Accepted"),
         (status = 400, description = "Not an email address", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 401, description = "Not signed in", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "No mail server configured (`mail_not_configured`)", body = ProblemDoc, content_type = "application/problem+json"),
     )
 )]
 pub async fn request_email_change(
