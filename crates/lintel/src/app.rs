@@ -61,6 +61,10 @@ pub struct Inner {
     pub trusted_proxies: Vec<crate::http::client_ip::Cidr>,
     /// The TLS certificate in use, when serving HTTPS.
     pub tls: Option<Arc<crate::http::serve::Tls>>,
+    /// Background tasks (audit writes, mail, ...), waited for at shutdown.
+    pub tasks: crate::tasks::Tasks,
+    /// Recent rule denials, coalesced into one audit row per caller and window.
+    pub denials: crate::auth::audit::Denials,
 }
 
 impl Deref for AppState {
@@ -125,8 +129,11 @@ async fn load_catalog(store: &dyn Store) -> anyhow::Result<(i64, Catalog)> {
 }
 
 /// Opens the store for `config`: PostgreSQL when `database_url` is set, else SQLite
-/// under the data folder.
+/// under the data folder. Either way the data folder (migrations, the admin token) is
+/// created first, readable by this user only.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let dir = config.data_dir.clone();
+    tokio::task::spawn_blocking(move || create_private_dir(&dir)).await??;
     if !config.database_url.0.is_empty() {
         let store = crate::store::postgres::PgStore::open(
             &config.database_url.0,
@@ -137,24 +144,37 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         .map_err(|e| anyhow::anyhow!("opening the PostgreSQL store: {e}"))?;
         return Ok(Arc::new(store));
     }
-    let dir = config.data_dir.clone();
     let path = config.database_path();
     let store_cfg = config.store.clone();
     let store = tokio::task::spawn_blocking(move || -> anyhow::Result<SqliteStore> {
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("creating data folder {}", dir.display()))?;
         SqliteStore::open(&path, &store_cfg).map_err(|e| anyhow::anyhow!("{e}"))
     })
     .await??;
     Ok(Arc::new(store))
 }
 
-/// The admin token: configured, or read from / generated into `<data-dir>/admin-token`.
-fn admin_token(config: &Config) -> anyhow::Result<String> {
-    if !config.admin_token.0.is_empty() {
-        return Ok(config.admin_token.0.clone());
+/// The shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
+
+/// Creates a folder (and its missing parents) readable by this user only (0700). An
+/// existing folder is left as it is, with a warning when others may enter it. Blocking.
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating data folder {}", dir.display()))?;
+    if let Ok(meta) = std::fs::metadata(dir)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            path = %dir.display(),
+            mode = format!("{:o}", meta.permissions().mode() & 0o777),
+            "the data folder is open to other users; chmod 700 it"
+        );
     }
-    secret_file(&config.data_dir.join("admin-token"), "the admin token")
+    Ok(())
 }
 
 /// The generated HS256 signing key. On SQLite it lives in `jwt-secret` (mode 0600)
@@ -180,16 +200,57 @@ async fn signing_secret(config: &Config, store: &dyn Store) -> anyhow::Result<St
     Ok(secret)
 }
 
-/// A secret kept in a file (mode 0600): read, or generated on first use. Blocking.
+/// The admin token: configured, or read from / generated into `<data-dir>/admin-token`.
+/// Refuses one shorter than [`MIN_ADMIN_TOKEN_LEN`]. Blocking.
+fn admin_token(config: &Config) -> anyhow::Result<String> {
+    let (token, source) = if config.admin_token.0.is_empty() {
+        let path = config.data_dir.join("admin-token");
+        (
+            secret_file(&path, "the admin token")?,
+            path.display().to_string(),
+        )
+    } else {
+        (
+            config.admin_token.0.clone(),
+            "admin_token (LINTEL_ADMIN_TOKEN / LINTEL_ADMIN_TOKEN_FILE)".to_owned(),
+        )
+    };
+    anyhow::ensure!(
+        token.chars().count() >= MIN_ADMIN_TOKEN_LEN,
+        "the admin token from {source} is {} characters long; it must have at least {MIN_ADMIN_TOKEN_LEN} (leave admin_token unset to have one generated)",
+        token.chars().count()
+    );
+    Ok(token)
+}
+
+/// Why a secret file's mode is unsafe: readable or writable by group or others.
+fn loose_mode(mode: u32) -> Option<String> {
+    (mode & 0o077 != 0).then(|| format!("{:o}", mode & 0o777))
+}
+
+/// A secret kept in a file (mode 0600): read, or generated on first use. An existing
+/// file that others may read is used, with a warning. Blocking.
 fn secret_file(path: &Path, what: &str) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
     match std::fs::read_to_string(path) {
-        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
+        Ok(t) if !t.trim().is_empty() => {
+            if let Ok(meta) = std::fs::metadata(path)
+                && let Some(mode) = loose_mode(meta.permissions().mode())
+            {
+                tracing::warn!(
+                    path = %path.display(),
+                    %mode,
+                    "the file holding {what} is open to other users; chmod 600 it"
+                );
+            }
+            return Ok(t.trim().to_owned());
+        }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        create_private_dir(dir)?;
     }
     let token = crate::ids::secret_token();
     write_secret(path, &token)?;
@@ -239,6 +300,11 @@ impl Running {
 
 /// Starts Lintel: opens the store, applies pending migrations, binds the listener.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    // Before the store is touched: a refused token leaves nothing half-started.
+    let token = {
+        let cfg = config.clone();
+        tokio::task::spawn_blocking(move || admin_token(&cfg)).await??
+    };
     let store = open_store(&config).await?;
     if config.auto_migrate {
         let applied =
@@ -247,10 +313,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             tracing::info!(count = applied.len(), "applied pending migrations");
         }
     }
-    let token = {
-        let cfg = config.clone();
-        tokio::task::spawn_blocking(move || admin_token(&cfg)).await??
-    };
     let keys = {
         let cfg = config.auth.clone();
         let stored =
@@ -292,6 +354,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         crate::config::CacheConfig {
             records: 0,
             counts: 0,
+            page_bytes: 0,
         }
     };
     // One TLS implementation for the whole process (ring); installing it twice (a
@@ -322,13 +385,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         )
     });
     let mailer_cfg = config.mail.clone();
+    let denial_window_secs = config.audit.denial_window_secs;
     let state = AppState(Arc::new(Inner {
         admin_digest: token_digest(&token),
         config,
         store,
         catalog: RwLock::new((catalog.0, Arc::new(catalog.1))),
         versions,
-        cache: crate::cache::ReadCache::new(config_cache.records, config_cache.counts),
+        cache: crate::cache::ReadCache::new(
+            config_cache.records,
+            config_cache.counts,
+            config_cache.page_bytes,
+        ),
         metrics: crate::telemetry::metrics_handle(),
         openapi_json,
         auth: crate::auth::AuthRuntime::new(keys, hasher, store_for_auth),
@@ -339,6 +407,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         login_guard: Default::default(),
         trusted_proxies,
         tls: tls.clone(),
+        tasks: crate::tasks::Tasks::new(),
+        denials: crate::auth::audit::Denials::new(denial_window_secs),
     }));
     crate::collections::ensure_users(&state).await?;
     let router = crate::http::finish(router, state.clone());
@@ -392,11 +462,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     });
     let task = tokio::spawn(async move {
         let upkeep = tokio::spawn(upkeep(task_state.clone(), rx.clone()));
+        let purge = (task_state.config.store.purge_interval_secs > 0)
+            .then(|| tokio::spawn(purge_loop(task_state.clone(), rx.clone())));
         let mut deadline = rx.clone();
         let mut announce = rx.clone();
+        let signalled = Arc::new(std::sync::OnceLock::new());
+        let signalled_at = signalled.clone();
         tokio::spawn(async move {
-            let _ = announce.wait_for(|s| *s).await;
-            tracing::info!("shutting down: no new connections, draining requests");
+            if announce.wait_for(|s| *s).await.is_ok() {
+                let _ = signalled_at.set(tokio::time::Instant::now());
+                tracing::info!("shutting down: no new connections, draining requests");
+            }
         });
         if let Some(l) = redirect {
             tokio::spawn(crate::http::serve::redirect(l, addr.port(), rx.clone()));
@@ -418,6 +494,35 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             }
         }
         upkeep.abort();
+        // Background work (audit rows, mail, writes of dropped requests) gets what is
+        // left of the grace period to finish before the store closes.
+        let left = signalled
+            .get()
+            .map_or(grace, |at| grace.saturating_sub(at.elapsed()));
+        let started = tokio::time::Instant::now();
+        if let Some(mut p) = purge {
+            // It stops between batches once told to.
+            if tokio::time::timeout(left, &mut p).await.is_err() {
+                p.abort();
+            }
+        }
+        task_state
+            .tasks
+            .wait_idle(left.saturating_sub(started.elapsed()))
+            .await;
+        // Rows of coalesced rule denials get their final counts (after the rows
+        // themselves were written above).
+        crate::auth::audit::flush_denials(&task_state, true);
+        let unfinished = task_state
+            .tasks
+            .wait_idle(left.saturating_sub(started.elapsed()))
+            .await;
+        if unfinished > 0 {
+            tracing::warn!(
+                tasks = unfinished,
+                "background tasks still running after the grace period; closing the store anyway"
+            );
+        }
         if let Some(c) = changes {
             c.abort();
         }
@@ -467,10 +572,10 @@ async fn follow_changes(
     }
 }
 
-/// Periodic housekeeping: expired idempotency keys, metric upkeep.
+/// Periodic housekeeping: metric upkeep, limiter and lockout sweeps, certificate
+/// reloads, the counts of coalesced rule denials.
 async fn upkeep(state: AppState, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
-    let mut n: u64 = 0;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -492,14 +597,45 @@ async fn upkeep(state: AppState, mut stop: watch::Receiver<bool>) {
                 .max(state.config.auth.lockout_secs)
                 * 1000) as i64,
         );
-        n += 1;
-        if n % 120 == 1 {
-            let cutoff = crate::clock::now_ms() - (state.config.idempotency.ttl_secs * 1000) as i64;
-            match state.store.idempotency_purge(cutoff).await {
-                Ok(0) => {}
-                Ok(count) => tracing::info!(count, "purged expired idempotency keys"),
-                Err(e) => tracing::warn!(error = %e, "purging idempotency keys failed"),
-            }
+        crate::auth::audit::flush_denials(&state, false);
+    }
+}
+
+/// Deletes expired rows every `store.purge_interval_secs` (the first run at start),
+/// until shutdown; a run in progress stops between batches.
+async fn purge_loop(state: AppState, mut stop: watch::Receiver<bool>) {
+    let every = Duration::from_secs(state.config.store.purge_interval_secs.max(1));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let policy = crate::store::purge::PurgePolicy::from_config(&state.config);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let stopping = stop.clone();
+        let keep_going = move || !*stopping.borrow();
+        let started = std::time::Instant::now();
+        match crate::store::purge::purge_expired(
+            state.store.as_ref(),
+            &policy,
+            crate::clock::now_ms(),
+            keep_going,
+        )
+        .await
+        {
+            Ok(r) if r.total() == 0 => {}
+            Ok(r) => tracing::info!(
+                oauth_states = r.oauth_states,
+                auth_tokens = r.auth_tokens,
+                sessions = r.sessions,
+                refresh_tokens = r.refresh_tokens,
+                idempotency = r.idempotency,
+                audit = r.audit,
+                ms = started.elapsed().as_millis() as u64,
+                "purged expired rows"
+            ),
+            Err(e) => tracing::warn!(error = %e, "purging expired rows failed"),
         }
     }
 }
@@ -531,5 +667,51 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => tracing::info!("Ctrl-C received"),
         _ = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn data_folders_are_private_and_loose_secret_files_are_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a").join("b");
+        create_private_dir(&dir).unwrap();
+        for d in [tmp.path().join("a"), dir.clone()] {
+            let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", d.display());
+        }
+        assert_eq!(loose_mode(0o100600), None);
+        assert_eq!(loose_mode(0o100400), None);
+        assert_eq!(loose_mode(0o100640).as_deref(), Some("640"));
+        assert_eq!(loose_mode(0o100604).as_deref(), Some("604"));
+    }
+
+    #[test]
+    fn short_admin_tokens_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            data_dir: tmp.path().to_path_buf(),
+            ..Config::default()
+        };
+        config.admin_token = crate::config::Secret("x".repeat(MIN_ADMIN_TOKEN_LEN - 1));
+        let err = admin_token(&config)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("at least 32"), "{err}");
+        config.admin_token = crate::config::Secret("x".repeat(MIN_ADMIN_TOKEN_LEN));
+        assert!(admin_token(&config).is_ok());
+        // A short token in the data folder's file is refused too.
+        config.admin_token = crate::config::Secret::default();
+        std::fs::write(tmp.path().join("admin-token"), "short\n").unwrap();
+        assert!(admin_token(&config).is_err());
+        std::fs::remove_file(tmp.path().join("admin-token")).unwrap();
+        let generated = admin_token(&config).unwrap();
+        assert!(generated.len() >= MIN_ADMIN_TOKEN_LEN);
     }
 }

@@ -10,8 +10,10 @@
 //! A schema change clears everything (a new epoch).
 //!
 //! The cache is per process: it is correct as long as this process sees every write,
-//! which holds for the embedded store. Bounded by entry counts; when full, an arbitrary
-//! entry is evicted (random eviction). No lock is held across an await.
+//! which holds for the embedded store. Records and counts are bounded by entry counts,
+//! list pages by their estimated size in bytes (a page holds up to 501 records of any
+//! size); when full, an arbitrary entry is evicted (random eviction; stale pages go
+//! first). No lock is held across an await.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,28 +35,93 @@ struct Inner {
     generations: HashMap<String, u64>,
     records: HashMap<(String, String), Arc<Record>>,
     counts: Entries<i64>,
-    pages: Entries<Arc<Vec<Record>>>,
+    /// Pages with their estimated size.
+    pages: Entries<(usize, Arc<Vec<Record>>)>,
+    /// The sum of the pages' estimated sizes.
+    page_bytes: usize,
 }
 
 impl Inner {
     fn stamp(&self, coll: &str) -> Stamp {
         Stamp(self.epoch, self.generations.get(coll).copied().unwrap_or(0))
     }
+
+    fn clear_pages(&mut self) {
+        self.pages.clear();
+        self.page_bytes = 0;
+    }
+
+    /// Evicts pages until `room` more bytes fit in `budget`: pages no read can hit
+    /// any more (their collection was written since) first, then arbitrary ones.
+    fn make_room(&mut self, room: usize, budget: usize) {
+        if self.page_bytes + room <= budget {
+            return;
+        }
+        let stale: Vec<(String, String)> = self
+            .pages
+            .iter()
+            .filter(|((coll, _), (stamp, _))| *stamp != self.stamp(coll))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stale {
+            if let Some((_, (size, _))) = self.pages.remove(&k) {
+                self.page_bytes -= size;
+            }
+        }
+        while self.page_bytes + room > budget {
+            let Some(k) = self.pages.keys().next().cloned() else {
+                break;
+            };
+            if let Some((_, (size, _))) = self.pages.remove(&k) {
+                self.page_bytes -= size;
+            }
+        }
+    }
+}
+
+/// Roughly how many bytes a page of records takes in memory (the records, their maps
+/// and strings, and the key), for the page budget. An estimate, on the high side.
+pub fn estimate_page_bytes(key: &str, records: &[Record]) -> usize {
+    fn value(v: &serde_json::Value) -> usize {
+        use serde_json::Value;
+        // A `Value` is 32 bytes wherever it lives; what it points to comes on top.
+        32 + match v {
+            Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+            Value::String(s) => s.len(),
+            Value::Array(a) => a.iter().map(value).sum(),
+            // Per entry: the key's heap bytes and String, plus the map's own slot.
+            Value::Object(m) => m.iter().map(|(k, v)| 48 + k.len() + value(v)).sum(),
+        }
+    }
+    let record = |r: &Record| {
+        std::mem::size_of::<Record>()
+            + r.id.len()
+            + r.created.len()
+            + r.updated.len()
+            + r.data
+                .iter()
+                .map(|(k, v)| 48 + k.len() + value(v))
+                .sum::<usize>()
+    };
+    128 + key.len() + records.iter().map(record).sum::<usize>()
 }
 
 pub struct ReadCache {
     inner: Mutex<Inner>,
     max_records: usize,
     max_counts: usize,
+    max_page_bytes: usize,
 }
 
 impl ReadCache {
-    /// `max_records == 0` turns record caching off; `max_counts == 0` count caching.
-    pub fn new(max_records: usize, max_counts: usize) -> Self {
+    /// `max_records == 0` turns record caching off; `max_counts == 0` count caching;
+    /// `max_page_bytes == 0` page caching.
+    pub fn new(max_records: usize, max_counts: usize, max_page_bytes: usize) -> Self {
         Self {
             inner: Mutex::new(Inner::default()),
             max_records,
             max_counts,
+            max_page_bytes,
         }
     }
 
@@ -143,9 +210,9 @@ impl ReadCache {
     }
 
     /// A cached list page (the records of one list query), valid until the next write
-    /// to its collection. Shares the count budget.
+    /// to its collection.
     pub fn page(&self, coll: &str, key: &str) -> Option<Arc<Vec<Record>>> {
-        if self.max_counts == 0 {
+        if self.max_page_bytes == 0 {
             return None;
         }
         let inner = self.lock();
@@ -154,7 +221,7 @@ impl ReadCache {
             .pages
             .get(&(coll.to_owned(), key.to_owned()))
             .filter(|(stamp, _)| !inner.suspended && *stamp == current)
-            .map(|(_, p)| p.clone());
+            .map(|(_, (_, p))| p.clone());
         drop(inner);
         let name = if hit.is_some() { "hit" } else { "miss" };
         metrics::counter!("lintel_cache_requests_total", "kind" => "page", "result" => name)
@@ -162,20 +229,27 @@ impl ReadCache {
         hit
     }
 
+    /// Keeps a page within `cache.page_bytes` (a page larger than all of it is not
+    /// kept). The size is estimated before the lock is taken.
     pub fn put_page(&self, coll: &str, before: Stamp, key: String, records: Arc<Vec<Record>>) {
-        if self.max_counts == 0 {
+        if self.max_page_bytes == 0 {
+            return;
+        }
+        let size = estimate_page_bytes(&key, &records) + coll.len();
+        if size > self.max_page_bytes {
             return;
         }
         let mut inner = self.lock();
         if inner.suspended || inner.stamp(coll) != before {
             return;
         }
-        if inner.pages.len() >= self.max_counts {
-            inner.pages.clear();
+        let slot = (coll.to_owned(), key);
+        if let Some((_, (old, _))) = inner.pages.remove(&slot) {
+            inner.page_bytes -= old;
         }
-        inner
-            .pages
-            .insert((coll.to_owned(), key), (before, records));
+        inner.make_room(size, self.max_page_bytes);
+        inner.page_bytes += size;
+        inner.pages.insert(slot, (before, (size, records)));
     }
 
     /// After a committed write: bumps the generation and updates the record in place
@@ -206,7 +280,7 @@ impl ReadCache {
         inner.epoch += 1;
         inner.records.clear();
         inner.counts.clear();
-        inner.pages.clear();
+        inner.clear_pages();
     }
 
     /// The change feed of a shared store is down: changes by others may go unseen, so
@@ -217,7 +291,7 @@ impl ReadCache {
         inner.epoch += 1;
         inner.records.clear();
         inner.counts.clear();
-        inner.pages.clear();
+        inner.clear_pages();
     }
 
     /// The change feed is complete again (from an empty cache).
@@ -226,7 +300,7 @@ impl ReadCache {
         inner.epoch += 1;
         inner.records.clear();
         inner.counts.clear();
-        inner.pages.clear();
+        inner.clear_pages();
         inner.suspended = false;
     }
 }
@@ -248,7 +322,7 @@ mod tests {
 
     #[test]
     fn a_read_that_raced_a_write_is_not_inserted() {
-        let c = ReadCache::new(10, 10);
+        let c = ReadCache::new(10, 10, 1 << 20);
         let before = c.stamp("posts");
         c.written("posts", "a", Some(rec("a", 2)));
         c.put_record("posts", before, Arc::new(rec("a", 1)));
@@ -278,7 +352,7 @@ mod tests {
 
     #[test]
     fn counts_die_with_any_write_and_schema_changes_clear_all() {
-        let c = ReadCache::new(10, 10);
+        let c = ReadCache::new(10, 10, 1 << 20);
         let s = c.stamp("posts");
         c.put_count("posts", s, "k".into(), 5);
         assert_eq!(c.count("posts", "k"), Some(5));
@@ -297,7 +371,7 @@ mod tests {
 
     #[test]
     fn a_suspended_cache_serves_and_keeps_nothing() {
-        let c = ReadCache::new(10, 10);
+        let c = ReadCache::new(10, 10, 1 << 20);
         c.suspend();
         let s = c.stamp("p");
         c.put_record("p", s, Arc::new(rec("a", 1)));
@@ -312,7 +386,7 @@ mod tests {
 
     #[test]
     fn pages_die_with_any_write_to_their_collection() {
-        let c = ReadCache::new(10, 10);
+        let c = ReadCache::new(10, 10, 1 << 20);
         let s = c.stamp("p");
         c.put_page("p", s, "q".into(), Arc::new(vec![rec("a", 1)]));
         assert_eq!(c.page("p", "q").map(|v| v.len()), Some(1));
@@ -325,9 +399,89 @@ mod tests {
         assert!(c.page("p", "q").is_none());
     }
 
+    fn page_of(n: usize, text_len: usize) -> Arc<Vec<Record>> {
+        Arc::new(
+            (0..n)
+                .map(|i| {
+                    let mut r = rec(&format!("r{i:015}"), 1);
+                    r.data.insert(
+                        "body".into(),
+                        serde_json::Value::String("x".repeat(text_len)),
+                    );
+                    r
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn pages_are_bounded_by_their_size_in_bytes() {
+        let budget = 1024 * 1024;
+        let c = ReadCache::new(10, 10, budget);
+        let big = page_of(100, 2000);
+        let size = estimate_page_bytes("q0", &big);
+        assert!(
+            size > 100 * 2000 && size < 100 * 2600,
+            "the estimate follows the records' size: {size}"
+        );
+        // Far more pages than fit: the total stays within the budget, the newest is kept.
+        for i in 0..50 {
+            let s = c.stamp("p");
+            c.put_page("p", s, format!("q{i}"), big.clone());
+            let inner = c.lock();
+            assert!(
+                inner.page_bytes <= budget,
+                "{} > {budget}",
+                inner.page_bytes
+            );
+            let sum: usize = inner.pages.values().map(|(_, (n, _))| n).sum();
+            assert_eq!(sum, inner.page_bytes, "the running total is exact");
+        }
+        assert!(c.page("p", "q49").is_some());
+        assert!(c.lock().pages.len() <= budget / size);
+        // Many small pages fit where few large ones do.
+        let small = page_of(1, 10);
+        for i in 0..200 {
+            let s = c.stamp("small");
+            c.put_page("small", s, format!("k{i}"), small.clone());
+        }
+        assert!(c.page("small", "k199").is_some());
+        // A page larger than the whole budget is not kept, and evicts nothing.
+        let before = c.lock().pages.len();
+        let s = c.stamp("p");
+        c.put_page("p", s, "huge".into(), page_of(501, 4000));
+        assert!(c.page("p", "huge").is_none());
+        assert_eq!(c.lock().pages.len(), before);
+        c.clear();
+        assert_eq!(c.lock().page_bytes, 0);
+        // 0 turns pages off.
+        let off = ReadCache::new(10, 10, 0);
+        let s = off.stamp("p");
+        off.put_page("p", s, "q".into(), small);
+        assert!(off.page("p", "q").is_none());
+    }
+
+    #[test]
+    fn stale_pages_are_evicted_first() {
+        let unit = page_of(10, 1000);
+        let size = estimate_page_bytes("a", &unit) + 1;
+        let c = ReadCache::new(10, 10, size * 3 + size / 2);
+        for (coll, key) in [("p", "a"), ("p", "b"), ("s", "c")] {
+            let s = c.stamp(coll);
+            c.put_page(coll, s, key.into(), unit.clone());
+        }
+        c.written("s", "x", None);
+        let s = c.stamp("p");
+        c.put_page("p", s, "d".into(), unit.clone());
+        for key in ["a", "b", "d"] {
+            assert!(c.page("p", key).is_some(), "{key} was kept");
+        }
+        assert_eq!(c.lock().pages.len(), 3, "the stale page made room");
+    }
+
     #[test]
     fn bounded() {
-        let c = ReadCache::new(3, 10);
+        let c = ReadCache::new(3, 10, 1024);
         for i in 0..10 {
             let s = c.stamp("p");
             c.put_record("p", s, Arc::new(rec(&i.to_string(), 1)));

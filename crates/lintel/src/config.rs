@@ -1,6 +1,7 @@
 //! Typed configuration, layered: defaults, then `lintel.toml`, then `LINTEL_*`
 //! environment variables (`__` separates nesting levels, e.g. `LINTEL_HTTP__BODY_LIMIT`;
-//! `LINTEL_ADMIN_TOKEN_FILE` reads the token from a file), then command-line flags.
+//! a secret can come from a file, e.g. `LINTEL_ADMIN_TOKEN_FILE`), then command-line
+//! flags.
 //!
 //! The resulting [`Config`] is passed through `AppState`; nothing here is global.
 //! Unknown keys are reported back to the caller so they can be logged as warnings.
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Format, Serialized, Toml};
 use figment::value::{Dict, Value as FigValue};
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +57,7 @@ pub struct Config {
     pub idempotency: IdempotencyConfig,
     pub cache: CacheConfig,
     pub auth: AuthConfig,
+    pub audit: AuditConfig,
     pub mail: MailConfig,
     pub tls: TlsConfig,
     pub cors: CorsConfig,
@@ -254,11 +256,32 @@ impl Default for AuthConfig {
     }
 }
 
+/// The audit log (`_lintel_audit`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Rows older than this many days are purged; 0 keeps them forever.
+    pub retention_days: u64,
+    /// Repeated rule denials of one caller on one collection and action within this
+    /// many seconds share one `rule_denied` row (with a `count`); 0 = a row each.
+    pub denial_window_secs: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            retention_days: 90,
+            denial_window_secs: 60,
+        }
+    }
+}
+
 /// Outgoing mail (verification, password reset, email change).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MailConfig {
-    /// The SMTP server; empty = mail is not sent (the flows answer 503).
+    /// The SMTP server; empty = mail is not sent (the flows answer 409
+    /// `mail_not_configured`).
     pub smtp_host: String,
     pub smtp_port: u16,
     /// `none`, `starttls` or `tls` (implicit TLS).
@@ -290,6 +313,8 @@ pub struct CacheConfig {
     pub records: usize,
     /// List counts kept, at most.
     pub counts: usize,
+    /// List pages kept, at most this many bytes of them (estimated).
+    pub page_bytes: usize,
 }
 
 impl Default for CacheConfig {
@@ -297,6 +322,7 @@ impl Default for CacheConfig {
         Self {
             records: 20_000,
             counts: 1_024,
+            page_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -381,6 +407,11 @@ pub struct StoreConfig {
     pub max_group_commit: usize,
     /// Writes waiting for the writer before new ones get 503.
     pub write_queue: usize,
+    /// Reads waiting for a reader before new ones get 503.
+    pub read_queue: usize,
+    /// How often expired rows (sessions, tokens, OIDC states, idempotency keys, old
+    /// audit rows) are deleted, in seconds; 0 = never. Both stores.
+    pub purge_interval_secs: u64,
 }
 
 /// The PostgreSQL connection pool (one per primary and per replica).
@@ -443,6 +474,7 @@ impl Default for Config {
             idempotency: IdempotencyConfig::default(),
             cache: CacheConfig::default(),
             auth: AuthConfig::default(),
+            audit: AuditConfig::default(),
             mail: MailConfig::default(),
             tls: TlsConfig {
                 client_auth: "required".into(),
@@ -488,6 +520,8 @@ impl Default for StoreConfig {
             busy_timeout_ms: 5_000,
             max_group_commit: 256,
             write_queue: 4096,
+            read_queue: 4096,
+            purge_interval_secs: 300,
         }
     }
 }
@@ -545,9 +579,118 @@ pub struct Loaded {
     pub unknown_keys: Vec<String>,
 }
 
-/// Loads the layers. `file` is the explicit `--config` path; without it `lintel.toml`
-/// in the working directory is read when present.
+/// Loads the layers from the process's environment. `file` is the explicit `--config`
+/// path; without it `lintel.toml` in the working directory is read when present.
 pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Result<Loaded> {
+    load_from(file, flags, std::env::vars_os())
+}
+
+/// `LINTEL_*` variables read by Lintel that are not configuration keys.
+const OTHER_VARIABLES: [&str; 1] = [
+    // `lintel superuser create` reads the password from it.
+    "LINTEL_SUPERUSER_PASSWORD",
+];
+
+/// The configuration key a `LINTEL_*` variable names: the rest of the name,
+/// lower-cased, with `__` between nesting levels. `None` for other variables.
+pub fn env_key(name: &str) -> Option<String> {
+    let rest = name
+        .get(..7)
+        .filter(|p| p.eq_ignore_ascii_case("LINTEL_"))
+        .and_then(|_| name.get(7..))?;
+    Some(rest.to_ascii_lowercase().replace("__", "."))
+}
+
+/// Keys holding secrets: always text (never parsed as numbers), and each can be given
+/// as a file instead, by `LINTEL_<KEY>_FILE` (e.g. `LINTEL_ADMIN_TOKEN_FILE`,
+/// `LINTEL_AUTH__JWT_SECRET_FILE`), whose content (trimmed) is the value.
+pub fn is_secret_key(key: &str) -> bool {
+    matches!(
+        key,
+        "admin_token"
+            | "database_url"
+            | "database_replica_urls"
+            | "auth.jwt_secret"
+            | "mail.smtp_password"
+    ) || key
+        .strip_prefix("auth.oidc.")
+        .and_then(|rest| rest.split_once('.'))
+        .is_some_and(|(name, field)| !name.is_empty() && field == "client_secret")
+}
+
+/// The environment layer: every `LINTEL_*` variable as a (key, value) pair, secrets
+/// read from their `_FILE`s. Variables that are not configuration keys are left to
+/// the unknown-key report, except [`OTHER_VARIABLES`].
+fn env_layer(
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+    defaults: &std::collections::BTreeMap<String, FigValue>,
+    unusable: &mut Vec<String>,
+) -> anyhow::Result<Vec<(String, FigValue)>> {
+    // Text settings take the variable's text as it is (`12345` stays a string); others
+    // are parsed (numbers, booleans, `[a, b]` lists).
+    let is_text = |key: &str| {
+        is_secret_key(key)
+            || matches!(defaults.get(key), Some(FigValue::String(..)))
+            || key.strip_prefix("auth.oidc.").is_some_and(|rest| {
+                rest.split_once('.').is_some_and(|(_, field)| {
+                    matches!(
+                        field,
+                        "issuer" | "client_id" | "collection" | "redirect_url"
+                    )
+                })
+            })
+    };
+    let mut out: Vec<(String, FigValue)> = Vec::new();
+    let mut given: std::collections::BTreeMap<String, String> = Default::default();
+    for (name, value) in vars {
+        let name = name.to_string_lossy().trim().to_owned();
+        if OTHER_VARIABLES
+            .iter()
+            .any(|o| o.eq_ignore_ascii_case(&name))
+        {
+            continue;
+        }
+        let Some(key) = env_key(&name) else { continue };
+        if key.split('.').any(str::is_empty) {
+            // `LINTEL_`, `LINTEL_A____B`: names no key can have.
+            unusable.push(name);
+            continue;
+        }
+        let value = value.to_string_lossy().into_owned();
+        let file_of = key
+            .strip_suffix("_file")
+            .filter(|k| !defaults.contains_key(&key) && is_secret_key(k));
+        let (key, value) = match file_of {
+            Some(secret) => {
+                let text = std::fs::read_to_string(value.trim())
+                    .with_context(|| format!("reading {name} ({})", value.trim()))?;
+                (secret.to_owned(), FigValue::from(text.trim().to_owned()))
+            }
+            None if is_text(&key) => (key, FigValue::from(value)),
+            None => {
+                let Ok(parsed) = value.parse::<FigValue>();
+                (key, parsed)
+            }
+        };
+        if let Some(other) = given.insert(key.clone(), name.clone()) {
+            anyhow::bail!("{other} and {name} both set {key}; give one of them");
+        }
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
+/// [`load`] with the environment given (tests pass their own).
+pub fn load_from(
+    file: Option<&Path>,
+    flags: &FlagOverrides,
+    env: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> anyhow::Result<Loaded> {
+    let defaults: std::collections::BTreeMap<String, FigValue> =
+        flatten(&Figment::from(Serialized::defaults(Config::default())))?
+            .into_iter()
+            .collect();
+    let known: BTreeSet<String> = defaults.keys().cloned().collect();
     let mut figment = Figment::from(Serialized::defaults(Config::default()));
     match file {
         Some(path) => {
@@ -563,17 +706,14 @@ pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Result<Loaded
         }
         None => {}
     }
-    figment = figment
-        .merge(Env::prefixed("LINTEL_").split("__").filter(|k| {
-            // `LINTEL_*_FILE` are read below; `LINTEL_TEST_*` belong to the test suites.
-            let k = k.as_str().to_ascii_lowercase();
-            !k.ends_with("_file") && !k.starts_with("test")
-        }))
-        .merge(Serialized::globals(flags));
+    let mut unusable = Vec::new();
+    for (key, value) in env_layer(env, &defaults, &mut unusable)? {
+        figment = figment.merge(Serialized::global(&key, value));
+    }
+    figment = figment.merge(Serialized::globals(flags));
 
     // Keys that no field takes are reported, not fatal: a typo in an environment
     // variable should not stop a deploy, but it must be visible.
-    let known = key_set(&Figment::from(Serialized::defaults(Config::default())))?;
     let given = key_set(&figment)?;
     // Maps keyed by the user's own names (OIDC providers) have no defaults to compare to.
     let open = |k: &str| k.starts_with("auth.oidc.");
@@ -581,6 +721,7 @@ pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Result<Loaded
         .difference(&known)
         .filter(|k| !open(k))
         .cloned()
+        .chain(unusable)
         .collect();
     let mut pruned = Figment::from(Serialized::defaults(Config::default()));
     for (key, value) in flatten(&figment)? {
@@ -588,15 +729,9 @@ pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Result<Loaded
             pruned = pruned.merge(Serialized::global(&key, value));
         }
     }
-    let mut config: Config = pruned
+    let config: Config = pruned
         .extract()
         .context("invalid configuration (check lintel.toml, LINTEL_* variables and flags)")?;
-
-    if let Ok(path) = std::env::var("LINTEL_ADMIN_TOKEN_FILE") {
-        let token = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading LINTEL_ADMIN_TOKEN_FILE {path}"))?;
-        config.admin_token = Secret(token.trim().to_owned());
-    }
     Ok(Loaded {
         config,
         unknown_keys,
@@ -634,6 +769,177 @@ fn key_set(figment: &Figment) -> anyhow::Result<BTreeSet<String>> {
 mod tests {
     use super::*;
 
+    fn no_env() -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+        Vec::new()
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect()
+    }
+
+    #[test]
+    fn environment_variables_apply_including_files_and_secret_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p.display().to_string()
+        };
+        let token = secret("admin", "an-admin-token-of-forty-characters-0001\n");
+        let db = secret("db", "postgres://u:p@db.internal:5432/app\n");
+        let replicas = secret("replicas", "postgres://r1/app,postgres://r2/app");
+        let jwt = secret("jwt", "0123456789012345678901234567890123456789");
+        let smtp = secret("smtp", "smtp-pass");
+        let google = secret("google", "g-secret");
+        let vars = env(&[
+            ("LINTEL_TLS__CERT_FILE", "/etc/lintel/cert.pem"),
+            ("LINTEL_TLS__KEY_FILE", "/etc/lintel/key.pem"),
+            ("LINTEL_TLS__CLIENT_CA_FILE", "/etc/lintel/ca.pem"),
+            ("LINTEL_AUTH__JWT_ALGORITHM", "EdDSA"),
+            ("LINTEL_AUTH__JWT_PRIVATE_KEY_FILE", "/etc/lintel/ed.pem"),
+            ("LINTEL_AUTH__JWT_PUBLIC_KEY_FILE", "/etc/lintel/ed.pub"),
+            ("LINTEL_ADMIN_TOKEN_FILE", &token),
+            ("LINTEL_DATABASE_URL_FILE", &db),
+            ("LINTEL_DATABASE_REPLICA_URLS_FILE", &replicas),
+            ("LINTEL_AUTH__JWT_SECRET_FILE", &jwt),
+            ("LINTEL_MAIL__SMTP_PASSWORD_FILE", &smtp),
+            (
+                "LINTEL_AUTH__OIDC__GOOGLE__ISSUER",
+                "https://accounts.google.com",
+            ),
+            ("LINTEL_AUTH__OIDC__GOOGLE__CLIENT_SECRET_FILE", &google),
+            ("LINTEL_HTTP__BODY_LIMIT", "1234"),
+            ("LINTEL_STORE__READ_QUEUE", "7"),
+            ("LINTEL_AUDIT__RETENTION_DAYS", "30"),
+            ("LINTEL_CACHE__PAGE_BYTES", "4096"),
+            ("LINTEL_MAIL__SMTP_USERNAME", "12345"),
+            // Not configuration: read by `lintel superuser create`.
+            ("LINTEL_SUPERUSER_PASSWORD", "whatever"),
+            // Neither special nor silently dropped.
+            ("LINTEL_TEST_DATABASE_URL", "postgres://x/y"),
+            ("LINTEL_TYPO_FILE", "/nowhere"),
+            ("LINTEL_HTTP__BODY_LIMT", "1"),
+            ("LINTEL_A____B", "1"),
+            ("PATH", "/usr/bin"),
+        ]);
+        let loaded = match load_from(None, &FlagOverrides::default(), vars) {
+            Ok(l) => l,
+            Err(e) => panic!("{e:#}"),
+        };
+        let c = &loaded.config;
+        assert_eq!(c.tls.cert_file, PathBuf::from("/etc/lintel/cert.pem"));
+        assert_eq!(c.tls.key_file, PathBuf::from("/etc/lintel/key.pem"));
+        assert_eq!(c.tls.client_ca_file, PathBuf::from("/etc/lintel/ca.pem"));
+        assert_eq!(
+            c.auth.jwt_private_key_file,
+            PathBuf::from("/etc/lintel/ed.pem")
+        );
+        assert_eq!(
+            c.auth.jwt_public_key_file,
+            PathBuf::from("/etc/lintel/ed.pub")
+        );
+        assert_eq!(c.admin_token.0, "an-admin-token-of-forty-characters-0001");
+        assert_eq!(c.database_url.0, "postgres://u:p@db.internal:5432/app");
+        assert_eq!(
+            c.database_replica_urls.0,
+            "postgres://r1/app,postgres://r2/app"
+        );
+        assert_eq!(
+            c.auth.jwt_secret.0,
+            "0123456789012345678901234567890123456789"
+        );
+        assert_eq!(c.mail.smtp_password.0, "smtp-pass");
+        assert_eq!(c.mail.smtp_username, "12345", "text stays text");
+        let google = c.auth.oidc.get("google").unwrap();
+        assert_eq!(google.client_secret.0, "g-secret");
+        assert_eq!(google.issuer, "https://accounts.google.com");
+        assert_eq!(c.http.body_limit, 1234);
+        assert_eq!(c.store.read_queue, 7);
+        assert_eq!(c.audit.retention_days, 30);
+        assert_eq!(c.cache.page_bytes, 4096);
+        assert_eq!(
+            loaded.unknown_keys,
+            vec![
+                "http.body_limt".to_owned(),
+                "test_database_url".to_owned(),
+                "typo_file".to_owned(),
+                "LINTEL_A____B".to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_secret_given_twice_or_a_missing_secret_file_stops_loading() {
+        let both = env(&[
+            ("LINTEL_ADMIN_TOKEN", "x"),
+            ("LINTEL_ADMIN_TOKEN_FILE", "/nonexistent"),
+        ]);
+        assert!(load_from(None, &FlagOverrides::default(), both).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("t");
+        std::fs::write(&f, "from-the-file").unwrap();
+        let both = env(&[
+            ("LINTEL_ADMIN_TOKEN", "inline"),
+            ("LINTEL_ADMIN_TOKEN_FILE", &f.display().to_string()),
+        ]);
+        let err = load_from(None, &FlagOverrides::default(), both)
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(err.contains("both set admin_token"), "{err}");
+        let missing = env(&[("LINTEL_AUTH__JWT_SECRET_FILE", "/nonexistent/jwt")]);
+        let err = load_from(None, &FlagOverrides::default(), missing)
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(err.contains("LINTEL_AUTH__JWT_SECRET_FILE"), "{err}");
+    }
+
+    /// Every `LINTEL_*` variable the documentation spells out in full names a
+    /// configuration key (or a secret file of one), or is one of the few others.
+    #[test]
+    fn every_documented_variable_is_known() {
+        let known = key_set(&Figment::from(Serialized::defaults(Config::default()))).unwrap();
+        let docs = [
+            include_str!("../../../README.md"),
+            include_str!("../../../docs/auth.md"),
+            include_str!("../../../docs/edge.md"),
+        ];
+        let mut checked = 0;
+        for doc in docs {
+            for (i, _) in doc.match_indices("LINTEL_") {
+                let name: String = doc[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                // `LINTEL_AUTH__LOCKOUT_...`: shorthand for a family, not a name.
+                if name.ends_with('_') || doc[i + name.len()..].starts_with("...") {
+                    continue;
+                }
+                // The test suite's own (README, "Testing"); the server does not read them.
+                if OTHER_VARIABLES.contains(&name.as_str()) || name.starts_with("LINTEL_TEST_") {
+                    continue;
+                }
+                let key = env_key(&name).unwrap();
+                let key = if key.starts_with("auth.oidc.") {
+                    continue;
+                } else {
+                    key
+                };
+                let ok = known.contains(&key)
+                    || key
+                        .strip_suffix("_file")
+                        .is_some_and(|k| is_secret_key(k) && known.contains(k));
+                assert!(ok, "{name} is documented but configures nothing");
+                checked += 1;
+            }
+        }
+        assert!(checked > 40, "only {checked} names checked");
+    }
+
     #[test]
     fn secret_debug_hides_value() {
         let s = Secret("hunter2".into());
@@ -654,7 +960,7 @@ mod tests {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 7002))),
             ..Default::default()
         };
-        let loaded = load(Some(&path), &flags);
+        let loaded = load_from(Some(&path), &flags, no_env());
         let _ = std::fs::remove_dir_all(&dir);
         let Ok(loaded) = loaded else {
             panic!("configuration did not load");
@@ -664,9 +970,10 @@ mod tests {
         assert_eq!(loaded.config.listen.port(), 7002, "flags win over the file");
         assert_eq!(loaded.unknown_keys, vec!["surprise".to_owned()]);
         assert!(
-            load(
+            load_from(
                 Some(Path::new("/nonexistent/lintel.toml")),
-                &FlagOverrides::default()
+                &FlagOverrides::default(),
+                no_env()
             )
             .is_err()
         );
@@ -678,7 +985,7 @@ mod tests {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 9999))),
             ..Default::default()
         };
-        let loaded = load(None, &flags);
+        let loaded = load_from(None, &flags, no_env());
         assert!(loaded.is_ok());
         if let Ok(loaded) = loaded {
             assert_eq!(loaded.config.listen.port(), 9999);

@@ -21,6 +21,7 @@ pub mod migrations;
 pub mod ratelimit;
 pub mod records;
 pub mod store;
+pub mod tasks;
 pub mod telemetry;
 
 pub use app::{AppState, Running, start};

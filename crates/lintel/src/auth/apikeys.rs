@@ -345,7 +345,7 @@ pub async fn authenticate(state: &AppState, key: &str) -> Result<Option<Caller>,
             .push(" WHERE id = ")
             .bind(SqlValue::Text(id.to_owned()));
         let store = state.store.clone();
-        tokio::spawn(async move {
+        state.tasks.spawn(async move {
             let _ = store
                 .write(vec![WriteOp::System { sql, expect: None }])
                 .await;

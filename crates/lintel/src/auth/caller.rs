@@ -402,7 +402,7 @@ async fn resolve(state: &AppState, parts: &Parts) -> Result<Caller, ApiError> {
             }
             let sessions = state.auth.sessions.clone();
             let id = session.id.clone();
-            tokio::spawn(async move {
+            state.tasks.spawn(async move {
                 if let Err(e) = sessions.touch(&id, now).await {
                     tracing::warn!(error = %e, "recording session use failed");
                 }

@@ -25,6 +25,7 @@ use crate::config::MailConfig;
 use crate::error::ApiError;
 use crate::http::extract::JsonBody;
 use crate::http::openapi::ProblemDoc;
+use crate::ratelimit::lockout::{self, Gate};
 use crate::records::service::{apply_writes, store_error};
 use crate::store::{Record, Sql, SqlValue, StoreError, WriteError, WriteOp};
 
@@ -75,7 +76,7 @@ fn send(state: &AppState, to: &str, subject: &str, body: String) {
     };
     let to = to.to_owned();
     let subject = subject.to_owned();
-    tokio::spawn(async move {
+    state.tasks.spawn(async move {
         let send = async {
             let msg = Message::builder()
                 .from(mailer.from.clone())
@@ -92,17 +93,20 @@ fn send(state: &AppState, to: &str, subject: &str, body: String) {
     });
 }
 
+/// A flow that sends mail on a server that has no mail server configured: a 409 (the
+/// server's configuration, not a passing failure; retrying does not help).
 fn require_mailer(state: &AppState) -> Result<Arc<Mailer>, ApiError> {
     state.mailer.clone().ok_or_else(|| {
-        ApiError::unavailable(
-            "mail_unavailable",
-            "This server sends no mail (mail.smtp_host is not set).",
-            60,
+        ApiError::conflict(
+            "mail_not_configured",
+            "This server sends no mail (mail.smtp_host is not set), so this flow is not available.",
         )
     })
 }
 
-/// Stores a new single-use token and returns it.
+/// Stores a new single-use token and returns it. The account's earlier unused tokens
+/// of the same purpose stop working in the same transaction: only the newest mail's
+/// link is valid.
 async fn issue(
     state: &AppState,
     purpose: &str,
@@ -112,6 +116,15 @@ async fn issue(
 ) -> Result<String, ApiError> {
     let token = crate::ids::secret_token();
     let now = crate::clock::now_ms();
+    let mut earlier = Sql::new(state.store.dialect());
+    earlier
+        .push("DELETE FROM _lintel_auth_tokens WHERE collection = ")
+        .bind(SqlValue::Text(coll.to_owned()))
+        .push(" AND user_id = ")
+        .bind(SqlValue::Text(user_id.to_owned()))
+        .push(" AND purpose = ")
+        .bind(SqlValue::Text(purpose.to_owned()))
+        .push(" AND used IS NULL");
     let mut sql = Sql::new(state.store.dialect());
     sql.push("INSERT INTO _lintel_auth_tokens (hash, purpose, collection, user_id, data, created, expires) VALUES (");
     let values = [
@@ -127,10 +140,16 @@ async fn issue(
     sql.push(")");
     state
         .store
-        .write(vec![WriteOp::System {
-            sql,
-            expect: Some(1),
-        }])
+        .write(vec![
+            WriteOp::System {
+                sql: earlier,
+                expect: None,
+            },
+            WriteOp::System {
+                sql,
+                expect: Some(1),
+            },
+        ])
         .await
         .map_err(|WriteError { error, .. }| store_error(error))?;
     Ok(token)
@@ -271,7 +290,7 @@ async fn user_by_email(
     request_body = EmailRequest,
     responses(
         (status = 204, description = "Accepted"),
-        (status = 503, description = "No mail server configured", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "No mail server configured (`mail_not_configured`)", body = ProblemDoc, content_type = "application/problem+json"),
     )
 )]
 pub async fn request_verification(
@@ -347,7 +366,7 @@ pub async fn confirm_verification(
     request_body = EmailRequest,
     responses(
         (status = 204, description = "Accepted"),
-        (status = 503, description = "No mail server configured", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "No mail server configured (`mail_not_configured`)", body = ProblemDoc, content_type = "application/problem+json"),
     )
 )]
 pub async fn request_password_reset(
@@ -456,6 +475,7 @@ pub struct EmailChangeRequest {
         (status = 204, description = "Accepted"),
         (status = 400, description = "Not an email address", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 401, description = "Not signed in", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "No mail server configured (`mail_not_configured`)", body = ProblemDoc, content_type = "application/problem+json"),
     )
 )]
 pub async fn request_email_change(
@@ -512,10 +532,12 @@ pub async fn request_email_change(
     responses(
         (status = 204, description = "Changed"),
         (status = 400, description = "Bad token or password, or the address is taken", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Too many wrong passwords for this account or address (shared with sign-in)", body = ProblemDoc, content_type = "application/problem+json"),
     )
 )]
 pub async fn confirm_email_change(
     State(state): State<AppState>,
+    caller: Caller,
     JsonBody(req): JsonBody<TokenRequest>,
 ) -> Result<Response, ApiError> {
     let p = present(&state, "email_change", &req.token).await?;
@@ -526,18 +548,80 @@ pub async fn confirm_email_change(
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_owned();
+    // Wrong passwords count, and lock, exactly like failed sign-ins.
+    let email = p
+        .record
+        .data
+        .get("email")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let keys = lockout::signin_keys(
+        &state.config.auth,
+        p.coll.name(),
+        &email,
+        caller.ip.as_deref(),
+    );
+    let guard_keys = [
+        (keys[0].0.as_str(), keys[0].1),
+        (keys[1].0.as_str(), keys[1].1),
+    ];
+    match state.login_guard.gate(&guard_keys, crate::clock::now_ms()) {
+        Gate::Locked { retry_after_ms } => {
+            audit::record(
+                &state,
+                audit::Event::new("email_change_refused_locked", "denied")
+                    .collection(p.coll.name())
+                    .subject(p.record.id.clone())
+                    .ip(caller.ip.clone()),
+            );
+            let secs = retry_after_ms.div_ceil(1000).max(1);
+            let mut err = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "signin_locked",
+                format!("Too many wrong passwords; try again in {secs} s."),
+            );
+            err.retry_after = Some(secs);
+            return Err(err);
+        }
+        Gate::Proceed { delay_ms } if delay_ms > 0 => {
+            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+        }
+        Gate::Proceed { .. } => {}
+    }
     if !state
         .auth
         .hasher
         .verify(hash, req.password.clone().unwrap_or_default())
         .await
     {
+        for key in state
+            .login_guard
+            .failed(&guard_keys, crate::clock::now_ms())
+        {
+            audit::record(
+                &state,
+                audit::Event::new("signin_locked", "locked")
+                    .collection(p.coll.name())
+                    .ip(caller.ip.clone())
+                    .detail(json!({ "key": key, "lockSecs": state.config.auth.lockout_secs })),
+            );
+        }
+        audit::record(
+            &state,
+            audit::Event::new("email_change_failed", "denied")
+                .collection(p.coll.name())
+                .subject(p.record.id.clone())
+                .ip(caller.ip.clone())
+                .detail(json!({ "reason": "wrong_password" })),
+        );
         return Err(ApiError::field(
             "password",
             "invalid",
             "the current password is needed",
         ));
     }
+    state.login_guard.succeeded(guard_keys[0].0);
     let new = p.data.clone().unwrap_or_default();
     let (coll, id) = (p.coll.name().to_owned(), p.record.id.clone());
     let mut changes = Map::new();

@@ -135,7 +135,9 @@ async fn apply_change(
     down: Vec<SchemaOp>,
 ) -> Result<(), ApiError> {
     let state = state.clone();
-    tokio::spawn(async move { apply_change_now(&state, name, up, down).await })
+    let tasks = state.tasks.clone();
+    tasks
+        .spawn(async move { apply_change_now(&state, name, up, down).await })
         .await
         .map_err(ApiError::internal)?
 }

@@ -133,7 +133,9 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
             // The request runs to completion in its own task, and the key is completed
             // or released there, even if this future is dropped (request time limit,
             // client gone): the key never stays claimed by a request that is gone.
-            let task = tokio::spawn(async move {
+            // Tracked (shutdown waits for it) and inside this request's span and id.
+            let tasks = state.tasks.clone();
+            let task = tasks.spawn(async move {
                 let res = next
                     .run(Request::from_parts(parts, Body::from(bytes)))
                     .await;

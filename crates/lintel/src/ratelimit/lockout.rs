@@ -38,6 +38,38 @@ pub enum Gate {
     Locked { retry_after_ms: u64 },
 }
 
+/// The keys a password failure of an account counts against, with their policies from
+/// `auth.lockout_*`: the account (`acct:<collection>/<email>`) and the client address
+/// (`ip:<address>`). The same keys as the login handler's, so every place that checks
+/// a password shares one count and one lock.
+pub fn signin_keys(
+    cfg: &crate::config::AuthConfig,
+    collection: &str,
+    email: &str,
+    ip: Option<&str>,
+) -> [(String, Policy); 2] {
+    let window_ms = (cfg.lockout_window_secs * 1000) as i64;
+    let lock_ms = (cfg.lockout_secs * 1000) as i64;
+    [
+        (
+            format!("acct:{collection}/{email}"),
+            Policy {
+                threshold: cfg.lockout_threshold.max(1),
+                window_ms,
+                lock_ms,
+            },
+        ),
+        (
+            format!("ip:{}", ip.unwrap_or("")),
+            Policy {
+                threshold: cfg.lockout_ip_threshold.max(1),
+                window_ms,
+                lock_ms,
+            },
+        ),
+    ]
+}
+
 pub struct LoginGuard {
     entries: Mutex<HashMap<String, Entry>>,
 }

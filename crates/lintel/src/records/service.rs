@@ -155,13 +155,12 @@ fn truncate(s: &str) -> String {
 
 /// 403 for an action the rules refuse, recorded in the audit log.
 pub fn denied(state: &AppState, caller: &Caller, coll: &Collection, action: Action) -> ApiError {
-    audit::record(
+    audit::record_denial(
         state,
-        audit::Event::new("rule_denied", "denied")
-            .actor(caller.actor())
-            .collection(coll.name())
-            .ip(caller.ip.clone())
-            .detail(json!({ "action": action.as_str() })),
+        caller.actor(),
+        caller.ip.clone(),
+        coll.name(),
+        action.as_str(),
     );
     if caller.is_anonymous() {
         ApiError::unauthorized(format!(
@@ -665,7 +664,8 @@ pub async fn apply_writes(
     // dropped mid-way (time limit, client gone) must not leave a committed write
     // that the cache never heard of.
     let state = state.clone();
-    let task = tokio::spawn(async move {
+    let tasks = state.tasks.clone();
+    let task = tasks.spawn(async move {
         let result = state.store.write(ops).await;
         match &result {
             Ok(outcomes) => {

@@ -8,6 +8,7 @@
 
 pub mod ddl;
 pub mod postgres;
+pub mod purge;
 pub mod sql;
 pub mod sqlite;
 pub mod write;
@@ -115,6 +116,15 @@ pub const AUTH_TABLES: &str = "CREATE TABLE _lintel_superusers (
 /// The OpenID Connect `state` bound to the browser that started the sign-in: the
 /// digest of the random value in that browser's `lintel_oidc` cookie.
 pub const OAUTH_STATE_BROWSER: &str = "ALTER TABLE _lintel_oauth_states ADD COLUMN browser TEXT;";
+
+/// Indexes for purging expired rows (`store::purge`) and for finding an account's
+/// single-use tokens, the same text for both dialects.
+pub const EXPIRY_INDEXES: &str =
+    "CREATE INDEX _lintel_sessions_expires ON _lintel_sessions (expires);
+        CREATE INDEX _lintel_refresh_tokens_expires ON _lintel_refresh_tokens (expires);
+        CREATE INDEX _lintel_auth_tokens_expires ON _lintel_auth_tokens (expires);
+        CREATE INDEX _lintel_auth_tokens_user ON _lintel_auth_tokens (collection, user_id, purpose);
+        CREATE INDEX _lintel_oauth_states_expires ON _lintel_oauth_states (expires);";
 
 /// Secrets generated once and shared by every instance on the store (the token
 /// signing key when none is configured).
@@ -277,9 +287,6 @@ pub trait Store: Send + Sync + 'static {
         key: String,
         token: i64,
     ) -> Result<(), StoreError>;
-
-    /// Deletes idempotency entries older than the cut-off; returns how many.
-    async fn idempotency_purge(&self, older_than_ms: i64) -> Result<u64, StoreError>;
 
     /// A feed of changes made by other processes. `None` when this process is the only
     /// writer (the embedded store), so local bookkeeping is complete.

@@ -81,6 +81,7 @@ pub const SYSTEM_MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "auth", crate::store::AUTH_TABLES),
     (4, "secrets", crate::store::SECRETS_TABLE),
     (5, "oauth_state_browser", crate::store::OAUTH_STATE_BROWSER),
+    (6, "expiry_indexes", crate::store::EXPIRY_INDEXES),
 ];
 
 impl ToSql for SqlValue {
@@ -1169,16 +1170,6 @@ impl Store for PgStore {
         .await
         .map_err(|e| map_pg(&e, None))?;
         Ok(())
-    }
-
-    async fn idempotency_purge(&self, older_than_ms: i64) -> Result<u64, StoreError> {
-        let c = self.db_write().await?;
-        c.execute(
-            "DELETE FROM _lintel_idempotency WHERE created_ms < $1",
-            &[&older_than_ms],
-        )
-        .await
-        .map_err(|e| map_pg(&e, None))
     }
 
     fn watch_changes(&self) -> Option<tokio::sync::mpsc::Receiver<crate::store::ChangeNotice>> {

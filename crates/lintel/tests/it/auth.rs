@@ -1166,16 +1166,34 @@ async fn email_flows_use_single_use_tokens_and_never_tell_who_exists() {
 }
 
 #[tokio::test]
-async fn mail_flows_answer_503_without_a_mail_server() {
+async fn mail_flows_answer_409_without_a_mail_server() {
     let app = TestApp::spawn().await;
-    let r = app
-        .json(
-            Method::POST,
+    for (path, body) in [
+        (
             "/v1/auth/request-password-reset",
             json!({"email": "a@example.com"}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(r.problem_code(), "mail_unavailable");
+        ),
+        (
+            "/v1/auth/request-verification",
+            json!({"email": "a@example.com"}),
+        ),
+    ] {
+        let r = app.json(Method::POST, path, body).await;
+        assert_eq!(r.status, StatusCode::CONFLICT, "{path}: {}", r.text);
+        assert_eq!(r.problem_code(), "mail_not_configured");
+        assert!(r.header("retry-after").is_none(), "retrying does not help");
+    }
+    signup(&app, "a@example.com").await;
+    let t = token(&login(&app, "a@example.com").await);
+    let r = as_user(
+        &app,
+        &t,
+        Method::POST,
+        "/v1/auth/request-email-change",
+        Some(json!({"newEmail": "b@example.com"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    assert_eq!(r.problem_code(), "mail_not_configured");
     app.shutdown().await;
 }

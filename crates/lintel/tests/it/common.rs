@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// At least 32 characters: Lintel refuses shorter admin tokens.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdefghij";
 
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -129,7 +130,8 @@ async fn create_database(admin_url: &str, name: &str) {
     }
 }
 
-async fn drop_database(dir: &std::path::Path) {
+/// Drops the PostgreSQL database of a data folder made by [`config`] (no-op on SQLite).
+pub async fn drop_database(dir: &std::path::Path) {
     let (Some(admin_url), Ok(name)) = (
         postgres_url(),
         std::fs::read_to_string(dir.join(".test-database")),
@@ -290,6 +292,11 @@ pub struct SmtpSink {
 
 impl SmtpSink {
     pub async fn start() -> Self {
+        Self::start_slow(std::time::Duration::ZERO).await
+    }
+
+    /// A sink that waits `delay` before greeting each connection (a slow server).
+    pub async fn start_slow(delay: std::time::Duration) -> Self {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -301,6 +308,7 @@ impl SmtpSink {
                 tokio::spawn(async move {
                     let (r, mut w) = sock.into_split();
                     let mut lines = BufReader::new(r).lines();
+                    tokio::time::sleep(delay).await;
                     let _ = w.write_all(b"220 sink ESMTP\r\n").await;
                     let mut data: Option<String> = None;
                     while let Ok(Some(line)) = lines.next_line().await {

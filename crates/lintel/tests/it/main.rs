@@ -9,6 +9,7 @@ mod collections;
 mod common;
 mod concurrency;
 mod edge;
+mod hygiene;
 mod idempotency;
 mod migrations;
 mod oidc;

@@ -94,6 +94,7 @@ fn lintel(data: &std::path::Path, args: &[&str]) -> (bool, String) {
         .env("LINTEL_LOG__FORMAT", "pretty")
         // The CLI is exercised on the embedded store in both suites.
         .env_remove("LINTEL_TEST_DATABASE_URL")
+        .env_remove("LINTEL_TEST_OIDC_DIR")
         .output()
         .unwrap();
     (

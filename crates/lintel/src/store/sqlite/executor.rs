@@ -139,7 +139,7 @@ impl Executor {
         init(&mut writer)?;
 
         let (write_tx, write_rx) = flume::bounded::<WriteMsg>(cfg.write_queue.max(1));
-        let (read_tx, read_rx) = flume::unbounded::<ReadMsg>();
+        let (read_tx, read_rx) = flume::bounded::<ReadMsg>(cfg.read_queue.max(1));
         let mut threads = Vec::new();
         let max_group = cfg.max_group_commit.max(1);
         threads.push(
@@ -186,9 +186,16 @@ impl Executor {
                 .record(started.elapsed().as_secs_f64());
             let _ = tx.send(out);
         });
-        self.read_tx
-            .send(ReadMsg::Task(job))
-            .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
+        match self.read_tx.try_send(ReadMsg::Task(job)) {
+            Ok(()) => {}
+            Err(flume::TrySendError::Full(_)) => {
+                metrics::counter!("lintel_store_read_rejected_total").increment(1);
+                return Err(StoreError::Unavailable("the read queue is full".into()));
+            }
+            Err(flume::TrySendError::Disconnected(_)) => {
+                return Err(StoreError::Unavailable("the store is closed".into()));
+            }
+        }
         rx.await
             .map_err(|_| StoreError::Internal("a reader dropped the request".into()))?
     }
@@ -232,7 +239,8 @@ impl Executor {
             let _ = rx.await;
         }
         for _ in 0..self.readers {
-            let _ = self.read_tx.send(ReadMsg::Close);
+            // Behind whatever reads are still queued; never blocks the async thread.
+            let _ = self.read_tx.send_async(ReadMsg::Close).await;
         }
         let threads = match self.threads.lock() {
             Ok(mut t) => std::mem::take(&mut *t),
@@ -329,5 +337,69 @@ fn run_group(conn: &Connection, tasks: Vec<Box<dyn WriteTask>>) {
     metrics::counter!("lintel_store_commits_total").increment(1);
     for c in completions {
         c(commit.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_read_queue_answers_503_with_retry_after() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let cfg = StoreConfig {
+            readers: 1,
+            read_queue: 1,
+            ..StoreConfig::default()
+        };
+        let exec = match Executor::open(&dir.path().join("t.db"), &cfg, |_| Ok(())) {
+            Ok(e) => Arc::new(e),
+            Err(e) => panic!("open: {e}"),
+        };
+        // The only reader is kept busy...
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let e = exec.clone();
+        let busy = tokio::spawn(async move {
+            e.read(move |_| {
+                let _ = started_tx.send(());
+                let _ = release_rx.recv_timeout(Duration::from_secs(10));
+                Ok(1)
+            })
+            .await
+        });
+        let started =
+            tokio::task::spawn_blocking(move || started_rx.recv_timeout(Duration::from_secs(10)))
+                .await;
+        assert!(
+            matches!(started, Ok(Ok(()))),
+            "the reader took the first read"
+        );
+        // ...one read waits in the queue...
+        let e = exec.clone();
+        let queued = tokio::spawn(async move { e.read(|_| Ok(2)).await });
+        for _ in 0..500 {
+            if exec.read_tx.len() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(exec.read_tx.len(), 1);
+        // ...and the next is refused at once, as a 503 the client may retry.
+        let refused = tokio::time::timeout(Duration::from_secs(2), exec.read(|_| Ok(3))).await;
+        let Ok(Err(err)) = refused else {
+            panic!("a read past the queue's bound was accepted (or left waiting)");
+        };
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        let http = crate::records::service::store_error(err);
+        assert_eq!(http.status.as_u16(), 503);
+        assert_eq!(http.retry_after, Some(1));
+        let _ = release_tx.send(());
+        assert!(matches!(busy.await, Ok(Ok(1))));
+        assert!(matches!(queued.await, Ok(Ok(2))), "the queued read ran");
+        exec.close().await;
     }
 }

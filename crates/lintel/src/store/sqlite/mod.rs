@@ -66,6 +66,7 @@ pub const SYSTEM_MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "auth", crate::store::AUTH_TABLES),
     (4, "secrets", crate::store::SECRETS_TABLE),
     (5, "oauth_state_browser", crate::store::OAUTH_STATE_BROWSER),
+    (6, "expiry_indexes", crate::store::EXPIRY_INDEXES),
 ];
 
 /// The SQLite implementation of [`Store`].
@@ -601,20 +602,6 @@ impl Store for SqliteStore {
                 )
                 .map_err(|e| map_error(&e))?;
                 Ok(())
-            })
-            .await
-    }
-
-    async fn idempotency_purge(&self, older_than_ms: i64) -> Result<u64, StoreError> {
-        self.exec
-            .write(move |conn| {
-                let n = conn
-                    .execute(
-                        "DELETE FROM _lintel_idempotency WHERE created_ms < ?1",
-                        params![older_than_ms],
-                    )
-                    .map_err(|e| map_error(&e))?;
-                Ok(n as u64)
             })
             .await
     }
