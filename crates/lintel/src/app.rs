@@ -34,7 +34,9 @@ pub struct Inner {
     /// The storage engine.
     pub store: Arc<dyn Store>,
     /// The collections and their generation, swapped whole after each schema change.
-    catalog: RwLock<(i64, Arc<Catalog>)>,
+    catalog: RwLock<(i64, Arc<Catalog>, u64)>,
+    /// Numbers catalog reloads in the order they start reading (see `load_catalog_into`).
+    reload_tickets: std::sync::atomic::AtomicU64,
     /// SHA-256 of the admin token.
     admin_digest: [u8; 32],
     /// Makes migration versions.
@@ -95,14 +97,25 @@ impl AppState {
     }
 
     async fn load_catalog_into(&self, force: bool) -> anyhow::Result<()> {
+        let ticket = self
+            .reload_tickets
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
         let (generation, catalog) = load_catalog(self.store.as_ref()).await?;
         let mut slot = match self.catalog.write() {
             Ok(c) => c,
             Err(poisoned) => poisoned.into_inner(),
         };
-        // Two reloads can finish out of order; only a snapshot at least as new wins.
-        if force || generation >= slot.0 {
-            *slot = (generation, Arc::new(catalog));
+        // Two reloads can finish out of order. A forced one (the generation may have
+        // gone down) must still not replace what a reload that started reading after
+        // it installed: it would bring back a catalog from before that change.
+        let wins = if force {
+            ticket > slot.2
+        } else {
+            generation >= slot.0
+        };
+        if wins {
+            *slot = (generation, Arc::new(catalog), ticket.max(slot.2));
             self.cache.clear();
         }
         Ok(())
@@ -390,7 +403,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         admin_digest: token_digest(&token),
         config,
         store,
-        catalog: RwLock::new((catalog.0, Arc::new(catalog.1))),
+        catalog: RwLock::new((catalog.0, Arc::new(catalog.1), 0)),
+        reload_tickets: std::sync::atomic::AtomicU64::new(0),
         versions,
         cache: crate::cache::ReadCache::new(
             config_cache.records,
