@@ -288,6 +288,8 @@ fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
 /// A started server.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The separate metrics listener's address, when `metrics.listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
     pub state: AppState,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -389,6 +391,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ))
     };
     crate::ratelimit::validate(&config.rate_limit.rules)?;
+    anyhow::ensure!(
+        config.metrics.token.0.is_empty()
+            || config.metrics.token.0.chars().count() >= MIN_ADMIN_TOKEN_LEN,
+        "metrics.token must be at least {MIN_ADMIN_TOKEN_LEN} characters"
+    );
     let limiter = config.rate_limit.enabled.then(|| {
         crate::ratelimit::Limiter::new(
             config.rate_limit.rules.clone(),
@@ -465,6 +472,25 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         None
     };
 
+    let metrics_listener = if state.config.metrics.listen.is_empty() {
+        None
+    } else {
+        let l = tokio::net::TcpListener::bind(&state.config.metrics.listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "listening on {} (metrics.listen)",
+                    state.config.metrics.listen
+                )
+            })?;
+        tracing::info!(addr = %l.local_addr()?, "serving metrics");
+        Some(l)
+    };
+    let metrics_addr = match &metrics_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+
     let (shutdown, rx) = watch::channel(false);
     let grace = Duration::from_millis(state.config.http.shutdown_grace_ms);
     let task_state = state.clone();
@@ -490,6 +516,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         });
         if let Some(l) = redirect {
             tokio::spawn(crate::http::serve::redirect(l, addr.port(), rx.clone()));
+        }
+        if let Some(l) = metrics_listener {
+            let router = crate::http::system::metrics_listener(task_state.clone());
+            let mut stop = rx.clone();
+            tokio::spawn(async move {
+                let done = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                if let Err(e) = axum::serve(l, router).with_graceful_shutdown(done).await {
+                    tracing::error!(error = %e, "the metrics listener failed");
+                }
+            });
         }
         let server = crate::http::serve::serve(
             listener,
@@ -545,6 +583,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     });
     Ok(Running {
         addr,
+        metrics_addr,
         state,
         shutdown,
         task,

@@ -58,6 +58,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub auth: AuthConfig,
     pub audit: AuditConfig,
+    pub metrics: MetricsConfig,
     pub mail: MailConfig,
     pub tls: TlsConfig,
     pub cors: CorsConfig,
@@ -254,6 +255,22 @@ impl Default for AuthConfig {
             oidc: Default::default(),
         }
     }
+}
+
+/// Prometheus metrics. Never open to anyone on the API listener: there `/metrics`
+/// needs the admin token, a superuser (a superuser's API key needs `metrics:read`),
+/// or `metrics.token`. With `metrics.listen` set, metrics are served on that address
+/// instead (meant for a private network; no credential asked) and `/metrics` on the
+/// API listener is gone.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// A separate plain-HTTP address for `/metrics` (e.g. `127.0.0.1:9464`); empty =
+    /// served on the API listener behind a token.
+    pub listen: String,
+    /// A bearer token a scraper may present on the API listener (at least 32
+    /// characters); empty = only superusers.
+    pub token: Secret,
 }
 
 /// The audit log (`_lintel_audit`).
@@ -475,6 +492,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             auth: AuthConfig::default(),
             audit: AuditConfig::default(),
+            metrics: MetricsConfig::default(),
             mail: MailConfig::default(),
             tls: TlsConfig {
                 client_auth: "required".into(),
@@ -611,6 +629,7 @@ pub fn is_secret_key(key: &str) -> bool {
             | "database_url"
             | "database_replica_urls"
             | "auth.jwt_secret"
+            | "metrics.token"
             | "mail.smtp_password"
     ) || key
         .strip_prefix("auth.oidc.")

@@ -56,7 +56,7 @@ pub struct NewKey {
 
 /// Admin areas a superuser's key can be scoped to (`<area>:read`, `<area>:write` or
 /// `<area>:*`); see `http::extract::admin_scope`.
-pub const ADMIN_AREAS: [&str; 2] = ["collections", "audit"];
+pub const ADMIN_AREAS: [&str; 3] = ["collections", "audit", "metrics"];
 
 fn admin_scope_ok(scope: &str) -> bool {
     scope.split_once(':').is_some_and(|(area, access)| {
@@ -83,7 +83,7 @@ fn check(state: &AppState, req: &NewKey, superuser: bool) -> Result<Option<i64>,
                 &mut errors,
                 format!("scopes[{i}]"),
                 "invalid_scope",
-                "must be <collection>:<action> with an existing collection (or *) and one of list, view, create, update, delete, read, write, *; a superuser's key may also hold collections:read|write|* and audit:read|*",
+                "must be <collection>:<action> with an existing collection (or *) and one of list, view, create, update, delete, read, write, *; a superuser's key may also hold collections:read|write|*, audit:read|* and metrics:read|*",
             );
         }
     }

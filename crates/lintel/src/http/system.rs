@@ -1,7 +1,7 @@
 //! Operational endpoints: liveness, readiness, Prometheus metrics and the OpenAPI
 //! document.
 
-use axum::extract::State;
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -10,6 +10,7 @@ use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::error::ApiError;
+use crate::http::extract::{Admin, constant_time_eq, token_digest};
 use crate::http::openapi::ProblemDoc;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -70,13 +71,57 @@ async fn openapi_json(State(state): State<AppState>) -> Response {
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "system", summary = "Prometheus metrics (text format)",
-    responses((status = 200, description = "Metrics", content_type = "text/plain")))]
-async fn metrics(State(state): State<AppState>) -> Response {
+    description = "Needs the admin token, a superuser (an API key with `metrics:read`) or `metrics.token`. Not served here when `metrics.listen` is set.",
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "Metrics", content_type = "text/plain"),
+        (status = 401, description = "No credential", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Not a superuser, or a key without `metrics:read`", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "Metrics are served on `metrics.listen` instead", body = ProblemDoc, content_type = "application/problem+json"),
+    ))]
+async fn metrics(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    if !state.config.metrics.listen.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "route_not_found",
+            "No endpoint at this path; see /v1/openapi.json.",
+        ));
+    }
+    let (mut parts, _) = req.into_parts();
+    let scraper = !state.config.metrics.token.0.is_empty()
+        && crate::http::extract::bearer(&parts.headers).is_some_and(|t| {
+            constant_time_eq(
+                &token_digest(t),
+                &token_digest(&state.config.metrics.token.0),
+            )
+        });
+    if !scraper {
+        Admin::from_request_parts(&mut parts, &state).await?;
+    }
+    Ok(render_metrics(&state))
+}
+
+/// The Prometheus text for this process.
+pub fn render_metrics(state: &AppState) -> Response {
     let body = state.metrics.render();
     let mut res = (StatusCode::OK, body).into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
+}
+
+/// The router of the separate metrics listener (`metrics.listen`): `/metrics` only.
+pub fn metrics_listener(state: AppState) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(
+                |State(state): State<AppState>| async move { render_metrics(&state) },
+            ),
+        )
+        .with_state(state)
 }

@@ -77,7 +77,7 @@ async fn parallel_creates_are_all_committed() {
         app.get("/v1/collections/authors/records").await.body["totalItems"],
         200
     );
-    let metrics = app.get("/metrics").await.text;
+    let metrics = app.admin(reqwest::Method::GET, "/metrics", None).await.text;
     assert!(metrics.contains("lintel_store_commits_total"));
     app.shutdown().await;
 }

@@ -73,7 +73,7 @@ async fn an_exhausted_pool_answers_503_with_retry_after_and_locks_time_out() {
     tx.rollback().await.unwrap();
     let r = app.json(Method::PATCH, &href, json!({"n": 3})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    let metrics = app.get("/metrics").await.text;
+    let metrics = app.admin(reqwest::Method::GET, "/metrics", None).await.text;
     assert!(
         metrics.contains("lintel_db_pool_timeouts_total"),
         "{metrics}"
@@ -370,6 +370,7 @@ async fn two_instances_starting_on_one_empty_database_apply_migrations_once() {
 
     let metrics = http
         .get(format!("http://{}/metrics", running[0].addr))
+        .bearer_auth(crate::common::ADMIN_TOKEN)
         .send()
         .await
         .unwrap()

@@ -866,3 +866,60 @@ async fn a_signing_key_in_an_old_database_moves_to_the_key_file() {
     assert!(store.query_rows(sql).await.unwrap().is_empty());
     app.shutdown().await;
 }
+
+// `/metrics` is not open to anyone: admin, superuser key with `metrics:read`, the
+// scraper token, or a separate listener.
+#[tokio::test]
+async fn metrics_need_a_credential_or_their_own_listener() {
+    const SCRAPER: &str = "scraper-token-0123456789abcdef0123456789";
+    let app = TestApp::spawn_with(|c| {
+        c.metrics.token = lintel::config::Secret(SCRAPER.into());
+    })
+    .await;
+    app.posts().await;
+    let r = app.get("/metrics").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+    assert!(!r.text.contains("lintel_http"), "{}", r.text);
+    let r = bearer(&app, "wrong-token", Method::GET, "/metrics", None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+    signup(&app, "u@example.com").await;
+    let user = access(&login(&app, "u@example.com").await);
+    let r = bearer(&app, &user, Method::GET, "/metrics", None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    let r = bearer(&app, SCRAPER, Method::GET, "/metrics", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert!(r.text.contains("lintel_http"), "{}", r.text);
+    let r = app.admin(Method::GET, "/metrics", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let root = superuser_token(&app).await;
+    let posts = api_key(&app, &root, json!(["posts:read"])).await;
+    let r = bearer(&app, &posts, Method::GET, "/metrics", None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    let scraper_key = api_key(&app, &root, json!(["metrics:read"])).await;
+    let r = bearer(&app, &scraper_key, Method::GET, "/metrics", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    app.shutdown().await;
+
+    // On a listener of their own, metrics leave the API listener.
+    let app = TestApp::spawn_with(|c| c.metrics.listen = "127.0.0.1:0".into()).await;
+    let r = app.admin(Method::GET, "/metrics", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    let addr = app.running().metrics_addr.expect("a metrics listener");
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("lintel_"), "{text}");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_short_metrics_token_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = crate::common::config(dir.path()).await;
+    cfg.metrics.token = lintel::config::Secret("short".into());
+    let err = lintel::start(cfg).await.err().expect("refused");
+    assert!(err.to_string().contains("metrics.token"), "{err}");
+}
