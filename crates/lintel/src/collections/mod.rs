@@ -478,6 +478,7 @@ pub async fn ensure_users(state: &AppState) -> anyhow::Result<()> {
             multiple: false,
             hidden: false,
             protected: false,
+            on_delete: None,
         }],
         indexes: Vec::new(),
         schema: None,

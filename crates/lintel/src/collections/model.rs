@@ -140,6 +140,35 @@ pub struct FieldSpec {
     /// Only superusers set or change it; other callers' values are refused.
     #[serde(default, skip_serializing_if = "is_false")]
     pub protected: bool,
+    /// Relations: what deleting the target record does to records that name it
+    /// (default: `setNull` for optional fields, `restrict` for required ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_delete: Option<OnDelete>,
+}
+
+/// What deleting a record does to the records whose relation field names it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OnDelete {
+    /// The delete is refused (`409 record_referenced`) while any record names it.
+    Restrict,
+    /// The reference is removed: a single relation becomes null, a multiple one loses
+    /// the id.
+    SetNull,
+    /// The records that name it are deleted too (and their own referrers handled by
+    /// their policies), in the same transaction.
+    Cascade,
+}
+
+impl FieldSpec {
+    /// The delete policy in force for this relation field.
+    pub fn delete_policy(&self) -> OnDelete {
+        self.on_delete.unwrap_or(if self.required {
+            OnDelete::Restrict
+        } else {
+            OnDelete::SetNull
+        })
+    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -227,6 +256,7 @@ pub fn auth_fields() -> Vec<FieldSpec> {
         multiple: false,
         hidden: false,
         protected: false,
+        on_delete: None,
     };
     vec![
         FieldSpec {
@@ -417,6 +447,24 @@ impl Catalog {
             }
         }
         out
+    }
+
+    /// Every relation, by target collection: what deletes follow (`onDelete`).
+    pub fn relation_graph(&self) -> crate::store::write::RelationGraph {
+        let mut graph = crate::store::write::RelationGraph::new();
+        for c in self.collections.values() {
+            for f in c.fields() {
+                if f.field_type == FieldType::Relation
+                    && let Some(target) = &f.collection
+                {
+                    graph
+                        .entry(target.clone())
+                        .or_default()
+                        .push((c.clone(), f.clone()));
+                }
+            }
+        }
+        graph
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -833,6 +881,26 @@ fn validate_field(
             );
         }
         _ => {}
+    }
+    match (t, f.on_delete) {
+        (_, None) => {}
+        (FieldType::Relation, Some(OnDelete::SetNull)) if f.required => {
+            push_field_error(
+                errors,
+                format!("{key}.onDelete"),
+                "not_allowed",
+                "a required relation cannot lose its reference; use restrict or cascade",
+            );
+        }
+        (FieldType::Relation, Some(_)) => {}
+        (_, Some(_)) => {
+            push_field_error(
+                errors,
+                format!("{key}.onDelete"),
+                "not_allowed",
+                "only relation fields take onDelete",
+            );
+        }
     }
     if f.multiple && t != FieldType::Relation {
         push_field_error(

@@ -625,7 +625,7 @@ pub async fn prepare_delete(
             coll: coll.clone(),
             id: id.to_owned(),
             expected_version: Some(current.version),
-            referrers: state.catalog().referrers(coll.name()),
+            referrers: Arc::new(state.catalog().relation_graph()),
         });
     }
     let expected_version = match if_match {
@@ -647,7 +647,7 @@ pub async fn prepare_delete(
         coll: coll.clone(),
         id: id.to_owned(),
         expected_version,
-        referrers: state.catalog().referrers(coll.name()),
+        referrers: Arc::new(state.catalog().relation_graph()),
     })
 }
 
@@ -660,6 +660,12 @@ pub async fn apply_writes(
         .iter()
         .map(|op| op.target().map(|(c, id)| (c.to_owned(), id.to_owned())))
         .collect();
+    // A delete that sets references to null or cascades changes records it does not
+    // name: the cache forgets everything then (rare, and always correct).
+    let reaches_others = ops.iter().any(|op| {
+        matches!(op, WriteOp::Delete { coll, referrers, .. }
+            if crate::store::write::delete_reaches_others(referrers, coll.name()))
+    });
     // The write and the cache update run to completion in their own task: a request
     // dropped mid-way (time limit, client gone) must not leave a committed write
     // that the cache never heard of.
@@ -669,6 +675,9 @@ pub async fn apply_writes(
         let result = state.store.write(ops).await;
         match &result {
             Ok(outcomes) => {
+                if reaches_others {
+                    state.cache.clear();
+                }
                 for (target, outcome) in targets.iter().zip(outcomes) {
                     let Some((coll, id)) = target else { continue };
                     let record = match outcome {
@@ -679,6 +688,9 @@ pub async fn apply_writes(
                 }
             }
             Err(_) => {
+                if reaches_others {
+                    state.cache.clear();
+                }
                 // Nothing of a failed batch is kept, but a failed commit leaves doubt:
                 // forget what these records had cached.
                 for (coll, id) in targets.iter().flatten() {

@@ -399,6 +399,7 @@ mod tests {
             multiple: false,
             hidden: false,
             protected: false,
+            on_delete: None,
         }
     }
 

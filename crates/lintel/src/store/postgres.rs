@@ -25,13 +25,14 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{NoTls, Row};
 
-use crate::collections::model::{Collection, CollectionSpec, FieldType};
+use crate::collections::model::{Collection, CollectionSpec, FieldType, OnDelete};
 use crate::config::PoolConfig;
 use crate::error::FieldErrors;
 use crate::migrations::{AppliedMigration, Migration, SchemaOp, checksum};
 use crate::store::ddl::{self, CatalogChange};
 use crate::store::write::{
-    WriteError, delete_sql, exists_sql, insert_sql, missing_target, referrer_sql, relation_targets,
+    MAX_CASCADE, RelationGraph, WriteError, delete_reaches_others, delete_sql, exists_sql,
+    insert_sql, missing_target, referrer_sql, referring_ids_sql, relation_targets, unlink_sql,
     update_sql,
 };
 use crate::store::{
@@ -696,6 +697,14 @@ async fn apply_all(
         if let Some((coll, id)) = op.target() {
             lines.push(format!("r\t{coll}\t{id}"));
         }
+        if let WriteOp::Delete {
+            coll, referrers, ..
+        } = &op
+            && delete_reaches_others(referrers, coll.name())
+        {
+            // Other records may change with it (set null, cascade).
+            lines.push("*".to_owned());
+        }
         out.push(
             apply_op(c, op)
                 .await
@@ -813,7 +822,68 @@ async fn no_row_changed<C: GenericClient>(c: &C, coll: &Collection, id: &str) ->
     }
 }
 
-async fn apply_op<C: GenericClient>(c: &C, op: WriteOp) -> Result<WriteOutcome, StoreError> {
+/// Applies the `onDelete` policy of every relation that names `coll`/`id` before the
+/// record is deleted (the same steps as the SQLite driver's): restrict refuses,
+/// setNull unlinks, cascade deletes the referring records after their own referrers.
+/// Referring rows are locked by the statements that change them.
+fn follow_referrers<'a, C: GenericClient + Sync>(
+    c: &'a C,
+    graph: &'a RelationGraph,
+    coll: String,
+    id: String,
+    now: String,
+    visited: &'a mut std::collections::HashSet<(String, String)>,
+    budget: &'a mut usize,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send + 'a>> {
+    Box::pin(async move {
+        let d = Dialect::Postgres;
+        for (rc, field) in graph.get(&coll).into_iter().flatten() {
+            match field.delete_policy() {
+                OnDelete::Restrict => {
+                    if query_i64(c, &referrer_sql(d, rc, field, &id)).await? > 0 {
+                        return Err(StoreError::Referenced(format!(
+                            "{}.{}",
+                            rc.name(),
+                            field.name
+                        )));
+                    }
+                }
+                OnDelete::SetNull => {
+                    execute(c, &unlink_sql(d, rc, field, &id, &now), Some(rc)).await?;
+                }
+                OnDelete::Cascade => {
+                    let sql = referring_ids_sql(d, rc, field, &id, *budget + 1);
+                    let rows = query(c, &sql, None).await?;
+                    let ids: Vec<String> = rows.iter().filter_map(|r| r.try_get(0).ok()).collect();
+                    for rid in ids {
+                        if !visited.insert((rc.name().to_owned(), rid.clone())) {
+                            continue;
+                        }
+                        *budget = budget.checked_sub(1).ok_or_else(|| {
+                            StoreError::Referenced(format!(
+                                "more than {MAX_CASCADE} records through cascading deletes"
+                            ))
+                        })?;
+                        follow_referrers(
+                            c,
+                            graph,
+                            rc.name().to_owned(),
+                            rid.clone(),
+                            now.clone(),
+                            visited,
+                            budget,
+                        )
+                        .await?;
+                        execute(c, &delete_sql(d, rc, &rid, None), Some(rc)).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+async fn apply_op<C: GenericClient + Sync>(c: &C, op: WriteOp) -> Result<WriteOutcome, StoreError> {
     let d = Dialect::Postgres;
     match op {
         WriteOp::Insert { coll, record } => {
@@ -856,15 +926,19 @@ async fn apply_op<C: GenericClient>(c: &C, op: WriteOp) -> Result<WriteOutcome, 
             if query_i64(c, &lock).await? == 0 {
                 return Err(StoreError::NotFound);
             }
-            for (rc, field) in &referrers {
-                if query_i64(c, &referrer_sql(d, rc, field, &id)).await? > 0 {
-                    return Err(StoreError::Referenced(format!(
-                        "{}.{}",
-                        rc.name(),
-                        field.name
-                    )));
-                }
-            }
+            let mut visited =
+                std::collections::HashSet::from([(coll.name().to_owned(), id.clone())]);
+            let mut budget = MAX_CASCADE;
+            follow_referrers(
+                c,
+                &referrers,
+                coll.name().to_owned(),
+                id.clone(),
+                crate::clock::now(),
+                &mut visited,
+                &mut budget,
+            )
+            .await?;
             if execute(c, &delete_sql(d, &coll, &id, expected_version), Some(&coll)).await? == 0 {
                 return Err(no_row_changed(c, &coll, &id).await);
             }

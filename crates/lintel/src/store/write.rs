@@ -30,8 +30,10 @@ pub enum WriteOp {
         coll: Arc<Collection>,
         id: String,
         expected_version: Option<i64>,
-        /// Collections and fields that relate to `coll`, checked before deleting.
-        referrers: Vec<(Arc<Collection>, FieldSpec)>,
+        /// Every relation of the catalog by target, so the delete can follow each
+        /// referring field's `onDelete` policy (restrict, set null, cascade) down the
+        /// chain.
+        referrers: Arc<RelationGraph>,
     },
     /// A statement on one of Lintel's own tables (sessions, tokens, audit...), in the
     /// same transaction as the record writes beside it. With `expect`, any other
@@ -176,14 +178,94 @@ pub fn referrer_sql(dialect: Dialect, coll: &Collection, field: &FieldSpec, id: 
     sql.push("SELECT COUNT(*) FROM (SELECT 1 FROM ")
         .ident(coll.name())
         .push(" WHERE ");
+    refers_to(&mut sql, coll, field, id);
+    sql.push(" LIMIT 1) AS r");
+    sql
+}
+
+/// The relation fields of the catalog by target collection: (referring collection,
+/// field).
+pub type RelationGraph = std::collections::HashMap<String, Vec<(Arc<Collection>, FieldSpec)>>;
+
+/// At most this many records are deleted through `cascade` by one delete; past it
+/// the delete is refused (the caller removes the references in smaller steps).
+pub const MAX_CASCADE: usize = 10_000;
+
+/// Whether deleting a record of `coll` can change other records (a `setNull` or
+/// `cascade` relation names the collection), so caches must forget more than it.
+pub fn delete_reaches_others(graph: &RelationGraph, coll: &str) -> bool {
+    graph.get(coll).is_some_and(|refs| {
+        refs.iter()
+            .any(|(_, f)| f.delete_policy() != crate::collections::model::OnDelete::Restrict)
+    })
+}
+
+fn refers_to(sql: &mut Sql, rc: &Collection, field: &FieldSpec, id: &str) {
     if field.multiple {
-        sql.json_array_contains(coll.name(), &field.name, SqlValue::Text(id.to_owned()));
+        sql.json_array_contains(rc.name(), &field.name, SqlValue::Text(id.to_owned()));
     } else {
-        sql.column(coll.name(), &field.name)
+        sql.column(rc.name(), &field.name)
             .push(" = ")
             .bind(SqlValue::Text(id.to_owned()));
     }
-    sql.push(" LIMIT 1) AS r");
+}
+
+/// The ids of up to `limit` records of `rc` whose `field` names `id`.
+pub fn referring_ids_sql(
+    dialect: Dialect,
+    rc: &Collection,
+    field: &FieldSpec,
+    id: &str,
+    limit: usize,
+) -> Sql {
+    let mut sql = Sql::new(dialect);
+    sql.push("SELECT \"id\" FROM ")
+        .ident(rc.name())
+        .push(" WHERE ");
+    refers_to(&mut sql, rc, field, id);
+    sql.push(" ORDER BY \"id\" LIMIT ")
+        .bind(SqlValue::Int(i64::try_from(limit).unwrap_or(i64::MAX)));
+    sql
+}
+
+/// Removes `id` from `field` of every record of `rc` that names it (null for a single
+/// relation, the id taken out of a multiple one), as a new version of each.
+pub fn unlink_sql(
+    dialect: Dialect,
+    rc: &Collection,
+    field: &FieldSpec,
+    id: &str,
+    now: &str,
+) -> Sql {
+    let mut sql = Sql::new(dialect);
+    sql.push("UPDATE ")
+        .ident(rc.name())
+        .push(" SET ")
+        .ident(&field.name);
+    if !field.multiple {
+        sql.push(" = NULL");
+    } else {
+        match dialect {
+            Dialect::Sqlite => {
+                sql.push(" = (SELECT json_group_array(value) FROM json_each(")
+                    .column(rc.name(), &field.name)
+                    .push(") WHERE value <> ")
+                    .bind(SqlValue::Text(id.to_owned()))
+                    .push(")");
+            }
+            Dialect::Postgres => {
+                sql.push(" = COALESCE((SELECT jsonb_agg(e) FROM jsonb_array_elements(")
+                    .column(rc.name(), &field.name)
+                    .push(") AS e WHERE e <> to_jsonb(")
+                    .bind(SqlValue::Text(id.to_owned()))
+                    .push(")), '[]'::jsonb)");
+            }
+        }
+    }
+    sql.push(", \"version\" = \"version\" + 1, \"updated\" = ")
+        .bind(SqlValue::Text(now.to_owned()))
+        .push(" WHERE ");
+    refers_to(&mut sql, rc, field, id);
     sql
 }
 

@@ -256,7 +256,7 @@ impl TestApp {
                 {"name": "at", "type": "datetime"},
                 {"name": "category", "type": "select", "values": ["news", "tech", "life"]},
                 {"name": "meta", "type": "json"},
-                {"name": "author", "type": "relation", "collection": "authors"},
+                {"name": "author", "type": "relation", "collection": "authors", "onDelete": "restrict"},
                 {"name": "coauthors", "type": "relation", "collection": "authors", "multiple": true}
             ],
             "indexes": [{"fields": ["views"]}]

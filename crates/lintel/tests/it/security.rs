@@ -923,3 +923,198 @@ async fn a_short_metrics_token_is_refused_at_start() {
     let err = lintel::start(cfg).await.err().expect("refused");
     assert!(err.to_string().contains("metrics.token"), "{err}");
 }
+
+// Item 10: what a delete does to the records that name it is the relation's policy;
+// an owner is not blocked by references made through records they cannot see.
+#[tokio::test]
+async fn deletes_follow_each_relations_policy() {
+    let app = TestApp::spawn().await;
+    notes(&app).await;
+    app.collection(json!({
+        "name": "comments",
+        "fields": [
+            {"name": "note", "type": "relation", "collection": "notes"},
+            {"name": "text", "type": "text"}
+        ],
+        "rules": {"list": "", "view": "", "create": "@request.auth.id != \"\""}
+    }))
+    .await;
+    let a = signup(&app, "a@example.com").await;
+    signup(&app, "b@example.com").await;
+    let ta = access(&login(&app, "a@example.com").await);
+    let tb = access(&login(&app, "b@example.com").await);
+    let r = bearer(
+        &app,
+        &ta,
+        Method::POST,
+        "/v1/collections/notes/records",
+        Some(json!({"owner": a["id"], "title": "public", "private": false})),
+    )
+    .await;
+    let note = r.body["id"].as_str().unwrap().to_owned();
+    let r = bearer(
+        &app,
+        &tb,
+        Method::POST,
+        "/v1/collections/comments/records",
+        Some(json!({"note": note, "text": "b was here"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let comment = r.body["id"].as_str().unwrap().to_owned();
+    // A makes the note private again and deletes it: B's comment does not block it
+    // (comments.note is optional, so its reference is removed).
+    let path = format!("/v1/collections/notes/records/{note}");
+    let r = bearer(
+        &app,
+        &ta,
+        Method::PATCH,
+        &path,
+        Some(json!({"private": true})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = bearer(&app, &ta, Method::DELETE, &path, None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    let r = app
+        .get(&format!("/v1/collections/comments/records/{comment}"))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["note"], Value::Null, "{}", r.text);
+    assert_eq!(
+        r.body["version"], 2,
+        "the unlink is a new version: {}",
+        r.text
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn restrict_set_null_and_cascade_on_both_kinds_of_relation() {
+    let app = TestApp::spawn().await;
+    app.collection(json!({"name": "folders", "fields": [
+        {"name": "name", "type": "text"},
+        {"name": "parent", "type": "relation", "collection": "folders", "onDelete": "cascade"}
+    ]}))
+    .await;
+    app.collection(json!({"name": "files", "fields": [
+        {"name": "folder", "type": "relation", "collection": "folders", "onDelete": "cascade"},
+        {"name": "shared", "type": "relation", "collection": "folders", "multiple": true},
+        {"name": "pinned", "type": "relation", "collection": "folders", "onDelete": "restrict"}
+    ]}))
+    .await;
+    let root = app.create("folders", json!({"name": "root"})).await;
+    let root = root["id"].as_str().unwrap().to_owned();
+    let child = app
+        .create("folders", json!({"name": "child", "parent": root}))
+        .await;
+    let child = child["id"].as_str().unwrap().to_owned();
+    let leaf = app
+        .create("folders", json!({"name": "leaf", "parent": child}))
+        .await;
+    let leaf = leaf["id"].as_str().unwrap().to_owned();
+    let other = app.create("folders", json!({"name": "other"})).await;
+    let other = other["id"].as_str().unwrap().to_owned();
+    let in_leaf = app.create("files", json!({"folder": leaf})).await;
+    let in_leaf = in_leaf["id"].as_str().unwrap().to_owned();
+    let shared = app
+        .create("files", json!({"folder": other, "shared": [leaf, other]}))
+        .await;
+    let shared = shared["id"].as_str().unwrap().to_owned();
+    let pinned = app
+        .create("files", json!({"folder": other, "pinned": child}))
+        .await;
+    let pinned = pinned["id"].as_str().unwrap().to_owned();
+    let del = |id: &str| {
+        let app = &app;
+        let id = id.to_owned();
+        async move {
+            app.send(app.req(
+                Method::DELETE,
+                &format!("/v1/collections/folders/records/{id}"),
+            ))
+            .await
+        }
+    };
+    // Restrict anywhere down the cascade refuses the whole delete: nothing changes.
+    let r = del(&root).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    assert_eq!(r.problem_code(), "record_referenced");
+    let r = app
+        .get(&format!("/v1/collections/files/records/{in_leaf}"))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "rolled back: {}", r.text);
+    let r = app
+        .get(&format!("/v1/collections/files/records/{shared}"))
+        .await;
+    assert_eq!(r.body["shared"], json!([leaf, other]), "{}", r.text);
+    // Without the pin, the cascade runs down the tree and the multiple relation loses
+    // only the deleted id.
+    let r = app
+        .json(
+            Method::PATCH,
+            &format!("/v1/collections/files/records/{pinned}"),
+            json!({"pinned": null}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = del(&root).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    for (coll, id) in [
+        ("folders", &root),
+        ("folders", &child),
+        ("folders", &leaf),
+        ("files", &in_leaf),
+    ] {
+        let r = app
+            .get(&format!("/v1/collections/{coll}/records/{id}"))
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{coll}/{id}: {}", r.text);
+    }
+    let r = app
+        .get(&format!("/v1/collections/files/records/{shared}"))
+        .await;
+    assert_eq!(r.body["shared"], json!([other]), "{}", r.text);
+    let r = app.get("/v1/collections/folders/records").await;
+    assert_eq!(r.body["totalItems"], 1, "{}", r.text);
+    // A self-reference does not loop.
+    let selfish = app.create("folders", json!({"name": "self"})).await;
+    let selfish = selfish["id"].as_str().unwrap().to_owned();
+    let r = app
+        .json(
+            Method::PATCH,
+            &format!("/v1/collections/folders/records/{selfish}"),
+            json!({"parent": selfish}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = del(&selfish).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    // Bad policies are refused when the collection is defined.
+    for (field, code) in [
+        (
+            json!({"name": "x", "type": "text", "onDelete": "cascade"}),
+            "not_allowed",
+        ),
+        (
+            json!({"name": "x", "type": "relation", "collection": "folders", "required": true, "onDelete": "setNull"}),
+            "not_allowed",
+        ),
+    ] {
+        let r = app
+            .admin(
+                Method::POST,
+                "/v1/collections",
+                Some(json!({"name": "bad", "fields": [field]})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+        assert_eq!(
+            r.field_error("fields[0].onDelete"),
+            Some(code),
+            "{}",
+            r.text
+        );
+    }
+    app.shutdown().await;
+}
