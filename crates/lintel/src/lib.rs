@@ -2,9 +2,13 @@
 //! binary only parses the command line and calls [`cli::run`].
 //!
 //! Capabilities live in their own modules, each with its router and service code:
-//! [`collections`], [`records`], [`batch`]. Shared layers: [`http`] (the edge),
-//! [`store`] (the storage trait and its SQLite implementation), [`migrations`],
-//! [`config`], [`error`]. See docs/ARCHITECTURE.md.
+//! [`collections`], [`records`], [`batch`], [`auth`] (accounts, sessions, tokens, API
+//! keys, rules, second factor, mail flows, single sign-on, audit). Shared parts:
+//! [`http`] (the edge: listener, middleware, extractors, OpenAPI, system routes),
+//! [`ratelimit`], [`cache`] (the read cache), [`store`] (the storage trait, its SQLite
+//! and PostgreSQL drivers, and the purge of expired rows), [`migrations`], [`tasks`]
+//! (background work drained at shutdown), [`app`] (state, start-up, shutdown),
+//! [`config`], [`error`], [`clock`], [`ids`], [`telemetry`]. See docs/ARCHITECTURE.md.
 
 pub mod app;
 pub mod auth;

@@ -4,7 +4,9 @@
 //!
 //! Order, outermost first: compression, panic catcher, `edge` (request id, problem
 //! rendering), `version` (path/header version, before routing), then inside the
-//! router: `observe` (time limit, access log, metrics), idempotency, body limit, handler.
+//! router: `security` (CORS preflights, security headers), `session_cookie` (renews or
+//! clears the session cookie the caller's resolution decided on), `observe` (rate
+//! limits, time limit, access log, metrics), idempotency, body limit, handler.
 
 pub mod client_ip;
 pub mod edge;
