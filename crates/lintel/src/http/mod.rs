@@ -6,6 +6,7 @@
 //! rendering), `version` (path/header version, before routing), then inside the
 //! router: `observe` (time limit, access log, metrics), idempotency, body limit, handler.
 
+pub mod catalog_doc;
 pub mod client_ip;
 pub mod edge;
 pub mod extract;
@@ -14,6 +15,7 @@ pub mod openapi;
 pub mod security;
 pub mod serve;
 pub mod system;
+pub mod typescript;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
