@@ -8,7 +8,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::body::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -45,8 +44,8 @@ pub struct Inner {
     pub cache: crate::cache::ReadCache,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
-    /// The OpenAPI document, serialised once.
-    pub openapi_json: Bytes,
+    /// The OpenAPI document: the static part, and the whole as of the current catalog.
+    pub openapi: crate::http::openapi::Document,
     /// Token keys and the session store.
     pub auth: crate::auth::AuthRuntime,
     /// Outgoing mail, when an SMTP server is configured.
@@ -126,7 +125,7 @@ impl AppState {
     }
 }
 
-async fn load_catalog(store: &dyn Store) -> anyhow::Result<(i64, Catalog)> {
+pub(crate) async fn load_catalog(store: &dyn Store) -> anyhow::Result<(i64, Catalog)> {
     let (stored, generation) = store
         .load_catalog()
         .await
@@ -356,11 +355,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         versions.seed(&f.migration.version);
     }
     let (router, openapi) = crate::http::api();
-    let openapi_json = Bytes::from(
-        openapi
-            .to_json()
-            .context("serialising the OpenAPI document")?,
-    );
+    let openapi =
+        crate::http::openapi::Document::new(&openapi, config.auth.password_min_length.max(8))
+            .context("serialising the OpenAPI document")?;
     // Reads from a replica can predate this process's own writes; a cache filled from
     // them could keep that old state, so with replicas the cache stays off.
     let config_cache = if config.database_replica_urls.0.trim().is_empty() {
@@ -419,7 +416,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             config_cache.page_bytes,
         ),
         metrics: crate::telemetry::metrics_handle(),
-        openapi_json,
+        openapi,
         auth: crate::auth::AuthRuntime::new(keys, hasher, store_for_auth),
         mailer: crate::auth::mail::Mailer::from_config(&mailer_cfg)?.map(Arc::new),
         http_client,

@@ -1,10 +1,11 @@
 //! The command line: `lintel serve`, `lintel migrate status|up|down|new`,
-//! `lintel superuser create EMAIL` and `lintel dev-cert --out DIR`.
+//! `lintel superuser create EMAIL`, `lintel types --lang typescript [--out FILE]` and
+//! `lintel dev-cert --out DIR`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, FlagOverrides};
 use crate::migrations;
@@ -62,6 +63,21 @@ pub enum Command {
         #[command(subcommand)]
         action: SuperuserAction,
     },
+    /// Write client types of the collections in the store (the same as
+    /// GET /v1/types.ts; any OpenAPI generator can also use GET /v1/openapi.json).
+    Types {
+        /// The language to write.
+        #[arg(long, value_enum, default_value_t = Lang::Typescript)]
+        lang: Lang,
+        /// The file to write (default: standard output).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Lang {
+    Typescript,
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,6 +159,7 @@ pub async fn run() -> anyhow::Result<()> {
         Command::Superuser {
             action: SuperuserAction::Create { email },
         } => create_superuser(config, &email).await,
+        Command::Types { lang, out } => types(config, lang, out).await,
         Command::DevCert { .. } => Ok(()),
     }
 }
@@ -249,6 +266,42 @@ async fn migrate(config: config::Config, action: MigrateAction) -> anyhow::Resul
     };
     store.close().await;
     result
+}
+
+/// Reads the catalog from the store (without applying pending migration files) and
+/// writes its types.
+async fn types(config: config::Config, lang: Lang, out: Option<PathBuf>) -> anyhow::Result<()> {
+    let store = crate::app::open_store(&config).await?;
+    let loaded = crate::app::load_catalog(store.as_ref()).await;
+    store.close().await;
+    let (_, catalog) = loaded?;
+    let text = match lang {
+        Lang::Typescript => {
+            crate::http::typescript::generate(&catalog, config.auth.password_min_length.max(8))
+        }
+    };
+    match out {
+        Some(path) => {
+            tokio::fs::write(&path, text)
+                .await
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+            eprintln!(
+                "wrote the types of {} collection(s) to {}",
+                catalog.collections.len(),
+                path.display()
+            );
+        }
+        None => {
+            tokio::task::spawn_blocking(move || {
+                use std::io::Write;
+                let mut stdout = std::io::stdout().lock();
+                stdout.write_all(text.as_bytes())?;
+                stdout.flush()
+            })
+            .await??;
+        }
+    }
+    Ok(())
 }
 
 fn list(v: &[String]) -> String {

@@ -46,11 +46,15 @@ const ACTIONS: [&str; 8] = [
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewKey {
+    /// 1 to 100 bytes, not only white space.
+    #[schema(min_length = 1, max_length = 100, pattern = "\\S")]
     pub name: String,
     /// `<collection>:<action>` entries, e.g. `posts:read`, `*:list`.
+    #[schema(min_items = 1, max_items = 100)]
     pub scopes: Vec<String>,
-    /// RFC 3339; none = no expiry.
+    /// RFC 3339, in the future; none = no expiry.
     #[serde(default)]
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
 }
 

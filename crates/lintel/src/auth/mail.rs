@@ -262,6 +262,7 @@ fn link(state: &AppState, page: &str, token: &str) -> String {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EmailRequest {
+    #[schema(format = Email, max_length = 254)]
     pub email: String,
     /// The auth collection (default `users`).
     #[serde(default)]
@@ -323,10 +324,42 @@ pub async fn request_verification(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TokenRequest {
+    /// The token from the mail (a token of the right form can still be unknown,
+    /// expired or used: `400 invalid_token`).
+    #[schema(pattern = "^[a-z0-9]{43}$")]
     pub token: String,
     /// The new password (password reset) or the current one (email change).
     #[serde(default)]
     pub password: Option<String>,
+}
+
+/// The body of `confirm-password-reset` as documented: the handler reads a
+/// [`TokenRequest`] and answers a missing password with `400 required`.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct PasswordResetConfirm {
+    /// The token from the mail.
+    #[schema(pattern = "^[a-z0-9]{43}$")]
+    token: String,
+    /// The new password: at least the configured length (8 or more characters), at
+    /// most 256 bytes, not a common password and not the email address.
+    #[schema(max_length = 256)]
+    password: String,
+}
+
+/// The body of `confirm-email-change` as documented: the handler reads a
+/// [`TokenRequest`]; a missing password is a wrong one.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct EmailChangeConfirm {
+    /// The token from the mail.
+    #[schema(pattern = "^[a-z0-9]{43}$")]
+    token: String,
+    /// The account's current password.
+    #[schema(min_length = 1, max_length = 256)]
+    password: String,
 }
 
 #[utoipa::path(
@@ -407,7 +440,7 @@ pub async fn request_password_reset(
     path = "/v1/auth/confirm-password-reset",
     tag = "auth",
     summary = "Set a new password with the mailed token (single use); ends every session",
-    request_body = TokenRequest,
+    request_body = PasswordResetConfirm,
     responses(
         (status = 204, description = "Password set"),
         (status = 400, description = "Bad token or password", body = ProblemDoc, content_type = "application/problem+json"),
@@ -462,6 +495,7 @@ pub async fn confirm_password_reset(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EmailChangeRequest {
+    #[schema(format = Email, max_length = 254)]
     pub new_email: String,
 }
 
@@ -528,7 +562,7 @@ pub async fn request_email_change(
     path = "/v1/auth/confirm-email-change",
     tag = "auth",
     summary = "Change the email with the mailed token and the current password; ends every session",
-    request_body = TokenRequest,
+    request_body = EmailChangeConfirm,
     responses(
         (status = 204, description = "Changed"),
         (status = 400, description = "Bad token or password, or the address is taken", body = ProblemDoc, content_type = "application/problem+json"),

@@ -335,6 +335,7 @@ pub async fn enroll(State(state): State<AppState>, caller: Caller) -> Result<Res
 pub struct CodeRequest {
     /// A current TOTP code.
     #[serde(default)]
+    #[schema(pattern = "^[0-9]{6}$")]
     pub code: Option<String>,
     /// A recovery code (disable only).
     #[serde(default)]

@@ -182,9 +182,11 @@ pub async fn account_by_id(
 pub struct LoginRequest {
     /// Needed unless `mfaToken` is given.
     #[serde(default)]
+    #[schema(format = Email, min_length = 1, max_length = 254)]
     pub email: Option<String>,
-    /// Needed unless `mfaToken` is given.
+    /// Needed unless `mfaToken` is given; at most 256 bytes.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 256)]
     pub password: Option<String>,
     /// The auth collection (default `users`; `_superusers` for superusers).
     #[serde(default)]
@@ -194,9 +196,11 @@ pub struct LoginRequest {
     pub mode: Option<String>,
     /// The current TOTP code, when the account has a second factor.
     #[serde(default)]
+    #[schema(pattern = "^[0-9]{6}$")]
     pub totp: Option<String>,
     /// A one-time recovery code instead of the TOTP code.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64)]
     pub recovery_code: Option<String>,
     /// The `mfaToken` of a `401 mfa_required` answer (from this endpoint or from single
     /// sign-on): completes that sign-in with `totp` or `recoveryCode`, without the

@@ -32,6 +32,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
+    #[schema(min_items = 1, max_items = 100)]
     pub operations: Vec<BatchOperation>,
 }
 
@@ -41,6 +42,7 @@ pub struct BatchRequest {
 pub struct BatchOperation {
     pub method: String,
     /// `/v1/collections/{collection}/records[/{id}]` (the `/v1` is optional).
+    #[schema(pattern = "^(/v1)?/collections/[^/]+/records(/[^/]+)?$")]
     pub path: String,
     #[serde(default)]
     #[schema(value_type = Object)]

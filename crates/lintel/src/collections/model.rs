@@ -17,7 +17,7 @@ use crate::error::{FieldErrors, push_field_error};
 pub const SYSTEM_FIELDS: [&str; 4] = ["id", "created", "updated", "version"];
 
 /// Names a field may not take (system fields and response members).
-const RESERVED_FIELDS: [&str; 8] = [
+pub(crate) const RESERVED_FIELDS: [&str; 8] = [
     "id",
     "created",
     "updated",
@@ -29,7 +29,7 @@ const RESERVED_FIELDS: [&str; 8] = [
 ];
 
 /// Names a collection may not take (they collide with routes or internal tables).
-const RESERVED_COLLECTIONS: [&str; 9] = [
+pub(crate) const RESERVED_COLLECTIONS: [&str; 9] = [
     "collections",
     "batch",
     "health",
@@ -41,7 +41,7 @@ const RESERVED_COLLECTIONS: [&str; 9] = [
     "auth",
 ];
 
-const MAX_NAME_LEN: usize = 48;
+pub(crate) const MAX_NAME_LEN: usize = 48;
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, ToSchema)]
 #[serde(rename_all = "lowercase")]

@@ -8,6 +8,7 @@
 //! clears the session cookie the caller's resolution decided on), `observe` (rate
 //! limits, time limit, access log, metrics), idempotency, body limit, handler.
 
+pub mod catalog_doc;
 pub mod client_ip;
 pub mod edge;
 pub mod extract;
@@ -16,6 +17,7 @@ pub mod openapi;
 pub mod security;
 pub mod serve;
 pub mod system;
+pub mod typescript;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;

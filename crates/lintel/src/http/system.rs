@@ -18,6 +18,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(health))
         .routes(routes!(ready))
         .routes(routes!(openapi_json))
+        .routes(routes!(types_ts))
         .routes(routes!(metrics))
 }
 
@@ -60,14 +61,33 @@ async fn ready(State(state): State<AppState>) -> Result<Response, ApiError> {
 }
 
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "system", summary = "This OpenAPI 3.1 document",
+    description = "Built from the route annotations and the current collections: each collection has its own paths and `<Name>Record`, `<Name>Create` and `<Name>Update` schemas. Rebuilt after each schema change.",
     responses((status = 200, description = "The document", body = serde_json::Value)))]
-async fn openapi_json(State(state): State<AppState>) -> Response {
-    let mut res = (StatusCode::OK, state.openapi_json.clone()).into_response();
+async fn openapi_json(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let (json, _) = state.openapi.current(state.catalog())?;
+    let mut res = (StatusCode::OK, json).into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    res
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(res)
+}
+
+#[utoipa::path(get, path = "/v1/types.ts", tag = "system", summary = "TypeScript types of the collections",
+    description = "`<Name>Record`, `<Name>Create` and `<Name>Update` per collection, as `lintel types --lang typescript` writes them.",
+    responses((status = 200, description = "A TypeScript module", content_type = "text/plain")))]
+async fn types_ts(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let (_, ts) = state.openapi.current(state.catalog())?;
+    let mut res = (StatusCode::OK, ts).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(res)
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "system", summary = "Prometheus metrics (text format)",

@@ -13,6 +13,7 @@ mod hygiene;
 mod idempotency;
 mod migrations;
 mod oidc;
+mod openapi;
 mod postgres;
 mod protect;
 mod records;
