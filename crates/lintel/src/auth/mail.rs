@@ -302,21 +302,32 @@ pub async fn request_verification(
     if let Some((coll, r)) = user_by_email(&state, &req).await?
         && r.data.get("verified") != Some(&Value::Bool(true))
     {
-        let token = issue(&state, "verify", coll.name(), &r.id, None).await?;
-        let to = r
-            .data
-            .get("email")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        send(
-            &state,
-            to,
-            "Verify your email address",
-            format!(
-                "Open this link to verify your email address:\n\n{}\n\nOr enter this token: {token}\n",
-                link(&state, "verify", &token)
-            ),
-        );
+        // The token is stored and the mail sent after the answer, so a known address
+        // answers as fast as an unknown one.
+        let bg = state.clone();
+        state.tasks.spawn(async move {
+            let token = match issue(&bg, "verify", coll.name(), &r.id, None).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "storing a verification token failed");
+                    return;
+                }
+            };
+            let to = r
+                .data
+                .get("email")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            send(
+                &bg,
+                to,
+                "Verify your email address",
+                format!(
+                    "Open this link to verify your email address:\n\n{}\n\nOr enter this token: {token}\n",
+                    link(&bg, "verify", &token)
+                ),
+            );
+        });
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -409,28 +420,40 @@ pub async fn request_password_reset(
 ) -> Result<Response, ApiError> {
     require_mailer(&state)?;
     if let Some((coll, r)) = user_by_email(&state, &req).await? {
-        let token = issue(&state, "reset", coll.name(), &r.id, None).await?;
-        let to = r
-            .data
-            .get("email")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        send(
-            &state,
-            to,
-            "Reset your password",
-            format!(
-                "Open this link to choose a new password:\n\n{}\n\nOr enter this token: {token}\n\nIf you did not ask for this, ignore this mail.\n",
-                link(&state, "reset-password", &token)
-            ),
-        );
-        audit::record(
-            &state,
-            audit::Event::new("password_reset_requested", "ok")
-                .collection(coll.name())
-                .subject(r.id.clone())
-                .ip(caller.ip.clone()),
-        );
+        // The token is stored and the mail sent after the answer, so a known address
+        // answers as fast as an unknown one.
+        let bg = state.clone();
+        let ip = caller.ip.clone();
+        state.tasks.spawn(async move {
+            let token = match issue(&bg, "reset", coll.name(), &r.id, None).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "storing a password-reset token failed");
+                    return;
+                }
+            };
+            let to = r
+                .data
+                .get("email")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            send(
+                &bg,
+                to,
+                "Reset your password",
+                format!(
+                    "Open this link to choose a new password:\n\n{}\n\nOr enter this token: {token}\n\nIf you did not ask for this, ignore this mail.\n",
+                    link(&bg, "reset-password", &token)
+                ),
+            );
+            audit::record(
+                &bg,
+                audit::Event::new("password_reset_requested", "ok")
+                    .collection(coll.name())
+                    .subject(r.id.clone())
+                    .ip(ip),
+            );
+        });
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
