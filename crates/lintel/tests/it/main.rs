@@ -5,9 +5,11 @@
 
 mod auth;
 mod batch;
+mod cli;
 mod collections;
 mod common;
 mod concurrency;
+mod conditional;
 mod edge;
 mod hygiene;
 mod idempotency;
@@ -16,5 +18,6 @@ mod oidc;
 mod postgres;
 mod protect;
 mod records;
+mod rejections;
 mod security;
 mod tls;
