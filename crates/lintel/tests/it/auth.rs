@@ -1320,6 +1320,21 @@ async fn eddsa_tokens_verify_with_the_public_key_and_hs256_forgeries_are_refused
     let r = as_user(&app, &none, Method::GET, "/v1/auth/me", None).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "alg none: {}", r.text);
     assert_eq!(r.problem_code(), "invalid_token");
+    // Expiry: the same claims signed with the server's own private key are accepted
+    // while `exp` is ahead and refused once it has passed (beyond the 5 s leeway), so
+    // the expiry check, not the signature, is what refuses the second.
+    let server_key = EncodingKey::from_ed_pem(&std::fs::read(&private).unwrap()).unwrap();
+    let now = lintel::clock::now_ms() / 1000;
+    for (exp, want) in [
+        (now + 60, StatusCode::OK),
+        (now - 60, StatusCode::UNAUTHORIZED),
+    ] {
+        let mut c = claims.clone();
+        c["exp"] = json!(exp);
+        let t = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &c, &server_key).unwrap();
+        let r = as_user(&app, &t, Method::GET, "/v1/auth/me", None).await;
+        assert_eq!(r.status, want, "exp {exp} (now {now}): {}", r.text);
+    }
     // The real token still works after all that.
     let r = as_user(&app, &refreshed, Method::GET, "/v1/auth/me", None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);

@@ -11,6 +11,7 @@ mod common;
 mod concurrency;
 mod conditional;
 mod edge;
+mod expiry;
 mod hygiene;
 mod idempotency;
 mod migrations;

@@ -503,3 +503,47 @@ async fn the_default_rules_are_on_and_every_matching_policy_is_reported() {
     assert_eq!(r.header("ratelimit-policy"), Some("\"api\";q=6000;w=60"));
     app.shutdown().await;
 }
+
+// `http.request_timeout_ms`: a request whose body trickles in past the limit is stopped
+// with 503 `request_timeout` (and Retry-After) instead of holding its handler.
+#[tokio::test]
+async fn a_request_slower_than_the_request_timeout_is_stopped() {
+    use tokio::io::AsyncWriteExt;
+    let app = TestApp::spawn_with(|c| {
+        c.http.request_timeout_ms = 300;
+        c.http.header_read_timeout_ms = 30_000;
+    })
+    .await;
+    app.collection(json!({"name": "notes", "fields": [{"name": "t", "type": "text"}]}))
+        .await;
+    let mut s = raw(&app).await;
+    let body = "{\"t\": \"slow\"}";
+    s.write_all(
+        format!(
+            "POST /v1/collections/notes/records HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+            body.len(),
+            &body[..3]
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let got = read_until_closed(&mut s, Duration::from_secs(5))
+        .await
+        .expect("answered and closed within 5 s");
+    assert!(got.starts_with("HTTP/1.1 503"), "{got}");
+    assert!(got.contains("request_timeout"), "{got}");
+    assert!(got.to_ascii_lowercase().contains("retry-after: 1"), "{got}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    // Nothing was created, and a request in time still works.
+    let r = app.get("/v1/collections/notes/records").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["totalItems"], 0);
+    app.create("notes", json!({"t": "quick"})).await;
+    app.shutdown().await;
+}
