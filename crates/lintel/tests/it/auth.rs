@@ -449,12 +449,17 @@ async fn each_persona_sees_and_changes_only_what_the_rules_allow() {
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["items"].as_array().map(Vec::len), Some(1));
+    // `expand.note` compared to null alone also passed when expand did nothing at all;
+    // the reference is kept, nothing of the note leaks anywhere in the answer, and A's
+    // request below shows that expand does work.
+    assert_eq!(r.body["items"][0]["note"], json!(a_private), "{}", r.text);
     assert_eq!(
         r.body["items"][0]["expand"]["note"],
         Value::Null,
         "{}",
         r.text
     );
+    assert!(!r.text.contains("A-private"), "{}", r.text);
     let r = as_user(
         &app,
         &ta,
@@ -463,6 +468,7 @@ async fn each_persona_sees_and_changes_only_what_the_rules_allow() {
         None,
     )
     .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["items"][0]["expand"]["note"]["title"], "A-private");
 
     // Users see only their own account.
@@ -1195,5 +1201,296 @@ async fn mail_flows_answer_409_without_a_mail_server() {
     .await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
     assert_eq!(r.problem_code(), "mail_not_configured");
+    app.shutdown().await;
+}
+
+/// Writes an Ed25519 key pair (PKCS#8 private key, SPKI public key) into `dir`.
+fn ed25519_pair(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let private = dir.join(format!("{name}.key.pem"));
+    let public = dir.join(format!("{name}.pub.pem"));
+    std::fs::write(&private, key.serialize_pem()).unwrap();
+    std::fs::write(&public, key.public_key_pem()).unwrap();
+    (private, public)
+}
+
+/// The claims of a JWT, unverified.
+fn claims_of(jwt: &str) -> (Value, Value) {
+    use base64::Engine as _;
+    let part = |i: usize| -> Value {
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(jwt.split('.').nth(i).unwrap())
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    (part(0), part(1))
+}
+
+// With `auth.jwt_algorithm = "EdDSA"` tokens are signed with the configured Ed25519 key
+// and checked with its public key; a token signed any other way is refused, including
+// the algorithm-confusion forgery (HS256 keyed with the public key) and HS256 with a
+// `jwt_secret` left in the configuration.
+#[tokio::test]
+async fn eddsa_tokens_verify_with_the_public_key_and_hs256_forgeries_are_refused() {
+    use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+    let keys = tempfile::tempdir().unwrap();
+    let (private, public) = ed25519_pair(keys.path(), "server");
+    let (other_private, _) = ed25519_pair(keys.path(), "other");
+    const LEFTOVER: &str = "an-hs256-secret-left-in-the-config-0123456789";
+    let app = TestApp::spawn_with(|c| {
+        c.auth.jwt_algorithm = "EdDSA".into();
+        c.auth.jwt_private_key_file = private.clone();
+        c.auth.jwt_public_key_file = public.clone();
+        c.auth.jwt_secret = lintel::config::Secret(LEFTOVER.into());
+    })
+    .await;
+    signup(&app, "a@example.com").await;
+    let l = login(&app, "a@example.com").await;
+    let jwt = token(&l);
+    let (header, claims) = claims_of(&jwt);
+    assert_eq!(header["alg"], "EdDSA", "{header}");
+    // The token verifies with the public key, outside Lintel too.
+    let public_pem = std::fs::read(&public).unwrap();
+    let mut v = Validation::new(Algorithm::EdDSA);
+    v.validate_aud = false;
+    v.set_required_spec_claims(&["exp", "sub"]);
+    let checked =
+        jsonwebtoken::decode::<Value>(&jwt, &DecodingKey::from_ed_pem(&public_pem).unwrap(), &v)
+            .expect("the access token verifies with the configured public key");
+    assert_eq!(checked.claims["sub"], claims["sub"]);
+    let r = as_user(&app, &jwt, Method::GET, "/v1/auth/me", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["user"]["email"], "a@example.com");
+    // Refreshing issues EdDSA tokens as well.
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/auth/refresh",
+            json!({"refreshToken": l["refreshToken"]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let refreshed = token(&r.body);
+    assert_eq!(claims_of(&refreshed).0["alg"], "EdDSA");
+    let r = as_user(&app, &refreshed, Method::GET, "/v1/auth/me", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+
+    // Forgeries with the very same claims (the session is live).
+    let forge = |alg: Algorithm, key: &EncodingKey| {
+        jsonwebtoken::encode(&Header::new(alg), &claims, key).unwrap()
+    };
+    let other_pem = std::fs::read(&other_private).unwrap();
+    let forged = [
+        (
+            "HS256 keyed with the public key",
+            forge(Algorithm::HS256, &EncodingKey::from_secret(&public_pem)),
+        ),
+        (
+            "HS256 keyed with a leftover jwt_secret",
+            forge(
+                Algorithm::HS256,
+                &EncodingKey::from_secret(LEFTOVER.as_bytes()),
+            ),
+        ),
+        (
+            "EdDSA with another key",
+            forge(
+                Algorithm::EdDSA,
+                &EncodingKey::from_ed_pem(&other_pem).unwrap(),
+            ),
+        ),
+    ];
+    for (what, t) in &forged {
+        let r = as_user(&app, t, Method::GET, "/v1/auth/me", None).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{what}: {}", r.text);
+        assert_eq!(r.problem_code(), "invalid_token", "{what}");
+    }
+    // `alg: none` with the claims and no signature.
+    use base64::Engine as _;
+    let b64 = |v: &Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
+    };
+    let none = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&claims)
+    );
+    let r = as_user(&app, &none, Method::GET, "/v1/auth/me", None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "alg none: {}", r.text);
+    assert_eq!(r.problem_code(), "invalid_token");
+    // Expiry: the same claims signed with the server's own private key are accepted
+    // while `exp` is ahead and refused once it has passed (beyond the 5 s leeway), so
+    // the expiry check, not the signature, is what refuses the second.
+    let server_key = EncodingKey::from_ed_pem(&std::fs::read(&private).unwrap()).unwrap();
+    let now = lintel::clock::now_ms() / 1000;
+    for (exp, want) in [
+        (now + 60, StatusCode::OK),
+        (now - 60, StatusCode::UNAUTHORIZED),
+    ] {
+        let mut c = claims.clone();
+        c["exp"] = json!(exp);
+        let t = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &c, &server_key).unwrap();
+        let r = as_user(&app, &t, Method::GET, "/v1/auth/me", None).await;
+        assert_eq!(r.status, want, "exp {exp} (now {now}): {}", r.text);
+    }
+    // The real token still works after all that.
+    let r = as_user(&app, &refreshed, Method::GET, "/v1/auth/me", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    app.shutdown().await;
+}
+
+fn session_set_cookie(r: &Reply) -> String {
+    r.headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("lintel_session="))
+        .unwrap_or_else(|| panic!("a session cookie: {:?}", r.headers))
+}
+
+// `auth.cookie_secure = true` marks the session cookies `Secure` on plain HTTP (behind
+// a TLS-terminating proxy), and each sign-in gets a new session id: signing in again in
+// the same browser ends the session its cookie named.
+#[tokio::test]
+async fn secure_cookies_by_config_and_a_new_session_id_at_each_sign_in() {
+    // Without the setting, on plain HTTP: no `Secure` (the control for the case below).
+    let app = TestApp::spawn().await;
+    signup(&app, "a@example.com").await;
+    let cookie_login = |cookie: Option<String>| {
+        let mut req = app
+            .req(Method::POST, "/v1/auth/login")
+            .json(&json!({"email": "a@example.com", "password": PW, "mode": "cookie"}));
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        app.send(req)
+    };
+    let r = cookie_login(None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert!(!session_set_cookie(&r).contains("Secure"), "{r:?}");
+    app.shutdown().await;
+
+    let app = TestApp::spawn_with(|c| c.auth.cookie_secure = true).await;
+    signup(&app, "a@example.com").await;
+    // A request that carries a live session cookie needs its CSRF token, sign-in too.
+    let cookie_login = |cookie: Option<(String, String)>| {
+        let mut req = app
+            .req(Method::POST, "/v1/auth/login")
+            .json(&json!({"email": "a@example.com", "password": PW, "mode": "cookie"}));
+        if let Some((c, csrf)) = cookie {
+            req = req.header("cookie", c).header("x-csrf-token", csrf);
+        }
+        app.send(req)
+    };
+    let me =
+        |cookie: String| app.send(app.req(Method::GET, "/v1/auth/me").header("cookie", cookie));
+    let r = cookie_login(None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let set: Vec<String> = r
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert!(set.len() >= 2, "{set:?}");
+    for c in &set {
+        let attrs: Vec<&str> = c.split(';').map(str::trim).collect();
+        assert!(attrs.contains(&"Secure"), "{c}");
+    }
+    let first = session_set_cookie(&r).split(';').next().unwrap().to_owned();
+    let csrf = r.body["csrfToken"].as_str().unwrap().to_owned();
+    let r = me(first.clone()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+
+    // The same browser signs in again, sending its cookie along.
+    let r = cookie_login(Some((first.clone(), csrf))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let second = session_set_cookie(&r).split(';').next().unwrap().to_owned();
+    assert_ne!(second, first, "a new session id");
+    let r = me(second.clone()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = me(first).await;
+    assert_eq!(
+        r.status,
+        StatusCode::UNAUTHORIZED,
+        "the old session ended: {}",
+        r.text
+    );
+    app.shutdown().await;
+}
+
+// `@request.body.*` in create and update rules: the rule reads the request body.
+#[tokio::test]
+async fn body_rules_allow_and_refuse_writes_by_what_is_sent() {
+    let app = TestApp::spawn().await;
+    app.collection(json!({
+        "name": "drafts",
+        "fields": [
+            {"name": "title", "type": "text"},
+            {"name": "status", "type": "select", "values": ["draft", "published"]}
+        ],
+        "rules": {
+            "list": "", "view": "",
+            "create": "@request.auth.id != \"\" && @request.body.status = \"draft\"",
+            "update": "@request.body.status = \"draft\""
+        }
+    }))
+    .await;
+    signup(&app, "a@example.com").await;
+    let t = token(&login(&app, "a@example.com").await);
+    let post = |body: Value| {
+        as_user(
+            &app,
+            &t,
+            Method::POST,
+            "/v1/collections/drafts/records",
+            Some(body),
+        )
+    };
+    let r = post(json!({"title": "ok", "status": "draft"})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let path = format!(
+        "/v1/collections/drafts/records/{}",
+        r.body["id"].as_str().unwrap()
+    );
+    for body in [
+        json!({"title": "no", "status": "published"}),
+        json!({"title": "no status"}),
+        json!({"title": "null", "status": null}),
+    ] {
+        let r = post(body.clone()).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{body}: {}", r.text);
+        assert_eq!(r.problem_code(), "forbidden");
+    }
+    let r = app.get("/v1/collections/drafts/records").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["totalItems"], 1, "{}", r.text);
+
+    // Update: the same rule over the PATCH body.
+    let r = as_user(
+        &app,
+        &t,
+        Method::PATCH,
+        &path,
+        Some(json!({"status": "published"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    assert_eq!(r.problem_code(), "forbidden");
+    let r = app.get(&path).await;
+    assert_eq!(r.body["status"], "draft", "{}", r.text);
+    assert_eq!(r.body["version"], 1);
+    let r = as_user(
+        &app,
+        &t,
+        Method::PATCH,
+        &path,
+        Some(json!({"title": "renamed", "status": "draft"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["title"], "renamed");
     app.shutdown().await;
 }

@@ -248,7 +248,20 @@ async fn alter_adds_renames_and_drops_fields_and_indexes() {
             rec["id"].as_str().unwrap()
         ))
         .await;
-    assert!(got.body.get("b").is_none());
+    // With the status checked: a 404 or an error body has no `b` either.
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+    assert_eq!(got.body["alpha"], "x", "{}", got.text);
+    assert!(got.body.get("b").is_none(), "{}", got.text);
+    // And `b` is gone from the schema, not only from the rendering.
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/collections/items/records",
+            json!({"alpha": "y", "b": 3}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    assert_eq!(r.field_error("b"), Some("unknown_field"));
 
     for (patch, why) in [
         (json!({"dropFields": ["ghost"]}), "unknown field"),

@@ -369,3 +369,102 @@ pub fn mailed_token(mail: &str) -> String {
         .expect("a token in the mail")
         .to_owned()
 }
+
+// Personas shared by the suites: a signed-up user, its access token, a superuser and
+// API keys. Every helper asserts its own success, so a persona that could not be made
+// fails the test where it was asked for.
+
+/// The password every persona signs up with.
+pub const PW: &str = "correct horse battery";
+
+/// Signs a user up through the records API (asserts 201) and returns the record.
+pub async fn signup(app: &TestApp, email: &str) -> Value {
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/collections/users/records",
+            json!({"email": email, "password": PW}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    r.body
+}
+
+/// Signs a user in with a bearer token (asserts 200) and returns the login body.
+pub async fn login(app: &TestApp, email: &str) -> Value {
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/auth/login",
+            json!({"email": email, "password": PW}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    r.body
+}
+
+/// A request with a bearer token (access token, API key or admin token).
+pub async fn bearer(
+    app: &TestApp,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Reply {
+    let mut r = app.req(method, path).bearer_auth(token);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    app.send(r).await
+}
+
+/// The access token of a login body.
+pub fn access(login: &Value) -> String {
+    login["accessToken"]
+        .as_str()
+        .expect("an access token")
+        .to_owned()
+}
+
+/// Makes `root@example.com` a superuser (straight in the store) and returns its
+/// access token.
+pub async fn superuser_token(app: &TestApp) -> String {
+    let hash = app
+        .running()
+        .state
+        .auth
+        .hasher
+        .hash(PW.into())
+        .await
+        .unwrap();
+    lintel::auth::superusers::upsert(
+        app.running().state.store.as_ref(),
+        "root@example.com",
+        &hash,
+    )
+    .await
+    .unwrap();
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/auth/login",
+            json!({"email": "root@example.com", "password": PW, "collection": "_superusers"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    access(&r.body)
+}
+
+/// Creates an API key with `scopes` for the account of `token` (asserts 201).
+pub async fn api_key(app: &TestApp, token: &str, scopes: Value) -> String {
+    let r = bearer(
+        app,
+        token,
+        Method::POST,
+        "/v1/auth/api-keys",
+        Some(json!({"name": "k", "scopes": scopes})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    r.body["key"].as_str().unwrap().to_owned()
+}

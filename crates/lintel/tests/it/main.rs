@@ -5,10 +5,13 @@
 
 mod auth;
 mod batch;
+mod cli;
 mod collections;
 mod common;
 mod concurrency;
+mod conditional;
 mod edge;
+mod expiry;
 mod hygiene;
 mod idempotency;
 mod migrations;
@@ -17,5 +20,6 @@ mod openapi;
 mod postgres;
 mod protect;
 mod records;
+mod rejections;
 mod security;
 mod tls;

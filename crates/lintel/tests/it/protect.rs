@@ -316,8 +316,13 @@ async fn cors_answers_allowed_origins_only_and_security_headers_are_everywhere()
             .unwrap()
             .contains("authorization")
     );
+    // A refused origin's preflight is still answered here (204, not the route's 405),
+    // with no CORS header at all; without the status check a server that failed the
+    // request outright would pass.
     let refused = preflight("https://evil.example").await;
+    assert_eq!(refused.status, StatusCode::NO_CONTENT, "{}", refused.text);
     assert!(cors_headers(&refused).is_empty(), "{:?}", refused.headers);
+    assert_eq!(refused.header("x-content-type-options"), Some("nosniff"));
 
     let get = |origin: &str| {
         app.send(
@@ -336,8 +341,12 @@ async fn cors_answers_allowed_origins_only_and_security_headers_are_everywhere()
             .contains("ETag")
     );
     assert_eq!(r.header("vary"), Some("Origin"));
+    // A refused origin's actual request is served (the browser withholds it), with no
+    // CORS headers.
     let r = get("https://evil.example").await;
-    assert!(cors_headers(&r).is_empty());
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["status"], "ok");
+    assert!(cors_headers(&r).is_empty(), "{:?}", r.headers);
 
     // Security headers on successes, problems and preflights alike.
     for r in [
@@ -430,9 +439,11 @@ async fn slow_idle_and_oversized_clients_are_cut_off() {
         "a".repeat(20_000)
     );
     let _ = s.write_all(big.as_bytes()).await;
+    // `None` is a connection still open after 5 s: the limit did not cut it off. (This
+    // was `unwrap_or_default()`, which turned that hang into an empty, passing answer.)
     let got = read_until_closed(&mut s, Duration::from_secs(5))
         .await
-        .unwrap_or_default();
+        .expect("an oversized head closes the connection");
     assert!(got.is_empty() || got.starts_with("HTTP/1.1 431"), "{got}");
 
     // At the connection limit, the next connection waits for a free slot.
@@ -490,5 +501,49 @@ async fn the_default_rules_are_on_and_every_matching_policy_is_reported() {
     );
     let r = app.get("/v1/health").await;
     assert_eq!(r.header("ratelimit-policy"), Some("\"api\";q=6000;w=60"));
+    app.shutdown().await;
+}
+
+// `http.request_timeout_ms`: a request whose body trickles in past the limit is stopped
+// with 503 `request_timeout` (and Retry-After) instead of holding its handler.
+#[tokio::test]
+async fn a_request_slower_than_the_request_timeout_is_stopped() {
+    use tokio::io::AsyncWriteExt;
+    let app = TestApp::spawn_with(|c| {
+        c.http.request_timeout_ms = 300;
+        c.http.header_read_timeout_ms = 30_000;
+    })
+    .await;
+    app.collection(json!({"name": "notes", "fields": [{"name": "t", "type": "text"}]}))
+        .await;
+    let mut s = raw(&app).await;
+    let body = "{\"t\": \"slow\"}";
+    s.write_all(
+        format!(
+            "POST /v1/collections/notes/records HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+            body.len(),
+            &body[..3]
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let got = read_until_closed(&mut s, Duration::from_secs(5))
+        .await
+        .expect("answered and closed within 5 s");
+    assert!(got.starts_with("HTTP/1.1 503"), "{got}");
+    assert!(got.contains("request_timeout"), "{got}");
+    assert!(got.to_ascii_lowercase().contains("retry-after: 1"), "{got}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    // Nothing was created, and a request in time still works.
+    let r = app.get("/v1/collections/notes/records").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["totalItems"], 0);
+    app.create("notes", json!({"t": "quick"})).await;
     app.shutdown().await;
 }

@@ -762,3 +762,58 @@ async fn datetime_fields_compare_and_sort_as_instants() {
     assert_eq!(seen, 5);
     app.shutdown().await;
 }
+
+// Sorting a document collection by JSON paths: a nested path orders numbers as numbers
+// (10 after 9), ties on it are broken by the next key, and the direction of each key is
+// its own. One record per sort key would not show the tie-break at all.
+#[tokio::test]
+async fn json_path_sorts_break_ties_by_the_next_key() {
+    let app = TestApp::spawn().await;
+    app.collection(json!({"name": "scores", "kind": "document", "indexes": [{"fields": ["player.stats.points"]}]}))
+        .await;
+    for (name, team, points) in [
+        ("dee", "red", 9),
+        ("ann", "blue", 10),
+        ("cy", "red", 10),
+        ("bob", "blue", 9),
+        ("eve", "blue", 10),
+        ("fay", "red", 2),
+    ] {
+        app.create(
+            "scores",
+            json!({"player": {"name": name, "team": team, "stats": {"points": points}}}),
+        )
+        .await;
+    }
+    let order = |sort: &'static str| {
+        let app = &app;
+        async move {
+            let r = app
+                .send(
+                    app.req(Method::GET, "/v1/collections/scores/records")
+                        .query(&[("sort", sort)]),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{sort}: {}", r.text);
+            r.body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["player"]["name"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        order("-player.stats.points,player.name").await,
+        ["ann", "cy", "eve", "bob", "dee", "fay"]
+    );
+    assert_eq!(
+        order("-player.stats.points,-player.name").await,
+        ["eve", "cy", "ann", "dee", "bob", "fay"]
+    );
+    assert_eq!(
+        order("player.team,-player.stats.points,player.name").await,
+        ["ann", "eve", "bob", "cy", "dee", "fay"]
+    );
+    app.shutdown().await;
+}

@@ -5,51 +5,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::common::{Reply, TestApp};
-
-const PW: &str = "correct horse battery";
-
-async fn signup(app: &TestApp, email: &str) -> Value {
-    let r = app
-        .json(
-            Method::POST,
-            "/v1/collections/users/records",
-            json!({"email": email, "password": PW}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    r.body
-}
-
-async fn login(app: &TestApp, email: &str) -> Value {
-    let r = app
-        .json(
-            Method::POST,
-            "/v1/auth/login",
-            json!({"email": email, "password": PW}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    r.body
-}
-
-async fn bearer(
-    app: &TestApp,
-    token: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> Reply {
-    let mut r = app.req(method, path).bearer_auth(token);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    app.send(r).await
-}
-
-fn access(login: &Value) -> String {
-    login["accessToken"].as_str().unwrap().to_owned()
-}
+use crate::common::{PW, Reply, TestApp, access, api_key, bearer, login, signup, superuser_token};
 
 /// The `notes` collection: owned records, private by default.
 async fn notes(app: &TestApp) {
@@ -584,46 +540,6 @@ async fn idempotency_keys_never_replay_another_callers_response() {
     .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "the family is revoked");
     app.shutdown().await;
-}
-
-async fn superuser_token(app: &TestApp) -> String {
-    let hash = app
-        .running()
-        .state
-        .auth
-        .hasher
-        .hash(PW.into())
-        .await
-        .unwrap();
-    lintel::auth::superusers::upsert(
-        app.running().state.store.as_ref(),
-        "root@example.com",
-        &hash,
-    )
-    .await
-    .unwrap();
-    let r = app
-        .json(
-            Method::POST,
-            "/v1/auth/login",
-            json!({"email": "root@example.com", "password": PW, "collection": "_superusers"}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    access(&r.body)
-}
-
-async fn api_key(app: &TestApp, token: &str, scopes: Value) -> String {
-    let r = bearer(
-        app,
-        token,
-        Method::POST,
-        "/v1/auth/api-keys",
-        Some(json!({"name": "k", "scopes": scopes})),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    r.body["key"].as_str().unwrap().to_owned()
 }
 
 // Item 7: scopes bind every route, admin ones included.
