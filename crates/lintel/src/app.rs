@@ -105,16 +105,12 @@ impl AppState {
             Ok(c) => c,
             Err(poisoned) => poisoned.into_inner(),
         };
-        // Two reloads can finish out of order. A forced one (the generation may have
-        // gone down) must still not replace what a reload that started reading after
-        // it installed: it would bring back a catalog from before that change.
-        let wins = if force {
-            ticket > slot.2
-        } else {
-            generation >= slot.0
-        };
+        // Two reloads can finish out of order: none replaces what a reload that started
+        // reading after it installed (a forced one, for a generation that went down,
+        // included), or it would bring back a catalog from before that change.
+        let wins = ticket > slot.2 && (force || generation >= slot.0);
         if wins {
-            *slot = (generation, Arc::new(catalog), ticket.max(slot.2));
+            *slot = (generation, Arc::new(catalog), ticket);
             self.cache.clear();
         }
         Ok(())

@@ -25,7 +25,6 @@ use crate::config::MailConfig;
 use crate::error::ApiError;
 use crate::http::extract::JsonBody;
 use crate::http::openapi::ProblemDoc;
-use crate::ratelimit::lockout::{self, Gate};
 use crate::records::service::{apply_writes, store_error};
 use crate::store::{Record, Sql, SqlValue, StoreError, WriteError, WriteOp};
 
@@ -598,87 +597,23 @@ pub async fn confirm_email_change(
     JsonBody(req): JsonBody<TokenRequest>,
 ) -> Result<Response, ApiError> {
     let p = present(&state, "email_change", &req.token).await?;
-    let hash = p
-        .record
-        .data
-        .get("passwordHash")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
     // Wrong passwords count, and lock, exactly like failed sign-ins.
-    let email = p
-        .record
-        .data
-        .get("email")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
-    let keys = lockout::signin_keys(
-        &state.config.auth,
+    let ok = password::check_current(
+        &state,
         p.coll.name(),
-        &email,
-        caller.ip.as_deref(),
-    );
-    let guard_keys = [
-        (keys[0].0.as_str(), keys[0].1),
-        (keys[1].0.as_str(), keys[1].1),
-    ];
-    match state.login_guard.gate(&guard_keys, crate::clock::now_ms()) {
-        Gate::Locked { retry_after_ms } => {
-            audit::record(
-                &state,
-                audit::Event::new("email_change_refused_locked", "denied")
-                    .collection(p.coll.name())
-                    .subject(p.record.id.clone())
-                    .ip(caller.ip.clone()),
-            );
-            let secs = retry_after_ms.div_ceil(1000).max(1);
-            let mut err = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "signin_locked",
-                format!("Too many wrong passwords; try again in {secs} s."),
-            );
-            err.retry_after = Some(secs);
-            return Err(err);
-        }
-        Gate::Proceed { delay_ms } if delay_ms > 0 => {
-            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
-        }
-        Gate::Proceed { .. } => {}
-    }
-    if !state
-        .auth
-        .hasher
-        .verify(hash, req.password.clone().unwrap_or_default())
-        .await
-    {
-        for key in state
-            .login_guard
-            .failed(&guard_keys, crate::clock::now_ms())
-        {
-            audit::record(
-                &state,
-                audit::Event::new("signin_locked", "locked")
-                    .collection(p.coll.name())
-                    .ip(caller.ip.clone())
-                    .detail(json!({ "key": key, "lockSecs": state.config.auth.lockout_secs })),
-            );
-        }
-        audit::record(
-            &state,
-            audit::Event::new("email_change_failed", "denied")
-                .collection(p.coll.name())
-                .subject(p.record.id.clone())
-                .ip(caller.ip.clone())
-                .detail(json!({ "reason": "wrong_password" })),
-        );
+        &p.record,
+        caller.ip.clone(),
+        req.password.clone().unwrap_or_default(),
+        "email_change_failed",
+    )
+    .await?;
+    if !ok {
         return Err(ApiError::field(
             "password",
             "invalid",
             "the current password is needed",
         ));
     }
-    state.login_guard.succeeded(guard_keys[0].0);
     let new = p.data.clone().unwrap_or_default();
     let (coll, id) = (p.coll.name().to_owned(), p.record.id.clone());
     let mut changes = Map::new();

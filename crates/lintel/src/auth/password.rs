@@ -94,7 +94,7 @@ impl Hasher {
 
     /// Hashes a password into a PHC string (`$argon2id$v=19$m=...`).
     pub async fn hash(&self, password: String) -> Result<String, ApiError> {
-        let _permit = self
+        let permit = self
             .permits
             .clone()
             .acquire_owned()
@@ -102,6 +102,8 @@ impl Hasher {
             .map_err(ApiError::internal)?;
         let argon = self.argon.clone();
         tokio::task::spawn_blocking(move || {
+            // Held until the hash is done, even if the request is dropped meanwhile.
+            let _permit = permit;
             let mut salt = [0u8; 16];
             getrandom::fill(&mut salt).map_err(|e| ApiError::internal(format!("salt: {e}")))?;
             argon
@@ -115,10 +117,11 @@ impl Hasher {
 
     /// Whether `password` matches the PHC hash (parameters come from the hash itself).
     pub async fn verify(&self, hash: String, password: String) -> bool {
-        let Ok(_permit) = self.permits.clone().acquire_owned().await else {
+        let Ok(permit) = self.permits.clone().acquire_owned().await else {
             return false;
         };
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             Argon2::default()
                 .verify_password(password.as_bytes(), hash.as_str())
                 .is_ok()
@@ -132,6 +135,87 @@ impl Hasher {
     pub fn decoy(&self) -> &str {
         &self.decoy
     }
+}
+
+/// Checks an account's current password where a request must give it (a password
+/// change, an email change): wrong answers count toward the same per-account and
+/// per-address lockout as sign-ins, so these routes cannot be used to guess a password
+/// past it. Ok(false) for a wrong password (already counted and audited with
+/// `failure_event`); `429 signin_locked` while locked.
+pub async fn check_current(
+    state: &crate::app::AppState,
+    collection: &str,
+    account: &crate::store::Record,
+    ip: Option<String>,
+    candidate: String,
+    failure_event: &'static str,
+) -> Result<bool, ApiError> {
+    use crate::auth::audit;
+    use crate::ratelimit::lockout::{self, Gate};
+    let field = |name: &str| {
+        account
+            .data
+            .get(name)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    let (email, hash, account_id) = (field("email"), field("passwordHash"), &account.id);
+    let keys = lockout::signin_keys(&state.config.auth, collection, &email, ip.as_deref());
+    let guard_keys = [
+        (keys[0].0.as_str(), keys[0].1),
+        (keys[1].0.as_str(), keys[1].1),
+    ];
+    match state.login_guard.gate(&guard_keys, crate::clock::now_ms()) {
+        Gate::Locked { retry_after_ms } => {
+            audit::record(
+                state,
+                audit::Event::new("password_check_refused_locked", "denied")
+                    .collection(collection.to_owned())
+                    .subject(account_id.to_owned())
+                    .ip(ip),
+            );
+            let secs = retry_after_ms.div_ceil(1000).max(1);
+            let mut err = ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "signin_locked",
+                format!("Too many wrong passwords; try again in {secs} s."),
+            );
+            err.retry_after = Some(secs);
+            return Err(err);
+        }
+        Gate::Proceed { delay_ms } if delay_ms > 0 => {
+            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+        }
+        Gate::Proceed { .. } => {}
+    }
+    if state.auth.hasher.verify(hash, candidate).await {
+        state.login_guard.succeeded(guard_keys[0].0);
+        return Ok(true);
+    }
+    for key in state
+        .login_guard
+        .failed(&guard_keys, crate::clock::now_ms())
+    {
+        audit::record(
+            state,
+            audit::Event::new("signin_locked", "locked")
+                .collection(collection.to_owned())
+                .ip(ip.clone())
+                .detail(
+                    serde_json::json!({ "key": key, "lockSecs": state.config.auth.lockout_secs }),
+                ),
+        );
+    }
+    audit::record(
+        state,
+        audit::Event::new(failure_event, "denied")
+            .collection(collection.to_owned())
+            .subject(account_id.to_owned())
+            .ip(ip)
+            .detail(serde_json::json!({ "reason": "wrong_password" })),
+    );
+    Ok(false)
 }
 
 #[cfg(test)]

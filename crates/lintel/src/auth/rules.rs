@@ -284,6 +284,23 @@ fn field_vs(kind: Kind, field: &Json, op: CompareOp, v: &Value) -> Result<bool, 
         }
         _ => v.clone(),
     };
+    if kind == Kind::Json && matches!(op, CompareOp::Like | CompareOp::NotLike) {
+        // As the SQL does: an array holds the string exactly as an element; a string
+        // contains it, ignoring case; any other JSON value (or none) contains nothing.
+        let Value::Text(needle) = &v else {
+            return if matches!(v, Value::DataNull) {
+                Ok(false)
+            } else {
+                Err("~ and !~ take a string".into())
+            };
+        };
+        let hit = match field {
+            Json::Array(items) => items.iter().any(|e| e.as_str() == Some(needle.as_str())),
+            Json::String(s) => s.to_lowercase().contains(&needle.to_lowercase()),
+            _ => false,
+        };
+        return Ok(hit == (op == CompareOp::Like));
+    }
     if kind == Kind::Json {
         // JSON values of different types are simply unequal (and not ordered).
         let same = matches!(

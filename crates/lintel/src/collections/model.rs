@@ -41,6 +41,11 @@ pub(crate) const RESERVED_COLLECTIONS: [&str; 9] = [
     "auth",
 ];
 
+/// Names of admin areas that API-key scopes name (`audit:read`) or routes use
+/// (`/v1/types.ts`): a new collection may not take them, so a scope never means two
+/// things. Existing collections of these names keep working (checked on create only).
+pub(crate) const ADMIN_AREA_NAMES: [&str; 2] = ["audit", "types"];
+
 pub(crate) const MAX_NAME_LEN: usize = 48;
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, ToSchema)]
@@ -556,6 +561,13 @@ pub fn validate_spec(spec: &CollectionSpec, existing: &[String], altering: bool)
     let mut errors = FieldErrors::new();
     if let Err(msg) = check_collection_name(&spec.name) {
         push_field_error(&mut errors, "name", "invalid_name", msg);
+    } else if !altering && ADMIN_AREA_NAMES.contains(&spec.name.to_ascii_lowercase().as_str()) {
+        push_field_error(
+            &mut errors,
+            "name",
+            "invalid_name",
+            format!("'{}' is reserved (an admin area's name)", spec.name),
+        );
     } else if !altering && existing.iter().any(|n| n.eq_ignore_ascii_case(&spec.name)) {
         push_field_error(
             &mut errors,

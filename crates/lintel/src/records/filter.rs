@@ -503,7 +503,13 @@ fn field_vs_value(
         return match op {
             CompareOp::Eq | CompareOp::Ne => {
                 sql.push("(");
-                write_target(sql, table, t);
+                match t {
+                    // A JSON `null` is no value, like a missing member.
+                    Target::JsonPath { column, path } => {
+                        sql.json_path_text_value(table, column, path)
+                    }
+                    Target::Column { .. } => write_target(sql, table, t),
+                }
                 sql.push(if op == CompareOp::Eq {
                     " IS NULL)"
                 } else {
@@ -603,16 +609,30 @@ fn field_vs_value(
             {
                 return Ok(());
             }
-            if op == CompareOp::Ne {
-                sql.push("(");
-                write_target(sql, table, t);
-                let ne = sql.null_safe_ne();
-                sql.push(ne).bind_json_scalar(value).push(")");
+            // Values of different JSON types are unequal and unordered (as in the rule
+            // evaluator): the comparison holds only under a type match; `!=` is its
+            // negation, true for a null or missing value too.
+            let Target::JsonPath { column, path } = t else {
+                return Err(err(
+                    "type_mismatch",
+                    span,
+                    "a JSON comparison needs a JSON path",
+                ));
+            };
+            sql.push(if op == CompareOp::Ne {
+                "(NOT COALESCE(("
             } else {
-                sql.push("(");
-                write_target(sql, table, t);
-                sql.push(sql_op(op)).bind_json_scalar(value).push(")");
-            }
+                "(COALESCE(("
+            });
+            sql.json_type_matches(table, column, path, &value);
+            sql.push(" AND ");
+            write_target(sql, table, t);
+            let cmp = if op == CompareOp::Ne {
+                " = "
+            } else {
+                sql_op(op)
+            };
+            sql.push(cmp).bind_json_scalar(value).push("), FALSE))");
             return Ok(());
         }
         (kind, _) => {

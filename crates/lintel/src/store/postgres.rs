@@ -31,9 +31,9 @@ use crate::error::FieldErrors;
 use crate::migrations::{AppliedMigration, Migration, SchemaOp, checksum};
 use crate::store::ddl::{self, CatalogChange};
 use crate::store::write::{
-    MAX_CASCADE, RelationGraph, WriteError, delete_reaches_others, delete_sql, exists_sql,
-    insert_sql, missing_target, referrer_sql, referring_ids_sql, relation_targets, unlink_sql,
-    update_sql,
+    DeleteStep, DeleteSteps, RelationGraph, WriteError, delete_reaches_others, delete_sql,
+    exists_sql, insert_sql, missing_target, referenced, referrer_sql, referring_ids_sql,
+    relation_targets, unlink_sql, update_sql,
 };
 use crate::store::{
     Dialect, IdempotencyClaim, Record, Sql, SqlValue, Store, StoreError, StoredCollection,
@@ -823,64 +823,48 @@ async fn no_row_changed<C: GenericClient>(c: &C, coll: &Collection, id: &str) ->
 }
 
 /// Applies the `onDelete` policy of every relation that names `coll`/`id` before the
-/// record is deleted (the same steps as the SQLite driver's): restrict refuses,
-/// setNull unlinks, cascade deletes the referring records after their own referrers.
-/// Referring rows are locked by the statements that change them.
-fn follow_referrers<'a, C: GenericClient + Sync>(
-    c: &'a C,
-    graph: &'a RelationGraph,
-    coll: String,
-    id: String,
-    now: String,
-    visited: &'a mut std::collections::HashSet<(String, String)>,
-    budget: &'a mut usize,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send + 'a>> {
-    Box::pin(async move {
-        let d = Dialect::Postgres;
-        for (rc, field) in graph.get(&coll).into_iter().flatten() {
-            match field.delete_policy() {
-                OnDelete::Restrict => {
-                    if query_i64(c, &referrer_sql(d, rc, field, &id)).await? > 0 {
-                        return Err(StoreError::Referenced(format!(
-                            "{}.{}",
-                            rc.name(),
-                            field.name
-                        )));
-                    }
-                }
-                OnDelete::SetNull => {
-                    execute(c, &unlink_sql(d, rc, field, &id, &now), Some(rc)).await?;
-                }
-                OnDelete::Cascade => {
-                    let sql = referring_ids_sql(d, rc, field, &id, *budget + 1);
-                    let rows = query(c, &sql, None).await?;
-                    let ids: Vec<String> = rows.iter().filter_map(|r| r.try_get(0).ok()).collect();
-                    for rid in ids {
-                        if !visited.insert((rc.name().to_owned(), rid.clone())) {
-                            continue;
+/// record is deleted, in the order [`DeleteSteps`] gives (as the SQLite driver does).
+/// Cascaded records are locked `FOR UPDATE` when they are read.
+async fn follow_referrers<C: GenericClient + Sync>(
+    c: &C,
+    graph: &RelationGraph,
+    coll: &str,
+    id: &str,
+    now: &str,
+) -> Result<(), StoreError> {
+    let d = Dialect::Postgres;
+    let mut steps = DeleteSteps::new(coll, id);
+    while let Some(step) = steps.next() {
+        match step {
+            DeleteStep::Delete(rc, rid) => {
+                execute(c, &delete_sql(d, &rc, &rid, None), Some(&rc)).await?;
+            }
+            DeleteStep::Expand(name, rid) => {
+                for (rc, field) in graph.get(&name).into_iter().flatten() {
+                    match field.delete_policy() {
+                        OnDelete::Restrict => {
+                            if query_i64(c, &referrer_sql(d, rc, field, &rid)).await? > 0 {
+                                return Err(referenced(rc, field));
+                            }
                         }
-                        *budget = budget.checked_sub(1).ok_or_else(|| {
-                            StoreError::Referenced(format!(
-                                "more than {MAX_CASCADE} records through cascading deletes"
-                            ))
-                        })?;
-                        follow_referrers(
-                            c,
-                            graph,
-                            rc.name().to_owned(),
-                            rid.clone(),
-                            now.clone(),
-                            visited,
-                            budget,
-                        )
-                        .await?;
-                        execute(c, &delete_sql(d, rc, &rid, None), Some(rc)).await?;
+                        OnDelete::SetNull => {
+                            execute(c, &unlink_sql(d, rc, field, &rid, now), Some(rc)).await?;
+                        }
+                        OnDelete::Cascade => {
+                            let sql = referring_ids_sql(d, rc, field, &rid, steps.room());
+                            let rows = query(c, &sql, None).await?;
+                            for row in &rows {
+                                if let Ok(child) = row.try_get::<_, String>(0) {
+                                    steps.cascade(rc, &child)?;
+                                }
+                            }
+                        }
                     }
                 }
             }
         }
-        Ok(())
-    })
+    }
+    Ok(())
 }
 
 async fn apply_op<C: GenericClient + Sync>(c: &C, op: WriteOp) -> Result<WriteOutcome, StoreError> {
@@ -926,19 +910,7 @@ async fn apply_op<C: GenericClient + Sync>(c: &C, op: WriteOp) -> Result<WriteOu
             if query_i64(c, &lock).await? == 0 {
                 return Err(StoreError::NotFound);
             }
-            let mut visited =
-                std::collections::HashSet::from([(coll.name().to_owned(), id.clone())]);
-            let mut budget = MAX_CASCADE;
-            follow_referrers(
-                c,
-                &referrers,
-                coll.name().to_owned(),
-                id.clone(),
-                crate::clock::now(),
-                &mut visited,
-                &mut budget,
-            )
-            .await?;
+            follow_referrers(c, &referrers, coll.name(), &id, &crate::clock::now()).await?;
             if execute(c, &delete_sql(d, &coll, &id, expected_version), Some(&coll)).await? == 0 {
                 return Err(no_row_changed(c, &coll, &id).await);
             }

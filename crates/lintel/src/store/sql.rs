@@ -154,8 +154,60 @@ impl Sql {
         }
     }
 
+    /// A JSON value inside a JSON column as SQL text, SQL NULL for a JSON `null` or a
+    /// missing path (PostgreSQL's `#>` would give the jsonb value `null`, which is
+    /// not SQL NULL): for "is there a value" tests.
+    pub fn json_path_text_value(&mut self, table: &str, column: &str, path: &[String]) {
+        match self.dialect {
+            Dialect::Sqlite => self.json_path(table, column, path),
+            Dialect::Postgres => {
+                self.push("(");
+                self.column(table, column);
+                self.push(" #>> ");
+                self.pg_path(path);
+                self.push(")");
+            }
+        }
+    }
+
+    /// Whether the JSON value at `path` has the JSON type of `value` (string, number,
+    /// boolean), so that a comparison never crosses types, as in the per-record rule
+    /// evaluator. Any other value: always true.
+    pub fn json_type_matches(
+        &mut self,
+        table: &str,
+        column: &str,
+        path: &[String],
+        value: &SqlValue,
+    ) {
+        let (sqlite, pg) = match value {
+            SqlValue::Text(_) => ("('text')", "'string'"),
+            SqlValue::Int(_) | SqlValue::Float(_) => ("('integer', 'real')", "'number'"),
+            SqlValue::Bool(_) => ("('true', 'false')", "'boolean'"),
+            _ => {
+                self.push("TRUE");
+                return;
+            }
+        };
+        match self.dialect {
+            Dialect::Sqlite => {
+                self.push("json_type(");
+                self.column(table, column).push(", ");
+                self.json_path_text(path);
+                self.push(") IN ").push(sqlite);
+            }
+            Dialect::Postgres => {
+                self.push("jsonb_typeof(");
+                self.column(table, column).push(" #> ");
+                self.pg_path(path);
+                self.push(") = ").push(pg);
+            }
+        }
+    }
+
     /// For a JSON path: when it holds an array, whether the array holds `value`;
-    /// otherwise whether its text contains `value`, ignoring case.
+    /// when it holds a string, whether it contains `value`, ignoring case; otherwise
+    /// false.
     pub fn json_contains_or_like(
         &mut self,
         table: &str,
@@ -174,12 +226,15 @@ impl Sql {
                 self.json_path_text(path);
                 self.push(") WHERE json_each.value = ")
                     .bind(SqlValue::Text(value));
-                self.push(") ELSE json_extract(");
+                self.push(") WHEN json_type(");
+                self.column(table, column).push(", ");
+                self.json_path_text(path);
+                self.push(") = 'text' THEN json_extract(");
                 self.column(table, column).push(", ");
                 self.json_path_text(path);
                 self.push(") LIKE ")
                     .bind(SqlValue::Text(pattern))
-                    .push(" ESCAPE '\\' END");
+                    .push(" ESCAPE '\\' ELSE FALSE END");
             }
             Dialect::Postgres => {
                 self.push("CASE WHEN jsonb_typeof(");
@@ -190,12 +245,15 @@ impl Sql {
                 self.pg_path(path);
                 self.push(") @> jsonb_build_array(")
                     .bind(SqlValue::Text(value));
-                self.push(") ELSE (");
+                self.push(") WHEN jsonb_typeof(");
+                self.column(table, column).push(" #> ");
+                self.pg_path(path);
+                self.push(") = 'string' THEN (");
                 self.column(table, column).push(" #>> ");
                 self.pg_path(path);
                 self.push(") ILIKE ")
                     .bind(SqlValue::Text(pattern))
-                    .push(" ESCAPE '\\' END");
+                    .push(" ESCAPE '\\' ELSE FALSE END");
             }
         }
     }

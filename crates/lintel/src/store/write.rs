@@ -188,8 +188,72 @@ pub fn referrer_sql(dialect: Dialect, coll: &Collection, field: &FieldSpec, id: 
 pub type RelationGraph = std::collections::HashMap<String, Vec<(Arc<Collection>, FieldSpec)>>;
 
 /// At most this many records are deleted through `cascade` by one delete; past it
-/// the delete is refused (the caller removes the references in smaller steps).
-pub const MAX_CASCADE: usize = 10_000;
+/// the delete is refused (the caller removes the references in smaller steps). Each
+/// costs a scan per referring field, inside the write transaction.
+pub const MAX_CASCADE: usize = 1_000;
+
+/// The refusal of a delete while `rc.field` still names the record.
+pub fn referenced(rc: &Collection, field: &FieldSpec) -> StoreError {
+    StoreError::Referenced(format!("{}.{}", rc.name(), field.name))
+}
+
+/// One step of a delete's walk over the records that name it.
+pub enum DeleteStep {
+    /// Apply the policies of the relations that name this record (collection, id).
+    Expand(String, String),
+    /// Delete this record: everything that named it has been handled.
+    Delete(Arc<Collection>, String),
+}
+
+/// The order in which a delete handles the records that name it, the same for both
+/// drivers: a worklist (never recursion, so a deep chain cannot exhaust a stack), each
+/// record expanded before it is deleted so its own referrers go first, cycles stopped
+/// by a visited set, at most [`MAX_CASCADE`] records cascaded.
+pub struct DeleteSteps {
+    work: Vec<DeleteStep>,
+    visited: BTreeSet<(String, String)>,
+}
+
+impl DeleteSteps {
+    /// The walk for deleting `coll`/`id` (which the caller deletes itself).
+    pub fn new(coll: &str, id: &str) -> Self {
+        Self {
+            work: vec![DeleteStep::Expand(coll.to_owned(), id.to_owned())],
+            visited: BTreeSet::from([(coll.to_owned(), id.to_owned())]),
+        }
+    }
+
+    /// How many referring ids to read at most: one more than may still be cascaded,
+    /// so that going past the limit is seen.
+    pub fn room(&self) -> usize {
+        (MAX_CASCADE + 2).saturating_sub(self.visited.len())
+    }
+
+    /// A record of `rc` names one being deleted through a cascading relation.
+    pub fn cascade(&mut self, rc: &Arc<Collection>, id: &str) -> Result<(), StoreError> {
+        if !self.visited.insert((rc.name().to_owned(), id.to_owned())) {
+            return Ok(());
+        }
+        if self.visited.len() > MAX_CASCADE + 1 {
+            return Err(StoreError::Referenced(format!(
+                "more than {MAX_CASCADE} records through cascading deletes"
+            )));
+        }
+        self.work
+            .push(DeleteStep::Delete(rc.clone(), id.to_owned()));
+        self.work
+            .push(DeleteStep::Expand(rc.name().to_owned(), id.to_owned()));
+        Ok(())
+    }
+}
+
+impl Iterator for DeleteSteps {
+    type Item = DeleteStep;
+
+    fn next(&mut self) -> Option<DeleteStep> {
+        self.work.pop()
+    }
+}
 
 /// Whether deleting a record of `coll` can change other records (a `setNull` or
 /// `cascade` relation names the collection), so caches must forget more than it.
@@ -225,6 +289,11 @@ pub fn referring_ids_sql(
     refers_to(&mut sql, rc, field, id);
     sql.push(" ORDER BY \"id\" LIMIT ")
         .bind(SqlValue::Int(i64::try_from(limit).unwrap_or(i64::MAX)));
+    if dialect == Dialect::Postgres {
+        // Locked before they are followed and deleted: a concurrent write that adds
+        // a reference to one of them waits, instead of pointing at a deleted record.
+        sql.push(" FOR UPDATE");
+    }
     sql
 }
 

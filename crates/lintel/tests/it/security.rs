@@ -1034,3 +1034,305 @@ async fn restrict_set_null_and_cascade_on_both_kinds_of_relation() {
     }
     app.shutdown().await;
 }
+
+// Review of the fixes, finding 1: `~` on a JSON array is element membership in the
+// per-record check, exactly as in list SQL (never a substring of the array's text).
+#[tokio::test]
+async fn contains_on_a_json_array_is_membership_in_rules_too() {
+    let app = TestApp::spawn().await;
+    app.collection(json!({
+        "name": "projects",
+        "kind": "document",
+        "rules": {
+            "list": "members ~ @request.auth.email",
+            "view": "members ~ @request.auth.email",
+            "update": "members ~ @request.auth.email",
+            "delete": "members ~ @request.auth.email"
+        }
+    }))
+    .await;
+    let r = app
+        .admin(
+            Method::POST,
+            "/v1/collections/projects/records",
+            Some(json!({"members": ["tim@corp.com"], "name": "secret"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let path = format!(
+        "/v1/collections/projects/records/{}",
+        r.body["id"].as_str().unwrap()
+    );
+    signup(&app, "im@corp.com").await;
+    signup(&app, "tim@corp.com").await;
+    let near = access(&login(&app, "im@corp.com").await);
+    let member = access(&login(&app, "tim@corp.com").await);
+    for (method, body) in [
+        (Method::GET, None),
+        (Method::PATCH, Some(json!({"name": "mine now"}))),
+        (Method::DELETE, None),
+    ] {
+        let r = bearer(&app, &near, method.clone(), &path, body).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{method} {}", r.text);
+    }
+    let r = bearer(
+        &app,
+        &near,
+        Method::GET,
+        "/v1/collections/projects/records",
+        None,
+    )
+    .await;
+    assert_eq!(r.body["items"], json!([]), "{}", r.text);
+    let r = bearer(&app, &member, Method::GET, &path, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = bearer(
+        &app,
+        &member,
+        Method::GET,
+        "/v1/collections/projects/records",
+        None,
+    )
+    .await;
+    assert_eq!(r.body["items"].as_array().unwrap().len(), 1, "{}", r.text);
+    app.shutdown().await;
+}
+
+// Finding 2: JSON null is no value, and JSON comparisons never cross types, in list
+// SQL on both stores as in the per-record check.
+#[tokio::test]
+async fn json_nulls_and_types_agree_between_lists_and_records() {
+    let app = TestApp::spawn().await;
+    app.collection(json!({
+        "name": "posts_doc",
+        "kind": "document",
+        "rules": {"list": "publishedAt != null", "view": "publishedAt != null"}
+    }))
+    .await;
+    let mut ids = Vec::new();
+    for doc in [
+        json!({"publishedAt": null, "priority": null}),
+        json!({"publishedAt": "2026-01-01", "priority": "high"}),
+        json!({"publishedAt": "2026-01-02", "priority": 1}),
+        json!({"publishedAt": "2026-01-03", "priority": true}),
+        json!({"priority": 2}),
+    ] {
+        let r = app
+            .admin(Method::POST, "/v1/collections/posts_doc/records", Some(doc))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        ids.push(r.body["id"].as_str().unwrap().to_owned());
+    }
+    // Anyone lists only the published ones, and may view exactly those.
+    let r = app.get("/v1/collections/posts_doc/records").await;
+    assert_eq!(r.body["totalItems"], 3, "{}", r.text);
+    for (i, id) in ids.iter().enumerate() {
+        let r = app
+            .get(&format!("/v1/collections/posts_doc/records/{id}"))
+            .await;
+        let want = if (1..=3).contains(&i) {
+            StatusCode::OK
+        } else {
+            StatusCode::NOT_FOUND
+        };
+        assert_eq!(r.status, want, "record {i}: {}", r.text);
+    }
+    let count = |filter: &'static str| {
+        let app = &app;
+        async move {
+            let r = app
+                .send(
+                    app.req(Method::GET, "/v1/collections/posts_doc/records")
+                        .bearer_auth(crate::common::ADMIN_TOKEN)
+                        .query(&[("filter", filter)]),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{filter}: {}", r.text);
+            r.body["totalItems"].as_i64().unwrap()
+        }
+    };
+    assert_eq!(
+        count("priority < 3").await,
+        2,
+        "numbers only, no null or string"
+    );
+    assert_eq!(count("priority = 1").await, 1, "not the boolean true");
+    assert_eq!(count("priority = true").await, 1);
+    assert_eq!(
+        count("priority != 1").await,
+        4,
+        "null, missing and other types differ"
+    );
+    assert_eq!(
+        count("priority = null").await,
+        1,
+        "JSON null (the missing member is not there at all on one record)"
+    );
+    assert_eq!(count("priority ~ \"ig\"").await, 1, "strings only");
+    assert_eq!(count("priority !~ \"ig\"").await, 4);
+    app.shutdown().await;
+}
+
+// Finding 3: a password change checks the rule first, and wrong current passwords
+// count toward the sign-in lockout.
+#[tokio::test]
+async fn a_password_change_is_no_password_oracle() {
+    let app = TestApp::spawn_with(|c| c.auth.lockout_threshold = 3).await;
+    app.admin(
+        Method::PATCH,
+        "/v1/collections/users",
+        Some(json!({"rules": {
+            "list": "id = @request.auth.id",
+            "view": "@request.auth.id != \"\"",
+            "create": "",
+            "update": "id = @request.auth.id",
+            "delete": "id = @request.auth.id"
+        }})),
+    )
+    .await;
+    let victim = signup(&app, "victim@example.com").await;
+    let me = signup(&app, "me@example.com").await;
+    let t = access(&login(&app, "me@example.com").await);
+    let victim_path = format!(
+        "/v1/collections/users/records/{}",
+        victim["id"].as_str().unwrap()
+    );
+    // Someone else's account: refused by the rule whatever the guess.
+    for guess in ["wrong guess here", PW] {
+        let r = bearer(
+            &app,
+            &t,
+            Method::PATCH,
+            &victim_path,
+            Some(json!({"oldPassword": guess, "password": "Xy9#long-enough-pw"})),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    }
+    // One's own (a stolen token): wrong guesses lock like sign-ins do.
+    let my_path = format!(
+        "/v1/collections/users/records/{}",
+        me["id"].as_str().unwrap()
+    );
+    for _ in 0..3 {
+        let r = bearer(
+            &app,
+            &t,
+            Method::PATCH,
+            &my_path,
+            Some(json!({"oldPassword": "wrong guess here", "password": "Xy9#long-enough-pw"})),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+        assert_eq!(r.field_error("oldPassword"), Some("invalid"));
+    }
+    let r = bearer(
+        &app,
+        &t,
+        Method::PATCH,
+        &my_path,
+        Some(json!({"oldPassword": PW, "password": "Xy9#long-enough-pw"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text);
+    assert_eq!(r.problem_code(), "signin_locked");
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/auth/login",
+            json!({"email": "me@example.com", "password": PW}),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "sign-in shares the lock"
+    );
+    app.shutdown().await;
+}
+
+// Finding 4: a long cascade chain is bounded and walked without recursion.
+#[tokio::test]
+async fn cascades_are_bounded_and_deep_chains_do_not_recurse() {
+    let app = TestApp::spawn().await;
+    app.collection(json!({"name": "nodes", "fields": [
+        {"name": "parent", "type": "relation", "collection": "nodes", "onDelete": "cascade"}
+    ]}))
+    .await;
+    let state = &app.running().state;
+    let coll = state.catalog().get("nodes").unwrap();
+    let chain = |n: usize| {
+        let mut ops = Vec::new();
+        let mut parent: Option<String> = None;
+        let mut first = String::new();
+        for i in 0..n {
+            let id = lintel::ids::record_id();
+            if i == 0 {
+                first = id.clone();
+            }
+            let mut data = serde_json::Map::new();
+            data.insert(
+                "parent".into(),
+                parent.clone().map_or(Value::Null, Value::String),
+            );
+            let now = lintel::clock::now();
+            ops.push(lintel::store::WriteOp::Insert {
+                coll: coll.clone(),
+                record: lintel::store::Record {
+                    id: id.clone(),
+                    created: now.clone(),
+                    updated: now,
+                    version: 1,
+                    data,
+                },
+            });
+            parent = Some(id);
+        }
+        (first, ops)
+    };
+    // 1,500 deep: over the bound, refused whole.
+    let (top, ops) = chain(1_500);
+    state.store.write(ops).await.unwrap();
+    let r = app
+        .send(app.req(
+            Method::DELETE,
+            &format!("/v1/collections/nodes/records/{top}"),
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    let r = app.get("/v1/collections/nodes/records?perPage=1").await;
+    assert_eq!(r.body["totalItems"], 1_500, "nothing deleted: {}", r.text);
+    // 900 deep: within it, all gone in one delete (recursion this deep would be
+    // thousands of frames on the writer thread).
+    let (top, ops) = chain(900);
+    state.store.write(ops).await.unwrap();
+    let r = app
+        .send(app.req(
+            Method::DELETE,
+            &format!("/v1/collections/nodes/records/{top}"),
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    let r = app.get("/v1/collections/nodes/records?perPage=1").await;
+    assert_eq!(r.body["totalItems"], 1_500, "{}", r.text);
+    app.shutdown().await;
+}
+
+// Finding 6: a new collection cannot take an admin area's name, so a scope such as
+// `audit:read` never means both the audit log and a collection.
+#[tokio::test]
+async fn admin_area_names_are_reserved_for_new_collections() {
+    let app = TestApp::spawn().await;
+    for name in ["audit", "Audit", "types"] {
+        let r = app
+            .admin(
+                Method::POST,
+                "/v1/collections",
+                Some(json!({"name": name, "fields": [{"name": "x", "type": "text"}]})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{name}: {}", r.text);
+        assert_eq!(r.field_error("name"), Some("invalid_name"));
+    }
+    app.shutdown().await;
+}

@@ -18,8 +18,9 @@ use crate::config::StoreConfig;
 use crate::migrations::{AppliedMigration, Migration, checksum};
 use crate::store::ddl::{self, CatalogChange};
 use crate::store::write::{
-    MAX_CASCADE, RelationGraph, WriteError, count_ids_sql, delete_sql, exists_sql, insert_sql,
-    missing_target, referrer_sql, referring_ids_sql, relation_targets, unlink_sql, update_sql,
+    DeleteStep, DeleteSteps, RelationGraph, WriteError, count_ids_sql, delete_sql, exists_sql,
+    insert_sql, missing_target, referenced, referrer_sql, referring_ids_sql, relation_targets,
+    unlink_sql, update_sql,
 };
 use crate::store::{
     Dialect, IdempotencyClaim, Record, Sql, Store, StoreError, StoredCollection, StoredResponse,
@@ -273,49 +274,45 @@ fn no_row_changed(conn: &Connection, coll: &Collection, id: &str) -> StoreError 
 }
 
 /// Applies the `onDelete` policy of every relation that names `coll`/`id` before the
-/// record is deleted: restrict refuses, setNull unlinks, cascade deletes the referring
-/// records (following their own referrers first). `visited` stops cycles; `budget`
-/// bounds how many records one delete may take with it.
+/// record is deleted (the steps come from [`DeleteSteps`], shared with PostgreSQL):
+/// restrict refuses, setNull unlinks, cascade deletes the referring records after
+/// their own referrers.
 fn follow_referrers(
     conn: &Connection,
     graph: &RelationGraph,
     coll: &str,
     id: &str,
     now: &str,
-    visited: &mut std::collections::HashSet<(String, String)>,
-    budget: &mut usize,
 ) -> Result<(), StoreError> {
     let d = Dialect::Sqlite;
-    for (rc, field) in graph.get(coll).into_iter().flatten() {
-        match field.delete_policy() {
-            OnDelete::Restrict => {
-                if query_i64(conn, &referrer_sql(d, rc, field, id))? > 0 {
-                    return Err(StoreError::Referenced(format!(
-                        "{}.{}",
-                        rc.name(),
-                        field.name
-                    )));
-                }
+    let mut steps = DeleteSteps::new(coll, id);
+    while let Some(step) = steps.next() {
+        match step {
+            DeleteStep::Delete(rc, rid) => {
+                execute(conn, &delete_sql(d, &rc, &rid, None), Some(&rc))?;
             }
-            OnDelete::SetNull => {
-                execute(conn, &unlink_sql(d, rc, field, id, now), Some(rc))?;
-            }
-            OnDelete::Cascade => {
-                let rows = query_rows(conn, &referring_ids_sql(d, rc, field, id, *budget + 1))?;
-                for rid in rows
-                    .iter()
-                    .filter_map(|r| r.first().and_then(|v| v.as_str()))
-                {
-                    if !visited.insert((rc.name().to_owned(), rid.to_owned())) {
-                        continue;
+            DeleteStep::Expand(c, rid) => {
+                for (rc, field) in graph.get(&c).into_iter().flatten() {
+                    match field.delete_policy() {
+                        OnDelete::Restrict => {
+                            if query_i64(conn, &referrer_sql(d, rc, field, &rid))? > 0 {
+                                return Err(referenced(rc, field));
+                            }
+                        }
+                        OnDelete::SetNull => {
+                            execute(conn, &unlink_sql(d, rc, field, &rid, now), Some(rc))?;
+                        }
+                        OnDelete::Cascade => {
+                            let sql = referring_ids_sql(d, rc, field, &rid, steps.room());
+                            let rows = query_rows(conn, &sql)?;
+                            let ids = rows
+                                .iter()
+                                .filter_map(|r| r.first().and_then(|v| v.as_str()));
+                            for child in ids {
+                                steps.cascade(rc, child)?;
+                            }
+                        }
                     }
-                    *budget = budget.checked_sub(1).ok_or_else(|| {
-                        StoreError::Referenced(format!(
-                            "more than {MAX_CASCADE} records through cascading deletes"
-                        ))
-                    })?;
-                    follow_referrers(conn, graph, rc.name(), rid, now, visited, budget)?;
-                    execute(conn, &delete_sql(d, rc, rid, None), Some(rc))?;
                 }
             }
         }
@@ -356,18 +353,7 @@ fn apply_op(conn: &Connection, op: WriteOp) -> Result<WriteOutcome, StoreError> 
             expected_version,
             referrers,
         } => {
-            let mut visited =
-                std::collections::HashSet::from([(coll.name().to_owned(), id.clone())]);
-            let mut budget = MAX_CASCADE;
-            follow_referrers(
-                conn,
-                &referrers,
-                coll.name(),
-                &id,
-                &crate::clock::now(),
-                &mut visited,
-                &mut budget,
-            )?;
+            follow_referrers(conn, &referrers, coll.name(), &id, &crate::clock::now())?;
             let n = execute(
                 conn,
                 &delete_sql(Dialect::Sqlite, &coll, &id, expected_version),
