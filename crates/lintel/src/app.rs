@@ -8,7 +8,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tower::Layer;
@@ -43,7 +42,7 @@ pub struct Inner {
     /// Records and counts read from the store, kept until a write changes them.
     pub cache: crate::cache::ReadCache,
     /// Renders `/metrics`.
-    pub metrics: PrometheusHandle,
+    pub metrics: crate::telemetry::Metrics,
     /// The OpenAPI document: the static part, and the whole as of the current catalog.
     pub openapi: crate::http::openapi::Document,
     /// Token keys and the session store.
@@ -143,7 +142,10 @@ pub(crate) async fn load_catalog(store: &dyn Store) -> anyhow::Result<(i64, Cata
 /// Opens the store for `config`: PostgreSQL when `database_url` is set, else SQLite
 /// under the data folder. Either way the data folder (migrations, the admin token) is
 /// created first, readable by this user only.
-pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+pub async fn open_store(
+    config: &Config,
+    metrics: &crate::telemetry::Metrics,
+) -> anyhow::Result<Arc<dyn Store>> {
     let dir = config.data_dir.clone();
     tokio::task::spawn_blocking(move || create_private_dir(&dir)).await??;
     if !config.database_url.0.is_empty() {
@@ -151,6 +153,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
             &config.database_url.0,
             &config.database_replica_urls.0,
             &config.database_pool,
+            metrics.clone(),
         )
         .await
         .map_err(|e| anyhow::anyhow!("opening the PostgreSQL store: {e}"))?;
@@ -158,8 +161,9 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     }
     let path = config.database_path();
     let store_cfg = config.store.clone();
+    let metrics = metrics.clone();
     let store = tokio::task::spawn_blocking(move || -> anyhow::Result<SqliteStore> {
-        SqliteStore::open(&path, &store_cfg).map_err(|e| anyhow::anyhow!("{e}"))
+        SqliteStore::open(&path, &store_cfg, metrics).map_err(|e| anyhow::anyhow!("{e}"))
     })
     .await??;
     Ok(Arc::new(store))
@@ -319,7 +323,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let cfg = config.clone();
         tokio::task::spawn_blocking(move || admin_token(&cfg)).await??
     };
-    let store = open_store(&config).await?;
+    let metrics = crate::telemetry::Metrics::new();
+    let store = open_store(&config, &metrics).await?;
     if config.auto_migrate {
         let applied =
             crate::migrations::apply_pending(store.as_ref(), &config.migrations_path()).await?;
@@ -399,6 +404,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             Box::new(crate::ratelimit::MemoryStore::new(
                 config.rate_limit.max_keys,
             )),
+            &metrics,
         )
     });
     let mailer_cfg = config.mail.clone();
@@ -414,8 +420,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             config_cache.records,
             config_cache.counts,
             config_cache.page_bytes,
-        ),
-        metrics: crate::telemetry::metrics_handle(),
+        )
+        .with_metrics(&metrics),
+        metrics,
         openapi,
         auth: crate::auth::AuthRuntime::new(keys, hasher, store_for_auth),
         mailer: crate::auth::mail::Mailer::from_config(&mailer_cfg)?.map(Arc::new),
@@ -636,7 +643,11 @@ async fn upkeep(state: AppState, mut stop: watch::Receiver<bool>) {
             l.sweep();
         }
         if let Some(tls) = state.tls.clone() {
-            let _ = tokio::task::spawn_blocking(move || tls.reload_if_changed()).await;
+            if let Ok(true) = tokio::task::spawn_blocking(move || tls.reload_if_changed()).await {
+                state
+                    .metrics
+                    .scoped(|| metrics::counter!("lintel_tls_reloads_total").increment(1));
+            }
         }
         state.login_guard.sweep(
             crate::clock::now_ms(),
