@@ -29,6 +29,8 @@ pub struct AppState(Arc<Inner>);
 pub struct Inner {
     /// The configuration the process started with.
     pub config: Config,
+    /// Where request handling reads the time (see [`crate::clock`]).
+    pub clock: Arc<dyn crate::clock::Clock>,
     /// The storage engine.
     pub store: Arc<dyn Store>,
     /// The collections and their generation, swapped whole after each schema change.
@@ -318,6 +320,15 @@ impl Running {
 
 /// Starts Lintel: opens the store, applies pending migrations, binds the listener.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    start_with(config, Arc::new(crate::clock::SystemClock::new())).await
+}
+
+/// [`start`] with the clock the server reads the time from (a test's
+/// [`ManualClock`](crate::clock::ManualClock)).
+pub async fn start_with(
+    config: Config,
+    clock: Arc<dyn crate::clock::Clock>,
+) -> anyhow::Result<Running> {
     // Before the store is touched: a refused token leaves nothing half-started.
     let token = {
         let cfg = config.clone();
@@ -404,6 +415,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             Box::new(crate::ratelimit::MemoryStore::new(
                 config.rate_limit.max_keys,
             )),
+            clock.clone(),
             &metrics,
         )
     });
@@ -412,6 +424,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let state = AppState(Arc::new(Inner {
         admin_digest: token_digest(&token),
         config,
+        clock,
         store,
         catalog: RwLock::new((catalog.0, Arc::new(catalog.1), 0)),
         reload_tickets: std::sync::atomic::AtomicU64::new(0),
@@ -650,7 +663,7 @@ async fn upkeep(state: AppState, mut stop: watch::Receiver<bool>) {
             }
         }
         state.login_guard.sweep(
-            crate::clock::now_ms(),
+            state.clock.now_ms(),
             (state
                 .config
                 .auth
@@ -680,7 +693,7 @@ async fn purge_loop(state: AppState, mut stop: watch::Receiver<bool>) {
         match crate::store::purge::purge_expired(
             state.store.as_ref(),
             &policy,
-            crate::clock::now_ms(),
+            state.clock.now_ms(),
             keep_going,
         )
         .await

@@ -237,7 +237,7 @@ pub struct Limiter {
     policies: Vec<String>,
     policy_values: Vec<Option<HeaderValue>>,
     store: Box<dyn RateStore>,
-    epoch: std::time::Instant,
+    clock: std::sync::Arc<dyn crate::clock::Clock>,
     refused_total: metrics::Counter,
     keys: metrics::Gauge,
 }
@@ -246,6 +246,7 @@ impl Limiter {
     pub fn new(
         rules: Vec<Rule>,
         store: Box<dyn RateStore>,
+        clock: std::sync::Arc<dyn crate::clock::Clock>,
         metrics: &crate::telemetry::Metrics,
     ) -> Self {
         let quotas: Vec<Quota> = rules.iter().map(Rule::quota).collect();
@@ -264,7 +265,7 @@ impl Limiter {
             policies,
             policy_values,
             store,
-            epoch: std::time::Instant::now(),
+            clock,
             refused_total: metrics.scoped(|| metrics::counter!("lintel_ratelimit_refused_total")),
             keys: metrics.scoped(|| metrics::gauge!("lintel_ratelimit_keys")),
         }
@@ -272,7 +273,7 @@ impl Limiter {
 
     fn now_ms(&self) -> u64 {
         // Monotonic: wall-clock jumps never refill or drain buckets.
-        self.epoch.elapsed().as_millis() as u64 + 1
+        self.clock.monotonic_ms() + 1
     }
 
     pub fn sweep(&self) {

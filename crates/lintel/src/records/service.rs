@@ -350,7 +350,14 @@ async fn check_relation_access(
                 .await
                 .map_err(store_error)?
             {
-                if rules::allows(caller, &target_coll, Action::View, &rec, None) {
+                if rules::allows(
+                    caller,
+                    &target_coll,
+                    Action::View,
+                    &rec,
+                    None,
+                    &state.clock.now(),
+                ) {
                     visible += 1;
                 }
             }
@@ -430,7 +437,7 @@ pub async fn prepare_create(
     } else {
         validate_table(coll, &input, Mode::Create).map_err(ApiError::validation)?
     };
-    let now = crate::clock::now();
+    let now = state.clock.now();
     let record = Record {
         id: crate::ids::record_id(),
         created: now.clone(),
@@ -438,7 +445,14 @@ pub async fn prepare_create(
         version: 1,
         data,
     };
-    if !rules::allows(caller, coll, Action::Create, &record, Some(&body)) {
+    if !rules::allows(
+        caller,
+        coll,
+        Action::Create,
+        &record,
+        Some(&body),
+        &state.clock.now(),
+    ) {
         return Err(denied(state, caller, coll, Action::Create));
     }
     check_relation_access(state, caller, coll, &record, None).await?;
@@ -460,7 +474,14 @@ pub async fn get_visible(
 ) -> Result<Arc<Record>, ApiError> {
     caller.require_scope(coll.name(), Action::View)?;
     let record = get(state, coll, id).await?;
-    if rules::allows(caller, coll, Action::View, &record, None) {
+    if rules::allows(
+        caller,
+        coll,
+        Action::View,
+        &record,
+        None,
+        &state.clock.now(),
+    ) {
         Ok(record)
     } else {
         Err(store_error(StoreError::NotFound))
@@ -517,7 +538,14 @@ pub async fn prepare_update(
         None
     };
     let body = input.clone();
-    if !rules::allows(caller, coll, Action::Update, &current, Some(&body)) {
+    if !rules::allows(
+        caller,
+        coll,
+        Action::Update,
+        &current,
+        Some(&body),
+        &state.clock.now(),
+    ) {
         return Err(denied(state, caller, coll, Action::Update));
     }
     if let Some(h) = if_match
@@ -552,13 +580,20 @@ pub async fn prepare_update(
     let record = Record {
         id: current.id.clone(),
         created: current.created.clone(),
-        updated: crate::clock::now(),
+        updated: state.clock.now(),
         version: current.version + 1,
         data,
     };
     // The rule holds for the record as it is and as it will be: a caller cannot move
     // a record into a state it could not have created (another owner, say).
-    if !rules::allows(caller, coll, Action::Update, &record, Some(&body)) {
+    if !rules::allows(
+        caller,
+        coll,
+        Action::Update,
+        &record,
+        Some(&body),
+        &state.clock.now(),
+    ) {
         return Err(denied(state, caller, coll, Action::Update));
     }
     check_relation_access(state, caller, coll, &record, Some(&current)).await?;
@@ -613,7 +648,14 @@ pub async fn prepare_delete(
     if ruled && !caller.is_superuser() {
         // The rule was checked against this version: delete only that version.
         let current = get_visible(state, caller, coll, id).await?;
-        if !rules::allows(caller, coll, Action::Delete, &current, None) {
+        if !rules::allows(
+            caller,
+            coll,
+            Action::Delete,
+            &current,
+            None,
+            &state.clock.now(),
+        ) {
             return Err(denied(state, caller, coll, Action::Delete));
         }
         if let Some(h) = if_match
@@ -749,7 +791,7 @@ pub async fn update(
                 state.store.dialect(),
                 coll.name(),
                 id,
-                crate::clock::now_ms(),
+                state.clock.now_ms(),
             ));
         }
         match apply_writes(state, ops).await {
@@ -760,7 +802,7 @@ pub async fn update(
                         let n = state
                             .auth
                             .sessions
-                            .revoke_all(coll.name(), id, crate::clock::now_ms())
+                            .revoke_all(coll.name(), id, state.clock.now_ms())
                             .await
                             .map_err(store_error)?;
                         audit::record(
@@ -821,7 +863,7 @@ pub async fn list(
     params: &ListParams,
 ) -> Result<ListPage, ApiError> {
     caller.require_scope(coll.name(), Action::List)?;
-    let now = crate::clock::now();
+    let now = state.clock.now();
     let rule = match rules::list_access(caller, coll) {
         rules::ListAccess::All => None,
         rules::ListAccess::Filter(e) => Some(e),
@@ -920,7 +962,14 @@ pub async fn render_many(
             {
                 // An expanded record is shown only to callers who may view it.
                 if caller.scope_allows(target.name(), Action::View)
-                    && rules::allows(caller, &target, Action::View, &rec, None)
+                    && rules::allows(
+                        caller,
+                        &target,
+                        Action::View,
+                        &rec,
+                        None,
+                        &state.clock.now(),
+                    )
                 {
                     found.insert(rec.id.clone(), Value::Object(render(&target, &rec, None)));
                 }
