@@ -655,12 +655,12 @@ async fn upkeep(state: AppState, mut stop: watch::Receiver<bool>) {
         if let Some(l) = &state.limiter {
             l.sweep();
         }
-        if let Some(tls) = state.tls.clone() {
-            if let Ok(true) = tokio::task::spawn_blocking(move || tls.reload_if_changed()).await {
-                state
-                    .metrics
-                    .scoped(|| metrics::counter!("lintel_tls_reloads_total").increment(1));
-            }
+        if let Some(tls) = state.tls.clone()
+            && let Ok(true) = tokio::task::spawn_blocking(move || tls.reload_if_changed()).await
+        {
+            state
+                .metrics
+                .scoped(|| metrics::counter!("lintel_tls_reloads_total").increment(1));
         }
         state.login_guard.sweep(
             state.clock.now_ms(),

@@ -242,14 +242,10 @@ impl Executor {
     {
         let (reply, rx) = oneshot::channel();
         let task: Box<dyn WriteTask> = Box::new(Task { f, reply });
-        // Counted before it is sent, so the writer's decrement never comes first.
-        self.metrics.write_queue.increment(1.0);
-        let sent = self.write_tx.try_send(WriteMsg::Task(task));
-        if sent.is_err() {
-            self.metrics.write_queue.decrement(1.0);
-        }
-        match sent {
-            Ok(()) => {}
+        match self.write_tx.try_send(WriteMsg::Task(task)) {
+            // Counted once it is in the queue (the writer may take it, and count it
+            // out, an instant before: the gauge is exact whenever the two settle).
+            Ok(()) => self.metrics.write_queue.increment(1.0),
             Err(flume::TrySendError::Full(_)) => {
                 self.metrics.write_rejected.increment(1);
                 return Err(E::from(StoreError::Unavailable(
