@@ -213,10 +213,23 @@ async fn openapi_documents_every_route_and_every_documented_path_answers() {
     app.shutdown().await;
 }
 
+// Each server has its own registry, so the counts are exact: nothing another test's
+// server does shows up here.
 #[tokio::test]
 async fn metrics_count_requests_by_route_template() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with(crate::common::patient).await;
     app.posts().await;
+    let records = "/v1/collections/{collection}/records";
+    let one = "/v1/collections/{collection}/records/{id}";
+    // The audit rows of the collection changes are written in the background first.
+    let busy = app
+        .running()
+        .state
+        .tasks
+        .wait_idle(std::time::Duration::from_secs(10))
+        .await;
+    assert_eq!(busy, 0);
+    let before_commits = app.metric("lintel_store_commits_total", &[]).await;
     app.get("/v1/collections/posts/records").await;
     let rec = app.create("authors", json!({"name": "Ann"})).await;
     let href = format!(
@@ -227,26 +240,59 @@ async fn metrics_count_requests_by_route_template() {
     let second = app.get(&href).await;
     assert_eq!(second.body["name"], "Ann");
     let r = app.admin(Method::GET, "/metrics", None).await;
-    // On PostgreSQL the cache waits for the change feed, so the first reads may miss.
-    assert!(
-        crate::common::postgres_url().is_some()
-            || r.text
-                .contains("lintel_cache_requests_total{kind=\"record\",result=\"hit\"}"),
-        "the second read is served from the cache: {}",
-        r.text
-    );
     assert_eq!(r.status, StatusCode::OK);
-    assert!(r.text.contains("lintel_http_requests_total"), "{}", r.text);
-    assert!(
-        r.text
-            .contains("route=\"/v1/collections/{collection}/records\"")
+    let m = |name: &str, labels: &[(&str, &str)]| crate::common::sum_metric(&r.text, name, labels);
+    assert_eq!(
+        m(
+            "lintel_http_requests_total",
+            &[("route", records), ("method", "GET"), ("status", "200")]
+        ),
+        1.0
     );
-    assert!(
-        r.text
-            .contains("lintel_http_request_duration_seconds_bucket")
+    assert_eq!(
+        m(
+            "lintel_http_requests_total",
+            &[("route", records), ("method", "POST"), ("status", "201")]
+        ),
+        1.0
     );
-    assert!(r.text.contains("lintel_http_requests_in_flight"));
-    assert!(r.text.contains("lintel_store_commits_total"));
+    assert_eq!(
+        m(
+            "lintel_http_requests_total",
+            &[("route", one), ("method", "GET"), ("status", "200")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        m(
+            "lintel_http_request_duration_seconds_count",
+            &[("route", one)]
+        ),
+        2.0
+    );
+    // Only the /metrics request itself is in flight while it renders.
+    assert_eq!(m("lintel_http_requests_in_flight", &[]), 1.0);
+    // One create, one commit (the collection changes before were counted earlier).
+    assert_eq!(m("lintel_store_commits_total", &[]) - before_commits, 1.0);
+    // On PostgreSQL the cache waits for the change feed, so the first reads may miss.
+    if crate::common::postgres_url().is_none() {
+        assert_eq!(
+            m(
+                "lintel_cache_requests_total",
+                &[("kind", "record"), ("result", "hit")]
+            ),
+            1.0,
+            "the second read is served from the cache: {}",
+            r.text
+        );
+        assert_eq!(
+            m(
+                "lintel_cache_requests_total",
+                &[("kind", "record"), ("result", "miss")]
+            ),
+            1.0
+        );
+    }
     app.shutdown().await;
 }
 
