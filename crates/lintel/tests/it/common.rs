@@ -337,6 +337,8 @@ impl TestApp {
 pub struct SmtpSink {
     pub port: u16,
     pub messages: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Woken at each message kept.
+    arrived: Arc<tokio::sync::Notify>,
 }
 
 impl SmtpSink {
@@ -351,9 +353,12 @@ impl SmtpSink {
         let port = listener.local_addr().unwrap().port();
         let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let store = messages.clone();
+        let arrived = Arc::new(tokio::sync::Notify::new());
+        let notify = arrived.clone();
         tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
                 let store = store.clone();
+                let notify = notify.clone();
                 tokio::spawn(async move {
                     let (r, mut w) = sock.into_split();
                     let mut lines = BufReader::new(r).lines();
@@ -364,6 +369,7 @@ impl SmtpSink {
                         if let Some(buf) = data.as_mut() {
                             if line == "." {
                                 store.lock().unwrap().push(std::mem::take(buf));
+                                notify.notify_waiters();
                                 data = None;
                                 let _ = w.write_all(b"250 queued\r\n").await;
                             } else {
@@ -389,18 +395,30 @@ impl SmtpSink {
                 });
             }
         });
-        Self { port, messages }
+        Self {
+            port,
+            messages,
+            arrived,
+        }
     }
 
-    /// Waits for the `n`th message (0-based) and returns it.
+    /// Waits for the `n`th message (0-based) to arrive (woken by the sink as each one
+    /// is kept; at most 30 s) and returns it.
     pub async fn message(&self, n: usize) -> String {
-        for _ in 0..200 {
-            if let Some(m) = self.messages.lock().unwrap().get(n) {
-                return m.clone();
+        let wait = async {
+            loop {
+                let next = self.arrived.notified();
+                tokio::pin!(next);
+                next.as_mut().enable();
+                if let Some(m) = self.messages.lock().unwrap().get(n) {
+                    return m.clone();
+                }
+                next.await;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        panic!("no mail #{n} arrived");
+        };
+        tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .unwrap_or_else(|_| panic!("no mail #{n} arrived"))
     }
 
     pub fn count(&self) -> usize {
