@@ -8,7 +8,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tower::Layer;
@@ -30,6 +29,8 @@ pub struct AppState(Arc<Inner>);
 pub struct Inner {
     /// The configuration the process started with.
     pub config: Config,
+    /// Where request handling reads the time (see [`crate::clock`]).
+    pub clock: Arc<dyn crate::clock::Clock>,
     /// The storage engine.
     pub store: Arc<dyn Store>,
     /// The collections and their generation, swapped whole after each schema change.
@@ -43,7 +44,7 @@ pub struct Inner {
     /// Records and counts read from the store, kept until a write changes them.
     pub cache: crate::cache::ReadCache,
     /// Renders `/metrics`.
-    pub metrics: PrometheusHandle,
+    pub metrics: crate::telemetry::Metrics,
     /// The OpenAPI document: the static part, and the whole as of the current catalog.
     pub openapi: crate::http::openapi::Document,
     /// Token keys and the session store.
@@ -139,7 +140,10 @@ pub(crate) async fn load_catalog(store: &dyn Store) -> anyhow::Result<(i64, Cata
 /// Opens the store for `config`: PostgreSQL when `database_url` is set, else SQLite
 /// under the data folder. Either way the data folder (migrations, the admin token) is
 /// created first, readable by this user only.
-pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+pub async fn open_store(
+    config: &Config,
+    metrics: &crate::telemetry::Metrics,
+) -> anyhow::Result<Arc<dyn Store>> {
     let dir = config.data_dir.clone();
     tokio::task::spawn_blocking(move || create_private_dir(&dir)).await??;
     if !config.database_url.0.is_empty() {
@@ -147,6 +151,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
             &config.database_url.0,
             &config.database_replica_urls.0,
             &config.database_pool,
+            metrics.clone(),
         )
         .await
         .map_err(|e| anyhow::anyhow!("opening the PostgreSQL store: {e}"))?;
@@ -154,8 +159,9 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     }
     let path = config.database_path();
     let store_cfg = config.store.clone();
+    let metrics = metrics.clone();
     let store = tokio::task::spawn_blocking(move || -> anyhow::Result<SqliteStore> {
-        SqliteStore::open(&path, &store_cfg).map_err(|e| anyhow::anyhow!("{e}"))
+        SqliteStore::open(&path, &store_cfg, metrics).map_err(|e| anyhow::anyhow!("{e}"))
     })
     .await??;
     Ok(Arc::new(store))
@@ -310,12 +316,22 @@ impl Running {
 
 /// Starts Lintel: opens the store, applies pending migrations, binds the listener.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    start_with(config, Arc::new(crate::clock::SystemClock::new())).await
+}
+
+/// [`start`] with the clock the server reads the time from (a test's
+/// [`ManualClock`](crate::clock::ManualClock)).
+pub async fn start_with(
+    config: Config,
+    clock: Arc<dyn crate::clock::Clock>,
+) -> anyhow::Result<Running> {
     // Before the store is touched: a refused token leaves nothing half-started.
     let token = {
         let cfg = config.clone();
         tokio::task::spawn_blocking(move || admin_token(&cfg)).await??
     };
-    let store = open_store(&config).await?;
+    let metrics = crate::telemetry::Metrics::new();
+    let store = open_store(&config, &metrics).await?;
     if config.auto_migrate {
         let applied =
             crate::migrations::apply_pending(store.as_ref(), &config.migrations_path()).await?;
@@ -395,6 +411,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             Box::new(crate::ratelimit::MemoryStore::new(
                 config.rate_limit.max_keys,
             )),
+            clock.clone(),
+            &metrics,
         )
     });
     let mailer_cfg = config.mail.clone();
@@ -402,6 +420,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let state = AppState(Arc::new(Inner {
         admin_digest: token_digest(&token),
         config,
+        clock,
         store,
         catalog: RwLock::new((catalog.0, Arc::new(catalog.1), 0)),
         reload_tickets: std::sync::atomic::AtomicU64::new(0),
@@ -410,8 +429,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             config_cache.records,
             config_cache.counts,
             config_cache.page_bytes,
-        ),
-        metrics: crate::telemetry::metrics_handle(),
+        )
+        .with_metrics(&metrics),
+        metrics,
         openapi,
         auth: crate::auth::AuthRuntime::new(keys, hasher, store_for_auth),
         mailer: crate::auth::mail::Mailer::from_config(&mailer_cfg)?.map(Arc::new),
@@ -631,11 +651,15 @@ async fn upkeep(state: AppState, mut stop: watch::Receiver<bool>) {
         if let Some(l) = &state.limiter {
             l.sweep();
         }
-        if let Some(tls) = state.tls.clone() {
-            let _ = tokio::task::spawn_blocking(move || tls.reload_if_changed()).await;
+        if let Some(tls) = state.tls.clone()
+            && let Ok(true) = tokio::task::spawn_blocking(move || tls.reload_if_changed()).await
+        {
+            state
+                .metrics
+                .scoped(|| metrics::counter!("lintel_tls_reloads_total").increment(1));
         }
         state.login_guard.sweep(
-            crate::clock::now_ms(),
+            state.clock.now_ms(),
             (state
                 .config
                 .auth
@@ -665,7 +689,7 @@ async fn purge_loop(state: AppState, mut stop: watch::Receiver<bool>) {
         match crate::store::purge::purge_expired(
             state.store.as_ref(),
             &policy,
-            crate::clock::now_ms(),
+            state.clock.now_ms(),
             keep_going,
         )
         .await

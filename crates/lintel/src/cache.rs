@@ -111,6 +111,8 @@ pub struct ReadCache {
     max_records: usize,
     max_counts: usize,
     max_page_bytes: usize,
+    /// `lintel_cache_requests_total` by kind (record, count, page) and result (hit, miss).
+    requests: [[metrics::Counter; 2]; 3],
 }
 
 impl ReadCache {
@@ -122,7 +124,24 @@ impl ReadCache {
             max_records,
             max_counts,
             max_page_bytes,
+            requests: std::array::from_fn(|_| std::array::from_fn(|_| metrics::Counter::noop())),
         }
+    }
+
+    /// Counts hits and misses in `metrics` (a cache made with `new` counts nowhere).
+    pub fn with_metrics(mut self, metrics: &crate::telemetry::Metrics) -> Self {
+        self.requests = metrics.scoped(|| {
+            ["record", "count", "page"].map(|kind| {
+                ["hit", "miss"].map(|result| {
+                    metrics::counter!("lintel_cache_requests_total", "kind" => kind, "result" => result)
+                })
+            })
+        });
+        self
+    }
+
+    fn count_request(&self, kind: usize, hit: bool) {
+        self.requests[kind][usize::from(!hit)].increment(1);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -151,9 +170,7 @@ impl ReadCache {
                 .cloned()
         };
         drop(inner);
-        let name = if hit.is_some() { "hit" } else { "miss" };
-        metrics::counter!("lintel_cache_requests_total", "kind" => "record", "result" => name)
-            .increment(1);
+        self.count_request(0, hit.is_some());
         hit
     }
 
@@ -189,9 +206,7 @@ impl ReadCache {
             .filter(|(stamp, _)| !inner.suspended && *stamp == current)
             .map(|(_, n)| *n);
         drop(inner);
-        let name = if hit.is_some() { "hit" } else { "miss" };
-        metrics::counter!("lintel_cache_requests_total", "kind" => "count", "result" => name)
-            .increment(1);
+        self.count_request(1, hit.is_some());
         hit
     }
 
@@ -223,9 +238,7 @@ impl ReadCache {
             .filter(|(stamp, _)| !inner.suspended && *stamp == current)
             .map(|(_, (_, p))| p.clone());
         drop(inner);
-        let name = if hit.is_some() { "hit" } else { "miss" };
-        metrics::counter!("lintel_cache_requests_total", "kind" => "page", "result" => name)
-            .increment(1);
+        self.count_request(2, hit.is_some());
         hit
     }
 

@@ -208,7 +208,7 @@ async fn create_superuser(config: config::Config, email: &str) -> anyhow::Result
         .hash(password)
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.detail))?;
-    let store = crate::app::open_store(&config).await?;
+    let store = crate::app::open_store(&config, &crate::telemetry::Metrics::new()).await?;
     let result = crate::auth::superusers::upsert(store.as_ref(), &email, &hash).await;
     store.close().await;
     let (id, created) = result.map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -230,7 +230,7 @@ async fn migrate(config: config::Config, action: MigrateAction) -> anyhow::Resul
         println!("created {}", path.display());
         return Ok(());
     }
-    let store = crate::app::open_store(&config).await?;
+    let store = crate::app::open_store(&config, &crate::telemetry::Metrics::new()).await?;
     let result = match action {
         MigrateAction::Status => {
             let files = migrations::scan(&dir)?;
@@ -271,7 +271,7 @@ async fn migrate(config: config::Config, action: MigrateAction) -> anyhow::Resul
 /// Reads the catalog from the store (without applying pending migration files) and
 /// writes its types.
 async fn types(config: config::Config, lang: Lang, out: Option<PathBuf>) -> anyhow::Result<()> {
-    let store = crate::app::open_store(&config).await?;
+    let store = crate::app::open_store(&config, &crate::telemetry::Metrics::new()).await?;
     let loaded = crate::app::load_catalog(store.as_ref()).await;
     store.close().await;
     let (_, catalog) = loaded?;

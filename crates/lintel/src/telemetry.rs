@@ -1,11 +1,12 @@
 //! Logging and metrics set-up. Logs are JSON when stderr is not a terminal (or when
 //! configured), with the request span's fields (request id, trace id) on every line.
-//! Metrics go to a Prometheus recorder rendered at `/metrics`.
+//! Metrics go to the server's own Prometheus registry ([`Metrics`]), rendered at
+//! `/metrics`.
 
 use std::io::IsTerminal;
-use std::sync::OnceLock;
+use std::sync::Arc;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -44,25 +45,55 @@ pub fn init_logging(cfg: &LogConfig) -> tracing_appender::non_blocking::WorkerGu
     guard
 }
 
-/// The process's metrics recorder. The `metrics` facade is process-wide by design, so
-/// the recorder is installed once and every server in the process shares it.
-pub fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
-                .set_buckets(&[
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    10.0,
-                ])
-                .unwrap_or_else(|_| PrometheusBuilder::new());
-            match builder.install_recorder() {
-                Ok(handle) => handle,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics recorder not installed; /metrics will be empty");
-                    PrometheusBuilder::new().build_recorder().handle()
-                }
-            }
-        })
-        .clone()
+/// One server's metrics: its own Prometheus registry, rendered at its `/metrics`.
+///
+/// No recorder is installed process-wide: every Lintel metric is recorded through
+/// [`Metrics::scoped`] (or a handle made there), so two servers in one process (the
+/// test suite starts hundreds) never count each other's requests, and each `/metrics`
+/// shows exactly its own server's work. With one server per process, as in
+/// production, this is the same as a global recorder.
+#[derive(Clone)]
+pub struct Metrics {
+    recorder: Arc<PrometheusRecorder>,
+    handle: PrometheusHandle,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let builder = PrometheusBuilder::new()
+            .set_buckets(&[
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0,
+            ])
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        Self {
+            recorder: Arc::new(recorder),
+            handle,
+        }
+    }
+
+    /// Runs `f` with this server's registry as the recorder of the `metrics` macros
+    /// (on this thread, for the call only). Handles made inside (`counter!(..)`) keep
+    /// recording into this registry wherever they are used afterwards.
+    pub fn scoped<T>(&self, f: impl FnOnce() -> T) -> T {
+        metrics::with_local_recorder(self.recorder.as_ref(), f)
+    }
+
+    /// The Prometheus text of this server's metrics.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Drains histogram samples into their buckets; call every few seconds.
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
 }

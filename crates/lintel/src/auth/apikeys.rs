@@ -95,7 +95,7 @@ fn check(state: &AppState, req: &NewKey, superuser: bool) -> Result<Option<i64>,
         None => None,
         Some(t) => {
             match crate::clock::normalize_datetime(t).and_then(|n| crate::clock::ts_seconds(&n)) {
-                Some(secs) if secs * 1000 > crate::clock::now_ms() => Some(secs * 1000),
+                Some(secs) if secs * 1000 > state.clock.now_ms() => Some(secs * 1000),
                 Some(_) => {
                     push_field_error(&mut errors, "expiresAt", "in_past", "must be in the future");
                     None
@@ -176,7 +176,7 @@ pub async fn create_key(
     let id = crate::ids::record_id();
     let secret = crate::ids::secret_token();
     let key = format!("{PREFIX}{id}_{secret}");
-    let now = crate::clock::now_ms();
+    let now = state.clock.now_ms();
     let scopes = serde_json::to_string(&req.scopes).map_err(ApiError::internal)?;
     let mut sql = Sql::new(state.store.dialect());
     sql.push("INSERT INTO _lintel_api_keys (id, name, key_hash, collection, user_id, scopes, created, expires) VALUES (");
@@ -266,7 +266,7 @@ pub async fn revoke_key(
     let (collection, user_id) = require_account(&caller)?;
     let mut sql = Sql::new(state.store.dialect());
     sql.push("UPDATE _lintel_api_keys SET revoked = ")
-        .bind(SqlValue::Int(crate::clock::now_ms()))
+        .bind(SqlValue::Int(state.clock.now_ms()))
         .push(" WHERE id = ")
         .bind(SqlValue::Text(id.clone()))
         .push(" AND revoked IS NULL");
@@ -330,7 +330,7 @@ pub async fn authenticate(state: &AppState, key: &str) -> Result<Option<Caller>,
     if !crate::http::extract::constant_time_eq(&stored, &given) {
         return Ok(None);
     }
-    let now = crate::clock::now_ms();
+    let now = state.clock.now_ms();
     let expired = row.get(4).and_then(Value::as_i64).is_some_and(|e| e <= now);
     let revoked = row.get(5).and_then(Value::as_i64).is_some();
     if expired || revoked {

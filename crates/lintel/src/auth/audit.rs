@@ -71,7 +71,7 @@ fn current_request_id() -> Option<String> {
 
 /// Records an event in the background.
 pub fn record(state: &AppState, e: Event) {
-    let now = crate::clock::now_ms();
+    let now = state.clock.now_ms();
     record_as(state, new_id(now), now, e);
 }
 
@@ -234,7 +234,7 @@ pub fn record_denial(
     collection: &str,
     action: &'static str,
 ) {
-    let now = crate::clock::now_ms();
+    let now = state.clock.now_ms();
     let key = DenialKey {
         actor,
         ip,
@@ -268,7 +268,7 @@ pub fn record_denial(
 /// Brings the counts of closed denial windows up to date (every few seconds; with
 /// `all`, every window, at shutdown).
 pub fn flush_denials(state: &AppState, all: bool) {
-    let now = (!all).then(crate::clock::now_ms);
+    let now = (!all).then(|| state.clock.now_ms());
     write_counts(state, state.denials.take_closed(now));
 }
 

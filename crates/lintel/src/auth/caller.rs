@@ -343,8 +343,12 @@ async fn resolve(state: &AppState, parts: &Parts) -> Result<Caller, ApiError> {
                 .await?
                 .ok_or_else(invalid_token);
         }
-        let claims = state.auth.keys.verify(token).ok_or_else(invalid_token)?;
-        let now = crate::clock::now_ms();
+        let now = state.clock.now_ms();
+        let claims = state
+            .auth
+            .keys
+            .verify(token, now)
+            .ok_or_else(invalid_token)?;
         let session = state
             .auth
             .sessions
@@ -366,7 +370,7 @@ async fn resolve(state: &AppState, parts: &Parts) -> Result<Caller, ApiError> {
         });
     }
     if let Some(secret) = cookie(&parts.headers, SESSION_COOKIE) {
-        let now = crate::clock::now_ms();
+        let now = state.clock.now_ms();
         let idle = state.config.auth.session_idle_secs as i64 * 1000;
         let slot = parts.extensions.get::<CookieSlot>().cloned();
         let secure = state.config.auth.cookie_secure

@@ -114,7 +114,7 @@ async fn issue(
     data: Option<String>,
 ) -> Result<String, ApiError> {
     let token = crate::ids::secret_token();
-    let now = crate::clock::now_ms();
+    let now = state.clock.now_ms();
     let mut earlier = Sql::new(state.store.dialect());
     earlier
         .push("DELETE FROM _lintel_auth_tokens WHERE collection = ")
@@ -172,7 +172,7 @@ fn bad_token() -> ApiError {
 
 async fn present(state: &AppState, purpose: &str, token: &str) -> Result<Presented, ApiError> {
     let hash = tokens::digest(token);
-    let now = crate::clock::now_ms();
+    let now = state.clock.now_ms();
     let mut sql = Sql::new(state.store.dialect());
     sql.push("SELECT collection, user_id, data FROM _lintel_auth_tokens WHERE hash = ")
         .bind(SqlValue::Text(hash.clone()))
@@ -223,7 +223,7 @@ async fn change(
     let record = Record {
         id: p.record.id.clone(),
         created: p.record.created.clone(),
-        updated: crate::clock::now(),
+        updated: state.clock.now(),
         version: p.record.version + 1,
         data,
     };
@@ -495,13 +495,13 @@ pub async fn confirm_password_reset(
         state.store.dialect(),
         &coll,
         &id,
-        crate::clock::now_ms(),
+        state.clock.now_ms(),
     );
     change(p, &state, changes, vec![revoke_keys]).await?;
     let n = state
         .auth
         .sessions
-        .revoke_all(&coll, &id, crate::clock::now_ms())
+        .revoke_all(&coll, &id, state.clock.now_ms())
         .await
         .map_err(store_error)?;
     audit::record(
@@ -623,7 +623,7 @@ pub async fn confirm_email_change(
     state
         .auth
         .sessions
-        .revoke_all(&coll, &id, crate::clock::now_ms())
+        .revoke_all(&coll, &id, state.clock.now_ms())
         .await
         .map_err(store_error)?;
     audit::record(

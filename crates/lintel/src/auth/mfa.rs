@@ -135,8 +135,8 @@ async fn write(state: &AppState, ops: Vec<WriteOp>) -> Result<(), StoreError> {
         .map_err(|WriteError { error, .. }| error)
 }
 
-fn now_secs() -> u64 {
-    (crate::clock::now_ms() / 1000).max(0) as u64
+fn now_secs(state: &AppState) -> u64 {
+    (state.clock.now_ms() / 1000).max(0) as u64
 }
 
 /// Uses a TOTP code or a recovery code once; false when neither is valid.
@@ -152,7 +152,7 @@ async fn consume(
         let Some(secret) = unbase32(&f.secret) else {
             return Ok(false);
         };
-        let Some(step) = matching_step(&secret, code, now_secs()) else {
+        let Some(step) = matching_step(&secret, code, now_secs(state)) else {
             return Ok(false);
         };
         if step as i64 <= f.last_step {
@@ -291,7 +291,7 @@ pub async fn enroll(State(state): State<AppState>, caller: Caller) -> Result<Res
         .push(", ")
         .bind(SqlValue::Text(secret.clone()))
         .push(", 0, 0, '[]', ")
-        .bind(SqlValue::Int(crate::clock::now_ms()))
+        .bind(SqlValue::Int(state.clock.now_ms()))
         .push(")");
     write(
         &state,
@@ -371,7 +371,7 @@ pub async fn confirm(
     let Some(step) = req
         .code
         .as_deref()
-        .and_then(|c| matching_step(&secret, c, now_secs()))
+        .and_then(|c| matching_step(&secret, c, now_secs(&state)))
     else {
         return Err(ApiError::field(
             "code",

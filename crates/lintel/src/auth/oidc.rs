@@ -354,7 +354,7 @@ pub async fn start(
     // sign-in: a `state` planted in another browser (login CSRF) is refused.
     let browser = crate::ids::secret_token();
     let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-    let now = crate::clock::now_ms();
+    let now = state.clock.now_ms();
     let mut sql = Sql::new(state.store.dialect());
     sql.push("INSERT INTO _lintel_oauth_states (hash, provider, verifier, nonce, redirect, mode, created, expires, browser) VALUES (");
     let values = [
@@ -540,7 +540,7 @@ async fn finish(
         }) => return Err(fail("unknown or already used state")),
         Err(e) => return Err(store_error(e.error)),
     }
-    if row.get(4).and_then(Value::as_i64).unwrap_or(0) <= crate::clock::now_ms() {
+    if row.get(4).and_then(Value::as_i64).unwrap_or(0) <= state.clock.now_ms() {
         return Err(fail("the sign-in took too long; start again"));
     }
     if !get("error").is_empty() {
@@ -690,7 +690,7 @@ async fn create_account(
     }
     // A random password the user never sees; a password reset can set one.
     let hash = state.auth.hasher.hash(crate::ids::secret_token()).await?;
-    let now = crate::clock::now();
+    let now = state.clock.now();
     let mut data = Map::new();
     for f in coll.fields() {
         if let Some(d) = &f.default {
@@ -747,7 +747,7 @@ async fn take_over(
     record: Record,
     provider: &str,
 ) -> Result<Account, ApiError> {
-    let now = crate::clock::now_ms();
+    let now = state.clock.now_ms();
     let (name, id) = (coll.name(), record.id.as_str());
     let mut data = record.data.clone();
     data.insert("passwordHash".into(), Value::Null);
@@ -755,7 +755,7 @@ async fn take_over(
     let updated = Record {
         id: record.id.clone(),
         created: record.created.clone(),
-        updated: crate::clock::now(),
+        updated: state.clock.now(),
         version: record.version + 1,
         data,
     };

@@ -166,7 +166,7 @@ pub async fn check_current(
         (keys[0].0.as_str(), keys[0].1),
         (keys[1].0.as_str(), keys[1].1),
     ];
-    match state.login_guard.gate(&guard_keys, crate::clock::now_ms()) {
+    match state.login_guard.gate(&guard_keys, state.clock.now_ms()) {
         Gate::Locked { retry_after_ms } => {
             audit::record(
                 state,
@@ -193,10 +193,7 @@ pub async fn check_current(
         state.login_guard.succeeded(guard_keys[0].0);
         return Ok(true);
     }
-    for key in state
-        .login_guard
-        .failed(&guard_keys, crate::clock::now_ms())
-    {
+    for key in state.login_guard.failed(&guard_keys, state.clock.now_ms()) {
         audit::record(
             state,
             audit::Event::new("signin_locked", "locked")

@@ -224,7 +224,7 @@ pub async fn open_session(
     caller: &Caller,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let now = crate::clock::now_ms();
+    let now = state.clock.now_ms();
     let cfg = &state.config.auth;
     let id = crate::ids::secret_token();
     if cookie_mode {
@@ -306,7 +306,12 @@ pub async fn open_session(
     let access = state
         .auth
         .keys
-        .issue(account.collection(), account.id(), &id)
+        .issue(
+            account.collection(),
+            account.id(),
+            &id,
+            state.clock.now_ms(),
+        )
         .map_err(ApiError::internal)?;
     let mut res = axum::Json(json!({
         "accessToken": access,
@@ -471,7 +476,7 @@ impl SignInGuard {
     /// Before any secret is checked: `429 signin_locked` while the account or the
     /// address is locked; a delay after a few failures.
     pub async fn gate(&self, state: &AppState, caller: &Caller) -> Result<(), ApiError> {
-        match state.login_guard.gate(&self.keys(), crate::clock::now_ms()) {
+        match state.login_guard.gate(&self.keys(), state.clock.now_ms()) {
             Gate::Locked { retry_after_ms } => {
                 audit::record(
                     state,
@@ -500,10 +505,7 @@ impl SignInGuard {
     /// A wrong secret: counted toward the lockout, each lock it causes audited, and the
     /// failure itself audited with its reason.
     pub fn failed(&self, state: &AppState, caller: &Caller, subject: Option<&str>, reason: &str) {
-        for key in state
-            .login_guard
-            .failed(&self.keys(), crate::clock::now_ms())
-        {
+        for key in state.login_guard.failed(&self.keys(), state.clock.now_ms()) {
             audit::record(
                 state,
                 audit::Event::new("signin_locked", "locked")
@@ -559,7 +561,7 @@ pub async fn second_factor(
     match e.code {
         "mfa_required" => {
             let token = crate::ids::secret_token();
-            let now = crate::clock::now_ms();
+            let now = state.clock.now_ms();
             let data = json!({
                 "mode": if pending.cookie_mode { "cookie" } else { "token" },
                 "via": pending.via,
@@ -633,7 +635,7 @@ async fn complete_pending(
         ));
     }
     let hash = tokens::digest(token);
-    let now = crate::clock::now_ms();
+    let now = state.clock.now_ms();
     let mut sql = Sql::new(state.store.dialect());
     sql.push("SELECT collection, user_id, data FROM _lintel_auth_tokens WHERE hash = ")
         .bind(SqlValue::Text(hash.clone()))
@@ -666,7 +668,7 @@ async fn complete_pending(
     .await?;
     let mut used = Sql::new(state.store.dialect());
     used.push("UPDATE _lintel_auth_tokens SET used = ")
-        .bind(SqlValue::Int(crate::clock::now_ms()))
+        .bind(SqlValue::Int(state.clock.now_ms()))
         .push(" WHERE hash = ")
         .bind(SqlValue::Text(hash))
         .push(" AND used IS NULL");
@@ -745,7 +747,7 @@ async fn refresh(
     caller: Caller,
     JsonBody(req): JsonBody<RefreshRequest>,
 ) -> Result<Response, ApiError> {
-    let now = crate::clock::now_ms();
+    let now = state.clock.now_ms();
     let invalid = || {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -802,7 +804,12 @@ async fn refresh(
     let access = state
         .auth
         .keys
-        .issue(&session.collection, &session.user_id, &sid)
+        .issue(
+            &session.collection,
+            &session.user_id,
+            &sid,
+            state.clock.now_ms(),
+        )
         .map_err(ApiError::internal)?;
     audit::record(
         &state,
@@ -850,7 +857,7 @@ async fn logout(State(state): State<AppState>, caller: Caller) -> Result<Respons
     state
         .auth
         .sessions
-        .revoke(session, crate::clock::now_ms())
+        .revoke(session, state.clock.now_ms())
         .await
         .map_err(store_error)?;
     audit::record(
@@ -882,7 +889,7 @@ async fn logout_all(State(state): State<AppState>, caller: Caller) -> Result<Res
     let n = state
         .auth
         .sessions
-        .revoke_all(collection, id, crate::clock::now_ms())
+        .revoke_all(collection, id, state.clock.now_ms())
         .await
         .map_err(store_error)?;
     audit::record(
@@ -955,7 +962,7 @@ async fn list_sessions(
     let list = state
         .auth
         .sessions
-        .list(collection, id, crate::clock::now_ms())
+        .list(collection, id, state.clock.now_ms())
         .await
         .map_err(store_error)?;
     let current = caller.session();
@@ -996,7 +1003,7 @@ async fn revoke_session(
     Path(session_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let (collection, id) = require_account(&caller)?;
-    let now = crate::clock::now_ms();
+    let now = state.clock.now_ms();
     let found = state
         .auth
         .sessions

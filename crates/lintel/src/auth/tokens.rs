@@ -8,6 +8,9 @@ use sha2::{Digest, Sha256};
 
 use crate::config::AuthConfig;
 
+/// Seconds an access token is still accepted after its `exp`.
+const EXPIRY_LEEWAY_SECS: i64 = 5;
+
 /// The claims of an access token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
@@ -79,7 +82,9 @@ impl Keys {
             other => anyhow::bail!("auth.jwt_algorithm must be HS256 or EdDSA, not {other}"),
         };
         let mut validation = Validation::new(algorithm);
-        validation.leeway = 5;
+        // Expiry is checked in `verify`, against the server's clock.
+        validation.validate_exp = false;
+        validation.leeway = EXPIRY_LEEWAY_SECS as u64;
         validation.set_issuer(&[cfg.issuer.as_str()]);
         validation.set_required_spec_claims(&["exp", "iss", "sub"]);
         validation.validate_aud = false;
@@ -93,9 +98,15 @@ impl Keys {
         })
     }
 
-    /// Signs an access token for an account and session.
-    pub fn issue(&self, collection: &str, id: &str, session: &str) -> anyhow::Result<String> {
-        let now = crate::clock::now_ms() / 1000;
+    /// Signs an access token for an account and session, issued at `now_ms`.
+    pub fn issue(
+        &self,
+        collection: &str,
+        id: &str,
+        session: &str,
+        now_ms: i64,
+    ) -> anyhow::Result<String> {
+        let now = now_ms / 1000;
         let claims = Claims {
             sub: id.to_owned(),
             col: collection.to_owned(),
@@ -107,11 +118,13 @@ impl Keys {
         encode(&Header::new(self.algorithm), &claims, &self.encoding).context("signing a token")
     }
 
-    /// Checks an access token's signature, issuer and expiry.
-    pub fn verify(&self, token: &str) -> Option<Claims> {
+    /// Checks an access token's signature, issuer and expiry (against `now_ms`, with
+    /// the same five seconds of leeway for clocks that differ between instances).
+    pub fn verify(&self, token: &str, now_ms: i64) -> Option<Claims> {
         decode::<Claims>(token, &self.decoding, &self.validation)
             .ok()
             .map(|d| d.claims)
+            .filter(|c| c.exp + EXPIRY_LEEWAY_SECS >= now_ms.div_euclid(1000))
     }
 }
 

@@ -217,7 +217,9 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let in_flight = metrics::gauge!("lintel_http_requests_in_flight");
+    let in_flight = state
+        .metrics
+        .scoped(|| metrics::gauge!("lintel_http_requests_in_flight"));
     in_flight.increment(1.0);
     let limit = Duration::from_millis(state.config.http.request_timeout_ms);
     let (req, verdict) = crate::ratelimit::check(&state, req).await;
@@ -260,9 +262,11 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
         ("route", route.clone()),
         ("status", status.to_string()),
     ];
-    metrics::counter!("lintel_http_requests_total", &labels).increment(1);
-    metrics::histogram!("lintel_http_request_duration_seconds", &labels)
-        .record(elapsed.as_secs_f64());
+    state.metrics.scoped(|| {
+        metrics::counter!("lintel_http_requests_total", &labels).increment(1);
+        metrics::histogram!("lintel_http_request_duration_seconds", &labels)
+            .record(elapsed.as_secs_f64());
+    });
     tracing::info!(
         method = %method,
         route = %route,

@@ -107,7 +107,7 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
             scope.clone(),
             key.clone(),
             fingerprint,
-            crate::clock::now_ms(),
+            state.clock.now_ms(),
             (cfg.ttl_secs * 1000) as i64,
             (cfg.lock_secs * 1000) as i64,
         )

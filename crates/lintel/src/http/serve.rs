@@ -130,14 +130,15 @@ impl Tls {
     }
 
     /// Re-reads the files when any changed; a broken new set keeps the old one.
-    pub fn reload_if_changed(&self) {
+    /// Returns whether a new certificate was installed.
+    pub fn reload_if_changed(&self) -> bool {
         let now = stamps(&files(&self.cfg));
         let changed = match self.stamp.read() {
             Ok(s) => *s != now,
             Err(_) => true,
         };
         if !changed {
-            return;
+            return false;
         }
         match server_config(&self.cfg) {
             Ok(sc) => {
@@ -148,11 +149,12 @@ impl Tls {
                     *s = now;
                 }
                 tracing::info!("TLS certificate reloaded");
-                metrics::counter!("lintel_tls_reloads_total").increment(1);
+                true
             }
             Err(e) => {
                 // Files are often replaced one at a time: try again next round.
                 tracing::warn!(error = %format!("{e:#}"), "TLS files changed but cannot be loaded yet; keeping the current certificate");
+                false
             }
         }
     }

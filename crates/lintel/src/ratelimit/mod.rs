@@ -237,11 +237,18 @@ pub struct Limiter {
     policies: Vec<String>,
     policy_values: Vec<Option<HeaderValue>>,
     store: Box<dyn RateStore>,
-    epoch: std::time::Instant,
+    clock: std::sync::Arc<dyn crate::clock::Clock>,
+    refused_total: metrics::Counter,
+    keys: metrics::Gauge,
 }
 
 impl Limiter {
-    pub fn new(rules: Vec<Rule>, store: Box<dyn RateStore>) -> Self {
+    pub fn new(
+        rules: Vec<Rule>,
+        store: Box<dyn RateStore>,
+        clock: std::sync::Arc<dyn crate::clock::Clock>,
+        metrics: &crate::telemetry::Metrics,
+    ) -> Self {
         let quotas: Vec<Quota> = rules.iter().map(Rule::quota).collect();
         let policies: Vec<String> = rules
             .iter()
@@ -258,18 +265,20 @@ impl Limiter {
             policies,
             policy_values,
             store,
-            epoch: std::time::Instant::now(),
+            clock,
+            refused_total: metrics.scoped(|| metrics::counter!("lintel_ratelimit_refused_total")),
+            keys: metrics.scoped(|| metrics::gauge!("lintel_ratelimit_keys")),
         }
     }
 
     fn now_ms(&self) -> u64 {
         // Monotonic: wall-clock jumps never refill or drain buckets.
-        self.epoch.elapsed().as_millis() as u64 + 1
+        self.clock.monotonic_ms() + 1
     }
 
     pub fn sweep(&self) {
         self.store.sweep(self.now_ms(), &self.quotas);
-        metrics::gauge!("lintel_ratelimit_keys").set(self.store.len() as f64);
+        self.keys.set(self.store.len() as f64);
     }
 
     /// Counts `units` of costly work (password hashes) done for a client address under
@@ -291,7 +300,7 @@ impl Limiter {
         for _ in 0..units {
             let d = self.store.hit(i, rule.algorithm, &self.quotas[i], key, now);
             if !d.allowed {
-                metrics::counter!("lintel_ratelimit_refused_total").increment(1);
+                self.refused_total.increment(1);
                 return Err(d.retry_after_ms.div_ceil(1000).max(1));
             }
         }
@@ -472,7 +481,7 @@ pub async fn check(state: &AppState, req: Request) -> (Request, Verdict) {
     let state_value = HeaderValue::from_maybe_shared(bytes::Bytes::from(states)).ok();
     let headers = policy.zip(state_value);
     let refused = refused.map(|wait| {
-        metrics::counter!("lintel_ratelimit_refused_total").increment(1);
+        limiter.refused_total.increment(1);
         let secs = wait.div_ceil(1000).max(1);
         let mut err = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,

@@ -354,7 +354,14 @@ async fn check_relation_access(
                 .await
                 .map_err(store_error)?
             {
-                if rules::allows(caller, &target_coll, Action::View, &rec, None) {
+                if rules::allows(
+                    caller,
+                    &target_coll,
+                    Action::View,
+                    &rec,
+                    None,
+                    &state.clock.now(),
+                ) {
                     visible += 1;
                 }
             }
@@ -434,7 +441,7 @@ pub async fn prepare_create(
     } else {
         validate_table(coll, &input, Mode::Create).map_err(ApiError::validation)?
     };
-    let now = crate::clock::now();
+    let now = state.clock.now();
     let record = Record {
         id: crate::ids::record_id(),
         created: now.clone(),
@@ -442,7 +449,14 @@ pub async fn prepare_create(
         version: 1,
         data,
     };
-    if !rules::allows(caller, coll, Action::Create, &record, Some(&body)) {
+    if !rules::allows(
+        caller,
+        coll,
+        Action::Create,
+        &record,
+        Some(&body),
+        &state.clock.now(),
+    ) {
         return Err(denied(state, caller, coll, Action::Create));
     }
     check_relation_access(state, caller, coll, &record, None).await?;
@@ -464,7 +478,14 @@ pub async fn get_visible(
 ) -> Result<Arc<Record>, ApiError> {
     caller.require_scope(coll.name(), Action::View)?;
     let record = get(state, coll, id).await?;
-    if rules::allows(caller, coll, Action::View, &record, None) {
+    if rules::allows(
+        caller,
+        coll,
+        Action::View,
+        &record,
+        None,
+        &state.clock.now(),
+    ) {
         Ok(record)
     } else {
         Err(store_error(StoreError::NotFound))
@@ -522,7 +543,8 @@ pub async fn prepare_update(
     let mut before = input.clone();
     before.remove("password");
     before.remove("oldPassword");
-    if !rules::allows(caller, coll, Action::Update, &current, Some(&before)) {
+    let now = state.clock.now();
+    if !rules::allows(caller, coll, Action::Update, &current, Some(&before), &now) {
         return Err(denied(state, caller, coll, Action::Update));
     }
     if let Some(h) = if_match
@@ -563,13 +585,20 @@ pub async fn prepare_update(
     let record = Record {
         id: current.id.clone(),
         created: current.created.clone(),
-        updated: crate::clock::now(),
+        updated: state.clock.now(),
         version: current.version + 1,
         data,
     };
     // The rule holds for the record as it is and as it will be: a caller cannot move
     // a record into a state it could not have created (another owner, say).
-    if !rules::allows(caller, coll, Action::Update, &record, Some(&body)) {
+    if !rules::allows(
+        caller,
+        coll,
+        Action::Update,
+        &record,
+        Some(&body),
+        &state.clock.now(),
+    ) {
         return Err(denied(state, caller, coll, Action::Update));
     }
     check_relation_access(state, caller, coll, &record, Some(&current)).await?;
@@ -624,7 +653,14 @@ pub async fn prepare_delete(
     if ruled && !caller.is_superuser() {
         // The rule was checked against this version: delete only that version.
         let current = get_visible(state, caller, coll, id).await?;
-        if !rules::allows(caller, coll, Action::Delete, &current, None) {
+        if !rules::allows(
+            caller,
+            coll,
+            Action::Delete,
+            &current,
+            None,
+            &state.clock.now(),
+        ) {
             return Err(denied(state, caller, coll, Action::Delete));
         }
         if let Some(h) = if_match
@@ -760,7 +796,7 @@ pub async fn update(
                 state.store.dialect(),
                 coll.name(),
                 id,
-                crate::clock::now_ms(),
+                state.clock.now_ms(),
             ));
         }
         match apply_writes(state, ops).await {
@@ -771,7 +807,7 @@ pub async fn update(
                         let n = state
                             .auth
                             .sessions
-                            .revoke_all(coll.name(), id, crate::clock::now_ms())
+                            .revoke_all(coll.name(), id, state.clock.now_ms())
                             .await
                             .map_err(store_error)?;
                         audit::record(
@@ -832,7 +868,7 @@ pub async fn list(
     params: &ListParams,
 ) -> Result<ListPage, ApiError> {
     caller.require_scope(coll.name(), Action::List)?;
-    let now = crate::clock::now();
+    let now = state.clock.now();
     let rule = match rules::list_access(caller, coll) {
         rules::ListAccess::All => None,
         rules::ListAccess::Filter(e) => Some(e),
@@ -931,7 +967,14 @@ pub async fn render_many(
             {
                 // An expanded record is shown only to callers who may view it.
                 if caller.scope_allows(target.name(), Action::View)
-                    && rules::allows(caller, &target, Action::View, &rec, None)
+                    && rules::allows(
+                        caller,
+                        &target,
+                        Action::View,
+                        &rec,
+                        None,
+                        &state.clock.now(),
+                    )
                 {
                     found.insert(rec.id.clone(), Value::Object(render(&target, &rec, None)));
                 }

@@ -131,6 +131,8 @@ pub struct PgStore {
     /// This process, so it can ignore its own change notices.
     instance: String,
     listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The server's metrics registry.
+    metrics: crate::telemetry::Metrics,
 }
 
 /// The change notice payload: the sender, then one line per change
@@ -469,7 +471,12 @@ fn decode_record(coll: &Collection, row: &Row) -> Result<Record, StoreError> {
 
 impl PgStore {
     /// Connects, opens the pools and brings Lintel's own tables up to date.
-    pub async fn open(url: &str, replica_urls: &str, cfg: &PoolConfig) -> Result<Self, StoreError> {
+    pub async fn open(
+        url: &str,
+        replica_urls: &str,
+        cfg: &PoolConfig,
+        metrics: crate::telemetry::Metrics,
+    ) -> Result<Self, StoreError> {
         let primary = build_pool(url, cfg, "primary")?;
         let mut replicas = Vec::new();
         for r in replica_urls
@@ -493,6 +500,7 @@ impl PgStore {
             listen_config,
             instance: crate::ids::record_id(),
             listener: std::sync::Mutex::new(None),
+            metrics,
         };
         store.run_system_migrations().await?;
         // Warm the pool to its minimum so the first requests do not pay for connecting.
@@ -509,17 +517,22 @@ impl PgStore {
     async fn get(&self, pool: &Pool, role: &'static str) -> Result<Object, StoreError> {
         let started = Instant::now();
         let result = pool.get().await;
-        metrics::histogram!("lintel_db_pool_acquire_seconds", "role" => role)
-            .record(started.elapsed().as_secs_f64());
-        let status = pool.status();
-        metrics::gauge!("lintel_db_pool_size", "role" => role).set(status.size as f64);
-        metrics::gauge!("lintel_db_pool_available", "role" => role).set(status.available as f64);
-        metrics::gauge!("lintel_db_pool_in_use", "role" => role)
-            .set(status.size.saturating_sub(status.available) as f64);
-        metrics::gauge!("lintel_db_pool_waiting", "role" => role).set(status.waiting as f64);
+        self.metrics.scoped(|| {
+            metrics::histogram!("lintel_db_pool_acquire_seconds", "role" => role)
+                .record(started.elapsed().as_secs_f64());
+            let status = pool.status();
+            metrics::gauge!("lintel_db_pool_size", "role" => role).set(status.size as f64);
+            metrics::gauge!("lintel_db_pool_available", "role" => role)
+                .set(status.available as f64);
+            metrics::gauge!("lintel_db_pool_in_use", "role" => role)
+                .set(status.size.saturating_sub(status.available) as f64);
+            metrics::gauge!("lintel_db_pool_waiting", "role" => role).set(status.waiting as f64);
+        });
         result.map_err(|e| match e {
             deadpool_postgres::PoolError::Timeout(_) => {
-                metrics::counter!("lintel_db_pool_timeouts_total", "role" => role).increment(1);
+                self.metrics.scoped(|| {
+                    metrics::counter!("lintel_db_pool_timeouts_total", "role" => role).increment(1)
+                });
                 StoreError::Unavailable("no database connection became free in time".into())
             }
             other => StoreError::Unavailable(format!("database unreachable: {other}")),
@@ -992,7 +1005,8 @@ impl Store for PgStore {
             return Err(WriteError::from(map_pg(&e, None)));
         }
         open.finished();
-        metrics::counter!("lintel_store_commits_total").increment(1);
+        self.metrics
+            .scoped(|| metrics::counter!("lintel_store_commits_total").increment(1));
         Ok(out)
     }
 

@@ -5,6 +5,10 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lintel::clock::ManualClock;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -16,6 +20,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
     pub dir: tempfile::TempDir,
+    /// The server's clock, when the test moves time itself ([`TestApp::spawn_clocked`]).
+    pub clock: Option<Arc<ManualClock>>,
     running: Option<lintel::Running>,
 }
 
@@ -156,8 +162,35 @@ impl TestApp {
         Self::start_in(dir, cfg).await
     }
 
+    /// A server whose clock stands still until the test moves it ([`TestApp::advance`]).
+    pub async fn spawn_clocked(f: impl FnOnce(&mut lintel::Config)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cfg = config(dir.path()).await;
+        f(&mut cfg);
+        Self::start_clocked(dir, cfg, Arc::new(ManualClock::new())).await
+    }
+
     pub async fn start_in(dir: tempfile::TempDir, cfg: lintel::Config) -> Self {
         let running = lintel::start(cfg).await.expect("server starts");
+        Self::with(running, dir, None)
+    }
+
+    pub async fn start_clocked(
+        dir: tempfile::TempDir,
+        cfg: lintel::Config,
+        clock: Arc<ManualClock>,
+    ) -> Self {
+        let running = lintel::start_with(cfg, clock.clone())
+            .await
+            .expect("server starts");
+        Self::with(running, dir, Some(clock))
+    }
+
+    fn with(
+        running: lintel::Running,
+        dir: tempfile::TempDir,
+        clock: Option<Arc<ManualClock>>,
+    ) -> Self {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
@@ -166,8 +199,24 @@ impl TestApp {
             addr: running.addr,
             client,
             dir,
+            clock,
             running: Some(running),
         }
+    }
+
+    /// Moves the server's clock forward (only for [`TestApp::spawn_clocked`] servers).
+    pub fn advance(&self, by: Duration) {
+        self.clock
+            .as_ref()
+            .expect("a server started with spawn_clocked")
+            .advance(by);
+    }
+
+    /// The sum of this server's samples of `name` whose labels include every pair of
+    /// `labels` (each server has its own registry, so nothing else counts here).
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = self.running().state.metrics.render();
+        sum_metric(&text, name, labels)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -288,6 +337,8 @@ impl TestApp {
 pub struct SmtpSink {
     pub port: u16,
     pub messages: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Woken at each message kept.
+    arrived: Arc<tokio::sync::Notify>,
 }
 
 impl SmtpSink {
@@ -302,9 +353,12 @@ impl SmtpSink {
         let port = listener.local_addr().unwrap().port();
         let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let store = messages.clone();
+        let arrived = Arc::new(tokio::sync::Notify::new());
+        let notify = arrived.clone();
         tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
                 let store = store.clone();
+                let notify = notify.clone();
                 tokio::spawn(async move {
                     let (r, mut w) = sock.into_split();
                     let mut lines = BufReader::new(r).lines();
@@ -315,6 +369,7 @@ impl SmtpSink {
                         if let Some(buf) = data.as_mut() {
                             if line == "." {
                                 store.lock().unwrap().push(std::mem::take(buf));
+                                notify.notify_waiters();
                                 data = None;
                                 let _ = w.write_all(b"250 queued\r\n").await;
                             } else {
@@ -340,18 +395,30 @@ impl SmtpSink {
                 });
             }
         });
-        Self { port, messages }
+        Self {
+            port,
+            messages,
+            arrived,
+        }
     }
 
-    /// Waits for the `n`th message (0-based) and returns it.
+    /// Waits for the `n`th message (0-based) to arrive (woken by the sink as each one
+    /// is kept; at most 30 s) and returns it.
     pub async fn message(&self, n: usize) -> String {
-        for _ in 0..200 {
-            if let Some(m) = self.messages.lock().unwrap().get(n) {
-                return m.clone();
+        let wait = async {
+            loop {
+                let next = self.arrived.notified();
+                tokio::pin!(next);
+                next.as_mut().enable();
+                if let Some(m) = self.messages.lock().unwrap().get(n) {
+                    return m.clone();
+                }
+                next.await;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        panic!("no mail #{n} arrived");
+        };
+        tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .unwrap_or_else(|_| panic!("no mail #{n} arrived"))
     }
 
     pub fn count(&self) -> usize {
@@ -467,4 +534,179 @@ pub async fn api_key(app: &TestApp, token: &str, scopes: Value) -> String {
     .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     r.body["key"].as_str().unwrap().to_owned()
+}
+
+/// The sum of the samples of `name` in Prometheus text whose labels include `labels`.
+pub fn sum_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|(_, v)| v.parse::<f64>().unwrap_or_else(|_| panic!("a number: {v}")))
+        .sum()
+}
+
+/// For tests that hold the write lock and count writes: writes wait long on the
+/// lock (`store.busy_timeout_ms`, `database_pool.lock_timeout_ms`), so a hold never
+/// turns into a 503, and no purge runs (its first run, at start, is a write of its
+/// own that would join the ones counted).
+pub fn patient(c: &mut lintel::Config) {
+    c.store.purge_interval_secs = 0;
+    c.store.busy_timeout_ms = 30_000;
+    c.database_pool.lock_timeout_ms = 30_000;
+}
+
+/// A write lock held from outside Lintel, so its writes wait (and overlap) until the
+/// test lets go. On SQLite: `BEGIN IMMEDIATE` on the database file from another
+/// connection (the writer's next group blocks in its own `BEGIN IMMEDIATE`, and every
+/// write sent meanwhile queues behind it). On PostgreSQL: `LOCK TABLE .. IN EXCLUSIVE
+/// MODE`, or `SELECT .. FOR UPDATE` of one row, in an open transaction.
+pub struct WriteHold {
+    inner: HoldInner,
+    /// SQLite: the sizes of the groups the writer had started when the hold began.
+    started_before: f64,
+}
+
+enum HoldInner {
+    Sqlite {
+        release: std::sync::mpsc::Sender<()>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    },
+    Postgres(tokio_postgres::Client),
+}
+
+impl TestApp {
+    /// Holds the write lock of `table` (on PostgreSQL; the whole database on SQLite),
+    /// or only the row `row` of it on PostgreSQL.
+    pub async fn hold_writes(&self, table: &str, row: Option<&str>) -> WriteHold {
+        // Background writes of earlier requests (audit rows) finish first, so every
+        // write that waits on the hold is one the test sent.
+        let busy = self
+            .running()
+            .state
+            .tasks
+            .wait_idle(Duration::from_secs(10))
+            .await;
+        assert_eq!(busy, 0, "background tasks still running");
+        let started_before = self.metric("lintel_store_group_commit_size_sum", &[]).await;
+        let state = &self.running().state;
+        if state.config.database_url.0.is_empty() {
+            let path = state.config.database_path();
+            let (locked_tx, locked_rx) = tokio::sync::oneshot::channel();
+            let (release, release_rx) = std::sync::mpsc::channel::<()>();
+            let thread = std::thread::spawn(move || {
+                let conn = rusqlite::Connection::open(path).expect("open the database");
+                conn.busy_timeout(Duration::from_secs(30))
+                    .expect("busy timeout");
+                conn.execute_batch("BEGIN IMMEDIATE")
+                    .expect("take the write lock");
+                let _ = locked_tx.send(());
+                let _ = release_rx.recv();
+                conn.execute_batch("COMMIT").expect("let go");
+            });
+            locked_rx.await.expect("the lock is held");
+            WriteHold {
+                inner: HoldInner::Sqlite {
+                    release,
+                    thread: Some(thread),
+                },
+                started_before,
+            }
+        } else {
+            let (client, conn) =
+                tokio_postgres::connect(&state.config.database_url.0, tokio_postgres::NoTls)
+                    .await
+                    .expect("connect to the test database");
+            tokio::spawn(conn);
+            client.batch_execute("BEGIN").await.expect("begin");
+            match row {
+                Some(id) => {
+                    client
+                        .execute(
+                            &format!("SELECT 1 FROM \"{table}\" WHERE id = $1 FOR UPDATE"),
+                            &[&id],
+                        )
+                        .await
+                        .expect("lock the row");
+                }
+                None => client
+                    .batch_execute(&format!("LOCK TABLE \"{table}\" IN EXCLUSIVE MODE"))
+                    .await
+                    .expect("lock the table"),
+            }
+            WriteHold {
+                inner: HoldInner::Postgres(client),
+                started_before,
+            }
+        }
+    }
+}
+
+impl WriteHold {
+    /// Writes of `app` waiting on the hold. SQLite: those in groups the writer started
+    /// since the hold began (blocked in `BEGIN IMMEDIATE`) plus those queued behind
+    /// them. PostgreSQL: other sessions of the database waiting on a lock.
+    pub async fn waiting(&self, app: &TestApp) -> usize {
+        match &self.inner {
+            HoldInner::Sqlite { .. } => {
+                let started = app.metric("lintel_store_group_commit_size_sum", &[]).await
+                    - self.started_before;
+                let queued = app.metric("lintel_store_write_queue", &[]).await;
+                (started + queued) as usize
+            }
+            HoldInner::Postgres(client) => {
+                // Inside the hold's transaction the statistics are a snapshot taken
+                // once: clear it so each call sees the sessions as they are now.
+                client
+                    .batch_execute("SELECT pg_stat_clear_snapshot()")
+                    .await
+                    .expect("clear the statistics snapshot");
+                let n: i64 = client
+                    .query_one(
+                        "SELECT COUNT(*) FROM pg_stat_activity
+                         WHERE datname = current_database() AND wait_event_type = 'Lock'
+                           AND state = 'active' AND pid <> pg_backend_pid()",
+                        &[],
+                    )
+                    .await
+                    .expect("pg_stat_activity")
+                    .get(0);
+                n as usize
+            }
+        }
+    }
+
+    /// Waits (polled every 5 ms, for at most 20 s) until exactly `n` writes wait.
+    pub async fn until_waiting(&self, app: &TestApp, n: usize) {
+        let mut seen = 0;
+        for _ in 0..4000 {
+            seen = self.waiting(app).await;
+            if seen == n {
+                return;
+            }
+            assert!(seen < n, "{seen} writes wait, more than the {n} expected");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("only {seen} of {n} writes ever waited on the hold");
+    }
+
+    pub async fn release(mut self) {
+        match &mut self.inner {
+            HoldInner::Sqlite { release, thread } => {
+                let _ = release.send(());
+                if let Some(t) = thread.take() {
+                    tokio::task::spawn_blocking(move || t.join().expect("the holder thread"))
+                        .await
+                        .expect("join");
+                }
+            }
+            HoldInner::Postgres(client) => client.batch_execute("COMMIT").await.expect("commit"),
+        }
+    }
 }

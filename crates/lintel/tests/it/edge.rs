@@ -213,10 +213,23 @@ async fn openapi_documents_every_route_and_every_documented_path_answers() {
     app.shutdown().await;
 }
 
+// Each server has its own registry, so the counts are exact: nothing another test's
+// server does shows up here.
 #[tokio::test]
 async fn metrics_count_requests_by_route_template() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with(crate::common::patient).await;
     app.posts().await;
+    let records = "/v1/collections/{collection}/records";
+    let one = "/v1/collections/{collection}/records/{id}";
+    // The audit rows of the collection changes are written in the background first.
+    let busy = app
+        .running()
+        .state
+        .tasks
+        .wait_idle(std::time::Duration::from_secs(10))
+        .await;
+    assert_eq!(busy, 0);
+    let before_commits = app.metric("lintel_store_commits_total", &[]).await;
     app.get("/v1/collections/posts/records").await;
     let rec = app.create("authors", json!({"name": "Ann"})).await;
     let href = format!(
@@ -227,26 +240,59 @@ async fn metrics_count_requests_by_route_template() {
     let second = app.get(&href).await;
     assert_eq!(second.body["name"], "Ann");
     let r = app.admin(Method::GET, "/metrics", None).await;
-    // On PostgreSQL the cache waits for the change feed, so the first reads may miss.
-    assert!(
-        crate::common::postgres_url().is_some()
-            || r.text
-                .contains("lintel_cache_requests_total{kind=\"record\",result=\"hit\"}"),
-        "the second read is served from the cache: {}",
-        r.text
-    );
     assert_eq!(r.status, StatusCode::OK);
-    assert!(r.text.contains("lintel_http_requests_total"), "{}", r.text);
-    assert!(
-        r.text
-            .contains("route=\"/v1/collections/{collection}/records\"")
+    let m = |name: &str, labels: &[(&str, &str)]| crate::common::sum_metric(&r.text, name, labels);
+    assert_eq!(
+        m(
+            "lintel_http_requests_total",
+            &[("route", records), ("method", "GET"), ("status", "200")]
+        ),
+        1.0
     );
-    assert!(
-        r.text
-            .contains("lintel_http_request_duration_seconds_bucket")
+    assert_eq!(
+        m(
+            "lintel_http_requests_total",
+            &[("route", records), ("method", "POST"), ("status", "201")]
+        ),
+        1.0
     );
-    assert!(r.text.contains("lintel_http_requests_in_flight"));
-    assert!(r.text.contains("lintel_store_commits_total"));
+    assert_eq!(
+        m(
+            "lintel_http_requests_total",
+            &[("route", one), ("method", "GET"), ("status", "200")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        m(
+            "lintel_http_request_duration_seconds_count",
+            &[("route", one)]
+        ),
+        2.0
+    );
+    // Only the /metrics request itself is in flight while it renders.
+    assert_eq!(m("lintel_http_requests_in_flight", &[]), 1.0);
+    // One create, one commit (the collection changes before were counted earlier).
+    assert_eq!(m("lintel_store_commits_total", &[]) - before_commits, 1.0);
+    // On PostgreSQL the cache waits for the change feed, so the first reads may miss.
+    if crate::common::postgres_url().is_none() {
+        assert_eq!(
+            m(
+                "lintel_cache_requests_total",
+                &[("kind", "record"), ("result", "hit")]
+            ),
+            1.0,
+            "the second read is served from the cache: {}",
+            r.text
+        );
+        assert_eq!(
+            m(
+                "lintel_cache_requests_total",
+                &[("kind", "record"), ("result", "miss")]
+            ),
+            1.0
+        );
+    }
     app.shutdown().await;
 }
 
@@ -272,47 +318,94 @@ async fn http2_prior_knowledge_and_gzip() {
     app.shutdown().await;
 }
 
-#[tokio::test]
-async fn graceful_shutdown_finishes_in_flight_requests() {
-    let app = TestApp::spawn().await;
+// A create is held in flight (its write waits on a lock the test holds) when shutdown
+// is triggered: new connections are refused at once, the held request still gets its
+// real answer once the lock goes, and afterwards the store is closed (SQLite: the WAL
+// is empty and the file can be switched out of WAL mode, which needs sole access;
+// PostgreSQL: no other session is left on the database).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn graceful_shutdown_finishes_the_request_in_flight_and_closes_the_store() {
+    let app = TestApp::spawn_with(crate::common::patient).await;
     app.posts().await;
-    let client = app.client.clone();
-    let url = app.url("/v1/collections/authors/records");
-    let mut tasks = Vec::new();
-    for i in 0..50 {
-        let client = client.clone();
-        let url = url.clone();
-        tasks.push(tokio::spawn(async move {
-            client
-                .post(url)
-                .json(&json!({"name": format!("a{i}")}))
-                .send()
-                .await
-                .map(|r| r.status())
-        }));
-    }
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let hold = app.hold_writes("authors", None).await;
+    let req = app
+        .req(Method::POST, "/v1/collections/authors/records")
+        .json(&json!({"name": "in flight"}));
+    let in_flight = tokio::spawn(async move {
+        let res = req.send().await.expect("answered, not cut off");
+        let status = res.status();
+        (status, res.json::<serde_json::Value>().await.unwrap())
+    });
+    hold.until_waiting(&app, 1).await;
     let addr = app.addr;
-    let dir = app.stop_keep_dir().await;
-    let mut created = 0;
-    for t in tasks {
-        // A request either completed, or was never accepted; none is cut off midway.
-        if let Ok(Ok(status)) = t.await {
-            assert_eq!(status, StatusCode::CREATED);
-            created += 1;
+    let state = app.running().state.clone();
+    let _ = app.running().trigger().send(true);
+    let mut refused = false;
+    for _ in 0..400 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            refused = true;
+            break;
         }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
+    assert!(refused, "the listener closed once shutdown began");
     assert!(
-        reqwest::get(format!("http://{addr}/v1/health"))
-            .await
-            .is_err(),
-        "listener closed"
+        !in_flight.is_finished(),
+        "the held request is still waiting"
     );
-    // Every acknowledged create is in the store after a restart.
+    let stopping = tokio::spawn(app.stop_keep_dir());
+    hold.release().await;
+    let (status, body) = in_flight.await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["name"], "in flight");
+    let dir = stopping.await.unwrap();
+
+    if state.config.database_url.0.is_empty() {
+        let path = state.config.database_path();
+        let wal = format!("{}-wal", path.display());
+        let wal_len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        assert_eq!(wal_len, 0, "the WAL was checkpointed at close");
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=DELETE", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "delete", "no other connection has the database open");
+        conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0))
+            .unwrap();
+    } else {
+        let (db, conn) =
+            tokio_postgres::connect(&state.config.database_url.0, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let mut left = -1;
+        for _ in 0..400 {
+            db.batch_execute("SELECT pg_stat_clear_snapshot()")
+                .await
+                .unwrap();
+            left = db
+                .query_one(
+                    "SELECT COUNT(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0);
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(left, 0, "Lintel's connections are closed");
+    }
+    drop(state);
+    // The acknowledged create is in the store after a restart.
     let cfg = crate::common::config(dir.path()).await;
     let app = TestApp::start_in(dir, cfg).await;
-    let r = app.get("/v1/collections/authors/records?perPage=1").await;
-    assert_eq!(r.body["totalItems"], json!(created));
+    let r = app.get("/v1/collections/authors/records").await;
+    assert_eq!(r.body["totalItems"], 1, "{}", r.text);
+    assert_eq!(r.body["items"][0]["name"], "in flight");
     app.shutdown().await;
 }
 

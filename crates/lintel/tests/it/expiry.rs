@@ -1,6 +1,5 @@
-//! Expiry without a controllable clock: lifetimes of one second and a single sleep of
-//! about that long, with a working control before it (issue 17: the README named tests
-//! that never waited for anything to expire).
+//! Expiry on a server whose clock the test moves: lifetimes of one second, a working
+//! control before, and the clock stepped past them (no sleeping).
 
 use std::time::Duration;
 
@@ -42,7 +41,7 @@ async fn me(app: &TestApp, cookie: &str) -> crate::common::Reply {
 async fn sessions_api_keys_and_mailed_tokens_expire() {
     let sink = SmtpSink::start().await;
     let port = sink.port;
-    let idle = TestApp::spawn_with(|c| {
+    let idle = TestApp::spawn_clocked(|c| {
         c.auth.session_idle_secs = 1;
         c.auth.email_token_ttl_secs = 1;
         c.mail.smtp_host = "127.0.0.1".into();
@@ -51,15 +50,21 @@ async fn sessions_api_keys_and_mailed_tokens_expire() {
         c.mail.from = "Lintel <no-reply@example.test>".into();
     })
     .await;
-    let absolute = TestApp::spawn_with(|c| c.auth.session_absolute_secs = 1).await;
+    let absolute = TestApp::spawn_clocked(|c| c.auth.session_absolute_secs = 1).await;
     signup(&idle, "a@example.com").await;
     signup(&absolute, "a@example.com").await;
 
     let idle_cookie = cookie(&idle, "a@example.com").await;
     let absolute_cookie = cookie(&absolute, "a@example.com").await;
-    // An API key that expires at the next whole second (expiresAt has second precision).
+    // An API key that expires at the next whole second of the server's clock
+    // (expiresAt has second precision).
     let t = access(&login(&idle, "a@example.com").await);
-    let at_secs = lintel::clock::now_ms() / 1000 + 1;
+    let now_ms = idle
+        .clock
+        .as_ref()
+        .map(|c| lintel::clock::Clock::now_ms(&**c))
+        .unwrap();
+    let at_secs = now_ms / 1000 + 1;
     let expires_at = time::OffsetDateTime::from_unix_timestamp(at_secs)
         .unwrap()
         .format(&time::format_description::well_known::Rfc3339)
@@ -97,12 +102,9 @@ async fn sessions_api_keys_and_mailed_tokens_expire() {
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
 
-    // One wait, past every lifetime above.
-    let until = (at_secs * 1000 + 250).max(lintel::clock::now_ms() + 1250);
-    tokio::time::sleep(Duration::from_millis(
-        (until - lintel::clock::now_ms()).max(0) as u64,
-    ))
-    .await;
+    // Past every lifetime above: two seconds on both servers' clocks.
+    idle.advance(Duration::from_secs(2));
+    absolute.advance(Duration::from_secs(2));
 
     let r = me(&idle, &idle_cookie).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "idle: {}", r.text);

@@ -74,35 +74,55 @@ async fn same_key_same_request_replays_without_writing_again() {
     app.shutdown().await;
 }
 
-#[tokio::test]
+// The first request is held in flight (its write waits on a lock the test holds) while
+// nineteen duplicates arrive: exactly one 201, and nineteen 409s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_duplicates_create_exactly_once() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with(crate::common::patient).await;
     app.posts().await;
-    let mut tasks = Vec::new();
-    for _ in 0..20 {
+    let send = || {
         let req = app
             .req(Method::POST, "/v1/collections/authors/records")
             .header("idempotency-key", "race-1")
             .json(&json!({"name": "Racer"}));
-        tasks.push(tokio::spawn(
-            async move { req.send().await.map(|r| r.status()) },
-        ));
-    }
-    let mut created = 0;
-    let mut conflicts = 0;
-    for t in tasks {
-        match t.await.unwrap().unwrap() {
-            StatusCode::CREATED => created += 1,
-            StatusCode::CONFLICT => conflicts += 1,
-            other => panic!("unexpected {other}"),
+        tokio::spawn(async move { req.send().await.map(|r| r.status()) })
+    };
+    let hold = app.hold_writes("authors", None).await;
+    let first = send();
+    hold.until_waiting(&app, 1).await;
+    let duplicates: Vec<_> = (0..19).map(|_| send()).collect();
+    let mut statuses = Vec::new();
+    if crate::common::postgres_url().is_some() {
+        // The first request's key is claimed; its insert waits on the table lock.
+        for t in duplicates {
+            statuses.push(t.await.unwrap().unwrap());
+        }
+        hold.release().await;
+    } else {
+        // The first request's claim is itself a write, in the group that waits on
+        // the lock; the duplicates' claims queue behind it.
+        hold.until_waiting(&app, 20).await;
+        hold.release().await;
+        for t in duplicates {
+            statuses.push(t.await.unwrap().unwrap());
         }
     }
-    assert!(created >= 1);
-    assert_eq!(created + conflicts, 20);
-    let list = app.get("/v1/collections/authors/records").await;
-    assert_eq!(
-        list.body["totalItems"], 1,
-        "exactly one record, however the race went"
+    assert_eq!(first.await.unwrap().unwrap(), StatusCode::CREATED);
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::CONFLICT),
+        "{statuses:?}"
     );
+    let list = app.get("/v1/collections/authors/records").await;
+    assert_eq!(list.body["totalItems"], 1, "exactly one record");
+    // The key now replays the first answer.
+    let again = app
+        .send(
+            app.req(Method::POST, "/v1/collections/authors/records")
+                .header("idempotency-key", "race-1")
+                .json(&json!({"name": "Racer"})),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
     app.shutdown().await;
 }

@@ -53,7 +53,27 @@ async fn an_exhausted_pool_answers_503_with_retry_after_and_locks_time_out() {
     .unwrap();
     let patch = app.req(Method::PATCH, &href).json(&json!({"n": 2}));
     let blocked = tokio::spawn(async move { patch.send().await.map(|r| r.status()) });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The server's only connection is taken once its write waits on the row lock (an
+    // event seen in pg_stat_activity, not a guess of how long that takes).
+    let watcher = connect(&app).await;
+    let mut waiting = 0;
+    for _ in 0..400 {
+        waiting = watcher
+            .query_one(
+                "SELECT COUNT(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'
+                   AND state = 'active'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        if waiting == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(waiting, 1, "the PATCH waits on the row lock");
 
     let started = std::time::Instant::now();
     let r = app.get("/v1/collections/items/records").await;
@@ -73,13 +93,26 @@ async fn an_exhausted_pool_answers_503_with_retry_after_and_locks_time_out() {
     tx.rollback().await.unwrap();
     let r = app.json(Method::PATCH, &href, json!({"n": 3})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    let metrics = app.admin(reqwest::Method::GET, "/metrics", None).await.text;
-    assert!(
-        metrics.contains("lintel_db_pool_timeouts_total"),
-        "{metrics}"
+    // This server's registry: exactly the list's two acquires (its rows and its count
+    // are read at once) timed out.
+    assert_eq!(
+        app.metric("lintel_db_pool_timeouts_total", &[("role", "primary")])
+            .await,
+        2.0
     );
-    assert!(metrics.contains("lintel_db_pool_acquire_seconds"));
-    assert!(metrics.contains("lintel_db_pool_in_use"));
+    assert!(
+        app.metric(
+            "lintel_db_pool_acquire_seconds_count",
+            &[("role", "primary")]
+        )
+        .await
+            >= 3.0
+    );
+    assert_eq!(
+        app.metric("lintel_db_pool_size", &[("role", "primary")])
+            .await,
+        1.0
+    );
     app.shutdown().await;
 }
 
@@ -400,7 +433,11 @@ async fn two_instances_starting_on_one_empty_database_apply_migrations_once() {
 #[ignore = "needs PostgreSQL (LINTEL_TEST_DATABASE_URL)"]
 async fn batches_touching_records_in_opposite_orders_never_deadlock() {
     require_postgres();
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with(|c| {
+        crate::common::patient(c);
+        c.database_pool.max_size = 32;
+    })
+    .await;
     app.collection(json!({"name": "items", "fields": [{"name": "n", "type": "integer"}]}))
         .await;
     let x = app.create("items", json!({"n": 0})).await;
@@ -413,6 +450,8 @@ async fn batches_touching_records_in_opposite_orders_never_deadlock() {
         "/v1/collections/items/records/{}",
         y["id"].as_str().unwrap()
     );
+    // Every batch waits on the table lock before any runs, so they all overlap.
+    let hold = app.hold_writes("items", None).await;
     let mut tasks = Vec::new();
     for i in 0..20 {
         let (a, b) = if i % 2 == 0 { (&px, &py) } else { (&py, &px) };
@@ -426,13 +465,25 @@ async fn batches_touching_records_in_opposite_orders_never_deadlock() {
             async move { req.send().await.map(|r| r.status()) },
         ));
     }
+    hold.until_waiting(&app, 20).await;
+    hold.release().await;
+    let mut applied = 0;
     for t in tasks {
         let status = t.await.unwrap().unwrap();
-        // A lost race is a clean 409; a deadlock would surface as 503.
-        assert!(
-            status == StatusCode::OK || status == StatusCode::CONFLICT,
-            "{status}"
-        );
+        // Records are locked in one order whatever the batch's order, so no deadlock
+        // (503); a batch that read a record another changed meanwhile is a clean 409.
+        match status {
+            StatusCode::OK => applied += 1,
+            StatusCode::CONFLICT => {}
+            other => panic!("{other}"),
+        }
     }
+    assert!(applied >= 1);
+    // Each batch wrote the same n to both records, all or nothing: both end with the
+    // n of the batch that committed last, and each was written once per batch.
+    let (gx, gy) = (app.get(&px).await.body, app.get(&py).await.body);
+    assert_eq!(gx["n"], gy["n"], "{gx} {gy}");
+    assert_eq!(gx["version"], json!(1 + applied), "{gx}");
+    assert_eq!(gy["version"], json!(1 + applied), "{gy}");
     app.shutdown().await;
 }

@@ -95,8 +95,36 @@ enum ReadMsg {
     Close,
 }
 
+/// The store's metrics, made once in the server's registry.
+#[derive(Clone)]
+struct StoreMetrics {
+    read_seconds: metrics::Histogram,
+    read_rejected: metrics::Counter,
+    write_rejected: metrics::Counter,
+    /// Writes sent to the writer and not yet taken into a group.
+    write_queue: metrics::Gauge,
+    group_size: metrics::Histogram,
+    commit_seconds: metrics::Histogram,
+    commits: metrics::Counter,
+}
+
+impl StoreMetrics {
+    fn new(m: &crate::telemetry::Metrics) -> Self {
+        m.scoped(|| Self {
+            read_seconds: metrics::histogram!("lintel_store_read_seconds"),
+            read_rejected: metrics::counter!("lintel_store_read_rejected_total"),
+            write_rejected: metrics::counter!("lintel_store_write_rejected_total"),
+            write_queue: metrics::gauge!("lintel_store_write_queue"),
+            group_size: metrics::histogram!("lintel_store_group_commit_size"),
+            commit_seconds: metrics::histogram!("lintel_store_commit_seconds"),
+            commits: metrics::counter!("lintel_store_commits_total"),
+        })
+    }
+}
+
 /// Handles to the connection threads.
 pub struct Executor {
+    metrics: StoreMetrics,
     write_tx: flume::Sender<WriteMsg>,
     read_tx: flume::Sender<ReadMsg>,
     readers: usize,
@@ -130,6 +158,7 @@ impl Executor {
     pub fn open(
         path: &Path,
         cfg: &StoreConfig,
+        metrics: &crate::telemetry::Metrics,
         init: impl FnOnce(&mut Connection) -> Result<(), StoreError>,
     ) -> Result<Self, StoreError> {
         let map =
@@ -142,10 +171,12 @@ impl Executor {
         let (read_tx, read_rx) = flume::bounded::<ReadMsg>(cfg.read_queue.max(1));
         let mut threads = Vec::new();
         let max_group = cfg.max_group_commit.max(1);
+        let metrics = StoreMetrics::new(metrics);
+        let writer_metrics = metrics.clone();
         threads.push(
             std::thread::Builder::new()
                 .name("lintel-sqlite-writer".into())
-                .spawn(move || writer_loop(writer, write_rx, max_group))
+                .spawn(move || writer_loop(writer, write_rx, max_group, writer_metrics))
                 .map_err(|e| StoreError::Internal(format!("spawning writer: {e}")))?,
         );
         let readers = cfg.readers.max(1);
@@ -165,6 +196,7 @@ impl Executor {
             );
         }
         Ok(Self {
+            metrics,
             write_tx,
             read_tx,
             readers,
@@ -179,17 +211,17 @@ impl Executor {
         T: Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
+        let read_seconds = self.metrics.read_seconds.clone();
         let job = Box::new(move |conn: &Connection| {
             let started = Instant::now();
             let out = f(conn);
-            metrics::histogram!("lintel_store_read_seconds")
-                .record(started.elapsed().as_secs_f64());
+            read_seconds.record(started.elapsed().as_secs_f64());
             let _ = tx.send(out);
         });
         match self.read_tx.try_send(ReadMsg::Task(job)) {
             Ok(()) => {}
             Err(flume::TrySendError::Full(_)) => {
-                metrics::counter!("lintel_store_read_rejected_total").increment(1);
+                self.metrics.read_rejected.increment(1);
                 return Err(StoreError::Unavailable("the read queue is full".into()));
             }
             Err(flume::TrySendError::Disconnected(_)) => {
@@ -211,9 +243,11 @@ impl Executor {
         let (reply, rx) = oneshot::channel();
         let task: Box<dyn WriteTask> = Box::new(Task { f, reply });
         match self.write_tx.try_send(WriteMsg::Task(task)) {
-            Ok(()) => {}
+            // Counted once it is in the queue (the writer may take it, and count it
+            // out, an instant before: the gauge is exact whenever the two settle).
+            Ok(()) => self.metrics.write_queue.increment(1.0),
             Err(flume::TrySendError::Full(_)) => {
-                metrics::counter!("lintel_store_write_rejected_total").increment(1);
+                self.metrics.write_rejected.increment(1);
                 return Err(E::from(StoreError::Unavailable(
                     "the write queue is full".into(),
                 )));
@@ -224,7 +258,6 @@ impl Executor {
                 )));
             }
         }
-        metrics::gauge!("lintel_store_write_queue").set(self.write_tx.len() as f64);
         rx.await.map_err(|_| {
             E::from(StoreError::Internal(
                 "the writer dropped the request".into(),
@@ -268,7 +301,12 @@ fn reader_loop(conn: Connection, rx: flume::Receiver<ReadMsg>) {
     }
 }
 
-fn writer_loop(conn: Connection, rx: flume::Receiver<WriteMsg>, max_group: usize) {
+fn writer_loop(
+    conn: Connection,
+    rx: flume::Receiver<WriteMsg>,
+    max_group: usize,
+    metrics: StoreMetrics,
+) {
     let mut closing: Option<oneshot::Sender<()>> = None;
     while closing.is_none() {
         let Ok(first) = rx.recv() else { break };
@@ -285,8 +323,9 @@ fn writer_loop(conn: Connection, rx: flume::Receiver<WriteMsg>, max_group: usize
                 Err(_) => break,
             }
         }
+        metrics.write_queue.decrement(tasks.len() as f64);
         if !tasks.is_empty() {
-            run_group(&conn, tasks);
+            run_group(&conn, tasks, &metrics);
         }
     }
     if let Err(e) = conn.execute_batch("PRAGMA optimize; PRAGMA wal_checkpoint(TRUNCATE);") {
@@ -298,9 +337,9 @@ fn writer_loop(conn: Connection, rx: flume::Receiver<WriteMsg>, max_group: usize
     }
 }
 
-fn run_group(conn: &Connection, tasks: Vec<Box<dyn WriteTask>>) {
+fn run_group(conn: &Connection, tasks: Vec<Box<dyn WriteTask>>, metrics: &StoreMetrics) {
     let started = Instant::now();
-    metrics::histogram!("lintel_store_group_commit_size").record(tasks.len() as f64);
+    metrics.group_size.record(tasks.len() as f64);
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let err = super::convert::map_error(&e);
         for t in tasks {
@@ -333,8 +372,10 @@ fn run_group(conn: &Connection, tasks: Vec<Box<dyn WriteTask>>) {
             super::convert::map_error(&e)
         }),
     };
-    metrics::histogram!("lintel_store_commit_seconds").record(started.elapsed().as_secs_f64());
-    metrics::counter!("lintel_store_commits_total").increment(1);
+    metrics
+        .commit_seconds
+        .record(started.elapsed().as_secs_f64());
+    metrics.commits.increment(1);
     for c in completions {
         c(commit.clone());
     }
@@ -355,7 +396,12 @@ mod tests {
             read_queue: 1,
             ..StoreConfig::default()
         };
-        let exec = match Executor::open(&dir.path().join("t.db"), &cfg, |_| Ok(())) {
+        let exec = match Executor::open(
+            &dir.path().join("t.db"),
+            &cfg,
+            &crate::telemetry::Metrics::new(),
+            |_| Ok(()),
+        ) {
             Ok(e) => Arc::new(e),
             Err(e) => panic!("open: {e}"),
         };

@@ -79,9 +79,13 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (or creates) the database and brings Lintel's own tables up to date.
     /// Blocking: call it from a blocking context.
-    pub fn open(path: &Path, cfg: &StoreConfig) -> Result<Self, StoreError> {
+    pub fn open(
+        path: &Path,
+        cfg: &StoreConfig,
+        metrics: crate::telemetry::Metrics,
+    ) -> Result<Self, StoreError> {
         private_file(path)?;
-        let exec = Executor::open(path, cfg, run_system_migrations)?;
+        let exec = Executor::open(path, cfg, &metrics, run_system_migrations)?;
         Ok(Self { exec })
     }
 }
