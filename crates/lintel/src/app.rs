@@ -291,6 +291,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The separate metrics listener's address, when `metrics.listen` is set.
     pub metrics_addr: Option<SocketAddr>,
+    /// The plain-HTTP redirect listener's address, when `tls.redirect_listen` is set.
+    pub redirect_addr: Option<SocketAddr>,
     pub state: AppState,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -324,6 +326,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 pub async fn start_with(
     config: Config,
     clock: Arc<dyn crate::clock::Clock>,
+) -> anyhow::Result<Running> {
+    start_on(config, clock, None).await
+}
+
+/// [`start_with`] on a listener the caller already bound (a socket handed over by a
+/// service manager, or a test that must know the port before the server starts);
+/// `config.listen` is then not used.
+pub async fn start_on(
+    config: Config,
+    clock: Arc<dyn crate::clock::Clock>,
+    listener: Option<std::net::TcpListener>,
 ) -> anyhow::Result<Running> {
     // Before the store is touched: a refused token leaves nothing half-started.
     let token = {
@@ -465,9 +478,16 @@ pub async fn start_with(
         axum::Router::new().fallback_service(service)
     };
 
-    let listener = tokio::net::TcpListener::bind(state.config.listen)
-        .await
-        .with_context(|| format!("listening on {}", state.config.listen))?;
+    let listener = match listener {
+        Some(l) => {
+            l.set_nonblocking(true)
+                .context("making the handed-over listener non-blocking")?;
+            tokio::net::TcpListener::from_std(l).context("using the handed-over listener")?
+        }
+        None => tokio::net::TcpListener::bind(state.config.listen)
+            .await
+            .with_context(|| format!("listening on {}", state.config.listen))?,
+    };
     let addr = listener.local_addr()?;
     tracing::info!(%addr, tls = state.tls.is_some(), "listening");
     let redirect = if state.tls.is_some() && !state.config.tls.redirect_listen.is_empty() {
@@ -498,6 +518,10 @@ pub async fn start_with(
             })?;
         tracing::info!(addr = %l.local_addr()?, "serving metrics");
         Some(l)
+    };
+    let redirect_addr = match &redirect {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
     };
     let metrics_addr = match &metrics_listener {
         Some(l) => Some(l.local_addr()?),
@@ -597,6 +621,7 @@ pub async fn start_with(
     Ok(Running {
         addr,
         metrics_addr,
+        redirect_addr,
         state,
         shutdown,
         task,

@@ -175,6 +175,22 @@ impl TestApp {
         Self::with(running, dir, None)
     }
 
+    /// A server on a listener the test bound itself (its port known beforehand).
+    pub async fn start_on(
+        dir: tempfile::TempDir,
+        cfg: lintel::Config,
+        listener: std::net::TcpListener,
+    ) -> Self {
+        let running = lintel::start_on(
+            cfg,
+            Arc::new(lintel::clock::SystemClock::new()),
+            Some(listener),
+        )
+        .await
+        .expect("server starts");
+        Self::with(running, dir, None)
+    }
+
     pub async fn start_clocked(
         dir: tempfile::TempDir,
         cfg: lintel::Config,

@@ -44,14 +44,6 @@ async fn provider(redirect: &str) -> Provider {
     Provider { issuer, child }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Follows the provider's login to the redirect back to Lintel; returns that URL.
 async fn sign_in_at_provider(browser: &reqwest::Client, start: &str, login: &str) -> String {
     let r = browser.get(start).send().await.unwrap();
@@ -112,17 +104,19 @@ fn provider_config(issuer: &str) -> lintel::config::OidcProviderConfig {
 
 /// Lintel with the real provider configured as `test`.
 async fn with_real_provider() -> (Provider, TestApp) {
-    let port = free_port();
+    // Bound now and handed to Lintel: the provider must know the callback's port
+    // before Lintel starts, and nothing else can take the port in between.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
     let callback = format!("http://127.0.0.1:{port}/v1/auth/oidc/test/callback");
     let op = provider(&callback).await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path()).await;
-    cfg.listen = format!("127.0.0.1:{port}").parse().unwrap();
     cfg.auth.public_url = format!("http://127.0.0.1:{port}");
     cfg.auth
         .oidc
         .insert("test".into(), provider_config(&op.issuer));
-    let app = TestApp::start_in(dir, cfg).await;
+    let app = TestApp::start_on(dir, cfg, listener).await;
     (op, app)
 }
 

@@ -9,14 +9,6 @@ use reqwest::{StatusCode, Version};
 
 use crate::common::{TestApp, config};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn client(trust: &Path) -> reqwest::ClientBuilder {
     let ca = reqwest::Certificate::from_pem(&std::fs::read(trust).unwrap()).unwrap();
     reqwest::Client::builder()
@@ -32,20 +24,20 @@ async fn https_app(dir: &Path, f: impl FnOnce(&mut lintel::Config)) -> (TestApp,
     let mut cfg = config(data.path()).await;
     cfg.tls.cert_file = certs.join("cert.pem");
     cfg.tls.key_file = certs.join("key.pem");
-    let port = free_port();
-    cfg.listen = format!("127.0.0.1:{port}").parse().unwrap();
     f(&mut cfg);
-    (TestApp::start_in(data, cfg).await, port)
+    let app = TestApp::start_in(data, cfg).await;
+    let port = app.addr.port();
+    (app, port)
 }
 
 #[tokio::test]
 async fn https_negotiates_http2_sends_hsts_and_plain_http_redirects() {
     let dir = tempfile::tempdir().unwrap();
-    let redirect_port = free_port();
     let (app, port) = https_app(dir.path(), |c| {
-        c.tls.redirect_listen = format!("127.0.0.1:{redirect_port}");
+        c.tls.redirect_listen = "127.0.0.1:0".into();
     })
     .await;
+    let redirect_port = app.running().redirect_addr.expect("a redirect listener").port();
     let cert = dir.path().join("certs/cert.pem");
     let url = format!("https://localhost:{port}/v1/health");
 
