@@ -43,8 +43,7 @@ async fn each_algorithm_refuses_past_its_limit_with_headers() {
         "sliding_window",
         "token_bucket",
     ] {
-        let app =
-            clocked_rules(vec![rule("tight", "/v1/health", "ip", algorithm, 3, 60, 3)]).await;
+        let app = clocked_rules(vec![rule("tight", "/v1/health", "ip", algorithm, 3, 60, 3)]).await;
         let mut seen = Vec::new();
         for _ in 0..3 {
             let r = app.get("/v1/health").await;
@@ -480,7 +479,9 @@ async fn slow_idle_and_oversized_clients_are_cut_off() {
     // Each held connection has had its answer: all three slots are taken.
     for s in &mut held {
         let mut buf = [0u8; 12];
-        tokio::io::AsyncReadExt::read_exact(s, &mut buf).await.unwrap();
+        tokio::io::AsyncReadExt::read_exact(s, &mut buf)
+            .await
+            .unwrap();
         assert_eq!(&buf, b"HTTP/1.1 200");
     }
     let waiting = tokio::spawn({
@@ -572,5 +573,77 @@ async fn a_request_slower_than_the_request_timeout_is_stopped() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["totalItems"], 0);
     app.create("notes", json!({"t": "quick"})).await;
+    app.shutdown().await;
+}
+
+// Rules counted per API key and for everyone at once: each key has its own count
+// (and a request without a key counts by address), and a global rule adds every
+// caller together.
+#[tokio::test]
+async fn limits_count_per_api_key_and_globally() {
+    let app = TestApp::spawn_clocked(|c| {
+        c.rate_limit.rules = vec![
+            rule(
+                "per-key",
+                "/v1/collections/*/records",
+                "api_key",
+                "fixed_window",
+                2,
+                60,
+                2,
+            ),
+            rule("everyone", "/v1/ready", "global", "fixed_window", 3, 60, 3),
+        ];
+    })
+    .await;
+    app.posts().await;
+    let root = crate::common::superuser_token(&app).await;
+    let k1 = crate::common::api_key(&app, &root, json!(["posts:read"])).await;
+    let k2 = crate::common::api_key(&app, &root, json!(["posts:read"])).await;
+    let list = |key: Option<&str>| {
+        let mut r = app.req(Method::GET, "/v1/collections/posts/records");
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        app.send(r)
+    };
+    for key in [&k1, &k2] {
+        assert_eq!(list(Some(key)).await.status, StatusCode::OK);
+        assert_eq!(list(Some(key)).await.status, StatusCode::OK);
+        let r = list(Some(key)).await;
+        assert_eq!(
+            r.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "each key has its own count"
+        );
+        assert_eq!(r.problem_code(), "rate_limited");
+    }
+    // Without a key the address is counted, apart from the keys.
+    assert_eq!(list(None).await.status, StatusCode::OK);
+    assert_eq!(list(None).await.status, StatusCode::OK);
+    assert_eq!(list(None).await.status, StatusCode::TOO_MANY_REQUESTS);
+    // A global rule: different callers (addresses through no proxy, keys, anonymous)
+    // share one count.
+    let ready = |key: Option<&str>| {
+        let mut r = app.req(Method::GET, "/v1/ready");
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        app.send(r)
+    };
+    assert_eq!(ready(None).await.status, StatusCode::OK);
+    assert_eq!(ready(Some(&k1)).await.status, StatusCode::OK);
+    assert_eq!(ready(Some(&root)).await.status, StatusCode::OK);
+    let r = ready(Some(&k2)).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text);
+    assert!(
+        r.header("ratelimit")
+            .unwrap()
+            .starts_with("\"everyone\";r=0;")
+    );
+    // A new window lets everyone through again.
+    app.advance(Duration::from_secs(60));
+    assert_eq!(ready(None).await.status, StatusCode::OK);
+    assert_eq!(list(Some(&k1)).await.status, StatusCode::OK);
     app.shutdown().await;
 }

@@ -1336,3 +1336,202 @@ async fn admin_area_names_are_reserved_for_new_collections() {
     }
     app.shutdown().await;
 }
+
+// The audit log records each kind of event the README lists, with the request's id:
+// sign-ins and failures, refreshes and their reuse, sign-outs and revocations, API
+// keys, password changes, rule denials and CSRF rejections.
+#[tokio::test]
+async fn the_audit_log_records_every_listed_event_with_its_request_id() {
+    let app = TestApp::spawn().await;
+    notes(&app).await;
+    let a = signup(&app, "a@example.com").await;
+    let a_path = format!(
+        "/v1/collections/users/records/{}",
+        a["id"].as_str().unwrap()
+    );
+    let mut expect: Vec<(&str, String)> = Vec::new();
+    let id_of = |r: &Reply| r.header("x-request-id").unwrap().to_owned();
+    // login and login_failed
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/auth/login",
+            json!({"email": "a@example.com", "password": "not it at all"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    expect.push(("login_failed", id_of(&r)));
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/auth/login",
+            json!({"email": "a@example.com", "password": PW}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    expect.push(("login", id_of(&r)));
+    let first = r.body.clone();
+    // token_refreshed, then refresh_token_reused for the same token again
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/auth/refresh",
+            json!({"refreshToken": first["refreshToken"]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    expect.push(("token_refreshed", id_of(&r)));
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/auth/refresh",
+            json!({"refreshToken": first["refreshToken"]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    expect.push(("refresh_token_reused", id_of(&r)));
+    // refresh_failed for a token nobody issued
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/auth/refresh",
+            json!({"refreshToken": "nope.nope"}),
+        )
+        .await;
+    expect.push(("refresh_failed", id_of(&r)));
+    // api_key_created / api_key_revoked
+    let t = access(&login(&app, "a@example.com").await);
+    let r = bearer(
+        &app,
+        &t,
+        Method::POST,
+        "/v1/auth/api-keys",
+        Some(json!({"name": "k", "scopes": ["notes:read"]})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    expect.push(("api_key_created", id_of(&r)));
+    let key_id = r.body["id"].as_str().unwrap().to_owned();
+    let r = bearer(
+        &app,
+        &t,
+        Method::DELETE,
+        &format!("/v1/auth/api-keys/{key_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    expect.push(("api_key_revoked", id_of(&r)));
+    // rule_denied
+    let r = bearer(
+        &app,
+        &t,
+        Method::POST,
+        "/v1/collections/notes/records",
+        Some(json!({"owner": "someoneelse0000", "title": "x"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    expect.push(("rule_denied", id_of(&r)));
+    // session_revoked (another session of one's own), logout, logout_all
+    let other = access(&login(&app, "a@example.com").await);
+    let r = bearer(&app, &other, Method::GET, "/v1/auth/sessions", None).await;
+    let other_session = r.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["current"] == true)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = bearer(
+        &app,
+        &t,
+        Method::DELETE,
+        &format!("/v1/auth/sessions/{other_session}"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    expect.push(("session_revoked", id_of(&r)));
+    let r = bearer(&app, &t, Method::POST, "/v1/auth/logout", None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    expect.push(("logout", id_of(&r)));
+    let t = access(&login(&app, "a@example.com").await);
+    let r = bearer(&app, &t, Method::POST, "/v1/auth/logout-all", None).await;
+    assert!(r.status.is_success(), "{}", r.text);
+    expect.push(("logout_all", id_of(&r)));
+    // password_changed
+    let t = access(&login(&app, "a@example.com").await);
+    let r = bearer(
+        &app,
+        &t,
+        Method::PATCH,
+        &a_path,
+        Some(json!({"oldPassword": PW, "password": "a whole new horse"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    expect.push(("password_changed", id_of(&r)));
+    // csrf_rejected: a cookie session's unsafe request without the token
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/auth/login",
+            json!({"email": "a@example.com", "password": "a whole new horse", "mode": "cookie"}),
+        )
+        .await;
+    let cookie = r
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .find(|c| c.starts_with("lintel_session="))
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let r = app
+        .send(
+            app.req(Method::POST, "/v1/collections/notes/records")
+                .header("cookie", cookie)
+                .json(&json!({"owner": a["id"], "title": "x"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    expect.push(("csrf_rejected", id_of(&r)));
+
+    let left = app
+        .running()
+        .state
+        .tasks
+        .wait_idle(std::time::Duration::from_secs(10))
+        .await;
+    assert_eq!(left, 0);
+    lintel::auth::audit::flush_denials(&app.running().state, true);
+    let _ = app
+        .running()
+        .state
+        .tasks
+        .wait_idle(std::time::Duration::from_secs(10))
+        .await;
+    for (event, request_id) in &expect {
+        let r = app
+            .admin(
+                Method::GET,
+                &format!("/v1/audit?event={event}&limit=1000"),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        let items = r.body["items"].as_array().unwrap();
+        assert!(
+            items.iter().any(|i| i["requestId"] == request_id.as_str()),
+            "{event} with request id {request_id}: {}",
+            r.text
+        );
+    }
+    app.shutdown().await;
+}
