@@ -650,18 +650,19 @@ async fn each_persona_sees_and_changes_only_what_the_rules_allow() {
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     let r = as_user(&app, &ta, Method::GET, "/v1/audit", None).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
-    let mut denied = 0;
-    for _ in 0..50 {
-        let r = app
-            .admin(Method::GET, "/v1/audit?event=rule_denied", None)
-            .await;
-        denied = r.body["items"].as_array().unwrap().len();
-        if denied >= 3 {
-            assert!(r.body["items"][0]["requestId"].is_string(), "{}", r.text);
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    // Audit rows are written in the background: wait for that work to finish.
+    let left = app
+        .running()
+        .state
+        .tasks
+        .wait_idle(std::time::Duration::from_secs(10))
+        .await;
+    assert_eq!(left, 0);
+    let r = app
+        .admin(Method::GET, "/v1/audit?event=rule_denied", None)
+        .await;
+    let denied = r.body["items"].as_array().unwrap().len();
+    assert!(r.body["items"][0]["requestId"].is_string(), "{}", r.text);
     assert!(denied >= 3, "rule denials are audited");
     let r = app
         .admin(Method::GET, "/v1/audit?event=collection_created", None)
@@ -973,26 +974,28 @@ async fn wrong_second_factor_codes_count_toward_the_sign_in_lockout() {
     assert_eq!(r.problem_code(), "signin_locked");
 
     // Audited: each wrong code and the lock.
+    let left = app
+        .running()
+        .state
+        .tasks
+        .wait_idle(std::time::Duration::from_secs(10))
+        .await;
+    assert_eq!(left, 0);
     let mut found = (0, false);
-    for _ in 0..100 {
-        let r = app
-            .admin(Method::GET, "/v1/audit?event=login_failed", None)
-            .await;
-        found.0 = r.body["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["detail"]["reason"] == "invalid_mfa")
-            .count();
-        let r = app
-            .admin(Method::GET, "/v1/audit?event=signin_locked", None)
-            .await;
-        found.1 = !r.body["items"].as_array().unwrap().is_empty();
-        if found == (3, true) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let r = app
+        .admin(Method::GET, "/v1/audit?event=login_failed", None)
+        .await;
+    found.0 = r.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["detail"]["reason"] == "invalid_mfa")
+        .count();
+    let r = app
+        .admin(Method::GET, "/v1/audit?event=signin_locked", None)
+        .await;
+    found.1 = !r.body["items"].as_array().unwrap().is_empty();
+
     assert_eq!(
         found,
         (3, true),

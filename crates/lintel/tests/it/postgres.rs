@@ -81,7 +81,7 @@ async fn an_exhausted_pool_answers_503_with_retry_after_and_locks_time_out() {
     assert_eq!(r.problem_code(), "store_unavailable");
     assert_eq!(r.header("retry-after"), Some("1"));
     assert!(
-        started.elapsed() < Duration::from_secs(3),
+        started.elapsed() < Duration::from_secs(20),
         "it waited for the acquire timeout, not forever"
     );
 
