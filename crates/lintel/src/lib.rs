@@ -28,5 +28,5 @@ pub mod store;
 pub mod tasks;
 pub mod telemetry;
 
-pub use app::{AppState, Running, start, start_with, start_on};
+pub use app::{AppState, Running, start, start_on, start_with};
 pub use config::Config;

@@ -43,8 +43,7 @@ async fn each_algorithm_refuses_past_its_limit_with_headers() {
         "sliding_window",
         "token_bucket",
     ] {
-        let app =
-            clocked_rules(vec![rule("tight", "/v1/health", "ip", algorithm, 3, 60, 3)]).await;
+        let app = clocked_rules(vec![rule("tight", "/v1/health", "ip", algorithm, 3, 60, 3)]).await;
         let mut seen = Vec::new();
         for _ in 0..3 {
             let r = app.get("/v1/health").await;
@@ -480,7 +479,9 @@ async fn slow_idle_and_oversized_clients_are_cut_off() {
     // Each held connection has had its answer: all three slots are taken.
     for s in &mut held {
         let mut buf = [0u8; 12];
-        tokio::io::AsyncReadExt::read_exact(s, &mut buf).await.unwrap();
+        tokio::io::AsyncReadExt::read_exact(s, &mut buf)
+            .await
+            .unwrap();
         assert_eq!(&buf, b"HTTP/1.1 200");
     }
     let waiting = tokio::spawn({

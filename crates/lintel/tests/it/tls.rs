@@ -37,7 +37,11 @@ async fn https_negotiates_http2_sends_hsts_and_plain_http_redirects() {
         c.tls.redirect_listen = "127.0.0.1:0".into();
     })
     .await;
-    let redirect_port = app.running().redirect_addr.expect("a redirect listener").port();
+    let redirect_port = app
+        .running()
+        .redirect_addr
+        .expect("a redirect listener")
+        .port();
     let cert = dir.path().join("certs/cert.pem");
     let url = format!("https://localhost:{port}/v1/health");
 
