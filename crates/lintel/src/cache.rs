@@ -307,6 +307,12 @@ impl ReadCache {
         inner.clear_pages();
     }
 
+    /// Whether the cache serves (false while a shared store's change feed is down or
+    /// not yet connected).
+    pub fn is_live(&self) -> bool {
+        !self.lock().suspended
+    }
+
     /// The change feed is complete again (from an empty cache).
     pub fn resume(&self) {
         let mut inner = self.lock();

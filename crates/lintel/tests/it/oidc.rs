@@ -280,16 +280,21 @@ fn code(secret: &[u8], offset: i64) -> String {
 }
 
 async fn audited(app: &TestApp, event: &str) -> Value {
-    for _ in 0..100 {
-        let r = app
-            .admin(Method::GET, &format!("/v1/audit?event={event}"), None)
-            .await;
-        if r.body["items"].as_array().is_some_and(|i| !i.is_empty()) {
-            return r.body["items"][0].clone();
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    // Audit rows are written in the background: wait for that work, then look.
+    let left = app
+        .running()
+        .state
+        .tasks
+        .wait_idle(std::time::Duration::from_secs(10))
+        .await;
+    assert_eq!(left, 0, "background work finished");
+    let r = app
+        .admin(Method::GET, &format!("/v1/audit?event={event}"), None)
+        .await;
+    if r.body["items"].as_array().is_some_and(|i| !i.is_empty()) {
+        return r.body["items"][0].clone();
     }
-    panic!("no {event} in the audit log");
+    panic!("no {event} in the audit log: {}", r.text);
 }
 
 #[tokio::test]

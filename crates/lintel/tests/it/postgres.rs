@@ -292,8 +292,18 @@ async fn two_instances_starting_on_one_empty_database_apply_migrations_once() {
         .await
         .unwrap();
     let path = format!("/v1/collections/a/records/{}", rec["id"].as_str().unwrap());
-    // Give the instances' change feeds a moment to connect, then let B cache it.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Wait until both instances' change feeds are connected (their caches serve),
+    // then let B cache it.
+    for r in &running {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !r.state.cache.is_live() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the change feed connects"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     for _ in 0..2 {
         let got: serde_json::Value = http
             .get(format!("http://{b}{path}"))
