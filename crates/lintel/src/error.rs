@@ -16,32 +16,7 @@ use serde_json::{Map, Value};
 /// The media type of every error body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
-/// One field's error: a stable code and a human message.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct FieldError {
-    pub code: String,
-    pub message: String,
-    /// Where in the field's text the problem is (filters), as a byte offset.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub position: Option<usize>,
-}
-
-/// Field name -> error; ordered so bodies are deterministic.
-pub type FieldErrors = BTreeMap<String, FieldError>;
-
-/// Adds a field error unless the field already has one (the first reason wins).
-pub fn push_field_error(
-    errors: &mut FieldErrors,
-    field: impl Into<String>,
-    code: &str,
-    message: impl Into<String>,
-) {
-    errors.entry(field.into()).or_insert_with(|| FieldError {
-        code: code.to_owned(),
-        message: message.into(),
-        position: None,
-    });
-}
+pub use crate::validation::{FieldError, FieldErrors, push_field_error};
 
 /// The problem document, without the request id (added at the edge).
 #[derive(Debug, Clone, Serialize)]

@@ -27,6 +27,7 @@ pub mod records;
 pub mod store;
 pub mod tasks;
 pub mod telemetry;
+pub mod validation;
 
 pub use app::{AppState, Running, start, start_on, start_with};
 pub use config::Config;

@@ -51,14 +51,14 @@ impl Tasks {
         self.0.running.fetch_add(1, Ordering::AcqRel);
         let running = Running(self.0.clone());
         let span = tracing::Span::current();
-        let request_id = crate::http::edge::CURRENT_REQUEST_ID
+        let request_id = crate::telemetry::CURRENT_REQUEST_ID
             .try_with(|id| id.clone())
             .ok();
         tokio::spawn(async move {
             let _running = running;
             match request_id {
                 Some(id) => {
-                    crate::http::edge::CURRENT_REQUEST_ID
+                    crate::telemetry::CURRENT_REQUEST_ID
                         .scope(id, fut.instrument(span))
                         .await
                 }
@@ -97,10 +97,10 @@ mod tests {
     async fn waits_for_running_tasks_and_carries_the_request_id() {
         let tasks = Tasks::new();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let seen = crate::http::edge::CURRENT_REQUEST_ID.sync_scope("req-123".to_owned(), || {
+        let seen = crate::telemetry::CURRENT_REQUEST_ID.sync_scope("req-123".to_owned(), || {
             tasks.spawn(async move {
                 let _ = rx.await;
-                crate::http::edge::CURRENT_REQUEST_ID.try_with(|id| id.clone())
+                crate::telemetry::CURRENT_REQUEST_ID.try_with(|id| id.clone())
             })
         });
         assert_eq!(tasks.running(), 1);

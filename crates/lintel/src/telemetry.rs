@@ -97,3 +97,9 @@ impl Metrics {
         self.handle.run_upkeep();
     }
 }
+
+tokio::task_local! {
+    /// The request id of the request this task is handling (for logs, audit rows and
+    /// background work it starts).
+    pub static CURRENT_REQUEST_ID: String;
+}

@@ -64,7 +64,7 @@ impl Event {
 
 /// The request id of the current span's request, when there is one.
 fn current_request_id() -> Option<String> {
-    crate::http::edge::CURRENT_REQUEST_ID
+    crate::telemetry::CURRENT_REQUEST_ID
         .try_with(|id| id.clone())
         .ok()
 }

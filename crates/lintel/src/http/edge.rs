@@ -19,10 +19,7 @@ pub const SUPPORTED_VERSIONS: [&str; 1] = ["1"];
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static API_VERSION_HEADER: HeaderName = HeaderName::from_static("api-version");
 
-tokio::task_local! {
-    /// The request id of the request this task is handling (for the audit log).
-    pub static CURRENT_REQUEST_ID: String;
-}
+pub use crate::telemetry::CURRENT_REQUEST_ID;
 
 /// The request id of the request being handled, in its extensions.
 #[derive(Clone, Debug)]

@@ -81,7 +81,7 @@ fn check_index_names(
     Ok(())
 }
 
-fn describe(errors: &crate::error::FieldErrors) -> String {
+fn describe(errors: &crate::validation::FieldErrors) -> String {
     errors
         .iter()
         .map(|(k, v)| format!("{k}: {}", v.message))

@@ -19,8 +19,8 @@ use async_trait::async_trait;
 use serde_json::{Map, Value};
 
 use crate::collections::model::{Collection, CollectionSpec};
-use crate::error::FieldErrors;
 use crate::migrations::{AppliedMigration, Migration};
+use crate::validation::FieldErrors;
 pub use sql::{Dialect, Sql, SqlValue};
 pub use write::{WriteError, WriteOp, WriteOutcome};
 

@@ -27,7 +27,6 @@ use tokio_postgres::{NoTls, Row};
 
 use crate::collections::model::{Collection, CollectionSpec, FieldType, OnDelete};
 use crate::config::PoolConfig;
-use crate::error::FieldErrors;
 use crate::migrations::{AppliedMigration, Migration, SchemaOp, checksum};
 use crate::store::ddl::{self, CatalogChange};
 use crate::store::write::{
@@ -39,6 +38,7 @@ use crate::store::{
     Dialect, IdempotencyClaim, Record, Sql, SqlValue, Store, StoreError, StoredCollection,
     StoredResponse, WriteOp, WriteOutcome,
 };
+use crate::validation::FieldErrors;
 
 /// Serialises schema changes across instances (an arbitrary, fixed key).
 const MIGRATION_LOCK: i64 = 0x6c69_6e74_656c;
@@ -299,7 +299,7 @@ fn map_pg(e: &tokio_postgres::Error, coll: Option<&Collection>) -> StoreError {
     if code.code().starts_with("22") {
         // A value the column cannot hold (out of range, bad encoding).
         let mut errors = FieldErrors::new();
-        crate::error::push_field_error(
+        crate::validation::push_field_error(
             &mut errors,
             "value",
             "invalid_value",

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::collections::model::{Collection, FieldSpec, FieldType};
-use crate::error::{FieldErrors, push_field_error};
 use crate::store::sql::{Dialect, Sql, SqlValue, field_value};
 use crate::store::{Record, StoreError};
+use crate::validation::{FieldErrors, push_field_error};
 
 /// One record write.
 #[derive(Debug, Clone)]

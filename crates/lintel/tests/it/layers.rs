@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 
 /// The layer of a source file (path under `src/`) or of a module path under `crate::`.
 fn layer(path: &str) -> Option<u8> {
-    const LAYERS: [(&str, u8); 20] = [
+    const LAYERS: [(&str, u8); 21] = [
         ("clock", 0),
         ("ids", 0),
         ("config", 0),
         ("telemetry", 0),
+        ("validation", 0),
         ("collections/model", 1),
         ("store", 2),
         ("migrations", 2),

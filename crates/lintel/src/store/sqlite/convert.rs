@@ -6,9 +6,9 @@ use rusqlite::{Connection, ToSql};
 use serde_json::{Map, Number, Value};
 
 use crate::collections::model::{Collection, FieldType};
-use crate::error::FieldErrors;
 use crate::store::sql::{Sql, SqlValue};
 use crate::store::{Record, StoreError};
+use crate::validation::FieldErrors;
 
 impl ToSql for SqlValue {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
