@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::error::{FieldErrors, push_field_error};
+use crate::validation::{FieldErrors, push_field_error};
 
 /// System fields every record has; clients cannot set them.
 pub const SYSTEM_FIELDS: [&str; 4] = ["id", "created", "updated", "version"];
@@ -150,6 +150,10 @@ pub struct FieldSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_delete: Option<OnDelete>,
 }
+
+/// The relation fields of a catalog by target collection: (referring collection,
+/// field), for deletes that follow `onDelete`.
+pub type RelationGraph = HashMap<String, Vec<(Arc<Collection>, FieldSpec)>>;
 
 /// What deleting a record does to the records whose relation field names it.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
@@ -455,8 +459,8 @@ impl Catalog {
     }
 
     /// Every relation, by target collection: what deletes follow (`onDelete`).
-    pub fn relation_graph(&self) -> crate::store::write::RelationGraph {
-        let mut graph = crate::store::write::RelationGraph::new();
+    pub fn relation_graph(&self) -> RelationGraph {
+        let mut graph = RelationGraph::new();
         for c in self.collections.values() {
             for f in c.fields() {
                 if f.field_type == FieldType::Relation

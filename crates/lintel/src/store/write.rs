@@ -183,9 +183,7 @@ pub fn referrer_sql(dialect: Dialect, coll: &Collection, field: &FieldSpec, id: 
     sql
 }
 
-/// The relation fields of the catalog by target collection: (referring collection,
-/// field).
-pub type RelationGraph = std::collections::HashMap<String, Vec<(Arc<Collection>, FieldSpec)>>;
+pub use crate::collections::model::RelationGraph;
 
 /// At most this many records are deleted through `cascade` by one delete; past it
 /// the delete is refused (the caller removes the references in smaller steps). Each
