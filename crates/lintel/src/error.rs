@@ -193,3 +193,288 @@ pub fn code_for_status(status: StatusCode) -> &'static str {
         _ => "error",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! docs/errors.md against the sources: every code the server can emit is listed,
+    //! and every listed code is one the sources use.
+
+    use std::collections::BTreeSet;
+    use std::path::{Path, PathBuf};
+
+    use regex::Regex;
+
+    fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+            .map(|e| e.expect("directory entry").path())
+            .collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                rust_files(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+
+    /// A source file without its test module (always the last item of a file here),
+    /// with every run of whitespace made one space, so multi-line calls read as one.
+    fn normalised(path: &Path) -> String {
+        let text = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let code = match text.find("#[cfg(test)]") {
+            Some(i) => &text[..i],
+            None => &text,
+        };
+        code.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
+    /// The top-level arguments of a call whose `(` ends just before `rest`, split on
+    /// commas outside brackets, strings and char literals.
+    fn call_args(rest: &str) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut cur = String::new();
+        let mut depth = 0usize;
+        let mut chars = rest.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '"' => {
+                    cur.push(c);
+                    while let Some(s) = chars.next() {
+                        cur.push(s);
+                        if s == '\\' {
+                            if let Some(e) = chars.next() {
+                                cur.push(e);
+                            }
+                        } else if s == '"' {
+                            break;
+                        }
+                    }
+                }
+                '\'' => {
+                    // A char literal ('x', '\0') or a lifetime ('a): copy up to the
+                    // closing quote only when one follows closely.
+                    cur.push(c);
+                    let ahead: String = chars.clone().take(4).collect();
+                    if let Some(end) = ahead.find('\'') {
+                        for _ in 0..=end {
+                            cur.push(chars.next().expect("peeked"));
+                        }
+                    }
+                }
+                '(' | '[' | '{' => {
+                    depth += 1;
+                    cur.push(c);
+                }
+                ')' | ']' | '}' if depth == 0 => {
+                    args.push(cur.trim().to_owned());
+                    return args;
+                }
+                ')' | ']' | '}' => {
+                    depth -= 1;
+                    cur.push(c);
+                }
+                ',' if depth == 0 => {
+                    args.push(cur.trim().to_owned());
+                    cur.clear();
+                }
+                _ => cur.push(c),
+            }
+        }
+        args
+    }
+
+    /// The code in a call's argument when it is a plain string literal; other
+    /// arguments (a variable, `e.code`) carry codes found by the other shapes.
+    fn literal(arg: Option<&String>) -> Option<String> {
+        let lit = Regex::new(r#"^"([a-z][a-z0-9_]*)"$"#).expect("regex");
+        lit.captures(arg?).map(|c| c[1].to_owned())
+    }
+
+    /// (problem codes, field-error codes) the sources can emit.
+    fn source_codes() -> (BTreeSet<String>, BTreeSet<String>) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = Vec::new();
+        rust_files(&root.join("src"), &mut files);
+        assert!(files.len() > 20, "found only {} source files", files.len());
+
+        // (call, index of the code argument, is it a field-error code)
+        let shapes: &[(&str, usize, bool)] = &[
+            ("new", 1, false),
+            ("bad_request", 0, false),
+            ("forbidden", 0, false),
+            ("conflict", 0, false),
+            ("unavailable", 0, false),
+            ("field", 1, true),
+        ];
+        let api_call = Regex::new(r"\b(?:ApiError|Self)::([a-z_]+) ?\(").expect("regex");
+        let push = Regex::new(r"\bpush_field_error ?\(").expect("regex");
+        // A value check's verdict, `Err(("code", message))` or `.ok_or(("code", ...))`.
+        let tuple =
+            Regex::new(r#"\b(?:Err|ok_or) ?\( ?\( ?"([a-z][a-z0-9_]*)" ?,"#).expect("regex");
+        // Filter and rule errors: `err("code", span, ...)`, `FilterError { code: "..." }`.
+        let filter_err =
+            Regex::new(r#"(?:^|[^A-Za-z0-9_.])err ?\( ?"([a-z][a-z0-9_]*)" ?,"#).expect("regex");
+        let filter_lit =
+            Regex::new(r#"\bFilterError \{[^}]*?\bcode: "([a-z][a-z0-9_]*)""#).expect("regex");
+        // Arms of a `match` that names codes: `400 => "bad_request"`, `Self::Empty => "empty"`.
+        let arm = Regex::new(r#"=> "([a-z][a-z0-9_]*)""#).expect("regex");
+
+        let (mut problems, mut fields) = (BTreeSet::new(), BTreeSet::new());
+        for file in &files {
+            let text = normalised(file);
+            for m in api_call.captures_iter(&text) {
+                let name = m.get(1).expect("group").as_str();
+                let Some(&(_, idx, is_field)) = shapes.iter().find(|s| s.0 == name) else {
+                    continue;
+                };
+                let args = call_args(&text[m.get(0).expect("match").end()..]);
+                if let Some(code) = literal(args.get(idx)) {
+                    if is_field { &mut fields } else { &mut problems }.insert(code);
+                }
+            }
+            for m in push.find_iter(&text) {
+                if let Some(code) = literal(call_args(&text[m.end()..]).get(2)) {
+                    fields.insert(code);
+                }
+            }
+            for re in [&tuple, &filter_err, &filter_lit] {
+                fields.extend(re.captures_iter(&text).map(|c| c[1].to_owned()));
+            }
+            if let Some(i) = text.find("fn code_for_status(") {
+                let body = &text[i..];
+                let body = &body[..body.find(" } }").expect("end of code_for_status")];
+                problems.extend(arm.captures_iter(body).map(|c| c[1].to_owned()));
+            }
+        }
+        // The filter language's parse errors, field errors of `filter` and `rules.*`.
+        let filter_src = root.join("../lintel-filter/src/error.rs");
+        let text = normalised(&filter_src);
+        let i = text.find("fn as_str(").expect("ParseErrorCode::as_str");
+        let body = &text[i..];
+        let body = &body[..body.find(" } }").expect("end of as_str")];
+        let before = fields.len();
+        fields.extend(arm.captures_iter(body).map(|c| c[1].to_owned()));
+        assert!(fields.len() > before, "no filter parse codes found");
+        (problems, fields)
+    }
+
+    /// (problem codes, field-error codes) in docs/errors.md: the `Code` column of the
+    /// tables under "## Problem codes" and under "## Field-error codes".
+    fn doc_codes() -> (BTreeSet<String>, BTreeSet<String>) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/errors.md");
+        let doc = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let code = Regex::new(r"^`([a-z][a-z0-9_]*)`$").expect("regex");
+        let (mut problems, mut fields) = (BTreeSet::new(), BTreeSet::new());
+        let mut section = None;
+        let mut column = None;
+        for line in doc.lines() {
+            if let Some(h) = line.strip_prefix("## ") {
+                section = match h.trim() {
+                    "Problem codes" => Some(false),
+                    "Field-error codes" => Some(true),
+                    _ => None,
+                };
+                column = None;
+                continue;
+            }
+            let Some(is_field) = section else { continue };
+            if !line.starts_with('|') {
+                column = None;
+                continue;
+            }
+            let cells: Vec<&str> = line
+                .trim()
+                .trim_matches('|')
+                .split('|')
+                .map(str::trim)
+                .collect();
+            match column {
+                None => column = cells.iter().position(|c| *c == "Code"),
+                Some(i) => {
+                    let Some(cell) = cells.get(i) else { continue };
+                    // The separator row, and explanatory rows such as "(the failing
+                    // operation's code)".
+                    if cell.starts_with("---") || cell.starts_with(":--") || cell.starts_with('(') {
+                        continue;
+                    }
+                    let c = code
+                        .captures(cell)
+                        .unwrap_or_else(|| panic!("docs/errors.md: not a `code` cell: {line}"));
+                    if is_field { &mut fields } else { &mut problems }.insert(c[1].to_owned());
+                }
+            }
+        }
+        (problems, fields)
+    }
+
+    #[test]
+    fn errors_doc_lists_every_code() {
+        let (src_problems, src_fields) = source_codes();
+        // A broken extractor must not pass by finding nothing.
+        assert!(
+            src_problems.len() >= 50,
+            "extracted only {} problem codes: {src_problems:?}",
+            src_problems.len()
+        );
+        assert!(
+            src_fields.len() >= 60,
+            "extracted only {} field-error codes: {src_fields:?}",
+            src_fields.len()
+        );
+        for known in [
+            "validation_failed",
+            "internal",
+            "rate_limited",
+            "signin_locked",
+            "route_not_found",
+        ] {
+            assert!(
+                src_problems.contains(known),
+                "extractor missed problem code {known}"
+            );
+        }
+        for known in [
+            "required",
+            "unique",
+            "type_mismatch",
+            "too_deep",
+            "invalid_expand",
+            "too_common",
+        ] {
+            assert!(
+                src_fields.contains(known),
+                "extractor missed field-error code {known}"
+            );
+        }
+
+        let (doc_problems, doc_fields) = doc_codes();
+        let missing_p: Vec<_> = src_problems.difference(&doc_problems).collect();
+        let missing_f: Vec<_> = src_fields.difference(&doc_fields).collect();
+        let stale_p: Vec<_> = doc_problems.difference(&src_problems).collect();
+        let stale_f: Vec<_> = doc_fields.difference(&src_fields).collect();
+        assert!(
+            missing_p.is_empty()
+                && missing_f.is_empty()
+                && stale_p.is_empty()
+                && stale_f.is_empty(),
+            "docs/errors.md is out of date.\n\
+             problem codes the server emits but the doc lacks: {missing_p:?}\n\
+             field-error codes the server emits but the doc lacks: {missing_f:?}\n\
+             problem codes in the doc that no source emits: {stale_p:?}\n\
+             field-error codes in the doc that no source emits: {stale_f:?}"
+        );
+    }
+
+    /// Prints what the extractor finds (cargo test -- --ignored --nocapture).
+    #[test]
+    #[ignore]
+    fn errors_doc_print_source_codes() {
+        let (p, f) = source_codes();
+        println!("problem codes ({}): {p:?}", p.len());
+        println!("field-error codes ({}): {f:?}", f.len());
+    }
+}
