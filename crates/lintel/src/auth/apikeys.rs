@@ -142,17 +142,6 @@ fn key_json(row: &[Value]) -> Value {
     })
 }
 
-fn no_keys_from_keys(caller: &Caller) -> Result<(), ApiError> {
-    if matches!(caller.via, Via::ApiKey { .. }) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "API keys cannot manage API keys; sign in as the owner.",
-        ));
-    }
-    Ok(())
-}
-
 #[utoipa::path(
     post,
     path = "/v1/auth/api-keys",
@@ -170,7 +159,6 @@ pub async fn create_key(
     caller: Caller,
     JsonBody(req): JsonBody<NewKey>,
 ) -> Result<Response, ApiError> {
-    no_keys_from_keys(&caller)?;
     let (collection, user_id) = require_account(&caller)?;
     let expires = check(&state, &req, caller.is_superuser())?;
     let id = crate::ids::record_id();
@@ -233,7 +221,6 @@ pub async fn list_keys(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
-    no_keys_from_keys(&caller)?;
     let (collection, user_id) = require_account(&caller)?;
     let mut sql = Sql::new(state.store.dialect());
     sql.push("SELECT id, name, key_hash, scopes, created, expires, revoked, last_used FROM _lintel_api_keys WHERE collection = ")
@@ -262,7 +249,6 @@ pub async fn revoke_key(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    no_keys_from_keys(&caller)?;
     let (collection, user_id) = require_account(&caller)?;
     let mut sql = Sql::new(state.store.dialect());
     sql.push("UPDATE _lintel_api_keys SET revoked = ")

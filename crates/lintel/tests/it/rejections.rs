@@ -518,7 +518,7 @@ async fn auth_endpoints_refuse_bad_input_and_foreign_sessions() {
     )
     .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
-    assert_eq!(r.problem_code(), "forbidden");
+    assert_eq!(r.problem_code(), "api_key_not_allowed");
     let r = bearer(&app, &ta, Method::GET, "/v1/auth/api-keys", None).await;
     assert_eq!(
         r.body["items"].as_array().map(Vec::len),
