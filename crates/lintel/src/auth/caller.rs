@@ -122,12 +122,19 @@ impl Principal {
         match self {
             Principal::Anonymous => Value::Null,
             Principal::Superuser { id, email } => superuser_json(id, email),
-            Principal::User { coll, record } => crate::auth::routes::user_json(coll, record),
+            Principal::User { coll, record } => user_json(coll, record),
             Principal::Service { name } => {
                 serde_json::json!({ "id": name, "collection": SERVICES })
             }
         }
     }
+}
+
+/// An auth record as its owner sees it (hidden fields left out).
+pub fn user_json(coll: &Collection, record: &Record) -> Value {
+    let mut m = crate::records::service::render(coll, record, None);
+    m.insert("collection".into(), coll.name().into());
+    Value::Object(m)
 }
 
 /// A superuser as clients see it.

@@ -21,7 +21,7 @@ use crate::error::ApiError;
 use crate::http::extract::JsonBody;
 use crate::http::openapi::ProblemDoc;
 use crate::ratelimit::lockout::{Gate, Policy};
-use crate::records::service::{render, store_error};
+use crate::records::service::store_error;
 use crate::store::{Record, Sql, SqlValue, StoreError, WriteError, WriteOp};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -111,12 +111,7 @@ impl Account {
     }
 }
 
-/// An auth record as its owner sees it.
-pub fn user_json(coll: &Collection, record: &Record) -> Value {
-    let mut m = render(coll, record, None);
-    m.insert("collection".into(), coll.name().into());
-    Value::Object(m)
-}
+pub use crate::auth::caller::user_json;
 
 /// An auth collection by name, or a 400 naming the field.
 pub fn auth_collection(state: &AppState, name: &str) -> Result<Arc<Collection>, ApiError> {
