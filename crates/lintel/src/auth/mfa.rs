@@ -403,7 +403,16 @@ pub async fn confirm(
         }],
     )
     .await
-    .map_err(store_error)?;
+    .map_err(|e| match e {
+        // Confirmed (or disabled) meanwhile by another request: no record is missing,
+        // the enrolment is.
+        StoreError::NotFound => ApiError::field(
+            "code",
+            "not_enrolling",
+            "start with POST /v1/auth/totp/enroll",
+        ),
+        e => store_error(e),
+    })?;
     audit::record(
         &state,
         audit::Event::new("mfa_enabled", "ok")
