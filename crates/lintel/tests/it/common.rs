@@ -726,3 +726,23 @@ impl WriteHold {
         }
     }
 }
+
+/// The `notes` collection: owned records, private by default.
+pub async fn notes(app: &TestApp) {
+    app.collection(json!({
+        "name": "notes",
+        "fields": [
+            {"name": "owner", "type": "relation", "collection": "users", "required": true},
+            {"name": "title", "type": "text"},
+            {"name": "private", "type": "bool", "default": true}
+        ],
+        "rules": {
+            "list": "owner = @request.auth.id || private = false",
+            "view": "owner = @request.auth.id || private = false",
+            "create": "owner = @request.auth.id",
+            "update": "owner = @request.auth.id",
+            "delete": "owner = @request.auth.id"
+        }
+    }))
+    .await;
+}

@@ -5,7 +5,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::common::{
-    ADMIN_TOKEN, Reply, TestApp, access, api_key, bearer, login, signup, superuser_token,
+    ADMIN_TOKEN, Reply, TestApp, access, api_key, bearer, login, notes, signup, superuser_token,
 };
 
 fn href(coll: &str, rec: &Value) -> String {
@@ -220,26 +220,6 @@ async fn collections_without_rules_refuse_anonymous_callers_on_every_method() {
         .await;
     assert_eq!(r.body["totalItems"], 1, "{}", r.text);
     app.shutdown().await;
-}
-
-/// Notes owned by users; private ones only their owner sees.
-async fn notes(app: &TestApp) {
-    app.collection(json!({
-        "name": "notes",
-        "fields": [
-            {"name": "owner", "type": "relation", "collection": "users", "required": true},
-            {"name": "title", "type": "text"},
-            {"name": "private", "type": "bool", "default": true}
-        ],
-        "rules": {
-            "list": "owner = @request.auth.id || private = false",
-            "view": "owner = @request.auth.id || private = false",
-            "create": "owner = @request.auth.id",
-            "update": "owner = @request.auth.id",
-            "delete": "owner = @request.auth.id"
-        }
-    }))
-    .await;
 }
 
 #[tokio::test]

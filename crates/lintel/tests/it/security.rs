@@ -5,27 +5,9 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::common::{PW, Reply, TestApp, access, api_key, bearer, login, signup, superuser_token};
-
-/// The `notes` collection: owned records, private by default.
-async fn notes(app: &TestApp) {
-    app.collection(json!({
-        "name": "notes",
-        "fields": [
-            {"name": "owner", "type": "relation", "collection": "users", "required": true},
-            {"name": "title", "type": "text"},
-            {"name": "private", "type": "bool", "default": true}
-        ],
-        "rules": {
-            "list": "owner = @request.auth.id || private = false",
-            "view": "owner = @request.auth.id || private = false",
-            "create": "owner = @request.auth.id",
-            "update": "owner = @request.auth.id",
-            "delete": "owner = @request.auth.id"
-        }
-    }))
-    .await;
-}
+use crate::common::{
+    PW, Reply, TestApp, access, api_key, bearer, login, notes, signup, superuser_token,
+};
 
 async fn cookie_login(app: &TestApp, email: &str) -> (String, String, Reply) {
     let r = app
