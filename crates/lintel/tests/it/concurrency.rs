@@ -245,9 +245,11 @@ async fn a_failing_write_inside_a_commit_group_undoes_nothing_else() {
         .await;
     assert_eq!(first.body["title"], "first");
     if postgres_url().is_none() {
-        // The pilot's group, then one group of the other eight: the two failures were
-        // inside the transaction that committed the six other writes.
-        assert_eq!(commits(&app).await - before, 2.0);
+        // At most two commits for nine writes (the pilot's group and the other eight,
+        // or all nine together when the writer takes them at once): the two failures
+        // were inside a transaction that committed successful writes beside them.
+        let groups = commits(&app).await - before;
+        assert!((1.0..=2.0).contains(&groups), "{groups} commits");
         assert_eq!(
             app.metric("lintel_store_group_commit_size_sum", &[]).await - sizes_before,
             9.0
