@@ -7,49 +7,7 @@ use serde_json::{Value, json};
 
 use crate::common::{ADMIN_TOKEN, Reply, TestApp};
 
-const PW: &str = "correct horse battery";
-
-async fn signup(app: &TestApp, email: &str) -> Value {
-    let r = app
-        .json(
-            Method::POST,
-            "/v1/collections/users/records",
-            json!({"email": email, "password": PW}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    r.body
-}
-
-async fn login(app: &TestApp, email: &str) -> Value {
-    let r = app
-        .json(
-            Method::POST,
-            "/v1/auth/login",
-            json!({"email": email, "password": PW}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    r.body
-}
-
-async fn as_user(
-    app: &TestApp,
-    token: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> Reply {
-    let mut r = app.req(method, path).bearer_auth(token);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    app.send(r).await
-}
-
-fn token(login: &Value) -> String {
-    login["accessToken"].as_str().unwrap().to_owned()
-}
+use crate::common::{PW, access as token, bearer as as_user, login, signup, superuser_token};
 
 #[tokio::test]
 async fn signup_login_refresh_rotation_and_logout() {
@@ -756,30 +714,7 @@ async fn cookie_sessions_need_csrf_proof_for_unsafe_requests() {
 #[tokio::test]
 async fn superusers_sign_in_and_manage_collections() {
     let app = TestApp::spawn().await;
-    let hash = app
-        .running()
-        .state
-        .auth
-        .hasher
-        .hash(PW.into())
-        .await
-        .unwrap();
-    lintel::auth::superusers::upsert(
-        app.running().state.store.as_ref(),
-        "root@example.com",
-        &hash,
-    )
-    .await
-    .unwrap();
-    let r = app
-        .json(
-            Method::POST,
-            "/v1/auth/login",
-            json!({"email": "root@example.com", "password": PW, "collection": "_superusers"}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    let t = token(&r.body);
+    let t = superuser_token(&app).await;
     let r = as_user(&app, &t, Method::GET, "/v1/collections", None).await;
     assert_eq!(r.status, StatusCode::OK);
     let r = as_user(

@@ -7,9 +7,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::common::{SmtpSink, TestApp};
-
-const PW: &str = "correct horse battery";
+use crate::common::{PW, SmtpSink, TestApp, signup};
 const HOUR_MS: i64 = 3600 * 1000;
 const DAY_MS: i64 = 24 * HOUR_MS;
 
@@ -17,18 +15,6 @@ fn with_mail(c: &mut lintel::Config, port: u16) {
     c.mail.smtp_host = "127.0.0.1".into();
     c.mail.smtp_port = port;
     c.mail.smtp_tls = "none".into();
-}
-
-async fn signup(app: &TestApp, email: &str) -> Value {
-    let r = app
-        .json(
-            Method::POST,
-            "/v1/collections/users/records",
-            json!({"email": email, "password": PW}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    r.body
 }
 
 async fn login(app: &TestApp, email: &str, password: &str) -> crate::common::Reply {
