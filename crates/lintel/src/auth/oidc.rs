@@ -769,14 +769,12 @@ async fn take_over(
     ops.extend(sessions.unwrap_or_default());
     let sessions_at = 1..ops.len();
     let keys_at = ops.len();
-    let mut keys = account_rows(
-        state,
-        "UPDATE _lintel_api_keys SET revoked = ",
-        Some(now),
+    ops.push(crate::auth::apikeys::revoke_all_op(
+        state.store.dialect(),
         name,
         id,
-    );
-    keys.push(" AND revoked IS NULL");
+        now,
+    ));
     let mut mail_tokens = account_rows(
         state,
         "UPDATE _lintel_auth_tokens SET used = ",
@@ -786,7 +784,6 @@ async fn take_over(
     );
     mail_tokens.push(" AND used IS NULL");
     for sql in [
-        keys,
         account_rows(state, "DELETE FROM _lintel_mfa", None, name, id),
         mail_tokens,
     ] {
