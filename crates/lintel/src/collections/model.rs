@@ -438,6 +438,9 @@ fn compile_pattern(p: &str) -> Result<Regex, String> {
 #[derive(Debug, Default)]
 pub struct Catalog {
     pub collections: HashMap<String, Arc<Collection>>,
+    /// The relation graph, built on first use (the catalog never changes after it is
+    /// installed; a schema change installs a new one).
+    graph: std::sync::OnceLock<Arc<RelationGraph>>,
 }
 
 impl Catalog {
@@ -459,21 +462,25 @@ impl Catalog {
     }
 
     /// Every relation, by target collection: what deletes follow (`onDelete`).
-    pub fn relation_graph(&self) -> RelationGraph {
-        let mut graph = RelationGraph::new();
-        for c in self.collections.values() {
-            for f in c.fields() {
-                if f.field_type == FieldType::Relation
-                    && let Some(target) = &f.collection
-                {
-                    graph
-                        .entry(target.clone())
-                        .or_default()
-                        .push((c.clone(), f.clone()));
+    pub fn relation_graph(&self) -> Arc<RelationGraph> {
+        self.graph
+            .get_or_init(|| {
+                let mut graph = RelationGraph::new();
+                for c in self.collections.values() {
+                    for f in c.fields() {
+                        if f.field_type == FieldType::Relation
+                            && let Some(target) = &f.collection
+                        {
+                            graph
+                                .entry(target.clone())
+                                .or_default()
+                                .push((c.clone(), f.clone()));
+                        }
+                    }
                 }
-            }
-        }
-        graph
+                Arc::new(graph)
+            })
+            .clone()
     }
 
     pub fn names(&self) -> Vec<String> {

@@ -672,7 +672,7 @@ pub async fn prepare_delete(
             coll: coll.clone(),
             id: id.to_owned(),
             expected_version: Some(current.version),
-            referrers: Arc::new(state.catalog().relation_graph()),
+            referrers: state.catalog().relation_graph(),
         });
     }
     let expected_version = match if_match {
@@ -694,7 +694,7 @@ pub async fn prepare_delete(
         coll: coll.clone(),
         id: id.to_owned(),
         expected_version,
-        referrers: Arc::new(state.catalog().relation_graph()),
+        referrers: state.catalog().relation_graph(),
     })
 }
 
