@@ -432,39 +432,28 @@ const MFA_PENDING_TTL_MS: i64 = 5 * 60 * 1000;
 pub struct SignInGuard {
     collection: String,
     email: String,
-    account_key: String,
-    ip_key: String,
-    account: Policy,
-    ip: Policy,
+    /// The account's and the address's counters (`lockout::signin_keys`).
+    keys: [(String, Policy); 2],
 }
 
 impl SignInGuard {
     pub fn new(state: &AppState, caller: &Caller, collection: &str, email: &str) -> Self {
-        let cfg = &state.config.auth;
-        let window_ms = (cfg.lockout_window_secs * 1000) as i64;
-        let lock_ms = (cfg.lockout_secs * 1000) as i64;
         Self {
             collection: collection.to_owned(),
             email: email.to_owned(),
-            account_key: format!("acct:{collection}/{email}"),
-            ip_key: format!("ip:{}", caller.ip.as_deref().unwrap_or("")),
-            account: Policy {
-                threshold: cfg.lockout_threshold.max(1),
-                window_ms,
-                lock_ms,
-            },
-            ip: Policy {
-                threshold: cfg.lockout_ip_threshold.max(1),
-                window_ms,
-                lock_ms,
-            },
+            keys: crate::ratelimit::lockout::signin_keys(
+                &state.config.auth,
+                collection,
+                email,
+                caller.ip.as_deref(),
+            ),
         }
     }
 
     fn keys(&self) -> [(&str, Policy); 2] {
         [
-            (self.account_key.as_str(), self.account),
-            (self.ip_key.as_str(), self.ip),
+            (self.keys[0].0.as_str(), self.keys[0].1),
+            (self.keys[1].0.as_str(), self.keys[1].1),
         ]
     }
 
@@ -706,7 +695,7 @@ pub async fn signed_in(
     cookie_mode: bool,
     detail: Value,
 ) -> Result<Response, ApiError> {
-    state.login_guard.succeeded(&guard.account_key);
+    state.login_guard.succeeded(&guard.keys[0].0);
     audit::record(
         state,
         audit::Event::new("login", "ok")
