@@ -272,7 +272,7 @@ async fn migrate(config: config::Config, action: MigrateAction) -> anyhow::Resul
 /// writes its types.
 async fn types(config: config::Config, lang: Lang, out: Option<PathBuf>) -> anyhow::Result<()> {
     let store = crate::app::open_store(&config, &crate::telemetry::Metrics::new()).await?;
-    let loaded = crate::app::load_catalog(store.as_ref()).await;
+    let loaded = crate::state::load_catalog(store.as_ref()).await;
     store.close().await;
     let (_, catalog) = loaded?;
     let text = match lang {

@@ -1,6 +1,6 @@
 //! Timestamps as Lintel writes them: RFC 3339, UTC, millisecond precision, so that
 //! their text order is their time order in every store; and the [`Clock`] a server
-//! reads them from ([`AppState::clock`](crate::app::Inner::clock)).
+//! reads them from ([`AppState::clock`](crate::state::Inner::clock)).
 //!
 //! Request handling reads the time through the state's clock: session and token
 //! lifetimes, expiry checks, lockout and rate-limit windows, record timestamps, the

@@ -139,7 +139,7 @@ pub struct RateLimitConfig {
     /// Counters kept at most (per rule and key).
     pub max_keys: usize,
     /// Checked in order; every matching rule counts the request.
-    pub rules: Vec<crate::ratelimit::Rule>,
+    pub rules: Vec<RateRule>,
 }
 
 impl Default for RateLimitConfig {
@@ -147,9 +147,87 @@ impl Default for RateLimitConfig {
         Self {
             enabled: true,
             max_keys: 100_000,
-            rules: crate::ratelimit::default_rules(),
+            rules: default_rate_rules(),
         }
     }
+}
+
+/// What a rule counts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyBy {
+    /// The client address (after trusted proxies).
+    Ip,
+    /// The signed-in account (anonymous callers by address).
+    User,
+    /// The API key (other callers by address).
+    ApiKey,
+    /// One counter for everyone.
+    Global,
+}
+
+/// One rate-limit rule (applied by `ratelimit`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateRule {
+    /// Names the policy in the headers.
+    pub name: String,
+    /// A path pattern: `*` matches one segment, a final `**` the rest.
+    pub path: String,
+    /// Methods it applies to; empty = all.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    pub key: KeyBy,
+    pub algorithm: RateAlgorithm,
+    /// Requests per period.
+    pub limit: u32,
+    pub period_secs: u64,
+    /// Token bucket capacity / leaky bucket queue length (default: `limit`).
+    #[serde(default)]
+    pub burst: u32,
+}
+
+/// How a rate-limit rule counts (the state machines are in `ratelimit::algorithms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateAlgorithm {
+    /// At most `limit` per aligned window of `period`.
+    FixedWindow,
+    /// At most `limit` in any `period` ending now (every hit remembered).
+    SlidingLog,
+    /// The fixed-window count blended with the previous window's, weighted by overlap.
+    SlidingWindow,
+    /// Tokens refill at `limit` per `period` up to `burst`; each request takes one.
+    TokenBucket,
+    /// Requests leave at `limit` per `period`; up to `burst` wait in the queue (they are
+    /// delayed, not refused), more are refused.
+    LeakyBucket,
+}
+
+/// The default rules: strict on sign-in and account recovery, generous on the API.
+pub fn default_rate_rules() -> Vec<RateRule> {
+    vec![
+        RateRule {
+            name: "auth".into(),
+            path: "/v1/auth/**".into(),
+            methods: vec!["POST".into()],
+            key: KeyBy::Ip,
+            algorithm: RateAlgorithm::SlidingWindow,
+            limit: 30,
+            period_secs: 60,
+            burst: 0,
+        },
+        RateRule {
+            name: "api".into(),
+            path: "/**".into(),
+            methods: Vec::new(),
+            key: KeyBy::Ip,
+            algorithm: RateAlgorithm::TokenBucket,
+            limit: 6000,
+            period_secs: 60,
+            burst: 300,
+        },
+    ]
 }
 
 /// Accounts, sessions and tokens.

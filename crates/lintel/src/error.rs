@@ -194,6 +194,39 @@ pub fn code_for_status(status: StatusCode) -> &'static str {
     }
 }
 
+/// Access refusals at the edge: a key's scopes (403 `insufficient_scope`), or a rule
+/// (401 for anonymous callers, 403 `forbidden` otherwise).
+impl From<crate::access::Refusal> for ApiError {
+    fn from(r: crate::access::Refusal) -> Self {
+        use crate::access::Refusal;
+        match r {
+            Refusal::Scope { collection, action } => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                format!(
+                    "The API key's scopes do not allow {} on '{collection}'.",
+                    action.as_str()
+                ),
+            ),
+            Refusal::Rule {
+                collection,
+                action,
+                anonymous: true,
+            } => ApiError::unauthorized(format!(
+                "Sign in: {} on '{collection}' is not open to anonymous callers.",
+                action.as_str()
+            )),
+            Refusal::Rule { action, .. } => ApiError::forbidden(
+                "forbidden",
+                format!(
+                    "The collection's {} rule does not allow this.",
+                    action.as_str()
+                ),
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! docs/errors.md against the sources: every code the server can emit is listed,

@@ -7,9 +7,11 @@
 //! [`http`] (the edge: listener, middleware, extractors, OpenAPI, system routes),
 //! [`ratelimit`], [`cache`] (the read cache), [`store`] (the storage trait, its SQLite
 //! and PostgreSQL drivers, and the purge of expired rows), [`migrations`], [`tasks`]
-//! (background work drained at shutdown), [`app`] (state, start-up, shutdown),
+//! (background work drained at shutdown), [`state`] (the application state), [`app`]
+//! (start-up, shutdown),
 //! [`config`], [`error`], [`clock`], [`ids`], [`telemetry`]. See docs/ARCHITECTURE.md.
 
+pub mod access;
 pub mod app;
 pub mod auth;
 pub mod batch;
@@ -24,10 +26,13 @@ pub mod ids;
 pub mod migrations;
 pub mod ratelimit;
 pub mod records;
+pub mod schema;
+pub mod state;
 pub mod store;
 pub mod tasks;
 pub mod telemetry;
 pub mod validation;
 
-pub use app::{AppState, Running, start, start_on, start_with};
+pub use app::{Running, start, start_on, start_with};
 pub use config::Config;
+pub use state::AppState;

@@ -11,13 +11,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
-use crate::app::AppState;
 use crate::auth::caller::{Caller, Principal, Via, load_principal, require_account};
 use crate::auth::{audit, tokens};
 use crate::error::{ApiError, FieldErrors, push_field_error};
 use crate::http::extract::JsonBody;
 use crate::http::openapi::ProblemDoc;
 use crate::records::service::store_error;
+use crate::state::AppState;
 use crate::store::{Sql, SqlValue, WriteError, WriteOp};
 
 pub const PREFIX: &str = "lk_";
@@ -300,7 +300,7 @@ pub async fn authenticate(state: &AppState, key: &str) -> Result<Option<Caller>,
     else {
         return Ok(None);
     };
-    if !crate::records::validate::is_record_id(id) {
+    if !crate::schema::kinds::is_record_id(id) {
         return Ok(None);
     }
     let mut sql = Sql::new(state.store.dialect());

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use serde_json::{Value, json};
 
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::store::{Sql, SqlValue, WriteOp};
 
 /// One audit entry under construction.

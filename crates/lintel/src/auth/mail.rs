@@ -16,16 +16,16 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use utoipa::ToSchema;
 
-use crate::app::AppState;
 use crate::auth::caller::{Caller, Principal, require_account};
 use crate::auth::routes::{Account, auth_collection, find_account, normalize_email};
 use crate::auth::{audit, password, tokens};
-use crate::collections::model::Collection;
 use crate::config::MailConfig;
 use crate::error::ApiError;
 use crate::http::extract::JsonBody;
 use crate::http::openapi::ProblemDoc;
 use crate::records::service::{apply_writes, store_error};
+use crate::schema::Collection;
+use crate::state::AppState;
 use crate::store::{Record, Sql, SqlValue, StoreError, WriteError, WriteOp};
 
 /// The SMTP connection settings, ready to send.

@@ -12,13 +12,13 @@ use serde_json::{Value, json};
 use sha1::Sha1;
 use utoipa::ToSchema;
 
-use crate::app::AppState;
 use crate::auth::caller::{Caller, Via, require_account};
 use crate::auth::{audit, tokens};
 use crate::error::ApiError;
 use crate::http::extract::JsonBody;
 use crate::http::openapi::ProblemDoc;
 use crate::records::service::store_error;
+use crate::state::AppState;
 use crate::store::{Sql, SqlValue, StoreError, WriteError, WriteOp};
 
 const STEP: u64 = 30;

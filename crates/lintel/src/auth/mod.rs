@@ -10,7 +10,6 @@ pub mod mfa;
 pub mod oidc;
 pub mod password;
 pub mod routes;
-pub mod rules;
 pub mod sessions;
 pub mod superusers;
 pub mod tokens;
@@ -19,10 +18,10 @@ use std::sync::Arc;
 
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// The name superusers go by wherever an auth collection is named.
-pub const SUPERUSERS: &str = "_superusers";
+pub use crate::access::SUPERUSERS;
 
 /// What the identity code keeps for the life of the process.
 pub struct AuthRuntime {

@@ -25,17 +25,18 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::app::AppState;
+use crate::access::rules;
 use crate::auth::caller::{Caller, cookie};
 use crate::auth::routes::{
     Account, Pending, SignInGuard, auth_collection, find_account, second_factor, signed_in,
 };
-use crate::auth::{audit, rules, tokens};
-use crate::collections::model::{Action, Collection};
+use crate::auth::{audit, tokens};
 use crate::config::OidcProviderConfig;
 use crate::error::ApiError;
 use crate::http::openapi::ProblemDoc;
 use crate::records::service::{apply_writes, store_error, write_one};
+use crate::schema::{Action, Collection};
+use crate::state::AppState;
 use crate::store::{Record, Sql, SqlValue, StoreError, WriteError, WriteOp};
 
 /// How long a started sign-in may take, in milliseconds.

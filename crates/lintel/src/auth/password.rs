@@ -143,7 +143,7 @@ impl Hasher {
 /// past it. Ok(false) for a wrong password (already counted and audited with
 /// `failure_event`); `429 signin_locked` while locked.
 pub async fn check_current(
-    state: &crate::app::AppState,
+    state: &crate::state::AppState,
     collection: &str,
     account: &crate::store::Record,
     ip: Option<String>,

@@ -12,16 +12,16 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::auth::caller::{Caller, SESSION_COOKIE, Via, cookie, require_account};
 use crate::auth::sessions::{NewSession, Rotation, Session};
 use crate::auth::{SUPERUSERS, apikeys, audit, password, superusers, tokens};
-use crate::collections::model::Collection;
 use crate::error::ApiError;
 use crate::http::extract::JsonBody;
 use crate::http::openapi::ProblemDoc;
 use crate::ratelimit::lockout::{Gate, Policy};
 use crate::records::service::store_error;
+use crate::schema::Collection;
+use crate::state::AppState;
 use crate::store::{Record, Sql, SqlValue, StoreError, WriteError, WriteOp};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -111,7 +111,7 @@ impl Account {
     }
 }
 
-pub use crate::auth::caller::user_json;
+pub use crate::access::user_json;
 
 /// An auth collection by name, or a 400 naming the field.
 pub fn auth_collection(state: &AppState, name: &str) -> Result<Arc<Collection>, ApiError> {

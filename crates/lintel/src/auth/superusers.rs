@@ -2,9 +2,9 @@
 //! created from the command line (`lintel superuser create`), signed in like users
 //! (`"collection": "_superusers"`), and allowed everything the admin token allows.
 
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::records::service::store_error;
+use crate::state::AppState;
 use crate::store::{Sql, SqlValue, Store, StoreError, WriteError, WriteOp};
 
 /// A superuser as stored.

@@ -14,13 +14,14 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
-use crate::auth::caller::Caller;
+use crate::access::Caller;
+use crate::access::render::render;
 use crate::error::ApiError;
 use crate::http::extract::JsonBody;
 use crate::http::openapi::ProblemDoc;
-use crate::records::service::{self, render, store_error};
+use crate::records::service::{self, store_error};
 use crate::records::validate::Mode;
+use crate::state::AppState;
 use crate::store::{StoreError, WriteError, WriteOp, WriteOutcome};
 
 pub const MAX_OPERATIONS: usize = 100;
@@ -215,16 +216,17 @@ async fn batch(
         prepared.push(w);
         statuses.push(status);
     }
-    let ops = service::finish(&state, &caller, prepared).await?;
-    let colls: Vec<_> = ops
+    let ready = service::finish(&state, &caller, prepared).await?;
+    let shown: Vec<_> = ready
         .iter()
-        .map(|op| match op {
-            WriteOp::Insert { coll, .. }
-            | WriteOp::Update { coll, .. }
-            | WriteOp::Delete { coll, .. } => Some(coll.clone()),
-            WriteOp::System { .. } => None,
+        .map(|r| match (&r.op, r.written) {
+            (WriteOp::Insert { coll, .. } | WriteOp::Update { coll, .. }, Some(written)) => {
+                Some((coll.clone(), written))
+            }
+            _ => None,
         })
         .collect();
+    let ops: Vec<WriteOp> = ready.into_iter().map(|r| r.op).collect();
     let outcomes = match service::apply_writes(&state, ops).await {
         Ok(o) => o,
         Err(WriteError { index, error }) => {
@@ -244,10 +246,10 @@ async fn batch(
     let results: Vec<Value> = outcomes
         .into_iter()
         .zip(statuses)
-        .zip(colls)
-        .map(|((outcome, status), coll)| match (outcome, coll) {
-            (WriteOutcome::Written(r), Some(coll)) => {
-                json!({ "status": status, "body": Value::Object(render(&coll, &r, None)) })
+        .zip(shown)
+        .map(|((outcome, status), shown)| match (outcome, shown) {
+            (WriteOutcome::Written(r), Some((coll, written))) => {
+                json!({ "status": status, "body": Value::Object(render(&coll, written.show(&r), None)) })
             }
             _ => json!({ "status": status, "body": Value::Null }),
         })

@@ -3,8 +3,6 @@
 //! migrations folder and applied to the store in one transaction, so the files in
 //! version control always reproduce the live schema.
 
-pub mod model;
-
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, State};
@@ -16,17 +14,16 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::error::{ApiError, FieldErrors, push_field_error};
 use crate::http::extract::{Admin, JsonBody};
 use crate::http::openapi::ProblemDoc;
 use crate::migrations::{AlterCollection, Migration, PendingFile, RenameField, SchemaOp};
-use crate::records::validate::check_value;
-use crate::store::{StoreError, ddl};
-use model::{
+use crate::schema::{
     Collection, CollectionSpec, FieldSpec, IndexSpec, Rules, index_name, normalize_spec,
-    validate_spec,
 };
+use crate::state::AppState;
+use crate::store::filter::validate_spec;
+use crate::store::{StoreError, ddl};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -79,12 +76,7 @@ fn collection_json(coll: &Collection) -> Value {
     v
 }
 
-fn admin_audit(
-    state: &AppState,
-    caller: &crate::auth::caller::Caller,
-    event: &'static str,
-    name: &str,
-) {
+fn admin_audit(state: &AppState, caller: &crate::access::Caller, event: &'static str, name: &str) {
     crate::auth::audit::record(
         state,
         crate::auth::audit::Event::new(event, "ok")
@@ -112,7 +104,7 @@ fn check_defaults(spec: &CollectionSpec) -> FieldErrors {
     for (i, f) in spec.fields.iter().enumerate() {
         if let Some(d) = &f.default
             && !d.is_null()
-            && let Err((code, msg)) = check_value(&coll, f, d)
+            && let Err((code, msg)) = crate::schema::kinds::check_value(f, coll.pattern(&f.name), d)
         {
             push_field_error(
                 &mut errors,
@@ -463,10 +455,10 @@ pub async fn ensure_users(state: &AppState) -> anyhow::Result<()> {
     let own = Some("id = @request.auth.id".to_owned());
     let mut spec = CollectionSpec {
         name: "users".into(),
-        kind: model::CollectionKind::Auth,
+        kind: crate::schema::CollectionKind::Auth,
         fields: vec![FieldSpec {
             name: "name".into(),
-            field_type: model::FieldType::Text,
+            field_type: crate::schema::FieldType::Text,
             required: false,
             unique: false,
             min: None,

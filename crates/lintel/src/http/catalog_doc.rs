@@ -14,8 +14,9 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::collections::model::{
+use crate::schema::{
     Catalog, Collection, FieldSpec, FieldType, MAX_NAME_LEN, RESERVED_COLLECTIONS, RESERVED_FIELDS,
+    kinds,
 };
 
 /// A record id (`records::validate::is_record_id`).
@@ -219,7 +220,7 @@ fn field_name() -> Value {
 }
 
 /// The schema of one field definition, by type: only the options a type takes, with
-/// their bounds (`collections::model::validate_field`). Options this code does not know
+/// their bounds (`schema::validate_field`). Options this code does not know
 /// (added to `FieldSpec` later) are kept as utoipa renders them, on every type.
 fn field_spec(generated: &Value, targets: &[&str]) -> Value {
     let known = [
@@ -248,7 +249,6 @@ fn field_spec(generated: &Value, targets: &[&str]) -> Value {
     let length = json!({"type": "integer", "minimum": 0});
     let min_length = json!({"type": "integer", "minimum": 0, "description": "Not above `max`."});
     let bool_opt = json!({"type": "boolean"});
-    let pattern = json!({"type": "string", "minLength": 1, "maxLength": 512, "description": "A regular expression (Rust `regex` syntax) the whole value must match; it must compile."});
     let variant = |t: FieldType, opts: Vec<(&str, Value)>, defaultable: bool, uniqueable: bool| {
         let mut props = Map::new();
         props.insert("name".into(), field_name());
@@ -278,107 +278,19 @@ fn field_spec(generated: &Value, targets: &[&str]) -> Value {
         }
         s
     };
-    let default_of = |v: Value| -> (&'static str, Value) {
-        let mut v = v;
-        v["description"] = json!(
-            "The value of records created without this field; it must pass the field's own checks."
-        );
-        ("default", v)
-    };
-    let string_default = || default_of(json!({"type": "string"}));
     let target = json!({
         "type": "string",
         "enum": targets,
         "description": "The target collection: an existing one, or the collection itself.",
     });
-    let variants = vec![
-        variant(
-            FieldType::Text,
-            vec![
-                ("min", min_length.clone()),
-                ("max", length.clone()),
-                ("pattern", pattern.clone()),
-                string_default(),
-            ],
-            true,
-            true,
-        ),
-        variant(
-            FieldType::Number,
-            vec![
-                (
-                    "min",
-                    json!({"type": "number", "description": "Not above `max`."}),
-                ),
-                ("max", json!({"type": "number"})),
-                default_of(json!({"type": "number"})),
-            ],
-            true,
-            true,
-        ),
-        variant(
-            FieldType::Integer,
-            vec![
-                (
-                    "min",
-                    json!({"type": "integer", "description": "Not above `max`."}),
-                ),
-                ("max", json!({"type": "integer"})),
-                default_of(json!({"type": "integer"})),
-            ],
-            true,
-            true,
-        ),
-        variant(
-            FieldType::Bool,
-            vec![default_of(json!({"type": "boolean"}))],
-            true,
-            true,
-        ),
-        variant(
-            FieldType::Email,
-            vec![("pattern", pattern.clone()), string_default()],
-            true,
-            true,
-        ),
-        variant(
-            FieldType::Url,
-            vec![("pattern", pattern.clone()), string_default()],
-            true,
-            true,
-        ),
-        variant(
-            FieldType::Datetime,
-            vec![default_of(json!({"type": "string", "format": "date-time"}))],
-            true,
-            true,
-        ),
-        variant(
-            FieldType::Select,
-            vec![
-                (
-                    "values",
-                    json!({"type": "array", "minItems": 1, "uniqueItems": true,
-                           "items": {"type": "string", "minLength": 1, "maxLength": 255}}),
-                ),
-                string_default(),
-            ],
-            true,
-            true,
-        ),
-        variant(
-            FieldType::Json,
-            vec![
-                ("min", min_length.clone()),
-                (
-                    "max",
-                    json!({"type": "integer", "minimum": 0, "description": "Most bytes of a value's JSON text."}),
-                ),
-                default_of(json!({})),
-            ],
-            true,
-            false,
-        ),
+    let mut variants: Vec<Value> = FieldType::ALL
+        .into_iter()
+        .filter_map(|t| {
+            kinds::spec_options(t)
+                .map(|opts| variant(t, opts, t.takes_default(), t.can_be_unique(false)))
+        })
+        .collect();
+    variants.extend([
         {
             let mut v = variant(
                 FieldType::Relation,
@@ -409,8 +321,7 @@ fn field_spec(generated: &Value, targets: &[&str]) -> Value {
             v["required"] = json!(["name", "type", "collection", "multiple"]);
             v
         },
-    ];
-    let mut variants = variants;
+    ]);
     if let Some(select) = variants.iter_mut().find(|v| v["title"] == "select") {
         select["required"] = json!(["name", "type", "values"]);
     }
@@ -594,81 +505,15 @@ fn input_value(f: &FieldSpec, required: bool) -> Value {
             _ => None,
         }
     };
-    let mut s = match f.field_type {
-        FieldType::Text => {
-            let mut s = json!({"type": "string"});
-            if let Some(m) = min_len(0) {
-                s["minLength"] = json!(m);
-            }
-            if let Some(m) = f.max {
-                s["maxLength"] = json!(m.max(0.0) as u64);
-            }
-            s
-        }
-        FieldType::Email => {
-            json!({"type": "string", "format": "email", "maxLength": 254, "pattern": EMAIL_PATTERN})
-        }
-        FieldType::Url => {
-            json!({"type": "string", "format": "uri", "maxLength": 2048, "pattern": URL_PATTERN})
-        }
-        FieldType::Datetime => json!({
-            "type": "string", "format": "date-time",
-            "description": "RFC 3339, years 0000 to 9999; stored in UTC.",
-        }),
-        FieldType::Select => {
-            json!({"type": "string", "enum": f.values.clone().unwrap_or_default()})
-        }
-        FieldType::Number => {
-            let mut s = json!({"type": "number"});
-            if let Some(m) = f.min {
-                s["minimum"] = json!(m);
-            }
-            if let Some(m) = f.max {
-                s["maximum"] = json!(m);
-            }
-            s
-        }
-        FieldType::Integer => {
-            let mut s = json!({"type": "integer", "minimum": -9.0e15, "maximum": 9.0e15});
-            if let Some(m) = f.min {
-                s["minimum"] = json!(m.max(-9.0e15));
-            }
-            if let Some(m) = f.max {
-                s["maximum"] = json!(m.min(9.0e15));
-            }
-            s
-        }
-        FieldType::Bool => json!({"type": "boolean"}),
-        FieldType::Json => match f.max {
-            Some(m) => {
-                json!({"description": format!("Any JSON value, at most {m} bytes as JSON text; strings must not hold NUL.")})
-            }
-            None => json!({"description": "Any JSON value; strings must not hold NUL."}),
+    let mut s = kinds::input_schema(
+        f,
+        min_len(0),
+        &kinds::IdPatterns {
+            record_id: RECORD_ID_PATTERN,
+            email: EMAIL_PATTERN,
+            url: URL_PATTERN,
         },
-        FieldType::Relation => {
-            let target = f.collection.as_deref().unwrap_or_default();
-            let id = json!({"type": "string", "pattern": RECORD_ID_PATTERN});
-            if f.multiple {
-                let mut s = json!({
-                    "type": "array", "items": id,
-                    "description": format!("Ids of `{target}` records the caller may view (duplicates are dropped before counting)."),
-                });
-                if let Some(m) = min_len(0) {
-                    s["minItems"] = json!(m);
-                }
-                if let Some(m) = f.max {
-                    s["maxItems"] = json!(m.max(0.0) as u64);
-                }
-                s
-            } else {
-                let mut s = id;
-                s["description"] = json!(format!(
-                    "The id of a `{target}` record the caller may view."
-                ));
-                s
-            }
-        }
-    };
+    );
     if let Some(p) = &f.pattern {
         let user = json!({"pattern": format!("^(?:{p})$")});
         match s.get("pattern").cloned() {
@@ -707,27 +552,11 @@ fn input_value(f: &FieldSpec, required: bool) -> Value {
 
 /// The schema of one field's value in responses.
 fn output_value(f: &FieldSpec) -> Value {
-    let s = match f.field_type {
-        FieldType::Text => json!({"type": "string"}),
-        FieldType::Email => json!({"type": "string", "format": "email"}),
-        FieldType::Url => json!({"type": "string", "format": "uri"}),
-        FieldType::Datetime => json!({"type": "string", "format": "date-time"}),
-        FieldType::Select => {
-            json!({"type": "string", "enum": f.values.clone().unwrap_or_default()})
-        }
-        FieldType::Number => json!({"type": "number"}),
-        FieldType::Integer => json!({"type": "integer"}),
-        FieldType::Bool => json!({"type": "boolean"}),
-        FieldType::Json => json!({}),
-        FieldType::Relation if f.multiple => {
-            json!({"type": "array", "items": {"type": "string", "pattern": RECORD_ID_PATTERN}})
-        }
-        FieldType::Relation => json!({"type": "string", "pattern": RECORD_ID_PATTERN}),
-    };
-    if f.field_type == FieldType::Json || (f.field_type == FieldType::Relation && f.multiple) {
-        s
-    } else {
+    let s = kinds::output_schema(f, RECORD_ID_PATTERN);
+    if f.field_type.nullable_in_responses(f.multiple) {
         json!({"anyOf": [s, {"type": "null"}]})
+    } else {
+        s
     }
 }
 

@@ -11,8 +11,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
-use crate::app::AppState;
 use crate::error::{ApiError, PROBLEM_JSON, Problem, code_for_status, render_problem};
+use crate::state::AppState;
 
 pub const API_VERSION: &str = "1";
 pub const SUPPORTED_VERSIONS: [&str; 1] = ["1"];

@@ -9,8 +9,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// A JSON request body. Wrong content type -> 415, over the limit -> 413, malformed or
 /// mistyped JSON -> 400, all as problems.
@@ -94,7 +94,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 /// Proof that the caller is a superuser (the admin token, a superuser's session or
 /// token, or an API key a superuser made whose scopes cover the route: see
 /// [`admin_scope`]).
-pub struct Admin(pub crate::auth::caller::Caller);
+pub struct Admin(pub crate::access::Caller);
 
 /// The scope an API key needs for an admin route: `<area>:read` for GET and HEAD,
 /// `<area>:write` otherwise, where the area is the path's first segment after `/v1`
@@ -123,7 +123,7 @@ impl FromRequestParts<AppState> for Admin {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let caller = crate::auth::caller::Caller::from_request_parts(parts, state).await?;
+        let caller = crate::access::Caller::from_request_parts(parts, state).await?;
         if caller.is_superuser() {
             if let crate::auth::caller::Via::ApiKey { scopes, .. } = &caller.via {
                 let (area, access) = admin_scope(&parts.method, parts.uri.path());

@@ -16,10 +16,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
-use crate::app::AppState;
-use crate::auth::caller::{Caller, Principal, Via};
+use crate::access::{Caller, Principal, Via};
 use crate::error::{ApiError, PROBLEM_JSON, Problem, render_problem};
 use crate::http::edge::RequestId;
+use crate::state::AppState;
 use crate::store::{IdempotencyClaim, StoredResponse};
 
 static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");

@@ -25,8 +25,8 @@ use axum::response::IntoResponse;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Every documented route, with the OpenAPI document they make.
 pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {

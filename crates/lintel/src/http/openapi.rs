@@ -12,8 +12,8 @@ use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::collections::model::Catalog;
 use crate::error::ApiError;
+use crate::schema::Catalog;
 
 /// The problem+json error body (RFC 9457), as every error response carries it.
 #[derive(ToSchema)]

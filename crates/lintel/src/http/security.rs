@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header}
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// Response headers a browser script may read.
 const EXPOSED: &str = "ETag, Location, Link, Last-Modified, Retry-After, RateLimit, RateLimit-Policy, X-Request-Id, Api-Version, Idempotent-Replayed";

@@ -7,8 +7,8 @@
 
 use std::fmt::Write;
 
-use crate::collections::model::{Catalog, Collection, FieldSpec, FieldType};
 use crate::http::catalog_doc::type_name;
+use crate::schema::{Catalog, Collection, FieldSpec, kinds};
 
 /// The TypeScript module for a catalog.
 pub fn generate(catalog: &Catalog, password_min: usize) -> String {
@@ -34,40 +34,10 @@ pub fn generate(catalog: &Catalog, password_min: usize) -> String {
     out
 }
 
-fn ts_type(f: &FieldSpec) -> String {
-    match f.field_type {
-        FieldType::Text | FieldType::Email | FieldType::Url | FieldType::Datetime => {
-            "string".into()
-        }
-        FieldType::Number | FieldType::Integer => "number".into(),
-        FieldType::Bool => "boolean".into(),
-        FieldType::Json => "unknown".into(),
-        FieldType::Select => {
-            let values = f.values.as_deref().unwrap_or_default();
-            if values.is_empty() {
-                "string".into()
-            } else {
-                values
-                    .iter()
-                    .map(|v| serde_json::to_string(v).unwrap_or_else(|_| "\"\"".into()))
-                    .collect::<Vec<_>>()
-                    .join(" | ")
-            }
-        }
-        FieldType::Relation if f.multiple => "string[]".into(),
-        FieldType::Relation => "string".into(),
-    }
-}
-
 /// A doc comment with what the server checks beyond the type.
 fn doc(f: &FieldSpec, out: &mut String) {
     let mut notes = Vec::new();
-    let (lo, hi) = match f.field_type {
-        FieldType::Text => ("min length", "max length"),
-        FieldType::Relation => ("min items", "max items"),
-        FieldType::Json => ("", "max bytes"),
-        _ => ("min", "max"),
-    };
+    let (lo, hi) = f.field_type.bound_labels();
     if let Some(m) = f.min
         && !lo.is_empty()
     {
@@ -76,17 +46,8 @@ fn doc(f: &FieldSpec, out: &mut String) {
     if let Some(m) = f.max {
         notes.push(format!("{hi} {m}"));
     }
-    match f.field_type {
-        FieldType::Integer => notes.push("integer".into()),
-        FieldType::Email => notes.push("email address".into()),
-        FieldType::Url => notes.push("http(s) URL".into()),
-        FieldType::Datetime => notes.push("RFC 3339 date-time".into()),
-        FieldType::Relation => notes.push(format!(
-            "id{} of `{}` records",
-            if f.multiple { "s" } else { "" },
-            f.collection.as_deref().unwrap_or_default()
-        )),
-        _ => {}
+    if let Some(note) = kinds::ts_note(f) {
+        notes.push(note);
     }
     if let Some(p) = &f.pattern {
         notes.push(format!("pattern `{p}`"));
@@ -127,13 +88,12 @@ fn collection(out: &mut String, c: &Collection, password_min: usize) {
     let _ = writeln!(out, "export interface {t}Record extends SystemFields {{");
     for f in &visible {
         doc(f, out);
-        let nullable = !(f.field_type == FieldType::Json
-            || (f.field_type == FieldType::Relation && f.multiple));
+        let nullable = f.field_type.nullable_in_responses(f.multiple);
         let _ = writeln!(
             out,
             "  {}: {}{};",
             f.name,
-            ts_type(f),
+            kinds::ts_type(f),
             if nullable { " | null" } else { "" }
         );
     }
@@ -144,9 +104,9 @@ fn collection(out: &mut String, c: &Collection, password_min: usize) {
         doc(f, out);
         let must = f.required && f.default.as_ref().is_none_or(serde_json::Value::is_null);
         if must {
-            let _ = writeln!(out, "  {}: {};", f.name, ts_type(f));
+            let _ = writeln!(out, "  {}: {};", f.name, kinds::ts_type(f));
         } else {
-            let _ = writeln!(out, "  {}?: {} | null;", f.name, ts_type(f));
+            let _ = writeln!(out, "  {}?: {} | null;", f.name, kinds::ts_type(f));
         }
     }
     if c.is_auth() {
@@ -164,7 +124,7 @@ fn collection(out: &mut String, c: &Collection, password_min: usize) {
             out,
             "  {}?: {}{};",
             f.name,
-            ts_type(f),
+            kinds::ts_type(f),
             if f.required { "" } else { " | null" }
         );
     }

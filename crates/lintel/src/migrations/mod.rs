@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::collections::model::{CollectionSpec, FieldSpec, IndexSpec};
+use crate::schema::{CollectionSpec, FieldSpec, IndexSpec};
 use crate::store::{Store, StoreError};
 
 /// One step of a migration.
@@ -61,7 +61,7 @@ pub struct AlterCollection {
     pub schema: Option<Value>,
     /// Replaces the access rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rules: Option<crate::collections::model::Rules>,
+    pub rules: Option<crate::schema::Rules>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]

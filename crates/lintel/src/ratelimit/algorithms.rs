@@ -4,23 +4,7 @@
 
 use std::collections::VecDeque;
 
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Algorithm {
-    /// At most `limit` per aligned window of `period`.
-    FixedWindow,
-    /// At most `limit` in any `period` ending now (every hit remembered).
-    SlidingLog,
-    /// The fixed-window count blended with the previous window's, weighted by overlap.
-    SlidingWindow,
-    /// Tokens refill at `limit` per `period` up to `burst`; each request takes one.
-    TokenBucket,
-    /// Requests leave at `limit` per `period`; up to `burst` wait in the queue (they are
-    /// delayed, not refused), more are refused.
-    LeakyBucket,
-}
+pub use crate::config::RateAlgorithm as Algorithm;
 
 /// The limit as a rule states it.
 #[derive(Debug, Clone, Copy, PartialEq)]

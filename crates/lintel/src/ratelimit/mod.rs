@@ -15,47 +15,13 @@ use std::time::Duration;
 use axum::extract::{FromRequestParts, Request};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
 
-use crate::app::AppState;
-use crate::auth::caller::{Caller, Via};
+use crate::access::{Caller, Via};
 use crate::error::ApiError;
+use crate::state::AppState;
 pub use algorithms::{Algorithm, Decision, Quota, State as Counter};
 
-/// What a rule counts by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KeyBy {
-    /// The client address (after trusted proxies).
-    Ip,
-    /// The signed-in account (anonymous callers by address).
-    User,
-    /// The API key (other callers by address).
-    ApiKey,
-    /// One counter for everyone.
-    Global,
-}
-
-/// One rate-limit rule.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Rule {
-    /// Names the policy in the headers.
-    pub name: String,
-    /// A path pattern: `*` matches one segment, a final `**` the rest.
-    pub path: String,
-    /// Methods it applies to; empty = all.
-    #[serde(default)]
-    pub methods: Vec<String>,
-    pub key: KeyBy,
-    pub algorithm: Algorithm,
-    /// Requests per period.
-    pub limit: u32,
-    pub period_secs: u64,
-    /// Token bucket capacity / leaky bucket queue length (default: `limit`).
-    #[serde(default)]
-    pub burst: u32,
-}
+pub use crate::config::{KeyBy, RateRule as Rule};
 
 impl Rule {
     fn quota(&self) -> Quota {
@@ -88,32 +54,6 @@ pub fn path_matches(pattern: &str, path: &str) -> bool {
             _ => return false,
         }
     }
-}
-
-/// The default rules: strict on sign-in and account recovery, generous on the API.
-pub fn default_rules() -> Vec<Rule> {
-    vec![
-        Rule {
-            name: "auth".into(),
-            path: "/v1/auth/**".into(),
-            methods: vec!["POST".into()],
-            key: KeyBy::Ip,
-            algorithm: Algorithm::SlidingWindow,
-            limit: 30,
-            period_secs: 60,
-            burst: 0,
-        },
-        Rule {
-            name: "api".into(),
-            path: "/**".into(),
-            methods: Vec::new(),
-            key: KeyBy::Ip,
-            algorithm: Algorithm::TokenBucket,
-            limit: 6000,
-            period_secs: 60,
-            burst: 300,
-        },
-    ]
 }
 
 /// Where counters live. Implementations must bound their memory.

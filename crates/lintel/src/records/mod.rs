@@ -4,9 +4,8 @@
 //! projection and relation expansion.
 //!
 //! Every operation is checked against the collection's access rules for the caller
-//! (see `auth::rules`); records the caller may not view answer 404.
+//! (see `access::rules`); records the caller may not view answer 404.
 
-pub mod filter;
 pub mod query;
 pub mod service;
 pub mod validate;
@@ -19,13 +18,15 @@ use sha2::{Digest, Sha256};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
-use crate::auth::caller::Caller;
+use crate::access::Caller;
+use crate::access::permit::Visible;
+use crate::access::render::{RecordView, record_href};
 use crate::error::ApiError;
 use crate::http::extract::JsonBody;
 use crate::http::openapi::ProblemDoc;
+use crate::state::AppState;
 use query::ListParams;
-use service::{etag, record_href, render_many, tag_matches};
+use service::{etag, render_many, tag_matches};
 use validate::Mode;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -61,13 +62,21 @@ fn if_match(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
 /// `body: None` serialises the record itself (the common case, without copies).
 fn record_response(
     status: StatusCode,
-    coll: &crate::collections::model::Collection,
-    record: &crate::store::Record,
+    coll: &crate::schema::Collection,
+    visible: Visible<'_>,
     body: Option<Value>,
 ) -> Response {
+    let record = visible.record();
     let mut res = match body {
         Some(body) => (status, axum::Json(body)).into_response(),
-        None => (status, axum::Json(service::RecordView { coll, record })).into_response(),
+        None => (
+            status,
+            axum::Json(RecordView {
+                coll,
+                record: visible,
+            }),
+        )
+            .into_response(),
     };
     let h = res.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&etag(record)) {
@@ -129,7 +138,7 @@ async fn list_records(
         &state,
         &caller,
         &coll,
-        page.records(),
+        &page.records(),
         page.plan.fields.as_deref(),
         &page.plan.expand,
     )
@@ -198,14 +207,22 @@ async fn create_record(
 ) -> Result<Response, ApiError> {
     let coll = service::collection(&state, &collection)?;
     let prepared = service::prepare_create(&state, &caller, &coll, input).await?;
-    let op = service::finish(&state, &caller, vec![prepared])
+    let ready = service::finish(&state, &caller, vec![prepared])
         .await?
         .pop()
         .ok_or_else(|| ApiError::internal("create prepared no write"))?;
-    let record = service::write_one(&state, op)
+    let written = ready
+        .written
+        .ok_or_else(|| ApiError::internal("create granted no response"))?;
+    let record = service::write_one(&state, ready.op)
         .await?
         .ok_or_else(|| ApiError::internal("create returned no record"))?;
-    Ok(record_response(StatusCode::CREATED, &coll, &record, None))
+    Ok(record_response(
+        StatusCode::CREATED,
+        &coll,
+        written.show(&record),
+        None,
+    ))
 }
 
 #[utoipa::path(
@@ -233,7 +250,8 @@ async fn get_record(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let coll = service::collection(&state, &collection)?;
-    let record = service::get_visible(&state, &caller, &coll, &id).await?;
+    let granted = service::get_visible(&state, &caller, &coll, &id).await?;
+    let record = granted.record();
     let (fields, expand) = match query.as_deref() {
         Some(q) if !q.is_empty() => {
             let p = ListParams::from_query(q);
@@ -258,14 +276,14 @@ async fn get_record(
     // answered with 304 from the record's tag.
     let shaped = fields.is_some() || !expand.is_empty();
     let fresh = match header_str(&headers, header::IF_NONE_MATCH) {
-        Some(h) => tag_matches(h, &record, true),
+        Some(h) => tag_matches(h, record, true),
         None => header_str(&headers, header::IF_MODIFIED_SINCE)
             .and_then(crate::clock::parse_http_date)
             .zip(crate::clock::ts_seconds(&record.updated))
             .is_some_and(|(since, updated)| updated <= since),
     };
     if fresh && !shaped {
-        let mut res = record_response(StatusCode::OK, &coll, &record, Some(Value::Null));
+        let mut res = record_response(StatusCode::OK, &coll, granted.visible(), Some(Value::Null));
         *res.status_mut() = StatusCode::NOT_MODIFIED;
         *res.body_mut() = axum::body::Body::empty();
         res.headers_mut().remove(header::CONTENT_TYPE);
@@ -273,19 +291,24 @@ async fn get_record(
         return Ok(res);
     }
     if !shaped {
-        return Ok(record_response(StatusCode::OK, &coll, &record, None));
+        return Ok(record_response(
+            StatusCode::OK,
+            &coll,
+            granted.visible(),
+            None,
+        ));
     }
     let mut items = render_many(
         &state,
         &caller,
         &coll,
-        std::slice::from_ref(&*record),
+        &[granted.visible()],
         fields.as_deref(),
         &expand,
     )
     .await?;
     let body = items.pop().unwrap_or(Value::Null);
-    let mut res = record_response(StatusCode::OK, &coll, &record, Some(body));
+    let mut res = record_response(StatusCode::OK, &coll, granted.visible(), Some(body));
     {
         res.headers_mut().remove(header::ETAG);
         res.headers_mut().remove(header::LAST_MODIFIED);
@@ -304,8 +327,15 @@ async fn update(
 ) -> Result<Response, ApiError> {
     let coll = service::collection(&state, &collection)?;
     let if_match = if_match(&headers)?;
-    let record = service::update(&state, &caller, &coll, &id, input, mode, if_match).await?;
-    Ok(record_response(StatusCode::OK, &coll, &record, None))
+    let (record, written) =
+        service::update(&state, &caller, &coll, &id, input, mode, if_match).await?;
+    let written = written.ok_or_else(|| ApiError::internal("update granted no response"))?;
+    Ok(record_response(
+        StatusCode::OK,
+        &coll,
+        written.show(&record),
+        None,
+    ))
 }
 
 #[utoipa::path(

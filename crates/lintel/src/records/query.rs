@@ -6,10 +6,11 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 
-use crate::collections::model::{Collection, FieldType, SYSTEM_FIELDS, is_identifier};
 use crate::error::{ApiError, FieldErrors, push_field_error};
-use crate::records::filter::{Env, FilterError, compile};
+use crate::schema::kinds::Storage;
+use crate::schema::{Collection, FieldType, SYSTEM_FIELDS, is_identifier};
 use crate::store::Record;
+use crate::store::filter::{Env, FilterError, compile};
 use crate::store::sql::{Dialect, Sql, SqlValue, record_columns};
 
 pub const DEFAULT_PER_PAGE: usize = 30;
@@ -346,12 +347,10 @@ fn parse_sort(coll: &Collection, text: &str) -> Result<Vec<SortKey>, String> {
             SortTarget::Path(path)
         } else {
             match coll.field(name).filter(|f| !f.hidden) {
-                Some(f) if f.field_type != FieldType::Json && !f.multiple => {
-                    SortTarget::Column(name.to_owned())
-                }
+                Some(f) if f.field_type.sortable(f.multiple) => SortTarget::Column(name.to_owned()),
                 Some(_) => {
                     return Err(format!(
-                        "cannot sort by '{name}' (json and multiple relation fields)"
+                        "cannot sort by '{name}' (json, geoPoint and multiple relation fields)"
                     ));
                 }
                 None => {
@@ -367,7 +366,7 @@ fn parse_sort(coll: &Collection, text: &str) -> Result<Vec<SortKey>, String> {
             timestamp: !coll.is_document()
                 && coll
                     .field(name)
-                    .is_some_and(|f| f.field_type == FieldType::Datetime),
+                    .is_some_and(|f| f.field_type.storage(f.multiple) == Storage::Timestamp),
             target,
             desc,
         });

@@ -7,13 +7,16 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
-use crate::app::AppState;
-use crate::auth::caller::Caller;
-use crate::auth::{audit, password, rules};
-use crate::collections::model::{Action, Collection, FieldType};
+use crate::access::permit::{self, Granted, Visible, Written};
+use crate::access::render::render;
+use crate::access::{Caller, Refusal, rules};
+use crate::auth::{audit, password};
 use crate::error::ApiError;
 use crate::records::query::{ListParams, ListPlan, PageMode, encode_cursor, plan};
-use crate::records::validate::{Mode, is_record_id, validate_document, validate_table};
+use crate::records::validate::{Mode, validate_document, validate_table};
+use crate::schema::kinds::is_record_id;
+use crate::schema::{Action, Collection, FieldType};
+use crate::state::AppState;
 use crate::store::sql::select_by_ids;
 use crate::store::{Record, StoreError, WriteError, WriteOp, WriteOutcome};
 
@@ -64,83 +67,6 @@ pub fn tag_matches(header: &str, record: &Record, weak: bool) -> bool {
     })
 }
 
-/// The href of a record.
-pub fn record_href(coll: &str, id: &str) -> String {
-    format!("/v1/collections/{coll}/records/{id}")
-}
-
-/// A record as clients see it: system fields, then fields (or the document), links.
-pub fn render(coll: &Collection, record: &Record, fields: Option<&[String]>) -> Map<String, Value> {
-    let mut out = Map::with_capacity(record.data.len() + 5);
-    let want = |name: &str| fields.is_none_or(|f| f.iter().any(|x| x == name));
-    if want("id") {
-        out.insert("id".into(), Value::String(record.id.clone()));
-    }
-    if want("created") {
-        out.insert("created".into(), Value::String(record.created.clone()));
-    }
-    if want("updated") {
-        out.insert("updated".into(), Value::String(record.updated.clone()));
-    }
-    if want("version") {
-        out.insert("version".into(), Value::from(record.version));
-    }
-    let hidden = coll.has_hidden();
-    for (k, v) in &record.data {
-        if want(k) && !(hidden && coll.is_hidden(k)) {
-            out.insert(k.clone(), v.clone());
-        }
-    }
-    out.insert(
-        "_links".into(),
-        json!({ "self": { "href": record_href(coll.name(), &record.id) } }),
-    );
-    out
-}
-
-/// A record as clients see it, serialised straight from the stored record (the same
-/// members and order as [`render`] without `fields`), without copying any value.
-pub struct RecordView<'a> {
-    pub coll: &'a Collection,
-    pub record: &'a Record,
-}
-
-impl serde::Serialize for RecordView<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        struct Href(String);
-        impl serde::Serialize for Href {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let mut m = s.serialize_map(Some(1))?;
-                m.serialize_entry("href", &self.0)?;
-                m.end()
-            }
-        }
-        struct Links(String);
-        impl serde::Serialize for Links {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let mut m = s.serialize_map(Some(1))?;
-                m.serialize_entry("self", &Href(self.0.clone()))?;
-                m.end()
-            }
-        }
-        let r = self.record;
-        let hidden = self.coll.has_hidden();
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("id", &r.id)?;
-        m.serialize_entry("created", &r.created)?;
-        m.serialize_entry("updated", &r.updated)?;
-        m.serialize_entry("version", &r.version)?;
-        for (k, v) in &r.data {
-            if !(hidden && self.coll.is_hidden(k)) {
-                m.serialize_entry(k, v)?;
-            }
-        }
-        m.serialize_entry("_links", &Links(record_href(self.coll.name(), &r.id)))?;
-        m.end()
-    }
-}
-
 /// Looks a collection up, or 404.
 pub fn collection(state: &AppState, name: &str) -> Result<Arc<Collection>, ApiError> {
     state
@@ -153,30 +79,35 @@ fn truncate(s: &str) -> String {
     s.chars().take(48).collect()
 }
 
-/// 403 for an action the rules refuse, recorded in the audit log.
+/// 403 for an action the rules refuse (401 for anonymous callers), recorded in the
+/// audit log.
 pub fn denied(state: &AppState, caller: &Caller, coll: &Collection, action: Action) -> ApiError {
-    audit::record_denial(
+    refused(
         state,
-        caller.actor(),
-        caller.ip.clone(),
-        coll.name(),
-        action.as_str(),
-    );
-    if caller.is_anonymous() {
-        ApiError::unauthorized(format!(
-            "Sign in: {} on '{}' is not open to anonymous callers.",
+        caller,
+        Refusal::Rule {
+            collection: coll.name().to_owned(),
+            action,
+            anonymous: caller.is_anonymous(),
+        },
+    )
+}
+
+/// An access refusal as the client sees it; rule refusals go to the audit log.
+pub fn refused(state: &AppState, caller: &Caller, r: Refusal) -> ApiError {
+    if let Refusal::Rule {
+        collection, action, ..
+    } = &r
+    {
+        audit::record_denial(
+            state,
+            caller.actor(),
+            caller.ip.clone(),
+            collection,
             action.as_str(),
-            coll.name()
-        ))
-    } else {
-        ApiError::forbidden(
-            "forbidden",
-            format!(
-                "The collection's {} rule does not allow this.",
-                action.as_str()
-            ),
-        )
+        );
     }
+    ApiError::from(r)
 }
 
 /// Refuses fields only superusers may set (and the password hash, which nobody sets).
@@ -379,12 +310,25 @@ async fn check_relation_access(
 pub struct Prepared {
     pub op: WriteOp,
     password: Option<String>,
+    /// For creates and updates: the rule passed, so the writer may see the result.
+    written: Option<Written>,
 }
 
 impl From<WriteOp> for Prepared {
     fn from(op: WriteOp) -> Self {
-        Self { op, password: None }
+        Self {
+            op,
+            password: None,
+            written: None,
+        }
     }
+}
+
+/// A write ready to apply, with what its response may show.
+pub struct Ready {
+    pub op: WriteOp,
+    /// Set for creates and updates (see [`Written`]).
+    pub written: Option<Written>,
 }
 
 /// Hashes the new passwords of prepared writes (counted against the caller's
@@ -393,7 +337,7 @@ pub async fn finish(
     state: &AppState,
     caller: &Caller,
     prepared: Vec<Prepared>,
-) -> Result<Vec<WriteOp>, ApiError> {
+) -> Result<Vec<Ready>, ApiError> {
     let n = prepared.iter().filter(|p| p.password.is_some()).count();
     if n > 0 {
         charge_hashes(state, caller, u32::try_from(n).unwrap_or(u32::MAX))?;
@@ -409,7 +353,10 @@ pub async fn finish(
                     .insert("passwordHash".into(), Value::String(hash));
             }
         }
-        ops.push(op);
+        ops.push(Ready {
+            op,
+            written: p.written,
+        });
     }
     Ok(ops)
 }
@@ -449,16 +396,15 @@ pub async fn prepare_create(
         version: 1,
         data,
     };
-    if !rules::allows(
+    let written = permit::write(
         caller,
         coll,
         Action::Create,
         &record,
         Some(&body),
         &state.clock.now(),
-    ) {
-        return Err(denied(state, caller, coll, Action::Create));
-    }
+    )
+    .map_err(|r| refused(state, caller, r))?;
     check_relation_access(state, caller, coll, &record, None).await?;
     Ok(Prepared {
         op: WriteOp::Insert {
@@ -466,6 +412,7 @@ pub async fn prepare_create(
             record,
         },
         password,
+        written: Some(written),
     })
 }
 
@@ -475,21 +422,11 @@ pub async fn get_visible(
     caller: &Caller,
     coll: &Arc<Collection>,
     id: &str,
-) -> Result<Arc<Record>, ApiError> {
+) -> Result<Granted, ApiError> {
     caller.require_scope(coll.name(), Action::View)?;
     let record = get(state, coll, id).await?;
-    if rules::allows(
-        caller,
-        coll,
-        Action::View,
-        &record,
-        None,
-        &state.clock.now(),
-    ) {
-        Ok(record)
-    } else {
-        Err(store_error(StoreError::NotFound))
-    }
+    permit::view_owned(caller, coll, record, &state.clock.now())
+        .ok_or_else(|| store_error(StoreError::NotFound))
 }
 
 /// Reads a record by id, or 404 (also for ids that cannot exist).
@@ -531,7 +468,7 @@ pub async fn prepare_update(
     if_match: Option<&str>,
 ) -> Result<Prepared, ApiError> {
     caller.require_scope(coll.name(), Action::Update)?;
-    let current = get_visible(state, caller, coll, id).await?;
+    let current = get_visible(state, caller, coll, id).await?.record().clone();
     check_protected(caller, coll, &input, Some(&current))?;
     if coll.is_auth()
         && let Some(Value::String(e)) = input.get_mut("email")
@@ -544,9 +481,8 @@ pub async fn prepare_update(
     before.remove("password");
     before.remove("oldPassword");
     let now = state.clock.now();
-    if !rules::allows(caller, coll, Action::Update, &current, Some(&before), &now) {
-        return Err(denied(state, caller, coll, Action::Update));
-    }
+    permit::write(caller, coll, Action::Update, &current, Some(&before), &now)
+        .map_err(|r| refused(state, caller, r))?;
     if let Some(h) = if_match
         && !tag_matches(h, &current, false)
     {
@@ -591,16 +527,15 @@ pub async fn prepare_update(
     };
     // The rule holds for the record as it is and as it will be: a caller cannot move
     // a record into a state it could not have created (another owner, say).
-    if !rules::allows(
+    let written = permit::write(
         caller,
         coll,
         Action::Update,
         &record,
         Some(&body),
         &state.clock.now(),
-    ) {
-        return Err(denied(state, caller, coll, Action::Update));
-    }
+    )
+    .map_err(|r| refused(state, caller, r))?;
     check_relation_access(state, caller, coll, &record, Some(&current)).await?;
     Ok(Prepared {
         op: WriteOp::Update {
@@ -609,6 +544,7 @@ pub async fn prepare_update(
             record,
         },
         password,
+        written: Some(written),
     })
 }
 
@@ -643,16 +579,11 @@ pub async fn prepare_delete(
     if_match: Option<&str>,
 ) -> Result<WriteOp, ApiError> {
     caller.require_scope(coll.name(), Action::Delete)?;
-    let ruled = !matches!(
-        coll.rule(Action::Delete),
-        crate::collections::model::Rule::Anyone
-    ) || !matches!(
-        coll.rule(Action::View),
-        crate::collections::model::Rule::Anyone
-    );
+    let ruled = !matches!(coll.rule(Action::Delete), crate::schema::Rule::Anyone)
+        || !matches!(coll.rule(Action::View), crate::schema::Rule::Anyone);
     if ruled && !caller.is_superuser() {
         // The rule was checked against this version: delete only that version.
-        let current = get_visible(state, caller, coll, id).await?;
+        let current = get_visible(state, caller, coll, id).await?.record().clone();
         if !rules::allows(
             caller,
             coll,
@@ -779,7 +710,7 @@ pub async fn update(
     input: Map<String, Value>,
     mode: Mode,
     if_match: Option<&str>,
-) -> Result<Record, ApiError> {
+) -> Result<(Record, Option<Written>), ApiError> {
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -790,7 +721,9 @@ pub async fn update(
             coll.is_auth() && matches!(body.remove(KEEP_API_KEYS), Some(Value::Bool(true)));
         let prepared = prepare_update(state, caller, coll, id, body, mode, if_match).await?;
         let new_password = prepared.password.is_some();
-        let mut ops = finish(state, caller, vec![prepared]).await?;
+        let ready = finish(state, caller, vec![prepared]).await?;
+        let written = ready.first().and_then(|r| r.written);
+        let mut ops: Vec<WriteOp> = ready.into_iter().map(|r| r.op).collect();
         if new_password && !keep_keys {
             ops.push(crate::auth::apikeys::revoke_all_op(
                 state.store.dialect(),
@@ -823,7 +756,7 @@ pub async fn update(
                                 })),
                         );
                     }
-                    return Ok(r);
+                    return Ok((r, written));
                 }
                 return Err(ApiError::internal("update returned no record"));
             }
@@ -852,12 +785,20 @@ pub struct ListPage {
     rows: Arc<Vec<Record>>,
     pub total: Option<i64>,
     pub has_more: bool,
+    /// The list grant the query was built with.
+    permit: permit::ListPermit,
 }
 
 impl ListPage {
-    /// The records of this page.
-    pub fn records(&self) -> &[Record] {
-        &self.rows[..self.rows.len().min(self.plan.per_page)]
+    /// The records of this page, as the caller may see them.
+    pub fn records(&self) -> Vec<Visible<'_>> {
+        self.permit
+            .admit(&self.rows[..self.rows.len().min(self.plan.per_page)])
+    }
+
+    /// The last record of the page (for cursors).
+    pub fn last(&self) -> Option<&Record> {
+        self.rows[..self.rows.len().min(self.plan.per_page)].last()
     }
 }
 
@@ -867,20 +808,21 @@ pub async fn list(
     coll: &Arc<Collection>,
     params: &ListParams,
 ) -> Result<ListPage, ApiError> {
-    caller.require_scope(coll.name(), Action::List)?;
+    let permit = permit::list(caller, coll).map_err(|r| refused(state, caller, r))?;
     let now = state.clock.now();
-    let rule = match rules::list_access(caller, coll) {
-        rules::ListAccess::All => None,
-        rules::ListAccess::Filter(e) => Some(e),
-        rules::ListAccess::Denied => return Err(denied(state, caller, coll, Action::List)),
-    };
     let auth = caller.auth_fields();
-    let env = crate::records::filter::Env {
+    let env = crate::store::filter::Env {
         now: &now,
         auth: auth.as_ref(),
         body: None,
     };
-    let plan = plan(coll, params, state.store.dialect(), &env, rule)?;
+    let plan = plan(
+        coll,
+        params,
+        state.store.dialect(),
+        &env,
+        permit.condition(),
+    )?;
     // One stamp, taken before any read, guards both cached parts.
     let before = state.cache.stamp(coll.name());
     let page_key = format!("{}\u{0}{:?}", plan.select.text, plan.select.params);
@@ -920,6 +862,7 @@ pub async fn list(
         rows,
         total,
         has_more,
+        permit,
     })
 }
 
@@ -928,7 +871,7 @@ pub async fn render_many(
     state: &AppState,
     caller: &Caller,
     coll: &Arc<Collection>,
-    records: &[Record],
+    records: &[Visible<'_>],
     fields: Option<&[String]>,
     expand: &[String],
 ) -> Result<Vec<Value>, ApiError> {
@@ -945,7 +888,7 @@ pub async fn render_many(
         };
         let mut ids = BTreeSet::new();
         for r in records {
-            match r.data.get(name) {
+            match r.record().data.get(name) {
                 Some(Value::String(s)) => {
                     ids.insert(s.clone());
                 }
@@ -966,17 +909,8 @@ pub async fn render_many(
                 .map_err(store_error)?
             {
                 // An expanded record is shown only to callers who may view it.
-                if caller.scope_allows(target.name(), Action::View)
-                    && rules::allows(
-                        caller,
-                        &target,
-                        Action::View,
-                        &rec,
-                        None,
-                        &state.clock.now(),
-                    )
-                {
-                    found.insert(rec.id.clone(), Value::Object(render(&target, &rec, None)));
+                if let Some(v) = permit::view(caller, &target, &rec, &state.clock.now()) {
+                    found.insert(rec.id.clone(), Value::Object(render(&target, v, None)));
                 }
             }
         }
@@ -984,8 +918,9 @@ pub async fn render_many(
     }
     Ok(records
         .iter()
-        .map(|r| {
-            let mut obj = render(coll, r, fields);
+        .map(|&v| {
+            let r = v.record();
+            let mut obj = render(coll, v, fields);
             if !expand.is_empty() {
                 let mut ex = Map::new();
                 for name in expand {
@@ -1067,7 +1002,7 @@ pub fn list_body(
         PageMode::Cursor { .. } => {
             links.push(("self".to_owned(), href(None)));
             let next = if page.has_more {
-                page.records().last().map(|r| encode_cursor(&page.plan, r))
+                page.last().map(|r| encode_cursor(&page.plan, r))
             } else {
                 None
             };

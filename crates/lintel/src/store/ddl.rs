@@ -7,11 +7,11 @@
 
 use std::collections::BTreeMap;
 
-use crate::collections::model::{
-    CollectionKind, CollectionSpec, FieldType, IndexSpec, SYSTEM_FIELDS, index_name,
-    normalize_spec, validate_spec,
-};
 use crate::migrations::{AlterCollection, SchemaOp};
+use crate::schema::{
+    CollectionKind, CollectionSpec, FieldType, IndexSpec, SYSTEM_FIELDS, index_name, normalize_spec,
+};
+use crate::store::filter::validate_spec;
 use crate::store::sql::{Dialect, column_type, quote_ident, sqlite_json_path};
 
 /// What a step does to the catalog table.
@@ -382,7 +382,7 @@ fn drop(name: &str, specs: &mut BTreeMap<String, CollectionSpec>) -> Result<Step
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collections::model::FieldSpec;
+    use crate::schema::FieldSpec;
 
     fn field(name: &str, t: FieldType) -> FieldSpec {
         FieldSpec {

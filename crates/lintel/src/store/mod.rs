@@ -7,6 +7,7 @@
 //! [`StoreError`] to HTTP outcomes explicitly.
 
 pub mod ddl;
+pub mod filter;
 pub mod postgres;
 pub mod purge;
 pub mod sql;
@@ -18,8 +19,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 
-use crate::collections::model::{Collection, CollectionSpec};
 use crate::migrations::{AppliedMigration, Migration};
+use crate::schema::{Collection, CollectionSpec};
 use crate::validation::FieldErrors;
 pub use sql::{Dialect, Sql, SqlValue};
 pub use write::{WriteError, WriteOp, WriteOutcome};

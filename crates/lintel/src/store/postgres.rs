@@ -25,9 +25,10 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{NoTls, Row};
 
-use crate::collections::model::{Collection, CollectionSpec, FieldType, OnDelete};
 use crate::config::PoolConfig;
 use crate::migrations::{AppliedMigration, Migration, SchemaOp, checksum};
+use crate::schema::kinds::Storage;
+use crate::schema::{Collection, CollectionSpec, OnDelete};
 use crate::store::ddl::{self, CatalogChange};
 use crate::store::write::{
     DeleteStep, DeleteSteps, RelationGraph, WriteError, delete_reaches_others, delete_sql,
@@ -328,11 +329,8 @@ fn unique_fields(constraint: &str, coll: Option<&Collection>) -> Option<FieldErr
         coll.fields()
             .iter()
             .filter(|f| {
-                crate::collections::model::index_name(
-                    coll.name(),
-                    std::slice::from_ref(&f.name),
-                    true,
-                ) == constraint
+                crate::schema::index_name(coll.name(), std::slice::from_ref(&f.name), true)
+                    == constraint
             })
             .map(|f| f.name.clone())
             .collect()
@@ -434,25 +432,25 @@ fn decode_record(coll: &Collection, row: &Row) -> Result<Record, StoreError> {
     } else {
         for (i, f) in coll.fields().iter().enumerate() {
             let idx = 4 + i;
-            let v = match (f.field_type, f.multiple) {
-                (FieldType::Json, _) | (FieldType::Relation, true) => row
+            let v = match f.field_type.storage(f.multiple) {
+                Storage::Json => row
                     .try_get::<_, Option<Value>>(idx)
                     .map_err(bad)?
                     .unwrap_or(Value::Null),
-                (FieldType::Bool, _) => row
+                Storage::Bool => row
                     .try_get::<_, Option<bool>>(idx)
                     .map_err(bad)?
                     .map_or(Value::Null, Value::Bool),
-                (FieldType::Integer, _) => row
+                Storage::Integer => row
                     .try_get::<_, Option<i64>>(idx)
                     .map_err(bad)?
                     .map_or(Value::Null, Value::from),
-                (FieldType::Number, _) => row
+                Storage::Real => row
                     .try_get::<_, Option<f64>>(idx)
                     .map_err(bad)?
                     .and_then(Number::from_f64)
                     .map_or(Value::Null, Value::Number),
-                _ => row
+                Storage::Text | Storage::Timestamp => row
                     .try_get::<_, Option<String>>(idx)
                     .map_err(bad)?
                     .map_or(Value::Null, Value::String),

@@ -7,7 +7,8 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use crate::collections::model::{Collection, FieldSpec, FieldType};
+use crate::schema::kinds::Storage;
+use crate::schema::{Collection, FieldSpec};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -397,39 +398,36 @@ pub fn like_escape(value: &str) -> String {
     s
 }
 
-/// The column type of a field.
+/// The column type of a field, from its kind's storage class.
 pub fn column_type(dialect: Dialect, field: &FieldSpec) -> &'static str {
-    match (dialect, field.field_type, field.multiple) {
-        (Dialect::Sqlite, FieldType::Number, _) => "REAL",
-        (Dialect::Sqlite, FieldType::Integer | FieldType::Bool, _) => "INTEGER",
-        (Dialect::Sqlite, _, _) => "TEXT",
-        (Dialect::Postgres, FieldType::Number, _) => "DOUBLE PRECISION",
-        (Dialect::Postgres, FieldType::Integer, _) => "BIGINT",
-        (Dialect::Postgres, FieldType::Bool, _) => "BOOLEAN",
-        (Dialect::Postgres, FieldType::Datetime, _) => "TIMESTAMPTZ",
-        (Dialect::Postgres, FieldType::Json, _)
-        | (Dialect::Postgres, FieldType::Relation, true) => "JSONB",
+    match (dialect, field.field_type.storage(field.multiple)) {
+        (Dialect::Sqlite, Storage::Real) => "REAL",
+        (Dialect::Sqlite, Storage::Integer | Storage::Bool) => "INTEGER",
+        (Dialect::Sqlite, Storage::Text | Storage::Timestamp | Storage::Json) => "TEXT",
+        (Dialect::Postgres, Storage::Real) => "DOUBLE PRECISION",
+        (Dialect::Postgres, Storage::Integer) => "BIGINT",
+        (Dialect::Postgres, Storage::Bool) => "BOOLEAN",
+        (Dialect::Postgres, Storage::Timestamp) => "TIMESTAMPTZ",
+        (Dialect::Postgres, Storage::Json) => "JSONB",
         // Binary collation, so text sorts and compares as on SQLite.
-        (Dialect::Postgres, _, _) => "TEXT COLLATE \"C\"",
+        (Dialect::Postgres, Storage::Text) => "TEXT COLLATE \"C\"",
     }
 }
 
 /// Converts a validated JSON value of a field into its bound parameter.
 pub fn field_value(field: &FieldSpec, value: &Value) -> SqlValue {
-    match value {
-        Value::Null => SqlValue::Null,
-        Value::Bool(b) => SqlValue::Bool(*b),
-        Value::Number(n) => match field.field_type {
-            FieldType::Integer => n.as_i64().map(SqlValue::Int).unwrap_or(SqlValue::Null),
-            FieldType::Json => SqlValue::Json(n.to_string()),
-            _ => n.as_f64().map(SqlValue::Float).unwrap_or(SqlValue::Null),
-        },
-        Value::String(s) => match field.field_type {
-            FieldType::Json => SqlValue::Json(value.to_string()),
-            FieldType::Datetime => SqlValue::Timestamp(s.clone()),
-            _ => SqlValue::Text(s.clone()),
-        },
-        Value::Array(_) | Value::Object(_) => SqlValue::Json(value.to_string()),
+    let storage = field.field_type.storage(field.multiple);
+    match (storage, value) {
+        (_, Value::Null) => SqlValue::Null,
+        (Storage::Json, v) => SqlValue::Json(v.to_string()),
+        (_, Value::Bool(b)) => SqlValue::Bool(*b),
+        (Storage::Integer, Value::Number(n)) => {
+            n.as_i64().map(SqlValue::Int).unwrap_or(SqlValue::Null)
+        }
+        (_, Value::Number(n)) => n.as_f64().map(SqlValue::Float).unwrap_or(SqlValue::Null),
+        (Storage::Timestamp, Value::String(s)) => SqlValue::Timestamp(s.clone()),
+        (_, Value::String(s)) => SqlValue::Text(s.clone()),
+        (_, Value::Array(_) | Value::Object(_)) => SqlValue::Json(value.to_string()),
     }
 }
 
@@ -447,7 +445,9 @@ pub fn record_columns(sql: &mut Sql, coll: &Collection) {
     } else {
         for f in coll.fields() {
             sql.push(", ");
-            if sql.dialect == Dialect::Postgres && f.field_type == FieldType::Datetime {
+            if sql.dialect == Dialect::Postgres
+                && f.field_type.storage(f.multiple) == Storage::Timestamp
+            {
                 // Read back in the same canonical text form SQLite stores.
                 sql.push("to_char(");
                 sql.column(t, &f.name);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::collections::model::{Collection, FieldSpec, FieldType};
+use crate::schema::{Collection, FieldSpec, FieldType};
 use crate::store::sql::{Dialect, Sql, SqlValue, field_value};
 use crate::store::{Record, StoreError};
 use crate::validation::{FieldErrors, push_field_error};
@@ -183,7 +183,7 @@ pub fn referrer_sql(dialect: Dialect, coll: &Collection, field: &FieldSpec, id: 
     sql
 }
 
-pub use crate::collections::model::RelationGraph;
+pub use crate::schema::RelationGraph;
 
 /// At most this many records are deleted through `cascade` by one delete; past it
 /// the delete is refused (the caller removes the references in smaller steps). Each
@@ -258,7 +258,7 @@ impl Iterator for DeleteSteps {
 pub fn delete_reaches_others(graph: &RelationGraph, coll: &str) -> bool {
     graph.get(coll).is_some_and(|refs| {
         refs.iter()
-            .any(|(_, f)| f.delete_policy() != crate::collections::model::OnDelete::Restrict)
+            .any(|(_, f)| f.delete_policy() != crate::schema::OnDelete::Restrict)
     })
 }
 

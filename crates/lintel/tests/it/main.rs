@@ -14,6 +14,7 @@ mod edge;
 mod expiry;
 mod hygiene;
 mod idempotency;
+mod kinds;
 mod layers;
 mod migrations;
 mod oidc;

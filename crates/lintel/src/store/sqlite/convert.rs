@@ -5,7 +5,8 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, ToSql};
 use serde_json::{Map, Number, Value};
 
-use crate::collections::model::{Collection, FieldType};
+use crate::schema::Collection;
+use crate::schema::kinds::Storage;
 use crate::store::sql::{Sql, SqlValue};
 use crate::store::{Record, StoreError};
 use crate::validation::FieldErrors;
@@ -34,11 +35,12 @@ pub fn decode_record(coll: &Collection, row: &rusqlite::Row<'_>) -> rusqlite::Re
         }
     } else {
         for (i, f) in coll.fields().iter().enumerate() {
+            let storage = f.field_type.storage(f.multiple);
             let v = match row.get_ref(4 + i)? {
                 ValueRef::Null => Value::Null,
-                ValueRef::Integer(n) => match f.field_type {
-                    FieldType::Bool => Value::Bool(n != 0),
-                    FieldType::Number => Number::from_f64(n as f64)
+                ValueRef::Integer(n) => match storage {
+                    Storage::Bool => Value::Bool(n != 0),
+                    Storage::Real => Number::from_f64(n as f64)
                         .map(Value::Number)
                         .unwrap_or(Value::Null),
                     _ => Value::Number(n.into()),
@@ -48,7 +50,7 @@ pub fn decode_record(coll: &Collection, row: &rusqlite::Row<'_>) -> rusqlite::Re
                     .unwrap_or(Value::Null),
                 ValueRef::Text(bytes) => {
                     let text = String::from_utf8_lossy(bytes);
-                    if f.field_type == FieldType::Json || f.multiple {
+                    if storage == Storage::Json {
                         serde_json::from_str(&text).unwrap_or(Value::String(text.into_owned()))
                     } else {
                         Value::String(text.into_owned())

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::collections::model::OnDelete;
-use crate::collections::model::{Collection, CollectionSpec};
 use crate::config::StoreConfig;
 use crate::migrations::{AppliedMigration, Migration, checksum};
+use crate::schema::OnDelete;
+use crate::schema::{Collection, CollectionSpec};
 use crate::store::ddl::{self, CatalogChange};
 use crate::store::write::{
     DeleteStep, DeleteSteps, RelationGraph, WriteError, count_ids_sql, delete_sql, exists_sql,

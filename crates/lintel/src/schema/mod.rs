@@ -13,6 +13,9 @@ use utoipa::ToSchema;
 
 use crate::validation::{FieldErrors, push_field_error};
 
+pub mod kinds;
+pub use kinds::FieldType;
+
 /// System fields every record has; clients cannot set them.
 pub const SYSTEM_FIELDS: [&str; 4] = ["id", "created", "updated", "version"];
 
@@ -59,51 +62,6 @@ pub enum CollectionKind {
     /// A table of accounts that can sign in: the built-in fields `email`, `verified`
     /// and the hidden `passwordHash`, plus any fields the developer adds.
     Auth,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum FieldType {
-    Text,
-    Number,
-    Integer,
-    Bool,
-    Email,
-    Url,
-    Datetime,
-    Select,
-    Json,
-    Relation,
-}
-
-impl FieldType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FieldType::Text => "text",
-            FieldType::Number => "number",
-            FieldType::Integer => "integer",
-            FieldType::Bool => "bool",
-            FieldType::Email => "email",
-            FieldType::Url => "url",
-            FieldType::Datetime => "datetime",
-            FieldType::Select => "select",
-            FieldType::Json => "json",
-            FieldType::Relation => "relation",
-        }
-    }
-
-    /// Stored as text and compared as strings.
-    pub fn is_textual(self) -> bool {
-        matches!(
-            self,
-            FieldType::Text
-                | FieldType::Email
-                | FieldType::Url
-                | FieldType::Datetime
-                | FieldType::Select
-                | FieldType::Relation
-        )
-    }
 }
 
 /// One field of a table collection.
@@ -724,32 +682,7 @@ pub fn validate_spec(spec: &CollectionSpec, existing: &[String], altering: bool)
             }
         }
     }
-    validate_rules(spec, &mut errors);
     errors
-}
-
-/// Checks that each rule parses and names only fields of the collection and known
-/// macros. Value types are checked when the rule runs (a mismatch denies).
-fn validate_rules(spec: &CollectionSpec, errors: &mut FieldErrors) {
-    if spec.rules.is_unset() {
-        return;
-    }
-    let mut bare = spec.clone();
-    bare.rules = Rules::default();
-    let Ok(coll) = Collection::compile(bare, String::new(), String::new()) else {
-        return;
-    };
-    for (name, rule) in spec.rules.all() {
-        let Some(text) = rule else { continue };
-        if let Err(e) = crate::auth::rules::check(&coll, text) {
-            push_field_error(
-                errors,
-                format!("rules.{name}"),
-                e.code,
-                format!("{} (at position {})", e.message, e.position),
-            );
-        }
-    }
 }
 
 fn validate_field(
@@ -772,27 +705,8 @@ fn validate_field(
         );
     }
     let t = f.field_type;
-    let allow = |opt: &str| -> bool {
-        match opt {
-            "minmax" => matches!(
-                t,
-                FieldType::Text
-                    | FieldType::Number
-                    | FieldType::Integer
-                    | FieldType::Json
-                    | FieldType::Relation
-            ),
-            "pattern" => matches!(t, FieldType::Text | FieldType::Email | FieldType::Url),
-            _ => false,
-        }
-    };
-    if (f.min.is_some() || f.max.is_some()) && !allow("minmax") {
-        push_field_error(
-            errors,
-            format!("{key}.min"),
-            "not_allowed",
-            format!("a {} field takes no min or max", t.as_str()),
-        );
+    for (opt, code, msg) in kinds::check_options(f) {
+        push_field_error(errors, format!("{key}.{opt}"), code, msg);
     }
     if let (Some(min), Some(max)) = (f.min, f.max)
         && min > max
@@ -804,29 +718,10 @@ fn validate_field(
             "min is greater than max",
         );
     }
-    for (opt, v) in [("min", f.min), ("max", f.max)] {
-        if let Some(v) = v
-            && (!v.is_finite()
-                || (t != FieldType::Number
-                    && (v < 0.0 && t != FieldType::Integer || v.fract() != 0.0)))
-        {
-            push_field_error(
-                errors,
-                format!("{key}.{opt}"),
-                "invalid",
-                "must be a finite number (a whole one for lengths and integers)",
-            );
-        }
-    }
-    if let Some(p) = &f.pattern {
-        if !allow("pattern") {
-            push_field_error(
-                errors,
-                format!("{key}.pattern"),
-                "not_allowed",
-                format!("a {} field takes no pattern", t.as_str()),
-            );
-        } else if p.len() > 512 {
+    if let Some(p) = &f.pattern
+        && t.takes_pattern()
+    {
+        if p.len() > 512 {
             push_field_error(
                 errors,
                 format!("{key}.pattern"),
@@ -924,29 +819,5 @@ fn validate_field(
                 "only relation fields take onDelete",
             );
         }
-    }
-    if f.multiple && t != FieldType::Relation {
-        push_field_error(
-            errors,
-            format!("{key}.multiple"),
-            "not_allowed",
-            "only relation fields can be multiple",
-        );
-    }
-    if f.unique && (t == FieldType::Json || f.multiple) {
-        push_field_error(
-            errors,
-            format!("{key}.unique"),
-            "not_allowed",
-            "json and multiple relation fields cannot be unique",
-        );
-    }
-    if f.default.is_some() && (f.unique || t == FieldType::Relation) {
-        push_field_error(
-            errors,
-            format!("{key}.default"),
-            "not_allowed",
-            "unique and relation fields take no default",
-        );
     }
 }

@@ -8,50 +8,13 @@
 use lintel_filter::{CompareOp, Expr, Operand};
 use serde_json::{Map, Value as Json};
 
-use crate::auth::caller::Caller;
+use crate::access::Caller;
 use crate::clock::normalize_datetime;
-use crate::collections::model::{Action, Collection, Rule};
-use crate::records::filter::{
+use crate::schema::{Action, Collection, Rule};
+use crate::store::Record;
+use crate::store::filter::{
     Env, FilterError, Kind, Target, Value, as_f64, const_compare, kind_of, literal_value, resolve,
 };
-use crate::store::Record;
-
-/// Checks a rule's text against a collection: it parses, its fields exist (and are not
-/// hidden) and its macros are known.
-pub fn check(coll: &Collection, text: &str) -> Result<(), FilterError> {
-    if text.trim().is_empty() {
-        return Ok(());
-    }
-    let expr = lintel_filter::parse(text).map_err(|e| FilterError {
-        code: e.code.as_str(),
-        message: e.message.clone(),
-        position: e.position,
-    })?;
-    walk(&expr, coll)
-}
-
-fn walk(expr: &Expr, coll: &Collection) -> Result<(), FilterError> {
-    match expr {
-        Expr::And(a, b) | Expr::Or(a, b) => {
-            walk(a, coll)?;
-            walk(b, coll)
-        }
-        Expr::Compare { left, right, .. } => {
-            for op in [left, right] {
-                match op {
-                    Operand::Field { path, span } => {
-                        resolve(coll, path, *span)?;
-                    }
-                    Operand::Macro { .. } => {
-                        literal_value(op, &Env::now(""))?;
-                    }
-                    Operand::Literal { .. } => {}
-                }
-            }
-            Ok(())
-        }
-    }
-}
 
 /// What a caller may list.
 pub enum ListAccess<'a> {

@@ -8,7 +8,7 @@ use lintel_filter::{CompareOp, Expr, Literal, Operand, Span};
 use serde_json::Map;
 
 use crate::clock::normalize_datetime;
-use crate::collections::model::{Collection, FieldSpec, FieldType};
+use crate::schema::{Collection, FieldSpec};
 use crate::store::sql::{Sql, SqlValue, like_escape};
 
 /// A filter that cannot be compiled.
@@ -47,21 +47,9 @@ impl<'a> Env<'a> {
     }
 }
 
-/// The type of a column or JSON value as the compiler sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    Text,
-    /// A system timestamp (`created`, `updated`): canonical RFC 3339 text.
-    Datetime,
-    /// A datetime field: a native timestamp column where the store has one.
-    Timestamp,
-    Number,
-    Bool,
-    /// A multiple relation: a JSON array of ids.
-    IdList,
-    /// A JSON value: compared by its JSON type, contains works on arrays and strings.
-    Json,
-}
+/// The type of a column or JSON value as the compiler sees it (the field kinds say
+/// which their fields are).
+pub(crate) use crate::schema::kinds::FilterKind as Kind;
 
 /// Where a field operand reads from.
 pub(crate) enum Target {
@@ -111,7 +99,7 @@ pub(crate) fn resolve(
             format!("collection '{}' has no field '{first}'", coll.name()),
         ));
     };
-    if field.field_type == FieldType::Json {
+    if field.field_type.has_members() {
         return Ok(Target::JsonPath {
             column: field.name.clone(),
             path: path[1..].to_vec(),
@@ -134,14 +122,7 @@ pub(crate) fn resolve(
 }
 
 pub(crate) fn field_kind(f: &FieldSpec) -> Kind {
-    match f.field_type {
-        FieldType::Number | FieldType::Integer => Kind::Number,
-        FieldType::Bool => Kind::Bool,
-        FieldType::Datetime => Kind::Timestamp,
-        FieldType::Json => Kind::Json,
-        FieldType::Relation if f.multiple => Kind::IdList,
-        _ => Kind::Text,
-    }
+    f.field_type.filter_kind(f.multiple)
 }
 
 /// A literal side, after macros are expanded.
@@ -696,6 +677,75 @@ fn kind_name(k: Kind) -> &'static str {
 
 fn truncate(s: &str) -> String {
     s.chars().take(40).collect()
+}
+
+/// Checks a rule's text against a collection: it parses, its fields exist (and are not
+/// hidden) and its macros are known.
+pub fn check(coll: &Collection, text: &str) -> Result<(), FilterError> {
+    if text.trim().is_empty() {
+        return Ok(());
+    }
+    let expr = lintel_filter::parse(text).map_err(|e| FilterError {
+        code: e.code.as_str(),
+        message: e.message.clone(),
+        position: e.position,
+    })?;
+    walk(&expr, coll)
+}
+
+fn walk(expr: &Expr, coll: &Collection) -> Result<(), FilterError> {
+    match expr {
+        Expr::And(a, b) | Expr::Or(a, b) => {
+            walk(a, coll)?;
+            walk(b, coll)
+        }
+        Expr::Compare { left, right, .. } => {
+            for op in [left, right] {
+                match op {
+                    Operand::Field { path, span } => {
+                        resolve(coll, path, *span)?;
+                    }
+                    Operand::Macro { .. } => {
+                        literal_value(op, &Env::now(""))?;
+                    }
+                    Operand::Literal { .. } => {}
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Validates a whole collection spec ([`crate::schema::validate_spec`]) and, when
+/// that passes the names, its rules: each parses and names only fields of the
+/// collection and known macros. Value types are checked when a rule runs (a
+/// mismatch denies).
+pub fn validate_spec(
+    spec: &crate::schema::CollectionSpec,
+    existing: &[String],
+    altering: bool,
+) -> crate::validation::FieldErrors {
+    let mut errors = crate::schema::validate_spec(spec, existing, altering);
+    if spec.rules.is_unset() {
+        return errors;
+    }
+    let mut bare = spec.clone();
+    bare.rules = crate::schema::Rules::default();
+    let Ok(coll) = Collection::compile(bare, String::new(), String::new()) else {
+        return errors;
+    };
+    for (name, rule) in spec.rules.all() {
+        let Some(text) = rule else { continue };
+        if let Err(e) = check(&coll, text) {
+            crate::validation::push_field_error(
+                &mut errors,
+                format!("rules.{name}"),
+                e.code,
+                format!("{} (at position {})", e.message, e.position),
+            );
+        }
+    }
+    errors
 }
 
 #[cfg(test)]
