@@ -7,6 +7,8 @@
 //! [`StoreError`] to HTTP outcomes explicitly.
 
 pub mod ddl;
+pub(crate) mod engine;
+pub(crate) mod failure;
 pub mod filter;
 pub mod postgres;
 pub mod purge;

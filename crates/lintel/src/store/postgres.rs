@@ -26,65 +26,19 @@ use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{NoTls, Row};
 
 use crate::config::PoolConfig;
-use crate::migrations::{AppliedMigration, Migration, SchemaOp, checksum};
+use crate::migrations::{AppliedMigration, Migration};
+use crate::schema::Collection;
 use crate::schema::kinds::Storage;
-use crate::schema::{Collection, CollectionSpec, OnDelete};
-use crate::store::ddl::{self, CatalogChange};
-use crate::store::write::{
-    DeleteStep, DeleteSteps, RelationGraph, WriteError, delete_reaches_others, delete_sql,
-    exists_sql, insert_sql, missing_target, referenced, referrer_sql, referring_ids_sql,
-    relation_targets, unlink_sql, update_sql,
-};
+use crate::store::engine;
+use crate::store::failure::Failure;
+use crate::store::write::{WriteError, delete_reaches_others};
 use crate::store::{
     Dialect, IdempotencyClaim, Record, Sql, SqlValue, Store, StoreError, StoredCollection,
     StoredResponse, WriteOp, WriteOutcome,
 };
-use crate::validation::FieldErrors;
 
 /// Serialises schema changes across instances (an arbitrary, fixed key).
 const MIGRATION_LOCK: i64 = 0x6c69_6e74_656c;
-
-/// Lintel's own tables on PostgreSQL. Never edit an entry once released.
-pub const SYSTEM_MIGRATIONS: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "catalog",
-        "CREATE TABLE _lintel_collections (
-            name TEXT PRIMARY KEY NOT NULL,
-            spec TEXT NOT NULL,
-            created TEXT NOT NULL,
-            updated TEXT NOT NULL
-        );
-        CREATE TABLE _lintel_migrations (
-            version TEXT PRIMARY KEY NOT NULL,
-            name TEXT NOT NULL,
-            checksum TEXT NOT NULL,
-            content TEXT NOT NULL,
-            applied_at TEXT NOT NULL
-        );",
-    ),
-    (
-        2,
-        "idempotency",
-        "CREATE TABLE _lintel_idempotency (
-            scope TEXT NOT NULL,
-            key TEXT NOT NULL,
-            fingerprint TEXT NOT NULL,
-            state TEXT NOT NULL,
-            status INTEGER,
-            headers TEXT,
-            body BYTEA,
-            created_ms BIGINT NOT NULL,
-            locked_until_ms BIGINT NOT NULL,
-            PRIMARY KEY (scope, key)
-        );
-        CREATE INDEX _lintel_idempotency_created ON _lintel_idempotency (created_ms);",
-    ),
-    (3, "auth", crate::store::AUTH_TABLES),
-    (4, "secrets", crate::store::SECRETS_TABLE),
-    (5, "oauth_state_browser", crate::store::OAUTH_STATE_BROWSER),
-    (6, "expiry_indexes", crate::store::EXPIRY_INDEXES),
-];
 
 impl ToSql for SqlValue {
     fn to_sql(
@@ -100,6 +54,7 @@ impl ToSql for SqlValue {
             SqlValue::Int(i) => i.to_sql(ty, out),
             SqlValue::Float(f) => f.to_sql(ty, out),
             SqlValue::Text(s) | SqlValue::Timestamp(s) => s.as_str().to_sql(ty, out),
+            SqlValue::Bytes(b) => b.as_slice().to_sql(ty, out),
             SqlValue::Json(s) => {
                 if *ty == Type::JSONB {
                     out.extend_from_slice(&[1]);
@@ -272,16 +227,30 @@ fn build_pool(url: &str, cfg: &PoolConfig, role: &'static str) -> Result<Pool, S
 }
 
 fn map_pg(e: &tokio_postgres::Error, coll: Option<&Collection>) -> StoreError {
+    classify(e).into_store_error(coll)
+}
+
+/// Sorts a PostgreSQL error into the drivers' shared vocabulary (see [`Failure`]).
+fn classify(e: &tokio_postgres::Error) -> Failure {
     let Some(code) = e.code() else {
         // No SQL state: the connection is gone or could not be made.
-        return StoreError::Unavailable(format!("database unreachable: {e}"));
+        return Failure::Unavailable(format!("database unreachable: {e}"));
     };
     if *code == SqlState::UNIQUE_VIOLATION {
-        let constraint = e.as_db_error().and_then(|d| d.constraint()).unwrap_or("");
-        if let Some(errors) = unique_fields(constraint, coll) {
-            return StoreError::Constraint(errors);
-        }
-        return StoreError::Internal(format!("constraint: {e}"));
+        return Failure::Unique {
+            index: e
+                .as_db_error()
+                .and_then(|d| d.constraint())
+                .map(str::to_owned),
+            columns: Vec::new(),
+        };
+    }
+    if *code == SqlState::CHECK_VIOLATION
+        || *code == SqlState::NOT_NULL_VIOLATION
+        || code.code().starts_with("22")
+    {
+        // A value the column cannot hold (a constraint, out of range, bad encoding).
+        return Failure::BadValue;
     }
     if *code == SqlState::T_R_DEADLOCK_DETECTED
         || *code == SqlState::LOCK_NOT_AVAILABLE
@@ -290,55 +259,16 @@ fn map_pg(e: &tokio_postgres::Error, coll: Option<&Collection>) -> StoreError {
         || *code == SqlState::ADMIN_SHUTDOWN
         || *code == SqlState::CANNOT_CONNECT_NOW
         || *code == SqlState::TOO_MANY_CONNECTIONS
+        || *code == SqlState::READ_ONLY_SQL_TRANSACTION
+        || code.code().starts_with("08")
     {
-        return StoreError::Unavailable(format!("{e}"));
-    }
-    if *code == SqlState::READ_ONLY_SQL_TRANSACTION || code.code().starts_with("08") {
-        // A read-only server (failover in progress) or a broken connection.
-        return StoreError::Unavailable(format!("{e}"));
-    }
-    if code.code().starts_with("22") {
-        // A value the column cannot hold (out of range, bad encoding).
-        let mut errors = FieldErrors::new();
-        crate::validation::push_field_error(
-            &mut errors,
-            "value",
-            "invalid_value",
-            "a value cannot be stored (out of range or not representable)",
-        );
-        return StoreError::Constraint(errors);
+        // Includes a read-only server (failover in progress) and a broken connection.
+        return Failure::Unavailable(format!("{e}"));
     }
     if *code == SqlState::UNDEFINED_TABLE || *code == SqlState::UNDEFINED_COLUMN {
-        return StoreError::Schema(format!("{e}"));
+        return Failure::MissingSchema(format!("{e}"));
     }
-    StoreError::Internal(format!("{e}"))
-}
-
-/// Unique indexes are named `<collection>__<fields>__uniq` (field options) or by the
-/// collection's index specs; either way the spec says which fields they cover.
-fn unique_fields(constraint: &str, coll: Option<&Collection>) -> Option<FieldErrors> {
-    let coll = coll?;
-    let fields: Vec<String> = if let Some(idx) = coll
-        .spec
-        .indexes
-        .iter()
-        .find(|i| i.name.as_deref() == Some(constraint))
-    {
-        idx.fields.clone()
-    } else {
-        coll.fields()
-            .iter()
-            .filter(|f| {
-                crate::schema::index_name(coll.name(), std::slice::from_ref(&f.name), true)
-                    == constraint
-            })
-            .map(|f| f.name.clone())
-            .collect()
-    };
-    if fields.is_empty() {
-        return None;
-    }
-    Some(crate::store::write::unique_violation(&fields))
+    Failure::Other(format!("{e}"))
 }
 
 fn params(sql: &Sql) -> Vec<&(dyn ToSql + Sync)> {
@@ -557,43 +487,7 @@ impl PgStore {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await
             .map_err(|e| map_pg(&e, None))?;
-        tx.batch_execute(
-            "CREATE TABLE IF NOT EXISTS _lintel_system_migrations (
-                version BIGINT PRIMARY KEY NOT NULL,
-                name TEXT NOT NULL,
-                checksum TEXT NOT NULL,
-                applied_at TEXT NOT NULL
-            )",
-        )
-        .await
-        .map_err(|e| map_pg(&e, None))?;
-        for (version, name, sql) in SYSTEM_MIGRATIONS {
-            let sum = checksum(sql.as_bytes());
-            let rows = tx
-                .query(
-                    "SELECT checksum FROM _lintel_system_migrations WHERE version = $1",
-                    &[version],
-                )
-                .await
-                .map_err(|e| map_pg(&e, None))?;
-            match rows.first().map(|r| r.get::<_, String>(0)) {
-                Some(r) if r == sum => {}
-                Some(_) => {
-                    return Err(StoreError::Internal(format!(
-                        "system migration {version} ({name}) differs from the one applied to this database"
-                    )));
-                }
-                None => {
-                    tx.batch_execute(sql).await.map_err(|e| map_pg(&e, None))?;
-                    tx.execute(
-                        "INSERT INTO _lintel_system_migrations (version, name, checksum, applied_at) VALUES ($1, $2, $3, $4)",
-                        &[version, name, &sum, &crate::clock::now()],
-                    )
-                    .await
-                    .map_err(|e| map_pg(&e, None))?;
-                }
-            }
-        }
+        engine::run_system_migrations(&Pg(&tx)).await?;
         tx.commit().await.map_err(|e| map_pg(&e, None))
     }
 }
@@ -717,7 +611,7 @@ async fn apply_all(
             lines.push("*".to_owned());
         }
         out.push(
-            apply_op(c, op)
+            engine::apply_op(&Pg(c), op)
                 .await
                 .map_err(|error| WriteError { index, error })?,
         );
@@ -732,209 +626,73 @@ async fn notify<C: GenericClient>(c: &C, payload: &str) -> Result<(), StoreError
     Ok(())
 }
 
-async fn read_catalog<C: GenericClient>(c: &C) -> Result<(Vec<StoredCollection>, i64), StoreError> {
-    let rows = c
-        .query(
-            "SELECT name, spec, created, updated FROM _lintel_collections ORDER BY name",
-            &[],
-        )
-        .await
-        .map_err(|e| map_pg(&e, None))?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let name: String = r.get(0);
-        let spec: String = r.get(1);
-        let spec = serde_json::from_str(&spec)
-            .map_err(|e| StoreError::Internal(format!("catalog entry {name} is corrupt: {e}")))?;
-        out.push(StoredCollection {
-            spec,
-            created: r.get(2),
-            updated: r.get(3),
-        });
-    }
-    let generation = c
-        .query_one("SELECT COUNT(*) FROM _lintel_migrations", &[])
-        .await
-        .map_err(|e| map_pg(&e, None))?
-        .get::<_, i64>(0);
-    Ok((out, generation))
-}
+/// A connection (or transaction) as the shared algorithms of [`engine`] see it.
+struct Pg<'a, C>(&'a C);
 
-async fn run_steps<C: GenericClient>(c: &C, ops: &[SchemaOp]) -> Result<(), StoreError> {
-    let (stored, _) = read_catalog(c).await?;
-    let mut specs: BTreeMap<String, CollectionSpec> = stored
-        .into_iter()
-        .map(|s| (s.spec.name.clone(), s.spec))
-        .collect();
-    let steps = ddl::plan(Dialect::Postgres, ops, &mut specs).map_err(StoreError::Schema)?;
-    let now = crate::clock::now();
-    for step in steps {
-        for stmt in &step.statements {
-            c.batch_execute(stmt).await.map_err(|e| {
-                tracing::warn!(error = %e, "a schema statement failed");
-                StoreError::Schema(
-                    "the database refused the schema change (details in the server log)".into(),
-                )
-            })?;
-        }
-        match step.catalog {
-            CatalogChange::Upsert(spec) => {
-                let text = serde_json::to_string(&spec)
-                    .map_err(|e| StoreError::Internal(e.to_string()))?;
-                c.execute(
-                    "INSERT INTO _lintel_collections (name, spec, created, updated) VALUES ($1, $2, $3, $3)
-                     ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, updated = excluded.updated",
-                    &[&spec.name, &text, &now],
-                )
-                .await
-                .map_err(|e| map_pg(&e, None))?;
-            }
-            CatalogChange::Delete(name) => {
-                c.execute("DELETE FROM _lintel_collections WHERE name = $1", &[&name])
-                    .await
-                    .map_err(|e| map_pg(&e, None))?;
-            }
-            CatalogChange::None => {}
-        }
+impl<C: GenericClient + Sync> engine::Conn for Pg<'_, C> {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
     }
-    Ok(())
-}
 
-async fn check_relations<C: GenericClient>(
-    c: &C,
-    coll: &Collection,
-    record: &Record,
-) -> Result<(), StoreError> {
-    for (field, target, ids) in relation_targets(coll, record) {
-        // Lock the targets so a concurrent delete waits for this transaction.
-        let mut sql = Sql::new(Dialect::Postgres);
-        sql.push("SELECT COUNT(*) FROM (SELECT 1 FROM ")
-            .ident(&target)
-            .push(" WHERE \"id\" IN (");
-        for (i, id) in ids.iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
-            }
-            sql.bind(SqlValue::Text(id.clone()));
-        }
-        sql.push(") FOR KEY SHARE) AS t");
-        if query_i64(c, &sql).await? != ids.len() as i64 {
-            return Err(StoreError::Constraint(missing_target(&field, &target)));
-        }
+    async fn execute(&self, sql: &Sql, coll: Option<&Collection>) -> Result<u64, StoreError> {
+        execute(self.0, sql, coll).await
     }
-    Ok(())
-}
 
-async fn no_row_changed<C: GenericClient>(c: &C, coll: &Collection, id: &str) -> StoreError {
-    match query_i64(c, &exists_sql(Dialect::Postgres, coll.name(), id)).await {
-        Ok(0) => StoreError::NotFound,
-        Ok(_) => StoreError::VersionConflict,
-        Err(e) => e,
+    async fn rows(&self, sql: &Sql) -> Result<Vec<engine::Row>, StoreError> {
+        let rows = query(self.0, sql, None).await?;
+        rows.iter().map(typed_row).collect()
+    }
+
+    async fn script(&self, text: &str) -> Result<(), StoreError> {
+        self.0
+            .batch_execute(text)
+            .await
+            .map_err(|e| map_pg(&e, None))
     }
 }
 
-/// Applies the `onDelete` policy of every relation that names `coll`/`id` before the
-/// record is deleted, in the order [`DeleteSteps`] gives (as the SQLite driver does).
-/// Cascaded records are locked `FOR UPDATE` when they are read.
-async fn follow_referrers<C: GenericClient + Sync>(
-    c: &C,
-    graph: &RelationGraph,
-    coll: &str,
-    id: &str,
-    now: &str,
-) -> Result<(), StoreError> {
-    let d = Dialect::Postgres;
-    let mut steps = DeleteSteps::new(coll, id);
-    while let Some(step) = steps.next() {
-        match step {
-            DeleteStep::Delete(rc, rid) => {
-                execute(c, &delete_sql(d, &rc, &rid, None), Some(&rc)).await?;
-            }
-            DeleteStep::Expand(name, rid) => {
-                for (rc, field) in graph.get(&name).into_iter().flatten() {
-                    match field.delete_policy() {
-                        OnDelete::Restrict => {
-                            if query_i64(c, &referrer_sql(d, rc, field, &rid)).await? > 0 {
-                                return Err(referenced(rc, field));
-                            }
-                        }
-                        OnDelete::SetNull => {
-                            execute(c, &unlink_sql(d, rc, field, &rid, now), Some(rc)).await?;
-                        }
-                        OnDelete::Cascade => {
-                            let sql = referring_ids_sql(d, rc, field, &rid, steps.room());
-                            let rows = query(c, &sql, None).await?;
-                            for row in &rows {
-                                if let Ok(child) = row.try_get::<_, String>(0) {
-                                    steps.cascade(rc, &child)?;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
+/// A row as typed cells, by column type.
+fn typed_row(row: &Row) -> Result<engine::Row, StoreError> {
+    let bad = |e: tokio_postgres::Error| StoreError::Internal(format!("decoding a row: {e}"));
+    let mut out = Vec::with_capacity(row.len());
+    for (i, col) in row.columns().iter().enumerate() {
+        let t = col.type_();
+        let v = if *t == Type::INT8 {
+            row.try_get::<_, Option<i64>>(i)
+                .map_err(bad)?
+                .map(SqlValue::Int)
+        } else if *t == Type::INT4 {
+            row.try_get::<_, Option<i32>>(i)
+                .map_err(bad)?
+                .map(|n| SqlValue::Int(n.into()))
+        } else if *t == Type::INT2 {
+            row.try_get::<_, Option<i16>>(i)
+                .map_err(bad)?
+                .map(|n| SqlValue::Int(n.into()))
+        } else if *t == Type::BOOL {
+            row.try_get::<_, Option<bool>>(i)
+                .map_err(bad)?
+                .map(SqlValue::Bool)
+        } else if *t == Type::FLOAT8 {
+            row.try_get::<_, Option<f64>>(i)
+                .map_err(bad)?
+                .map(SqlValue::Float)
+        } else if *t == Type::BYTEA {
+            row.try_get::<_, Option<Vec<u8>>>(i)
+                .map_err(bad)?
+                .map(SqlValue::Bytes)
+        } else if *t == Type::JSONB || *t == Type::JSON {
+            row.try_get::<_, Option<Value>>(i)
+                .map_err(bad)?
+                .map(|v| SqlValue::Json(v.to_string()))
+        } else {
+            row.try_get::<_, Option<String>>(i)
+                .map_err(bad)?
+                .map(SqlValue::Text)
+        };
+        out.push(v.unwrap_or(SqlValue::Null));
     }
-    Ok(())
-}
-
-async fn apply_op<C: GenericClient + Sync>(c: &C, op: WriteOp) -> Result<WriteOutcome, StoreError> {
-    let d = Dialect::Postgres;
-    match op {
-        WriteOp::Insert { coll, record } => {
-            check_relations(c, &coll, &record).await?;
-            execute(c, &insert_sql(d, &coll, &record), Some(&coll)).await?;
-            Ok(WriteOutcome::Written(record))
-        }
-        WriteOp::Update {
-            coll,
-            record,
-            expected_version,
-        } => {
-            check_relations(c, &coll, &record).await?;
-            if execute(
-                c,
-                &update_sql(d, &coll, &record, expected_version),
-                Some(&coll),
-            )
-            .await?
-                == 0
-            {
-                return Err(no_row_changed(c, &coll, &record.id).await);
-            }
-            Ok(WriteOutcome::Written(record))
-        }
-        WriteOp::Delete {
-            coll,
-            id,
-            expected_version,
-            referrers,
-        } => {
-            // Lock the row first: an insert that holds a key-share lock on it (it is
-            // adding a reference) finishes before the referrer check below runs.
-            let mut lock = Sql::new(d);
-            lock.push("SELECT COUNT(*) FROM (SELECT 1 FROM ")
-                .ident(coll.name());
-            lock.push(" WHERE \"id\" = ")
-                .bind(SqlValue::Text(id.clone()))
-                .push(" FOR UPDATE) AS t");
-            if query_i64(c, &lock).await? == 0 {
-                return Err(StoreError::NotFound);
-            }
-            follow_referrers(c, &referrers, coll.name(), &id, &crate::clock::now()).await?;
-            if execute(c, &delete_sql(d, &coll, &id, expected_version), Some(&coll)).await? == 0 {
-                return Err(no_row_changed(c, &coll, &id).await);
-            }
-            Ok(WriteOutcome::Deleted)
-        }
-        WriteOp::System { sql, expect } => {
-            let n = execute(c, &sql, None).await?;
-            if expect.is_some_and(|e| e != n) {
-                return Err(StoreError::NotFound);
-            }
-            Ok(WriteOutcome::Affected(n))
-        }
-    }
+    Ok(engine::Row(out))
 }
 
 #[async_trait]
@@ -1018,37 +776,14 @@ impl Store for PgStore {
             .start()
             .await
             .map_err(|e| map_pg(&e, None))?;
-        let result = read_catalog(&tx).await;
+        let result = engine::read_catalog(&Pg(&tx)).await;
         let _ = tx.commit().await;
         result
     }
 
     async fn applied_migrations(&self) -> Result<Vec<AppliedMigration>, StoreError> {
         let c = self.db_write().await?;
-        let rows = c
-            .query(
-                "SELECT version, name, checksum, applied_at, content FROM _lintel_migrations
-                 ORDER BY length(version), version",
-                &[],
-            )
-            .await
-            .map_err(|e| map_pg(&e, None))?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let version: String = r.get(0);
-            let content: String = r.get(4);
-            let content = serde_json::from_str(&content).map_err(|e| {
-                StoreError::Internal(format!("recorded migration {version} is corrupt: {e}"))
-            })?;
-            out.push(AppliedMigration {
-                version,
-                name: r.get(1),
-                checksum: r.get(2),
-                applied_at: r.get(3),
-                content,
-            });
-        }
-        Ok(out)
+        engine::applied_migrations(&Pg(&c)).await
     }
 
     async fn apply_migration(
@@ -1061,31 +796,9 @@ impl Store for PgStore {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await
             .map_err(|e| map_pg(&e, None))?;
-        let rows = tx
-            .query(
-                "SELECT checksum FROM _lintel_migrations WHERE version = $1",
-                &[&migration.version],
-            )
-            .await
-            .map_err(|e| map_pg(&e, None))?;
-        match rows.first().map(|r| r.get::<_, String>(0)) {
-            Some(c) if c == checksum => return Ok(false),
-            Some(_) => {
-                return Err(StoreError::Schema(format!(
-                    "migration {} is already applied with other content",
-                    migration.version
-                )));
-            }
-            None => {}
+        if !engine::apply_migration(&Pg(&tx), &migration, &checksum).await? {
+            return Ok(false);
         }
-        run_steps(&tx, &migration.up).await?;
-        let content =
-            serde_json::to_string(&migration).map_err(|e| StoreError::Internal(e.to_string()))?;
-        tx.execute(
-            "INSERT INTO _lintel_migrations (version, name, checksum, content, applied_at) VALUES ($1, $2, $3, $4, $5)",
-            &[&migration.version, &migration.name, &checksum, &content, &crate::clock::now()],
-        )        .await
-        .map_err(|e| map_pg(&e, None))?;
         notify(&tx, &change_payload(&self.instance, &["c".to_owned()])).await?;
         tx.commit().await.map_err(|e| map_pg(&e, None))?;
         Ok(true)
@@ -1097,17 +810,7 @@ impl Store for PgStore {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await
             .map_err(|e| map_pg(&e, None))?;
-        run_steps(&tx, &migration.down).await?;
-        let n = tx
-            .execute(
-                "DELETE FROM _lintel_migrations WHERE version = $1",
-                &[&migration.version],
-            )
-            .await
-            .map_err(|e| map_pg(&e, None))?;
-        if n == 0 {
-            return Err(StoreError::NotFound);
-        }
+        engine::revert_migration(&Pg(&tx), &migration).await?;
         notify(&tx, &change_payload(&self.instance, &["c".to_owned()])).await?;
         tx.commit().await.map_err(|e| map_pg(&e, None))
     }
@@ -1123,66 +826,16 @@ impl Store for PgStore {
     ) -> Result<IdempotencyClaim, StoreError> {
         let mut client = self.db_write().await?;
         let tx = client.transaction().await.map_err(|e| map_pg(&e, None))?;
-        let rows = tx
-            .query(
-                "SELECT fingerprint, state, status, headers, body, created_ms, locked_until_ms
-                 FROM _lintel_idempotency WHERE scope = $1 AND key = $2 FOR UPDATE",
-                &[&scope, &key],
-            )
-            .await
-            .map_err(|e| map_pg(&e, None))?;
-        let locked_until = now_ms + lock_ms;
-        let claim = match rows.first() {
-            None => {
-                let n = tx
-                    .execute(
-                        "INSERT INTO _lintel_idempotency (scope, key, fingerprint, state, created_ms, locked_until_ms)
-                         VALUES ($1, $2, $3, 'pending', $4, $5) ON CONFLICT (scope, key) DO NOTHING",
-                        &[&scope, &key, &fingerprint, &now_ms, &locked_until],
-                    )
-                    .await
-                    .map_err(|e| map_pg(&e, None))?;
-                if n == 1 {
-                    IdempotencyClaim::Proceed { token: now_ms }
-                } else {
-                    IdempotencyClaim::InFlight
-                }
-            }
-            Some(r) => {
-                let fp: String = r.get(0);
-                let state: String = r.get(1);
-                let created_ms: i64 = r.get(5);
-                let row_locked_until: i64 = r.get(6);
-                let expired = created_ms + ttl_ms < now_ms;
-                if !expired && fp != fingerprint {
-                    IdempotencyClaim::Mismatch
-                } else if !expired && state == "done" {
-                    let headers: Option<String> = r.get(3);
-                    IdempotencyClaim::Replay(StoredResponse {
-                        status: r
-                            .get::<_, Option<i32>>(2)
-                            .and_then(|s| u16::try_from(s).ok())
-                            .unwrap_or(200),
-                        headers: headers
-                            .and_then(|h| serde_json::from_str(&h).ok())
-                            .unwrap_or_default(),
-                        body: r.get::<_, Option<Vec<u8>>>(4).unwrap_or_default(),
-                    })
-                } else if !expired && row_locked_until > now_ms {
-                    IdempotencyClaim::InFlight
-                } else {
-                    tx.execute(
-                        "UPDATE _lintel_idempotency SET fingerprint = $3, state = 'pending', status = NULL,
-                           headers = NULL, body = NULL, created_ms = $4, locked_until_ms = $5
-                         WHERE scope = $1 AND key = $2",
-                        &[&scope, &key, &fingerprint, &now_ms, &locked_until],
-                    )
-                    .await
-                    .map_err(|e| map_pg(&e, None))?;
-                    IdempotencyClaim::Proceed { token: now_ms }
-                }
-            }
-        };
+        let claim = engine::idempotency_claim(
+            &Pg(&tx),
+            &scope,
+            &key,
+            &fingerprint,
+            now_ms,
+            ttl_ms,
+            lock_ms,
+        )
+        .await?;
         tx.commit().await.map_err(|e| map_pg(&e, None))?;
         Ok(claim)
     }
@@ -1194,24 +847,8 @@ impl Store for PgStore {
         token: i64,
         response: StoredResponse,
     ) -> Result<(), StoreError> {
-        let headers = serde_json::to_string(&response.headers)
-            .map_err(|e| StoreError::Internal(e.to_string()))?;
         let c = self.db_write().await?;
-        c.execute(
-            "UPDATE _lintel_idempotency SET state = 'done', status = $3, headers = $4, body = $5
-             WHERE scope = $1 AND key = $2 AND created_ms = $6 AND state = 'pending'",
-            &[
-                &scope,
-                &key,
-                &i32::from(response.status),
-                &headers,
-                &response.body,
-                &token,
-            ],
-        )
-        .await
-        .map_err(|e| map_pg(&e, None))?;
-        Ok(())
+        engine::idempotency_complete(&Pg(&c), &scope, &key, token, response).await
     }
 
     async fn idempotency_release(
@@ -1221,13 +858,7 @@ impl Store for PgStore {
         token: i64,
     ) -> Result<(), StoreError> {
         let c = self.db_write().await?;
-        c.execute(
-            "DELETE FROM _lintel_idempotency WHERE scope = $1 AND key = $2 AND state = 'pending' AND created_ms = $3",
-            &[&scope, &key, &token],
-        )
-        .await
-        .map_err(|e| map_pg(&e, None))?;
-        Ok(())
+        engine::idempotency_release(&Pg(&c), &scope, &key, token).await
     }
 
     fn watch_changes(&self) -> Option<tokio::sync::mpsc::Receiver<crate::store::ChangeNotice>> {
@@ -1261,6 +892,38 @@ impl Store for PgStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::failure::{DRIVER_CASES, DRIVER_CASES_SETUP};
+
+    /// The same statements as the SQLite driver's test, on a real server: run by
+    /// `.ci/run` with `LINTEL_TEST_DATABASE_URL` set (`cargo test -p lintel --lib --
+    /// --ignored postgres`); selected without it, it fails.
+    #[tokio::test]
+    #[ignore = "needs PostgreSQL: LINTEL_TEST_DATABASE_URL"]
+    async fn postgres_errors_sort_into_the_shared_kinds() {
+        let url = std::env::var("LINTEL_TEST_DATABASE_URL")
+            .expect("LINTEL_TEST_DATABASE_URL must name a PostgreSQL server for this test");
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let schema = format!("lintel_failure_{}", std::process::id());
+        client
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}; SET search_path TO {schema}"
+            ))
+            .await
+            .unwrap();
+        client.batch_execute(DRIVER_CASES_SETUP).await.unwrap();
+        for (statement, kind) in DRIVER_CASES {
+            let err = client.batch_execute(statement).await.unwrap_err();
+            assert_eq!(classify(&err).kind(), *kind, "{statement}: {err}");
+        }
+        client
+            .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .await
+            .unwrap();
+    }
+
     use crate::store::ChangeNotice;
 
     #[test]

@@ -28,6 +28,8 @@ pub enum SqlValue {
     Json(String),
     /// A canonical RFC 3339 UTC instant; a `timestamptz` on PostgreSQL, text on SQLite.
     Timestamp(String),
+    /// Raw bytes: `bytea` on PostgreSQL, a blob on SQLite.
+    Bytes(Vec<u8>),
 }
 
 /// A statement under construction.
@@ -77,6 +79,7 @@ impl Sql {
             (SqlValue::Text(_), _) => "::text",
             (SqlValue::Json(_), _) => "::jsonb",
             (SqlValue::Timestamp(_), _) => "::text::timestamptz",
+            (SqlValue::Bytes(_), _) => "::bytea",
         };
         self.params.push(value);
         let n = self.params.len();

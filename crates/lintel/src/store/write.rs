@@ -172,6 +172,45 @@ pub fn count_ids_sql(dialect: Dialect, table: &str, ids: &[String]) -> Sql {
     sql
 }
 
+/// Counts the relation targets that exist; on PostgreSQL it also locks them (`FOR KEY
+/// SHARE`) so a concurrent delete waits for the writing transaction.
+pub fn relation_targets_sql(dialect: Dialect, table: &str, ids: &[String]) -> Sql {
+    match dialect {
+        Dialect::Sqlite => count_ids_sql(dialect, table, ids),
+        Dialect::Postgres => {
+            let mut sql = Sql::new(dialect);
+            sql.push("SELECT COUNT(*) FROM (SELECT 1 FROM ")
+                .ident(table)
+                .push(" WHERE \"id\" IN (");
+            for (i, id) in ids.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.bind(SqlValue::Text(id.clone()));
+            }
+            sql.push(") FOR KEY SHARE) AS t");
+            sql
+        }
+    }
+}
+
+/// Where rows are locked (PostgreSQL): counts the record and locks it `FOR UPDATE`
+/// before a delete. None on SQLite, whose single writer serialises writes.
+pub fn lock_row_sql(dialect: Dialect, table: &str, id: &str) -> Option<Sql> {
+    match dialect {
+        Dialect::Sqlite => None,
+        Dialect::Postgres => {
+            let mut sql = Sql::new(dialect);
+            sql.push("SELECT COUNT(*) FROM (SELECT 1 FROM ")
+                .ident(table)
+                .push(" WHERE \"id\" = ")
+                .bind(SqlValue::Text(id.to_owned()))
+                .push(" FOR UPDATE) AS t");
+            Some(sql)
+        }
+    }
+}
+
 /// Whether any record of `coll` points at `id` through `field`.
 pub fn referrer_sql(dialect: Dialect, coll: &Collection, field: &FieldSpec, id: &str) -> Sql {
     let mut sql = Sql::new(dialect);

@@ -7,9 +7,9 @@ use serde_json::{Map, Number, Value};
 
 use crate::schema::Collection;
 use crate::schema::kinds::Storage;
+use crate::store::failure::Failure;
 use crate::store::sql::{Sql, SqlValue};
 use crate::store::{Record, StoreError};
-use crate::validation::FieldErrors;
 
 impl ToSql for SqlValue {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
@@ -21,6 +21,7 @@ impl ToSql for SqlValue {
             SqlValue::Text(s) | SqlValue::Json(s) | SqlValue::Timestamp(s) => {
                 ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()))
             }
+            SqlValue::Bytes(b) => ToSqlOutput::Borrowed(ValueRef::Blob(b)),
         })
     }
 }
@@ -119,6 +120,35 @@ pub fn query_rows(conn: &Connection, sql: &Sql) -> Result<Vec<Vec<Value>>, Store
         .map_err(|e| map_error(&e))
 }
 
+/// Runs a query; each row as typed cells (blobs as bytes).
+pub fn typed_rows(
+    conn: &Connection,
+    sql: &Sql,
+) -> Result<Vec<crate::store::engine::Row>, StoreError> {
+    let mut stmt = conn.prepare_cached(&sql.text).map_err(|e| map_error(&e))?;
+    let n = stmt.column_count();
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(sql.params.iter()), |row| {
+            (0..n)
+                .map(|i| {
+                    Ok(match row.get_ref(i)? {
+                        ValueRef::Null => SqlValue::Null,
+                        ValueRef::Integer(v) => SqlValue::Int(v),
+                        ValueRef::Real(x) => SqlValue::Float(x),
+                        ValueRef::Text(b) => {
+                            SqlValue::Text(String::from_utf8_lossy(b).into_owned())
+                        }
+                        ValueRef::Blob(b) => SqlValue::Bytes(b.to_vec()),
+                    })
+                })
+                .collect::<rusqlite::Result<Vec<SqlValue>>>()
+                .map(crate::store::engine::Row)
+        })
+        .map_err(|e| map_error(&e))?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(|e| map_error(&e))
+}
+
 /// Runs a statement; returns the rows changed.
 pub fn execute(
     conn: &Connection,
@@ -136,55 +166,83 @@ pub fn map_error(e: &rusqlite::Error) -> StoreError {
     map_error_for(e, None)
 }
 
-/// Maps a driver error. Unique violations become field errors of the fields involved.
+/// Maps a driver error (see [`Failure`]); unique violations become field errors of
+/// the fields of `coll` involved.
 pub fn map_error_for(e: &rusqlite::Error, coll: Option<&Collection>) -> StoreError {
-    if let rusqlite::Error::SqliteFailure(err, msg) = e {
-        let msg = msg.as_deref().unwrap_or_default();
+    classify(e).into_store_error(coll)
+}
+
+/// Sorts a SQLite error into the drivers' shared vocabulary.
+pub(crate) fn classify(e: &rusqlite::Error) -> Failure {
+    use rusqlite::ffi;
+    // A failure found while preparing (a missing table or column) comes with the
+    // statement text and offset; it sorts the same way.
+    let failure = match e {
+        rusqlite::Error::SqliteFailure(err, msg) => Some((err, msg.as_deref().unwrap_or_default())),
+        rusqlite::Error::SqlInputError { error, msg, .. } => Some((error, msg.as_str())),
+        _ => None,
+    };
+    if let Some((err, msg)) = failure {
         match err.code {
             rusqlite::ErrorCode::ConstraintViolation => {
-                if let Some(errors) = unique_fields(msg, coll) {
-                    return StoreError::Constraint(errors);
-                }
-                return StoreError::Internal(format!("constraint: {msg}"));
+                return match err.extended_code {
+                    ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY => {
+                        unique_failure(msg)
+                    }
+                    ffi::SQLITE_CONSTRAINT_CHECK | ffi::SQLITE_CONSTRAINT_NOTNULL => {
+                        Failure::BadValue
+                    }
+                    _ => Failure::Other(format!("constraint: {msg}")),
+                };
             }
+            rusqlite::ErrorCode::TooBig => return Failure::BadValue,
             rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked => {
-                return StoreError::Unavailable("the database is busy".into());
+                return Failure::Unavailable("the database is busy".into());
             }
             _ => {}
         }
         if msg.starts_with("no such table") || msg.starts_with("no such column") {
-            return StoreError::Schema(msg.to_owned());
+            return Failure::MissingSchema(msg.to_owned());
         }
     }
-    StoreError::Internal(e.to_string())
+    Failure::Other(e.to_string())
 }
 
 /// Parses `UNIQUE constraint failed: t.a, t.b` or `... failed: index 'name'`.
-fn unique_fields(msg: &str, coll: Option<&Collection>) -> Option<FieldErrors> {
-    let rest = msg.strip_prefix("UNIQUE constraint failed: ")?;
-    let mut fields: Vec<String> = Vec::new();
+fn unique_failure(msg: &str) -> Failure {
+    let rest = msg
+        .strip_prefix("UNIQUE constraint failed: ")
+        .unwrap_or_default();
     if let Some(index) = rest
         .strip_prefix("index '")
         .and_then(|r| r.strip_suffix('\''))
     {
-        if let Some(coll) = coll
-            && let Some(idx) = coll
-                .spec
-                .indexes
-                .iter()
-                .find(|i| i.name.as_deref() == Some(index))
-        {
-            fields.extend(idx.fields.iter().cloned());
-        }
-    } else {
-        for part in rest.split(", ") {
-            if let Some((_, col)) = part.split_once('.') {
-                fields.push(col.to_owned());
-            }
+        return Failure::Unique {
+            index: Some(index.to_owned()),
+            columns: Vec::new(),
+        };
+    }
+    Failure::Unique {
+        index: None,
+        columns: rest
+            .split(", ")
+            .filter_map(|part| part.split_once('.').map(|(_, col)| col.to_owned()))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::failure::{DRIVER_CASES, DRIVER_CASES_SETUP};
+
+    #[test]
+    fn errors_sort_into_the_shared_kinds() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(DRIVER_CASES_SETUP).unwrap();
+        for (statement, kind) in DRIVER_CASES {
+            let err = conn.execute_batch(statement).unwrap_err();
+            assert_eq!(classify(&err).kind(), *kind, "{statement}: {err}");
         }
     }
-    if fields.is_empty() {
-        return None;
-    }
-    Some(crate::store::write::unique_violation(&fields))
 }
