@@ -194,6 +194,38 @@ pub fn code_for_status(status: StatusCode) -> &'static str {
     }
 }
 
+/// Store failures at the edge, for any resource. The records API answers with its
+/// own messages for a missing record and a stale `If-Match`
+/// (`records::service::store_error`); the rest is the same everywhere.
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        use crate::store::StoreError;
+        match e {
+            StoreError::NotFound => ApiError::not_found("Not found."),
+            StoreError::VersionConflict => {
+                ApiError::precondition_failed("It changed since the version given; fetch it again.")
+            }
+            StoreError::Constraint(errors) => ApiError::validation(errors),
+            StoreError::Referenced(by) => ApiError::conflict(
+                "record_referenced",
+                format!("The record is still referenced by {by}; remove those references first."),
+            ),
+            StoreError::Schema(msg) => {
+                tracing::warn!(error = %msg, "a request raced a schema change");
+                ApiError::conflict(
+                    "schema_changed",
+                    "The collection changed during the request; retry it.",
+                )
+            }
+            StoreError::Unavailable(msg) => {
+                tracing::warn!(error = %msg, "store unavailable");
+                ApiError::unavailable("store_unavailable", "The store is busy; retry shortly.", 1)
+            }
+            StoreError::Internal(msg) => ApiError::internal(msg),
+        }
+    }
+}
+
 /// Access refusals at the edge: a key's scopes (403 `insufficient_scope`), or a rule
 /// (401 for anonymous callers, 403 `forbidden` otherwise).
 impl From<crate::access::Refusal> for ApiError {

@@ -16,7 +16,6 @@ use crate::auth::{audit, tokens};
 use crate::error::{ApiError, FieldErrors, push_field_error};
 use crate::http::extract::JsonBody;
 use crate::http::openapi::ProblemDoc;
-use crate::records::service::store_error;
 use crate::state::AppState;
 use crate::store::{Sql, SqlValue, WriteError, WriteOp};
 
@@ -187,7 +186,7 @@ pub async fn create_key(
             expect: Some(1),
         }])
         .await
-        .map_err(|WriteError { error, .. }| store_error(error))?;
+        .map_err(|WriteError { error, .. }| ApiError::from(error))?;
     audit::record(
         &state,
         audit::Event::new("api_key_created", "ok")
@@ -228,7 +227,7 @@ pub async fn list_keys(
         .push(" AND user_id = ")
         .bind(SqlValue::Text(user_id.to_owned()))
         .push(" ORDER BY created DESC, id LIMIT 500");
-    let rows = state.store.query_rows(sql).await.map_err(store_error)?;
+    let rows = state.store.query_rows(sql).await.map_err(ApiError::from)?;
     let items: Vec<Value> = rows.iter().map(|r| key_json(r)).collect();
     Ok(axum::Json(json!({ "items": items })).into_response())
 }
@@ -280,7 +279,7 @@ pub async fn revoke_key(
                 "No active API key of yours has that id.",
             ));
         }
-        Err(e) => return Err(store_error(e.error)),
+        Err(e) => return Err(ApiError::from(e.error)),
     }
     audit::record(
         &state,
@@ -306,7 +305,7 @@ pub async fn authenticate(state: &AppState, key: &str) -> Result<Option<Caller>,
     let mut sql = Sql::new(state.store.dialect());
     sql.push("SELECT key_hash, collection, user_id, scopes, expires, revoked, last_used FROM _lintel_api_keys WHERE id = ")
         .bind(SqlValue::Text(id.to_owned()));
-    let rows = state.store.query_rows(sql).await.map_err(store_error)?;
+    let rows = state.store.query_rows(sql).await.map_err(ApiError::from)?;
     let Some(row) = rows.first() else {
         return Ok(None);
     };

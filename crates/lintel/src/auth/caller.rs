@@ -159,7 +159,7 @@ async fn resolve(state: &AppState, parts: &Parts) -> Result<Caller, ApiError> {
             .sessions
             .get(&tokens::digest(&claims.sid))
             .await
-            .map_err(crate::records::service::store_error)?
+            .map_err(ApiError::from)?
             .filter(|s| s.active(now) && s.collection == claims.col && s.user_id == claims.sub)
             .ok_or_else(invalid_token)?;
         let principal = load_principal(state, &session.collection, &session.user_id)
@@ -188,7 +188,7 @@ async fn resolve(state: &AppState, parts: &Parts) -> Result<Caller, ApiError> {
             .sessions
             .by_secret(&tokens::digest(secret))
             .await
-            .map_err(crate::records::service::store_error)?
+            .map_err(ApiError::from)?
             .filter(|s| s.kind == "cookie" && s.active(now) && s.last_seen + idle > now)
         else {
             // An ended or unknown session cookie is no credential: the request goes on

@@ -23,7 +23,7 @@ use crate::config::MailConfig;
 use crate::error::ApiError;
 use crate::http::extract::JsonBody;
 use crate::http::openapi::ProblemDoc;
-use crate::records::service::{apply_writes, store_error};
+use crate::records::service::apply_writes;
 use crate::schema::Collection;
 use crate::state::AppState;
 use crate::store::{Record, Sql, SqlValue, StoreError, WriteError, WriteOp};
@@ -150,7 +150,7 @@ async fn issue(
             },
         ])
         .await
-        .map_err(|WriteError { error, .. }| store_error(error))?;
+        .map_err(|WriteError { error, .. }| ApiError::from(error))?;
     Ok(token)
 }
 
@@ -180,7 +180,7 @@ async fn present(state: &AppState, purpose: &str, token: &str) -> Result<Present
         .bind(SqlValue::Text(purpose.to_owned()))
         .push(" AND used IS NULL AND expires > ")
         .bind(SqlValue::Int(now));
-    let rows = state.store.query_rows(sql).await.map_err(store_error)?;
+    let rows = state.store.query_rows(sql).await.map_err(ApiError::from)?;
     let row = rows.first().ok_or_else(bad_token)?;
     let text = |i: usize| row.get(i).and_then(Value::as_str).map(str::to_owned);
     let coll = state
@@ -247,7 +247,7 @@ async fn change(
             "conflict",
             "The account changed at the same time; retry.",
         )),
-        Err(e) => Err(store_error(e.error)),
+        Err(e) => Err(ApiError::from(e.error)),
     }
 }
 
@@ -503,7 +503,7 @@ pub async fn confirm_password_reset(
         .sessions
         .revoke_all(&coll, &id, state.clock.now_ms())
         .await
-        .map_err(store_error)?;
+        .map_err(ApiError::from)?;
     audit::record(
         &state,
         audit::Event::new("password_reset", "ok")
@@ -625,7 +625,7 @@ pub async fn confirm_email_change(
         .sessions
         .revoke_all(&coll, &id, state.clock.now_ms())
         .await
-        .map_err(store_error)?;
+        .map_err(ApiError::from)?;
     audit::record(
         &state,
         audit::Event::new("email_changed", "ok")

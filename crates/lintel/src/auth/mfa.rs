@@ -17,7 +17,6 @@ use crate::auth::{audit, tokens};
 use crate::error::ApiError;
 use crate::http::extract::JsonBody;
 use crate::http::openapi::ProblemDoc;
-use crate::records::service::store_error;
 use crate::state::AppState;
 use crate::store::{Sql, SqlValue, StoreError, WriteError, WriteOp};
 
@@ -113,7 +112,7 @@ async fn load(state: &AppState, coll: &str, id: &str) -> Result<Option<Factor>, 
         .bind(SqlValue::Text(coll.to_owned()))
         .push(" AND user_id = ")
         .bind(SqlValue::Text(id.to_owned()));
-    let rows = state.store.query_rows(sql).await.map_err(store_error)?;
+    let rows = state.store.query_rows(sql).await.map_err(ApiError::from)?;
     Ok(rows.first().map(|r| Factor {
         secret: r
             .first()
@@ -178,7 +177,7 @@ async fn consume(
         {
             Ok(()) => Ok(true),
             Err(StoreError::NotFound) => Ok(false),
-            Err(e) => Err(store_error(e)),
+            Err(e) => Err(ApiError::from(e)),
         };
     }
     if let Some(code) = recovery {
@@ -209,7 +208,7 @@ async fn consume(
         {
             Ok(()) => Ok(true),
             Err(StoreError::NotFound) => Ok(false),
-            Err(e) => Err(store_error(e)),
+            Err(e) => Err(ApiError::from(e)),
         };
     }
     Ok(false)
@@ -307,7 +306,7 @@ pub async fn enroll(State(state): State<AppState>, caller: Caller) -> Result<Res
         ],
     )
     .await
-    .map_err(store_error)?;
+    .map_err(ApiError::from)?;
     let label = match &caller.principal {
         crate::auth::caller::Principal::User { record, .. } => record
             .data
@@ -411,7 +410,7 @@ pub async fn confirm(
             "not_enrolling",
             "start with POST /v1/auth/totp/enroll",
         ),
-        e => store_error(e),
+        e => ApiError::from(e),
     })?;
     audit::record(
         &state,
@@ -471,7 +470,7 @@ pub async fn disable(
         .bind(SqlValue::Text(id.to_owned()));
     write(&state, vec![WriteOp::System { sql, expect: None }])
         .await
-        .map_err(store_error)?;
+        .map_err(ApiError::from)?;
     audit::record(
         &state,
         audit::Event::new("mfa_disabled", "ok")

@@ -2,6 +2,7 @@
 //! cookie sessions or access and refresh tokens, API keys, access rules, second
 //! factors, email flows, single sign-on and the audit log. See docs/auth.md.
 
+pub mod accounts;
 pub mod apikeys;
 pub mod audit;
 pub mod caller;
@@ -11,6 +12,7 @@ pub mod oidc;
 pub mod password;
 pub mod routes;
 pub mod sessions;
+pub mod signin;
 pub mod superusers;
 pub mod tokens;
 

@@ -34,7 +34,7 @@ use crate::auth::{audit, tokens};
 use crate::config::OidcProviderConfig;
 use crate::error::ApiError;
 use crate::http::openapi::ProblemDoc;
-use crate::records::service::{apply_writes, store_error, write_one};
+use crate::records::service::{apply_writes, write_one};
 use crate::schema::{Action, Collection};
 use crate::state::AppState;
 use crate::store::{Record, Sql, SqlValue, StoreError, WriteError, WriteOp};
@@ -378,7 +378,7 @@ pub async fn start(
             expect: Some(1),
         }])
         .await
-        .map_err(|WriteError { error, .. }| store_error(error))?;
+        .map_err(|WriteError { error, .. }| ApiError::from(error))?;
     let mut scopes = vec!["openid".to_owned(), "email".to_owned()];
     for s in &p.scopes {
         if !scopes.contains(s) {
@@ -497,7 +497,7 @@ async fn finish(
     .bind(SqlValue::Text(hash.clone()))
     .push(" AND provider = ")
     .bind(SqlValue::Text(name.to_owned()));
-    let rows = state.store.query_rows(sql).await.map_err(store_error)?;
+    let rows = state.store.query_rows(sql).await.map_err(ApiError::from)?;
     let Some(row) = rows.first() else {
         return Err(fail("unknown or already used state"));
     };
@@ -539,7 +539,7 @@ async fn finish(
             error: StoreError::NotFound,
             ..
         }) => return Err(fail("unknown or already used state")),
-        Err(e) => return Err(store_error(e.error)),
+        Err(e) => return Err(ApiError::from(e.error)),
     }
     if row.get(4).and_then(Value::as_i64).unwrap_or(0) <= state.clock.now_ms() {
         return Err(fail("the sign-in took too long; start again"));
@@ -801,7 +801,7 @@ async fn take_over(
                 "The account changed at the same time; sign in again.",
             ));
         }
-        Err(e) => return Err(store_error(e.error)),
+        Err(e) => return Err(ApiError::from(e.error)),
     };
     let affected = |i: usize| match out.get(i) {
         Some(crate::store::WriteOutcome::Affected(n)) => *n,
@@ -816,7 +816,7 @@ async fn take_over(
             .sessions
             .revoke_all(name, id, now)
             .await
-            .map_err(store_error)?
+            .map_err(ApiError::from)?
     };
     audit::record(
         state,

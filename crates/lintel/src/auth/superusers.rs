@@ -3,7 +3,6 @@
 //! (`"collection": "_superusers"`), and allowed everything the admin token allows.
 
 use crate::error::ApiError;
-use crate::records::service::store_error;
 use crate::state::AppState;
 use crate::store::{Sql, SqlValue, Store, StoreError, WriteError, WriteOp};
 
@@ -45,13 +44,13 @@ async fn one(
 pub async fn get(state: &AppState, id: &str) -> Result<Option<Superuser>, ApiError> {
     one(state.store.as_ref(), "id", id)
         .await
-        .map_err(store_error)
+        .map_err(ApiError::from)
 }
 
 pub async fn by_email(state: &AppState, email: &str) -> Result<Option<Superuser>, ApiError> {
     one(state.store.as_ref(), "email", email)
         .await
-        .map_err(store_error)
+        .map_err(ApiError::from)
 }
 
 /// Creates a superuser, or sets the password of an existing one with that email.

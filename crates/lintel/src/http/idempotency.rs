@@ -113,7 +113,7 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
         )
         .await;
     match claim {
-        Err(e) => crate::records::service::store_error(e).into_response(),
+        Err(e) => ApiError::from(e).into_response(),
         Ok(IdempotencyClaim::Mismatch) => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "idempotency_key_reused",

@@ -1,0 +1,128 @@
+//! Accounts: an auth record or a superuser, found by email or id, and the email
+//! normalisation that makes one address one account.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use serde_json::Value;
+
+use crate::auth::{SUPERUSERS, superusers};
+use crate::error::ApiError;
+use crate::schema::Collection;
+use crate::state::AppState;
+use crate::store::{Record, Sql, SqlValue};
+
+/// Normalised email: trimmed and lower-cased, so one address is one account.
+pub fn normalize_email(email: &str) -> String {
+    email.trim().to_lowercase()
+}
+
+/// An account found for sign-in.
+pub enum Account {
+    Superuser(superusers::Superuser),
+    User(Arc<Collection>, Record),
+}
+
+impl Account {
+    pub fn collection(&self) -> &str {
+        match self {
+            Account::Superuser(_) => SUPERUSERS,
+            Account::User(c, _) => c.name(),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        match self {
+            Account::Superuser(s) => &s.id,
+            Account::User(_, r) => &r.id,
+        }
+    }
+
+    /// The account's email address.
+    pub fn email(&self) -> String {
+        match self {
+            Account::Superuser(s) => s.email.clone(),
+            Account::User(_, r) => r
+                .data
+                .get("email")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+        }
+    }
+
+    pub(crate) fn password_hash(&self) -> Option<&str> {
+        match self {
+            Account::Superuser(s) => Some(&s.password_hash),
+            Account::User(_, r) => r.data.get("passwordHash").and_then(Value::as_str),
+        }
+    }
+
+    pub fn json(&self) -> Value {
+        match self {
+            Account::Superuser(s) => crate::auth::caller::superuser_json(&s.id, &s.email),
+            Account::User(c, r) => user_json(c, r),
+        }
+    }
+}
+
+pub use crate::access::user_json;
+
+/// An auth collection by name, or a 400 naming the field.
+pub fn auth_collection(state: &AppState, name: &str) -> Result<Arc<Collection>, ApiError> {
+    state
+        .catalog()
+        .get(name)
+        .filter(|c| c.is_auth())
+        .ok_or_else(|| {
+            ApiError::field("collection", "unknown_collection", "not an auth collection")
+        })
+}
+
+/// Finds an account by email in a collection (or the superusers).
+pub async fn find_account(
+    state: &AppState,
+    collection: &str,
+    email: &str,
+) -> Result<Option<Account>, ApiError> {
+    if collection == SUPERUSERS {
+        return Ok(superusers::by_email(state, email)
+            .await?
+            .map(Account::Superuser));
+    }
+    let coll = auth_collection(state, collection)?;
+    let mut sql = Sql::new(state.store.dialect());
+    sql.push("SELECT ");
+    crate::store::sql::record_columns(&mut sql, &coll);
+    sql.push(" FROM ")
+        .ident(coll.name())
+        .push(" WHERE ")
+        .column(coll.name(), "email")
+        .push(" = ")
+        .bind(SqlValue::Text(email.to_owned()));
+    let mut rows = state
+        .store
+        .query_records(coll.clone(), sql)
+        .await
+        .map_err(ApiError::from)?;
+    Ok(rows.pop().map(|r| Account::User(coll, r)))
+}
+
+/// Finds an account by collection and id (or a superuser).
+pub async fn account_by_id(
+    state: &AppState,
+    collection: &str,
+    id: &str,
+) -> Result<Option<Account>, ApiError> {
+    if collection == SUPERUSERS {
+        return Ok(superusers::get(state, id).await?.map(Account::Superuser));
+    }
+    let Some(coll) = state.catalog().get(collection).filter(|c| c.is_auth()) else {
+        return Ok(None);
+    };
+    match crate::records::service::get(state, &coll, id).await {
+        Ok(r) => Ok(Some(Account::User(coll, Record::clone(&r)))),
+        Err(e) if e.status == StatusCode::NOT_FOUND => Ok(None),
+        Err(e) => Err(e),
+    }
+}

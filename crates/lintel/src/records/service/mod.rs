@@ -1,0 +1,114 @@
+//! Record operations, one file per operation (create, read, update, delete, list,
+//! expand) and the write path they share. Used by the records routes and by the batch
+//! endpoint, so both apply exactly the same rules. Access is decided through
+//! `crate::access`: a record leaves only as a `Visible` some grant made.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+
+use crate::access::permit::{self, Granted, Visible, Written};
+use crate::access::render::render;
+use crate::access::{Caller, Refusal, rules};
+use crate::auth::{audit, password};
+use crate::error::ApiError;
+use crate::records::query::{ListParams, ListPlan, PageMode, encode_cursor, plan};
+use crate::records::validate::{Mode, validate_document, validate_table};
+use crate::schema::kinds::is_record_id;
+use crate::schema::{Action, Collection, FieldType};
+use crate::state::AppState;
+use crate::store::sql::select_by_ids;
+use crate::store::{Record, StoreError, WriteError, WriteOp, WriteOutcome};
+
+mod create;
+mod delete;
+mod expand;
+mod list;
+mod read;
+mod update;
+mod write;
+
+pub use create::prepare_create;
+pub use delete::prepare_delete;
+pub use expand::render_many;
+pub use list::{ListPage, list, list_body};
+pub use read::{get, get_visible};
+pub use update::{KEEP_API_KEYS, prepare_update, update};
+pub use write::{Prepared, Ready, apply_writes, finish, write_one};
+use write::{check_protected, check_relation_access, take_password};
+
+/// Maps a store failure on a record to its HTTP outcome: the record-specific answers
+/// for a missing record and a stale `If-Match`, the edge's mapping for the rest.
+pub fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::NotFound => ApiError::not_found("No record with that id in this collection."),
+        StoreError::VersionConflict => ApiError::precondition_failed(
+            "The record changed since the version given in If-Match; fetch it again.",
+        ),
+        other => ApiError::from(other),
+    }
+}
+
+/// The entity tag of a record version.
+pub fn etag(record: &Record) -> String {
+    format!("\"{}-{}\"", record.id, record.version)
+}
+
+/// Whether an `If-Match` / `If-None-Match` value matches the record's tag. `W/` tags
+/// only count when `weak` (If-None-Match uses weak comparison, If-Match strong).
+pub fn tag_matches(header: &str, record: &Record, weak: bool) -> bool {
+    let current = etag(record);
+    header.split(',').map(str::trim).any(|t| {
+        if t == "*" {
+            return true;
+        }
+        match t.strip_prefix("W/") {
+            Some(w) => weak && w == current,
+            None => t == current,
+        }
+    })
+}
+
+/// Looks a collection up, or 404.
+pub fn collection(state: &AppState, name: &str) -> Result<Arc<Collection>, ApiError> {
+    state
+        .catalog()
+        .get(name)
+        .ok_or_else(|| ApiError::not_found(format!("No collection named '{}'.", truncate(name))))
+}
+
+pub(super) fn truncate(s: &str) -> String {
+    s.chars().take(48).collect()
+}
+
+/// 403 for an action the rules refuse (401 for anonymous callers), recorded in the
+/// audit log.
+pub fn denied(state: &AppState, caller: &Caller, coll: &Collection, action: Action) -> ApiError {
+    refused(
+        state,
+        caller,
+        Refusal::Rule {
+            collection: coll.name().to_owned(),
+            action,
+            anonymous: caller.is_anonymous(),
+        },
+    )
+}
+
+/// An access refusal as the client sees it; rule refusals go to the audit log.
+pub fn refused(state: &AppState, caller: &Caller, r: Refusal) -> ApiError {
+    if let Refusal::Rule {
+        collection, action, ..
+    } = &r
+    {
+        audit::record_denial(
+            state,
+            caller.actor(),
+            caller.ip.clone(),
+            collection,
+            action.as_str(),
+        );
+    }
+    ApiError::from(r)
+}
