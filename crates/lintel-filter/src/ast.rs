@@ -100,15 +100,30 @@ pub enum Operand {
         /// Where the macro is in the input (`@` included).
         span: Span,
     },
+    /// A function call: `geoDistance(place, 52.5, 13.4)`. Arguments are fields,
+    /// literals or macros (calls do not nest). The parser accepts any name; the
+    /// consumer decides which functions exist.
+    Call {
+        /// The function's name.
+        name: String,
+        /// The arguments, at least one, at most [`MAX_ARGS`].
+        args: Vec<Operand>,
+        /// From the name to the closing parenthesis.
+        span: Span,
+    },
 }
+
+/// The most arguments a function call takes.
+pub const MAX_ARGS: usize = 8;
 
 impl Operand {
     /// Where this operand is in the input.
     pub fn span(&self) -> Span {
         match self {
-            Self::Field { span, .. } | Self::Literal { span, .. } | Self::Macro { span, .. } => {
-                *span
-            }
+            Self::Field { span, .. }
+            | Self::Literal { span, .. }
+            | Self::Macro { span, .. }
+            | Self::Call { span, .. } => *span,
         }
     }
 }
@@ -141,8 +156,11 @@ impl Expr {
                 }
                 Self::Compare { left, right, .. } => {
                     for operand in [left, right] {
-                        if matches!(operand, Operand::Field { .. }) {
-                            out.push(operand);
+                        match operand {
+                            Operand::Field { .. } => out.push(operand),
+                            Operand::Call { args, .. } => out
+                                .extend(args.iter().filter(|a| matches!(a, Operand::Field { .. }))),
+                            Operand::Literal { .. } | Operand::Macro { .. } => {}
                         }
                     }
                 }
@@ -214,6 +232,16 @@ impl fmt::Display for Operand {
             Self::Field { path, .. } => f.write_str(&path.join(".")),
             Self::Macro { path, .. } => write!(f, "@{}", path.join(".")),
             Self::Literal { value, .. } => write!(f, "{value}"),
+            Self::Call { name, args, .. } => {
+                write!(f, "{name}(")?;
+                for (i, a) in args.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{a}")?;
+                }
+                f.write_str(")")
+            }
         }
     }
 }

@@ -34,6 +34,8 @@ pub(crate) enum TokenKind {
     LParen,
     /// `)`
     RParen,
+    /// `,` (between a function's arguments)
+    Comma,
     /// The end of the input.
     End,
 }
@@ -115,6 +117,7 @@ impl<'a> Lexer<'a> {
         let (kind, len) = match b {
             b'(' => (TokenKind::LParen, 1),
             b')' => (TokenKind::RParen, 1),
+            b',' => (TokenKind::Comma, 1),
             b'=' => (TokenKind::Op(CompareOp::Eq), 1),
             b'~' => (TokenKind::Op(CompareOp::Like), 1),
             b'!' => match next {

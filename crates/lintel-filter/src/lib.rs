@@ -32,7 +32,7 @@ mod error;
 mod lexer;
 mod parser;
 
-pub use ast::{CompareOp, Expr, Literal, Operand, Span};
+pub use ast::{CompareOp, Expr, Literal, MAX_ARGS, Operand, Span};
 pub use error::{ParseError, ParseErrorCode};
 pub use parser::Limits;
 

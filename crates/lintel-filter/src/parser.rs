@@ -246,6 +246,7 @@ impl Parser<'_> {
                 Operand::Field { .. } => "field",
                 Operand::Macro { .. } => "macro",
                 Operand::Literal { .. } => "value",
+                Operand::Call { .. } => "function call",
             };
             let shown = snippet(self.text(left.span()));
             return Err(self.unexpected(&format!(
@@ -273,8 +274,55 @@ impl Parser<'_> {
         })
     }
 
-    /// Consumes an operand if the current token is one.
+    /// Consumes an operand if the current token is one: a field, literal or macro, or
+    /// a function call (a one-segment name followed by `(`).
     fn operand(&mut self) -> Result<Option<Operand>, ParseError> {
+        let Some(first) = self.simple_operand()? else {
+            return Ok(None);
+        };
+        let Operand::Field { path, span } = &first else {
+            return Ok(Some(first));
+        };
+        if self.tok.kind != TokenKind::LParen || path.len() != 1 {
+            return Ok(Some(first));
+        }
+        let (name, start) = (path[0].clone(), span.start);
+        self.bump()?;
+        let mut args = Vec::new();
+        loop {
+            let Some(arg) = self.simple_operand()? else {
+                return Err(self.unexpected(&format!(
+                    "an argument of {name}() (a field, value or macro)"
+                )));
+            };
+            if args.len() == crate::ast::MAX_ARGS {
+                return Err(ParseError::new(
+                    ParseErrorCode::UnexpectedToken,
+                    arg.span().start,
+                    format!("{name}() takes at most {} arguments", crate::ast::MAX_ARGS),
+                ));
+            }
+            args.push(arg);
+            match self.tok.kind {
+                TokenKind::Comma => {
+                    self.bump()?;
+                }
+                TokenKind::RParen => {
+                    let end = self.tok.span.end;
+                    self.bump()?;
+                    return Ok(Some(Operand::Call {
+                        name,
+                        args,
+                        span: Span { start, end },
+                    }));
+                }
+                _ => return Err(self.unexpected(&format!("',' or ')' in {name}(...)"))),
+            }
+        }
+    }
+
+    /// Consumes a field, literal or macro if the current token is one.
+    fn simple_operand(&mut self) -> Result<Option<Operand>, ParseError> {
         use crate::ast::Literal;
         let is_operand = matches!(
             self.tok.kind,

@@ -549,3 +549,33 @@ fn terms_count_across_groups() {
         Some((ParseErrorCode::TooManyTerms, 17))
     );
 }
+
+#[test]
+fn function_calls_parse_with_their_arguments_and_print_back() {
+    let expr = lintel_filter::parse("geoDistance(place, 52.5, @request.body.lon) < 10").unwrap();
+    let lintel_filter::Expr::Compare { left, .. } = &expr else {
+        panic!("a comparison: {expr:?}")
+    };
+    let lintel_filter::Operand::Call { name, args, span } = left else {
+        panic!("a call: {left:?}")
+    };
+    assert_eq!(name, "geoDistance");
+    assert_eq!(args.len(), 3);
+    assert_eq!((span.start, span.end), (0, 43));
+    assert_eq!(
+        expr.to_string(),
+        "geoDistance(place, 52.5, @request.body.lon) < 10"
+    );
+    // Calls only take plain operands, and a dotted name is a field, not a function.
+    for (bad, position) in [
+        ("f(g(a)) = 1", 3),
+        ("f() = 1", 2),
+        ("f(a b) = 1", 4),
+        ("f(a, ) = 1", 5),
+        ("a.b(c) = 1", 3),
+        ("f(a,b,c,d,e,f,g,h,i) = 1", 18),
+    ] {
+        let err = lintel_filter::parse(bad).unwrap_err();
+        assert_eq!(err.position, position, "{bad}: {err:?}");
+    }
+}

@@ -18,6 +18,9 @@ const ROOMY: Limits = Limits {
 /// Pieces of the language, valid and not, to build inputs that get past the lexer.
 const TOKENS: &[&str] = &[
     "a",
+    "geoDistance(",
+    ",",
+    "f()",
     "title",
     "meta.tags.0",
     "meta.",
@@ -141,20 +144,27 @@ fn operands(expr: &Expr) -> Vec<&Operand> {
 
 /// The tree with every span zeroed.
 fn strip(expr: &Expr) -> Expr {
-    let operand = |o: &Operand| match o {
-        Operand::Field { path, .. } => Operand::Field {
-            path: path.clone(),
-            span: NO_SPAN,
-        },
-        Operand::Macro { path, .. } => Operand::Macro {
-            path: path.clone(),
-            span: NO_SPAN,
-        },
-        Operand::Literal { value, .. } => Operand::Literal {
-            value: value.clone(),
-            span: NO_SPAN,
-        },
-    };
+    fn operand(o: &Operand) -> Operand {
+        match o {
+            Operand::Field { path, .. } => Operand::Field {
+                path: path.clone(),
+                span: NO_SPAN,
+            },
+            Operand::Macro { path, .. } => Operand::Macro {
+                path: path.clone(),
+                span: NO_SPAN,
+            },
+            Operand::Literal { value, .. } => Operand::Literal {
+                value: value.clone(),
+                span: NO_SPAN,
+            },
+            Operand::Call { name, args, .. } => Operand::Call {
+                name: name.clone(),
+                args: args.iter().map(operand).collect(),
+                span: NO_SPAN,
+            },
+        }
+    }
     match expr {
         Expr::And(l, r) => Expr::And(Box::new(strip(l)), Box::new(strip(r))),
         Expr::Or(l, r) => Expr::Or(Box::new(strip(l)), Box::new(strip(r))),
@@ -206,6 +216,20 @@ fn literal() -> impl Strategy<Value = Literal> {
 }
 
 fn operand() -> impl Strategy<Value = Operand> {
+    let name = ident().prop_filter("keywords are literals", |s| {
+        !matches!(s.as_str(), "true" | "false" | "null")
+    });
+    let call = (name, prop::collection::vec(simple_operand(), 1..4)).prop_map(|(name, args)| {
+        Operand::Call {
+            name,
+            args,
+            span: NO_SPAN,
+        }
+    });
+    prop_oneof![4 => simple_operand(), 1 => call]
+}
+
+fn simple_operand() -> impl Strategy<Value = Operand> {
     prop_oneof![
         field_path().prop_map(|path| Operand::Field {
             path,

@@ -10,10 +10,12 @@ use serde_json::{Map, Value as Json};
 
 use crate::access::Caller;
 use crate::clock::normalize_datetime;
+use crate::schema::kinds::geo_distance_km;
 use crate::schema::{Action, Collection, Rule};
 use crate::store::Record;
 use crate::store::filter::{
-    Env, FilterError, Kind, Target, Value, as_f64, const_compare, kind_of, literal_value, resolve,
+    Env, FilterError, GeoArg, Kind, Target, Value, as_f64, const_compare, kind_of, literal_value,
+    resolve, resolve_call,
 };
 
 /// What a caller may list.
@@ -153,12 +155,41 @@ fn operand(
     if let Some((v, _)) = literal_value(op, env)? {
         return Ok(Side::Value(v));
     }
-    let Operand::Field { path, span } = op else {
-        return Ok(Side::Value(Value::Null));
+    let (path, span) = match op {
+        Operand::Field { path, span } => (path, span),
+        Operand::Call { name, args, span } => {
+            let g = resolve_call(coll, name, args, *span, env)?;
+            let coord = |a: &GeoArg| match a {
+                GeoArg::Field(t) => read_target(coll, record, t).as_f64(),
+                GeoArg::Value(v) => Some(*v),
+                GeoArg::Missing => None,
+            };
+            let d = match (
+                coord(&g.lat_a),
+                coord(&g.lon_a),
+                coord(&g.lat_b),
+                coord(&g.lon_b),
+            ) {
+                (Some(a), Some(b), Some(c), Some(d)) => {
+                    serde_json::Number::from_f64(geo_distance_km(a, b, c, d))
+                        .map_or(Json::Null, Json::Number)
+                }
+                _ => Json::Null,
+            };
+            return Ok(Side::Field(Kind::Number, d));
+        }
+        Operand::Literal { .. } | Operand::Macro { .. } => return Ok(Side::Value(Value::Null)),
     };
     let target = resolve(coll, path, *span)?;
-    let kind = kind_of(&target);
-    let v = match &target {
+    Ok(Side::Field(
+        kind_of(&target),
+        read_target(coll, record, &target),
+    ))
+}
+
+/// The value a resolved field path reads in one record.
+fn read_target(coll: &Collection, record: &Record, target: &Target) -> Json {
+    match target {
         Target::Column { name, .. } => match name.as_str() {
             "id" => Json::String(record.id.clone()),
             "created" => Json::String(record.created.clone()),
@@ -183,8 +214,7 @@ fn operand(
             }
             cur.unwrap_or(Json::Null)
         }
-    };
-    Ok(Side::Field(kind, v))
+    }
 }
 
 /// A stored value as a comparable literal.

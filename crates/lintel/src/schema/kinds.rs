@@ -450,6 +450,19 @@ fn check_geo_point(value: &Value) -> Check {
     Ok(json!({"lat": lat, "lon": lon}))
 }
 
+/// The mean Earth radius the distance uses, in kilometres (as PocketBase's).
+pub const EARTH_RADIUS_KM: f64 = 6371.0;
+
+/// The great-circle distance in kilometres between two points in degrees
+/// (haversine). The stores compute the same with `lintel_geo_distance`.
+pub fn geo_distance_km(lat_a: f64, lon_a: f64, lat_b: f64, lon_b: f64) -> f64 {
+    let (p1, p2) = (lat_a.to_radians(), lat_b.to_radians());
+    let dp = (lat_b - lat_a).to_radians();
+    let dl = (lon_b - lon_a).to_radians();
+    let h = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
+    2.0 * EARTH_RADIUS_KM * h.sqrt().min(1.0).asin()
+}
+
 /// A pragmatic address check: local@domain, no spaces, a dotted domain of sane labels.
 pub fn is_email(s: &str) -> bool {
     if s.len() > 254 {
@@ -821,6 +834,20 @@ mod tests {
         ] {
             assert_eq!(check_value(&f, None, &bad).unwrap_err().0, code, "{bad}");
         }
+    }
+
+    #[test]
+    fn distances_are_great_circle_kilometres() {
+        // Berlin to Paris is about 878 km; a point to itself is 0; antipodes half
+        // the circumference.
+        let d = geo_distance_km(52.52, 13.405, 48.8566, 2.3522);
+        assert!((d - 878.0).abs() < 5.0, "{d}");
+        assert_eq!(geo_distance_km(10.0, 20.0, 10.0, 20.0), 0.0);
+        let half = geo_distance_km(0.0, 0.0, 0.0, 180.0);
+        assert!(
+            (half - std::f64::consts::PI * EARTH_RADIUS_KM).abs() < 1e-6,
+            "{half}"
+        );
     }
 
     #[test]

@@ -514,6 +514,23 @@ pub(crate) const SYSTEM_MIGRATIONS: &[SystemMigration] = &[
     SystemMigration::same(4, "secrets", crate::store::SECRETS_TABLE),
     SystemMigration::same(5, "oauth_state_browser", crate::store::OAUTH_STATE_BROWSER),
     SystemMigration::same(6, "expiry_indexes", crate::store::EXPIRY_INDEXES),
+    SystemMigration {
+        version: 7,
+        name: "geo_distance",
+        // SQLite has no trigonometry built in: the driver registers the function on
+        // every connection (`sqlite::executor::register_functions`).
+        sqlite: "SELECT 'lintel_geo_distance is registered on each connection';",
+        postgres: "CREATE OR REPLACE FUNCTION lintel_geo_distance(
+            lat_a DOUBLE PRECISION, lon_a DOUBLE PRECISION,
+            lat_b DOUBLE PRECISION, lon_b DOUBLE PRECISION
+        ) RETURNS DOUBLE PRECISION LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+            SELECT 2 * 6371.0 * asin(least(1.0, sqrt(
+                power(sin(radians(lat_b - lat_a) / 2), 2)
+                + cos(radians(lat_a)) * cos(radians(lat_b))
+                  * power(sin(radians(lon_b - lon_a) / 2), 2)
+            )))
+        $$;",
+    },
 ];
 
 /// Brings Lintel's own tables up to date, in the caller's transaction (which the
@@ -771,6 +788,6 @@ mod tests {
             assert_eq!(checksum(m.sql(d).as_bytes()), sum, "{version} {d:?}");
         }
         let versions: Vec<i64> = SYSTEM_MIGRATIONS.iter().map(|m| m.version).collect();
-        assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7]);
     }
 }

@@ -184,7 +184,7 @@ pub(crate) fn literal_value(
 ) -> Result<Option<(Value, Span)>, FilterError> {
     let now = env.now;
     Ok(match op {
-        Operand::Field { .. } => None,
+        Operand::Field { .. } | Operand::Call { .. } => None,
         Operand::Literal { value, span } => Some((
             match value {
                 Literal::Null => Value::Null,
@@ -340,6 +340,40 @@ fn compare(
             sql.push(")");
             Ok(())
         }
+        (
+            Operand::Call {
+                name,
+                args,
+                span: cs,
+            },
+            None,
+            _,
+            Some((v, vs)),
+        ) => call_vs_value(sql, coll, (name, args, *cs), op, v, vs, span, now),
+        (
+            _,
+            Some((v, vs)),
+            Operand::Call {
+                name,
+                args,
+                span: cs,
+            },
+            None,
+        ) => {
+            let Some(op) = flip(op) else {
+                return Err(err(
+                    "type_mismatch",
+                    span,
+                    "a distance is compared with =, !=, <, <=, > or >=",
+                ));
+            };
+            call_vs_value(sql, coll, (name, args, *cs), op, v, vs, span, now)
+        }
+        (Operand::Call { .. }, None, _, None) | (_, None, Operand::Call { .. }, None) => Err(err(
+            "type_mismatch",
+            span,
+            "compare geoDistance(...) with a number",
+        )),
         (Operand::Field { path, span: fs }, None, _, Some((v, vs))) => {
             let t = resolve(coll, path, *fs)?;
             field_vs_value(sql, table, &t, op, v, vs, span)
@@ -436,6 +470,195 @@ pub(crate) fn kind_of(t: &Target) -> Kind {
         Target::Column { kind, .. } => *kind,
         Target::JsonPath { .. } => Kind::Json,
     }
+}
+
+/// One coordinate of a `geoDistance` call: a number from the record (a numeric field
+/// or a JSON member, such as a geoPoint's `lat`) or a value.
+pub(crate) enum GeoArg {
+    Field(Target),
+    Value(f64),
+    /// A request value that is not there (or null): the distance is unknown, so every
+    /// comparison with it is false.
+    Missing,
+}
+
+/// `geoDistance(...)` resolved against a collection: the great-circle distance in
+/// kilometres between (lat_a, lon_a) and (lat_b, lon_b).
+pub(crate) struct GeoDistance {
+    pub lat_a: GeoArg,
+    pub lon_a: GeoArg,
+    pub lat_b: GeoArg,
+    pub lon_b: GeoArg,
+}
+
+/// The functions filters and rules may call.
+pub const FUNCTIONS: &str =
+    "geoDistance(geoPointField, lat, lon) or geoDistance(lonA, latA, lonB, latB)";
+
+/// Resolves a function call. The only function is `geoDistance`, in two forms: a
+/// geoPoint field and a point, or four coordinates in PocketBase's order (longitude
+/// first).
+pub(crate) fn resolve_call(
+    coll: &Collection,
+    name: &str,
+    args: &[Operand],
+    span: Span,
+    env: &Env<'_>,
+) -> Result<GeoDistance, FilterError> {
+    if name != "geoDistance" {
+        return Err(err(
+            "unknown_function",
+            span,
+            format!("unknown function '{name}' (supported: {FUNCTIONS})"),
+        ));
+    }
+    let number = |op: &Operand| -> Result<GeoArg, FilterError> {
+        if let Some((v, vs)) = literal_value(op, env)? {
+            return match v {
+                Value::Int(i) => Ok(GeoArg::Value(i as f64)),
+                Value::Float(f) => Ok(GeoArg::Value(f)),
+                Value::Absent | Value::DataNull => Ok(GeoArg::Missing),
+                _ => Err(err(
+                    "type_mismatch",
+                    vs,
+                    "geoDistance takes numbers (degrees)",
+                )),
+            };
+        }
+        let Operand::Field { path, span } = op else {
+            return Err(err(
+                "invalid_arguments",
+                op.span(),
+                "geoDistance takes fields, numbers or macros, not calls",
+            ));
+        };
+        let t = resolve(coll, path, *span)?;
+        match kind_of(&t) {
+            Kind::Number | Kind::Json => Ok(GeoArg::Field(t)),
+            _ => Err(err(
+                "type_mismatch",
+                *span,
+                format!("'{}' is not a number", path.join(".")),
+            )),
+        }
+    };
+    match args {
+        [point, lat, lon] => {
+            let Operand::Field { path, span: ps } = point else {
+                return Err(err(
+                    "invalid_arguments",
+                    point.span(),
+                    "the first of three arguments is a geoPoint field",
+                ));
+            };
+            let field = match path.as_slice() {
+                [one] => coll.field(one).filter(|f| !f.hidden),
+                _ => None,
+            };
+            let Some(field) = field.filter(|f| f.field_type == crate::schema::FieldType::GeoPoint)
+            else {
+                return Err(err(
+                    "type_mismatch",
+                    *ps,
+                    format!("'{}' is not a geoPoint field", path.join(".")),
+                ));
+            };
+            let member = |m: &str| {
+                GeoArg::Field(Target::JsonPath {
+                    column: field.name.clone(),
+                    path: vec![m.to_owned()],
+                })
+            };
+            Ok(GeoDistance {
+                lat_a: member("lat"),
+                lon_a: member("lon"),
+                lat_b: number(lat)?,
+                lon_b: number(lon)?,
+            })
+        }
+        [lon_a, lat_a, lon_b, lat_b] => Ok(GeoDistance {
+            lat_a: number(lat_a)?,
+            lon_a: number(lon_a)?,
+            lat_b: number(lat_b)?,
+            lon_b: number(lon_b)?,
+        }),
+        _ => Err(err(
+            "invalid_arguments",
+            span,
+            format!("geoDistance takes 3 or 4 arguments: {FUNCTIONS}"),
+        )),
+    }
+}
+
+/// Writes the distance (`lintel_geo_distance`, the same function on both stores).
+fn write_geo(sql: &mut Sql, table: &str, g: &GeoDistance) {
+    sql.push("lintel_geo_distance(");
+    for (i, arg) in [&g.lat_a, &g.lon_a, &g.lat_b, &g.lon_b]
+        .into_iter()
+        .enumerate()
+    {
+        if i > 0 {
+            sql.push(", ");
+        }
+        match arg {
+            GeoArg::Field(Target::Column { name, .. }) => {
+                sql.column(table, name);
+            }
+            GeoArg::Field(Target::JsonPath { column, path }) => {
+                sql.json_number(table, column, path);
+            }
+            GeoArg::Value(v) => {
+                sql.bind(SqlValue::Float(*v));
+            }
+            GeoArg::Missing => {
+                sql.bind(SqlValue::Null);
+            }
+        }
+    }
+    sql.push(")");
+}
+
+/// `geoDistance(...) <op> value`: the value is a number; `~` and `null` do not apply.
+#[allow(clippy::too_many_arguments)]
+fn call_vs_value(
+    sql: &mut Sql,
+    coll: &Collection,
+    call: (&str, &[Operand], Span),
+    op: CompareOp,
+    v: Value,
+    vs: Span,
+    span: Span,
+    env: &Env<'_>,
+) -> Result<(), FilterError> {
+    let g = resolve_call(coll, call.0, call.1, call.2, env)?;
+    if matches!(op, CompareOp::Like | CompareOp::NotLike) {
+        return Err(err(
+            "type_mismatch",
+            span,
+            "a distance is compared with =, !=, <, <=, > or >=",
+        ));
+    }
+    let n = match v {
+        Value::Int(i) => i as f64,
+        Value::Float(f) => f,
+        Value::Absent | Value::DataNull => {
+            sql.push("(1 = 0)");
+            return Ok(());
+        }
+        _ => {
+            return Err(err(
+                "type_mismatch",
+                vs,
+                "a distance (kilometres) is compared with a number",
+            ));
+        }
+    };
+    sql.push("(");
+    write_geo(sql, coll.name(), &g);
+    sql.push(sql_op(op));
+    sql.bind(SqlValue::Float(n));
+    sql.push(")");
+    Ok(())
 }
 
 fn field_vs_value(
@@ -707,6 +930,9 @@ fn walk(expr: &Expr, coll: &Collection) -> Result<(), FilterError> {
                     }
                     Operand::Macro { .. } => {
                         literal_value(op, &Env::now(""))?;
+                    }
+                    Operand::Call { name, args, span } => {
+                        resolve_call(coll, name, args, *span, &Env::now(""))?;
                     }
                     Operand::Literal { .. } => {}
                 }

@@ -158,6 +158,33 @@ impl Sql {
         }
     }
 
+    /// A JSON number inside a JSON column as a double; SQL NULL when the value there
+    /// is not a number (or missing).
+    pub fn json_number(&mut self, table: &str, column: &str, path: &[String]) {
+        match self.dialect {
+            Dialect::Sqlite => {
+                self.push("(CASE WHEN json_type(");
+                self.column(table, column);
+                self.push(", ");
+                self.json_path_text(path);
+                self.push(") IN ('integer', 'real') THEN ");
+                self.json_path(table, column, path);
+                self.push(" END)");
+            }
+            Dialect::Postgres => {
+                self.push("(CASE WHEN jsonb_typeof(");
+                self.column(table, column);
+                self.push(" #> ");
+                self.pg_path(path);
+                self.push(") = 'number' THEN (");
+                self.column(table, column);
+                self.push(" #>> ");
+                self.pg_path(path);
+                self.push(")::float8 END)");
+            }
+        }
+    }
+
     /// A JSON value inside a JSON column as SQL text, SQL NULL for a JSON `null` or a
     /// missing path (PostgreSQL's `#>` would give the jsonb value `null`, which is
     /// not SQL NULL): for "is there a value" tests.

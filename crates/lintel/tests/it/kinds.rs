@@ -202,3 +202,142 @@ async fn geo_points_are_described_to_clients() {
         "{record}"
     );
 }
+
+async fn cities(app: &TestApp) {
+    places(app).await;
+    for (name, lat, lon) in [
+        ("Berlin", 52.52, 13.405),
+        ("Potsdam", 52.3906, 13.0645),
+        ("Paris", 48.8566, 2.3522),
+        ("Sydney", -33.87, 151.21),
+    ] {
+        app.create(
+            "places",
+            json!({"name": name, "where": {"lat": lat, "lon": lon}}),
+        )
+        .await;
+    }
+    app.create("places", json!({"name": "Nowhere"})).await;
+}
+
+fn q(filter: &str) -> String {
+    let mut s = String::new();
+    for b in filter.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'.' || b == b'-' {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("/v1/collections/places/records?sort=name&filter={s}")
+}
+
+#[tokio::test]
+async fn geo_distance_filters_by_kilometres_in_both_forms() {
+    let app = TestApp::spawn().await;
+    cities(&app).await;
+    // Berlin-Potsdam is about 27 km, Berlin-Paris about 878 km.
+    for (filter, expected) in [
+        (
+            "geoDistance(where, 52.52, 13.405) < 50",
+            vec!["Berlin", "Potsdam"],
+        ),
+        (
+            "geoDistance(where, 52.52, 13.405) < 1000",
+            vec!["Berlin", "Paris", "Potsdam"],
+        ),
+        ("geoDistance(where, 52.52, 13.405) > 10000", vec!["Sydney"]),
+        (
+            "50 > geoDistance(where, 52.52, 13.405)",
+            vec!["Berlin", "Potsdam"],
+        ),
+        // PocketBase's form: longitude first, any numeric members.
+        (
+            "geoDistance(where.lon, where.lat, 2.3522, 48.8566) <= 1",
+            vec!["Paris"],
+        ),
+        (
+            "geoDistance(where, 52.52, 13.405) < 50 && name != \"Berlin\"",
+            vec!["Potsdam"],
+        ),
+    ] {
+        let r = app.get(&q(filter)).await;
+        assert_eq!(r.status, StatusCode::OK, "{filter}: {}", r.text);
+        assert_eq!(names(&r.body), expected, "{filter}");
+    }
+}
+
+#[tokio::test]
+async fn bad_geo_distance_calls_are_filter_errors_with_positions() {
+    let app = TestApp::spawn().await;
+    cities(&app).await;
+    for (filter, code) in [
+        ("distance(where, 1, 2) < 5", "unknown_function"),
+        ("geoDistance(where, 1) < 5", "invalid_arguments"),
+        ("geoDistance(name, 1, 2) < 5", "type_mismatch"),
+        ("geoDistance(where, \"north\", 2) < 5", "type_mismatch"),
+        ("geoDistance(where, 1, 2) < \"far\"", "type_mismatch"),
+        ("geoDistance(where, 1, 2) ~ 5", "type_mismatch"),
+        ("geoDistance(where, 1, 2) < name", "type_mismatch"),
+    ] {
+        let r = app.get(&q(filter)).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{filter}: {}", r.text);
+        assert_eq!(r.field_error("filter"), Some(code), "{filter}: {}", r.text);
+    }
+}
+
+#[tokio::test]
+async fn rules_can_use_geo_distance_for_lists_and_single_reads() {
+    let app = TestApp::spawn().await;
+    app.collection(json!({
+        "name": "places",
+        "fields": [
+            {"name": "name", "type": "text", "required": true},
+            {"name": "where", "type": "geoPoint"},
+        ],
+        "rules": {
+            "list": "geoDistance(where, 52.52, 13.405) < 100",
+            "view": "geoDistance(where, 52.52, 13.405) < 100",
+            "create": "",
+        },
+    }))
+    .await;
+    let near = app
+        .create(
+            "places",
+            json!({"name": "Potsdam", "where": {"lat": 52.3906, "lon": 13.0645}}),
+        )
+        .await;
+    let far = app
+        .create(
+            "places",
+            json!({"name": "Paris", "where": {"lat": 48.8566, "lon": 2.3522}}),
+        )
+        .await;
+    let list = app.get("/v1/collections/places/records").await;
+    assert_eq!(list.status, StatusCode::OK, "{}", list.text);
+    assert_eq!(names(&list.body), vec!["Potsdam"]);
+    let href = |r: &Value| {
+        format!(
+            "/v1/collections/places/records/{}",
+            r["id"].as_str().unwrap()
+        )
+    };
+    assert_eq!(app.get(&href(&near)).await.status, StatusCode::OK);
+    assert_eq!(app.get(&href(&far)).await.status, StatusCode::NOT_FOUND);
+
+    // A rule naming an unknown function is refused when the collection is defined.
+    let r = app
+        .admin(
+            Method::POST,
+            "/v1/collections",
+            Some(json!({
+                "name": "spots",
+                "fields": [{"name": "p", "type": "geoPoint"}],
+                "rules": {"list": "near(p) = true"},
+            })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    assert_eq!(r.field_error("rules.list"), Some("unknown_function"));
+}

@@ -149,7 +149,31 @@ fn apply_pragmas(conn: &Connection, cfg: &StoreConfig, writer: bool) -> rusqlite
         conn.pragma_update(None, "query_only", true)?;
     }
     conn.pragma_update(None, "temp_store", "MEMORY")?;
-    Ok(())
+    register_functions(conn)
+}
+
+/// SQL functions Lintel's statements use that SQLite lacks (PostgreSQL gets them from
+/// a system migration): `lintel_geo_distance(latA, lonA, latB, lonB)` in kilometres,
+/// NULL when any coordinate is NULL.
+fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    conn.create_scalar_function(
+        "lintel_geo_distance",
+        4,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let mut c = [0.0f64; 4];
+            for (i, slot) in c.iter_mut().enumerate() {
+                match ctx.get::<Option<f64>>(i)? {
+                    Some(v) => *slot = v,
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some(crate::schema::kinds::geo_distance_km(
+                c[0], c[1], c[2], c[3],
+            )))
+        },
+    )
 }
 
 impl Executor {
