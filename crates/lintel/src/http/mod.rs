@@ -14,6 +14,7 @@ pub mod edge;
 pub mod extract;
 pub mod idempotency;
 pub mod openapi;
+pub mod ratelimit;
 pub mod security;
 pub mod serve;
 pub mod system;

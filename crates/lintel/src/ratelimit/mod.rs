@@ -12,13 +12,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use axum::extract::{FromRequestParts, Request};
-use axum::http::{HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderValue;
 
 use crate::access::{Caller, Via};
-use crate::error::ApiError;
-use crate::state::AppState;
 pub use algorithms::{Algorithm, Decision, Quota, State as Counter};
 
 pub use crate::config::{KeyBy, RateRule as Rule};
@@ -247,7 +243,9 @@ impl Limiter {
         Ok(())
     }
 
-    fn needs_caller(&self, method: &str, path: &str) -> bool {
+    /// Whether a rule for this request counts by account or API key (so the caller
+    /// must be resolved first).
+    pub fn needs_caller(&self, method: &str, path: &str) -> bool {
         self.rules
             .iter()
             .any(|r| matches!(r.key, KeyBy::User | KeyBy::ApiKey) && r.matches(method, path))
@@ -283,25 +281,6 @@ pub fn validate(rules: &[Rule]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What the limiter decided for a request.
-pub struct Verdict {
-    /// A 429 to answer instead of running the request.
-    pub refused: Option<Response>,
-    /// The leaky bucket's wait before the request runs.
-    pub delay: Duration,
-    /// `RateLimit-Policy` and `RateLimit` for the response.
-    pub headers: Option<(HeaderValue, HeaderValue)>,
-}
-
-/// Adds `RateLimit-Policy` and `RateLimit` to a response.
-pub fn apply_headers(headers: Option<(HeaderValue, HeaderValue)>, res: &mut Response) {
-    if let Some((policy, state)) = headers {
-        let h = res.headers_mut();
-        h.insert("ratelimit-policy", policy);
-        h.insert("ratelimit", state);
-    }
-}
-
 /// The key bytes of a client address, on the stack: `i` and the address's octets.
 fn ip_key(ip: Option<std::net::IpAddr>) -> ([u8; 17], usize) {
     let mut k = [0u8; 17];
@@ -320,125 +299,107 @@ fn ip_key(ip: Option<std::net::IpAddr>) -> ([u8; 17], usize) {
     (k, n)
 }
 
-/// Counts the request under every matching rule (run by the `observe` middleware, so
-/// the limiter adds no layer of its own).
-pub async fn check(state: &AppState, req: Request) -> (Request, Verdict) {
-    let none = Verdict {
-        refused: None,
-        delay: Duration::ZERO,
-        headers: None,
-    };
-    let Some(limiter) = state.limiter.as_ref() else {
-        return (req, none);
-    };
-    let method = req.method().clone();
-    let ip = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| crate::http::client_ip::resolve(c.0.ip(), req.headers(), &state.trusted_proxies));
-    let (ip_bytes, ip_len) = ip_key(ip);
-    let by_ip = &ip_bytes[..ip_len];
-    // The caller only when a rule counts by account or key; a bad credential counts
-    // by address (the handler answers it).
-    let mut req = req;
-    let caller = if limiter.needs_caller(method.as_str(), req.uri().path()) {
-        let (mut parts, body) = req.into_parts();
-        let c = Caller::from_request_parts(&mut parts, state).await.ok();
-        req = Request::from_parts(parts, body);
-        c
-    } else {
-        None
-    };
-    let path = req.uri().path();
-    let now = limiter.now_ms();
-    let mut policies = String::new();
-    let mut single_policy: Option<usize> = None;
-    let mut matched = 0usize;
-    let mut states = String::with_capacity(64);
-    let mut refused: Option<u64> = None;
-    let mut delay = 0u64;
-    let mut num = itoa::Buffer::new();
-    for (i, rule) in limiter.rules.iter().enumerate() {
-        if !rule.matches(method.as_str(), path) {
-            continue;
-        }
-        let owned: Vec<u8>;
-        let key: &[u8] = match (rule.key, &caller) {
-            (KeyBy::Global, _) => b"",
-            (KeyBy::User, Some(c)) => match c.account() {
-                Some((coll, id)) => {
-                    owned = [b"u", coll.as_bytes(), b"/", id.as_bytes()].concat();
+/// What the limiter decided for one request that at least one rule matched.
+pub struct Counted {
+    /// Refused: the seconds to wait.
+    pub refused_secs: Option<u64>,
+    /// The leaky bucket's wait before the request runs.
+    pub delay: Duration,
+    /// `RateLimit-Policy` and `RateLimit` for the response.
+    pub headers: Option<(HeaderValue, HeaderValue)>,
+}
+
+impl Limiter {
+    /// Counts a request under every matching rule (`caller`: when
+    /// [`needs_caller`](Self::needs_caller) said so). None when no rule matches.
+    pub fn count(
+        &self,
+        method: &str,
+        path: &str,
+        ip: Option<std::net::IpAddr>,
+        caller: Option<&Caller>,
+    ) -> Option<Counted> {
+        let (ip_bytes, ip_len) = ip_key(ip);
+        let by_ip = &ip_bytes[..ip_len];
+        let now = self.now_ms();
+        let mut policies = String::new();
+        let mut single_policy: Option<usize> = None;
+        let mut matched = 0usize;
+        let mut states = String::with_capacity(64);
+        let mut refused: Option<u64> = None;
+        let mut delay = 0u64;
+        let mut num = itoa::Buffer::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            if !rule.matches(method, path) {
+                continue;
+            }
+            let owned: Vec<u8>;
+            let key: &[u8] = match (rule.key, caller) {
+                (KeyBy::Global, _) => b"",
+                (KeyBy::User, Some(c)) => match c.account() {
+                    Some((coll, id)) => {
+                        owned = [b"u", coll.as_bytes(), b"/", id.as_bytes()].concat();
+                        &owned
+                    }
+                    None => by_ip,
+                },
+                (
+                    KeyBy::ApiKey,
+                    Some(Caller {
+                        via: Via::ApiKey { id, .. },
+                        ..
+                    }),
+                ) => {
+                    owned = [b"k", id.as_bytes()].concat();
                     &owned
                 }
-                None => by_ip,
-            },
-            (
-                KeyBy::ApiKey,
-                Some(Caller {
-                    via: Via::ApiKey { id, .. },
-                    ..
-                }),
-            ) => {
-                owned = [b"k", id.as_bytes()].concat();
-                &owned
+                _ => by_ip,
+            };
+            let q = &self.quotas[i];
+            let d = self.store.hit(i, rule.algorithm, q, key, now);
+            matched += 1;
+            if matched == 1 {
+                single_policy = Some(i);
+            } else {
+                if matched == 2
+                    && let Some(first) = single_policy.take()
+                {
+                    policies.push_str(&self.policies[first]);
+                }
+                policies.push_str(", ");
+                states.push_str(", ");
+                policies.push_str(&self.policies[i]);
             }
-            _ => by_ip,
+            states.push('"');
+            states.push_str(&rule.name);
+            states.push_str("\";r=");
+            states.push_str(num.format(d.remaining));
+            states.push_str(";t=");
+            states.push_str(num.format(d.reset_ms.div_ceil(1000)));
+            if d.allowed {
+                delay = delay.max(d.delay_ms);
+            } else {
+                refused = Some(refused.unwrap_or(0).max(d.retry_after_ms));
+            }
+        }
+        if matched == 0 {
+            return None;
+        }
+        let policy = match single_policy {
+            Some(i) => self.policy_values[i].clone(),
+            None => HeaderValue::from_str(&policies).ok(),
         };
-        let q = &limiter.quotas[i];
-        let d = limiter.store.hit(i, rule.algorithm, q, key, now);
-        matched += 1;
-        if matched == 1 {
-            single_policy = Some(i);
-        } else {
-            if matched == 2
-                && let Some(first) = single_policy.take()
-            {
-                policies.push_str(&limiter.policies[first]);
-            }
-            policies.push_str(", ");
-            states.push_str(", ");
-            policies.push_str(&limiter.policies[i]);
+        let state_value = HeaderValue::from_maybe_shared(bytes::Bytes::from(states)).ok();
+        let headers = policy.zip(state_value);
+        if refused.is_some() {
+            self.refused_total.increment(1);
         }
-        states.push('"');
-        states.push_str(&rule.name);
-        states.push_str("\";r=");
-        states.push_str(num.format(d.remaining));
-        states.push_str(";t=");
-        states.push_str(num.format(d.reset_ms.div_ceil(1000)));
-        if d.allowed {
-            delay = delay.max(d.delay_ms);
-        } else {
-            refused = Some(refused.unwrap_or(0).max(d.retry_after_ms));
-        }
-    }
-    if matched == 0 {
-        return (req, none);
-    }
-    let policy = match single_policy {
-        Some(i) => limiter.policy_values[i].clone(),
-        None => HeaderValue::from_str(&policies).ok(),
-    };
-    let state_value = HeaderValue::from_maybe_shared(bytes::Bytes::from(states)).ok();
-    let headers = policy.zip(state_value);
-    let refused = refused.map(|wait| {
-        limiter.refused_total.increment(1);
-        let secs = wait.div_ceil(1000).max(1);
-        let mut err = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("Too many requests; retry in {secs} s."),
-        );
-        err.retry_after = Some(secs);
-        err.into_response()
-    });
-    (
-        req,
-        Verdict {
-            refused,
+        Some(Counted {
+            refused_secs: refused.map(|wait| wait.div_ceil(1000).max(1)),
             delay: Duration::from_millis(delay),
             headers,
-        },
-    )
+        })
+    }
 }
 
 #[cfg(test)]
