@@ -128,6 +128,26 @@ pub enum OnDelete {
 }
 
 impl FieldSpec {
+    /// A field of this name and kind with every option unset.
+    pub fn new(name: &str, field_type: FieldType) -> Self {
+        Self {
+            name: name.into(),
+            field_type,
+            required: false,
+            unique: false,
+            min: None,
+            max: None,
+            pattern: None,
+            default: None,
+            values: None,
+            collection: None,
+            multiple: false,
+            hidden: false,
+            protected: false,
+            on_delete: None,
+        }
+    }
+
     /// The delete policy in force for this relation field.
     pub fn delete_policy(&self) -> OnDelete {
         self.on_delete.unwrap_or(if self.required {
@@ -209,22 +229,7 @@ impl Rules {
 
 /// The built-in fields of an auth collection, in order.
 pub fn auth_fields() -> Vec<FieldSpec> {
-    let base = |name: &str, t: FieldType| FieldSpec {
-        name: name.into(),
-        field_type: t,
-        required: false,
-        unique: false,
-        min: None,
-        max: None,
-        pattern: None,
-        default: None,
-        values: None,
-        collection: None,
-        multiple: false,
-        hidden: false,
-        protected: false,
-        on_delete: None,
-    };
+    let base = FieldSpec::new;
     vec![
         FieldSpec {
             required: true,

@@ -385,22 +385,7 @@ mod tests {
     use crate::schema::FieldSpec;
 
     fn field(name: &str, t: FieldType) -> FieldSpec {
-        FieldSpec {
-            name: name.into(),
-            field_type: t,
-            required: false,
-            unique: false,
-            min: None,
-            max: None,
-            pattern: None,
-            default: None,
-            values: None,
-            collection: None,
-            multiple: false,
-            hidden: false,
-            protected: false,
-            on_delete: None,
-        }
+        FieldSpec::new(name, t)
     }
 
     #[test]

@@ -46,6 +46,25 @@ pub(crate) trait Conn {
 pub(crate) struct Row(pub Vec<SqlValue>);
 
 impl Row {
+    /// The row as JSON scalars (what `Store::query_rows` returns): numbers, booleans,
+    /// text, JSON values parsed; bytes as null.
+    pub fn into_json(self) -> Vec<serde_json::Value> {
+        use serde_json::Value;
+        self.0
+            .into_iter()
+            .map(|cell| match cell {
+                SqlValue::Null | SqlValue::Bytes(_) => Value::Null,
+                SqlValue::Bool(b) => Value::Bool(b),
+                SqlValue::Int(n) => Value::from(n),
+                SqlValue::Float(x) => {
+                    serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
+                }
+                SqlValue::Text(s) | SqlValue::Timestamp(s) => Value::String(s),
+                SqlValue::Json(s) => serde_json::from_str(&s).unwrap_or(Value::String(s)),
+            })
+            .collect()
+    }
+
     fn cell(&self, i: usize) -> Result<&SqlValue, StoreError> {
         self.0
             .get(i)

@@ -313,45 +313,6 @@ async fn query_i64<C: GenericClient>(c: &C, sql: &Sql) -> Result<i64, StoreError
         .ok_or_else(|| StoreError::Internal("a count returned no row".into()))
 }
 
-/// A row of a system query as JSON scalars, by column type.
-fn row_values(row: &Row) -> Result<Vec<Value>, StoreError> {
-    let bad = |e: tokio_postgres::Error| StoreError::Internal(format!("decoding a row: {e}"));
-    let mut out = Vec::with_capacity(row.len());
-    for (i, col) in row.columns().iter().enumerate() {
-        let t = col.type_();
-        let v = if *t == Type::INT8 {
-            row.try_get::<_, Option<i64>>(i)
-                .map_err(bad)?
-                .map(Value::from)
-        } else if *t == Type::INT4 {
-            row.try_get::<_, Option<i32>>(i)
-                .map_err(bad)?
-                .map(Value::from)
-        } else if *t == Type::INT2 {
-            row.try_get::<_, Option<i16>>(i)
-                .map_err(bad)?
-                .map(Value::from)
-        } else if *t == Type::BOOL {
-            row.try_get::<_, Option<bool>>(i)
-                .map_err(bad)?
-                .map(Value::Bool)
-        } else if *t == Type::FLOAT8 {
-            row.try_get::<_, Option<f64>>(i)
-                .map_err(bad)?
-                .and_then(Number::from_f64)
-                .map(Value::Number)
-        } else if *t == Type::JSONB || *t == Type::JSON {
-            row.try_get::<_, Option<Value>>(i).map_err(bad)?
-        } else {
-            row.try_get::<_, Option<String>>(i)
-                .map_err(bad)?
-                .map(Value::String)
-        };
-        out.push(v.unwrap_or(Value::Null));
-    }
-    Ok(out)
-}
-
 fn decode_record(coll: &Collection, row: &Row) -> Result<Record, StoreError> {
     let bad = |e: tokio_postgres::Error| StoreError::Internal(format!("decoding a record: {e}"));
     let mut data = Map::new();
@@ -727,7 +688,9 @@ impl Store for PgStore {
     async fn query_rows(&self, sql: Sql) -> Result<Vec<Vec<Value>>, StoreError> {
         let c = self.db_write().await?;
         let rows = query(&c, &sql, None).await?;
-        rows.iter().map(row_values).collect()
+        rows.iter()
+            .map(|r| typed_row(r).map(engine::Row::into_json))
+            .collect()
     }
 
     async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, WriteError> {

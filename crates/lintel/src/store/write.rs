@@ -161,14 +161,23 @@ pub fn count_ids_sql(dialect: Dialect, table: &str, ids: &[String]) -> Sql {
     let mut sql = Sql::new(dialect);
     sql.push("SELECT COUNT(*) FROM ")
         .ident(table)
-        .push(" WHERE \"id\" IN (");
-    for (i, id) in ids.iter().enumerate() {
-        if i > 0 {
-            sql.push(", ");
-        }
-        sql.bind(SqlValue::Text(id.clone()));
-    }
-    sql.push(")");
+        .push(" WHERE \"id\" IN (")
+        .bind_all(ids.iter().map(|id| SqlValue::Text(id.clone())))
+        .push(")");
+    sql
+}
+
+/// `SELECT COUNT(*) FROM (SELECT 1 FROM "t" WHERE "id" IN (...) FOR <lock>) AS t`:
+/// counts rows and locks them (PostgreSQL).
+fn count_locked_sql(dialect: Dialect, table: &str, ids: &[String], lock: &str) -> Sql {
+    let mut sql = Sql::new(dialect);
+    sql.push("SELECT COUNT(*) FROM (SELECT 1 FROM ")
+        .ident(table)
+        .push(" WHERE \"id\" IN (")
+        .bind_all(ids.iter().map(|id| SqlValue::Text(id.clone())))
+        .push(") FOR ")
+        .push(lock)
+        .push(") AS t");
     sql
 }
 
@@ -177,20 +186,7 @@ pub fn count_ids_sql(dialect: Dialect, table: &str, ids: &[String]) -> Sql {
 pub fn relation_targets_sql(dialect: Dialect, table: &str, ids: &[String]) -> Sql {
     match dialect {
         Dialect::Sqlite => count_ids_sql(dialect, table, ids),
-        Dialect::Postgres => {
-            let mut sql = Sql::new(dialect);
-            sql.push("SELECT COUNT(*) FROM (SELECT 1 FROM ")
-                .ident(table)
-                .push(" WHERE \"id\" IN (");
-            for (i, id) in ids.iter().enumerate() {
-                if i > 0 {
-                    sql.push(", ");
-                }
-                sql.bind(SqlValue::Text(id.clone()));
-            }
-            sql.push(") FOR KEY SHARE) AS t");
-            sql
-        }
+        Dialect::Postgres => count_locked_sql(dialect, table, ids, "KEY SHARE"),
     }
 }
 
@@ -199,15 +195,7 @@ pub fn relation_targets_sql(dialect: Dialect, table: &str, ids: &[String]) -> Sq
 pub fn lock_row_sql(dialect: Dialect, table: &str, id: &str) -> Option<Sql> {
     match dialect {
         Dialect::Sqlite => None,
-        Dialect::Postgres => {
-            let mut sql = Sql::new(dialect);
-            sql.push("SELECT COUNT(*) FROM (SELECT 1 FROM ")
-                .ident(table)
-                .push(" WHERE \"id\" = ")
-                .bind(SqlValue::Text(id.to_owned()))
-                .push(" FOR UPDATE) AS t");
-            Some(sql)
-        }
+        Dialect::Postgres => Some(count_locked_sql(dialect, table, &[id.to_owned()], "UPDATE")),
     }
 }
 

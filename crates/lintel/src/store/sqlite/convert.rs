@@ -98,28 +98,6 @@ pub fn query_i64(conn: &Connection, sql: &Sql) -> Result<i64, StoreError> {
     .map_err(|e| map_error(&e))
 }
 
-/// Runs a query; each row as JSON scalars.
-pub fn query_rows(conn: &Connection, sql: &Sql) -> Result<Vec<Vec<Value>>, StoreError> {
-    let mut stmt = conn.prepare_cached(&sql.text).map_err(|e| map_error(&e))?;
-    let n = stmt.column_count();
-    let rows = stmt
-        .query_map(rusqlite::params_from_iter(sql.params.iter()), |row| {
-            (0..n)
-                .map(|i| {
-                    Ok(match row.get_ref(i)? {
-                        ValueRef::Null | ValueRef::Blob(_) => Value::Null,
-                        ValueRef::Integer(v) => Value::from(v),
-                        ValueRef::Real(x) => Number::from_f64(x).map_or(Value::Null, Value::Number),
-                        ValueRef::Text(b) => Value::String(String::from_utf8_lossy(b).into_owned()),
-                    })
-                })
-                .collect::<rusqlite::Result<Vec<Value>>>()
-        })
-        .map_err(|e| map_error(&e))?;
-    rows.collect::<Result<Vec<_>, _>>()
-        .map_err(|e| map_error(&e))
-}
-
 /// Runs a query; each row as typed cells (blobs as bytes).
 pub fn typed_rows(
     conn: &Connection,

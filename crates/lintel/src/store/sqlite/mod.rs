@@ -143,7 +143,10 @@ impl Store for SqliteStore {
 
     async fn query_rows(&self, sql: Sql) -> Result<Vec<Vec<serde_json::Value>>, StoreError> {
         self.exec
-            .read(move |conn| convert::query_rows(conn, &sql))
+            .read(move |conn| {
+                convert::typed_rows(conn, &sql)
+                    .map(|rows| rows.into_iter().map(engine::Row::into_json).collect())
+            })
             .await
     }
 
