@@ -226,6 +226,30 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
+/// A refused list query: bad parameters as field errors marked as query errors, a
+/// bad filter as `invalid_filter` with its position (also under `errors.filter`).
+impl From<crate::records::query::QueryError> for ApiError {
+    fn from(e: crate::records::query::QueryError) -> Self {
+        use crate::records::query::QueryError;
+        match e {
+            QueryError::Params(errors) => {
+                ApiError::validation(errors).with_extra("detailKind", Value::from("query"))
+            }
+            QueryError::Filter(e) => {
+                let mut err = ApiError::bad_request(
+                    "invalid_filter",
+                    format!("filter: {} (at position {})", e.message, e.position),
+                );
+                push_field_error(&mut err.errors, "filter", e.code, e.message);
+                if let Some(fe) = err.errors.get_mut("filter") {
+                    fe.position = Some(e.position);
+                }
+                err.with_extra("position", Value::from(e.position))
+            }
+        }
+    }
+}
+
 /// Access refusals at the edge: a key's scopes (403 `insufficient_scope`), or a rule
 /// (401 for anonymous callers, 403 `forbidden` otherwise).
 impl From<crate::access::Refusal> for ApiError {

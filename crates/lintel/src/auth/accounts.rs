@@ -86,7 +86,7 @@ pub async fn find_account(
     email: &str,
 ) -> Result<Option<Account>, ApiError> {
     if collection == SUPERUSERS {
-        return Ok(superusers::by_email(state, email)
+        return Ok(superusers::by_email(state.store.as_ref(), email)
             .await?
             .map(Account::Superuser));
     }
@@ -115,7 +115,9 @@ pub async fn account_by_id(
     id: &str,
 ) -> Result<Option<Account>, ApiError> {
     if collection == SUPERUSERS {
-        return Ok(superusers::get(state, id).await?.map(Account::Superuser));
+        return Ok(superusers::get(state.store.as_ref(), id)
+            .await?
+            .map(Account::Superuser));
     }
     let Some(coll) = state.catalog().get(collection).filter(|c| c.is_auth()) else {
         return Ok(None);

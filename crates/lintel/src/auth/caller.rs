@@ -331,12 +331,12 @@ pub async fn load_principal(
     id: &str,
 ) -> Result<Option<Principal>, ApiError> {
     if collection == SUPERUSERS {
-        return Ok(superusers::get(state, id)
-            .await?
-            .map(|s| Principal::Superuser {
+        return Ok(superusers::get(state.store.as_ref(), id).await?.map(|s| {
+            Principal::Superuser {
                 id: s.id,
                 email: s.email,
-            }));
+            }
+        }));
     }
     let Some(coll) = state.catalog().get(collection).filter(|c| c.is_auth()) else {
         return Ok(None);

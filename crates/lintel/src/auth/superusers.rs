@@ -2,8 +2,6 @@
 //! created from the command line (`lintel superuser create`), signed in like users
 //! (`"collection": "_superusers"`), and allowed everything the admin token allows.
 
-use crate::error::ApiError;
-use crate::state::AppState;
 use crate::store::{Sql, SqlValue, Store, StoreError, WriteError, WriteOp};
 
 /// A superuser as stored.
@@ -41,16 +39,14 @@ async fn one(
     Ok(store.query_rows(sql).await?.first().map(|r| decode(r)))
 }
 
-pub async fn get(state: &AppState, id: &str) -> Result<Option<Superuser>, ApiError> {
-    one(state.store.as_ref(), "id", id)
-        .await
-        .map_err(ApiError::from)
+/// The superuser with this id.
+pub async fn get(store: &dyn Store, id: &str) -> Result<Option<Superuser>, StoreError> {
+    one(store, "id", id).await
 }
 
-pub async fn by_email(state: &AppState, email: &str) -> Result<Option<Superuser>, ApiError> {
-    one(state.store.as_ref(), "email", email)
-        .await
-        .map_err(ApiError::from)
+/// The superuser with this (normalised) email.
+pub async fn by_email(store: &dyn Store, email: &str) -> Result<Option<Superuser>, StoreError> {
+    one(store, "email", email).await
 }
 
 /// Creates a superuser, or sets the password of an existing one with that email.

@@ -6,12 +6,12 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 
-use crate::error::{ApiError, FieldErrors, push_field_error};
 use crate::schema::kinds::Storage;
 use crate::schema::{Collection, FieldType, SYSTEM_FIELDS, is_identifier};
 use crate::store::Record;
 use crate::store::filter::{Env, FilterError, compile};
 use crate::store::sql::{Dialect, Sql, SqlValue, record_columns};
+use crate::validation::{FieldErrors, push_field_error};
 
 pub const DEFAULT_PER_PAGE: usize = 30;
 pub const MAX_PER_PAGE: usize = 500;
@@ -100,16 +100,18 @@ pub struct ListPlan {
     pub expand: Vec<String>,
 }
 
-fn filter_error(e: FilterError) -> ApiError {
-    let mut err = ApiError::bad_request(
-        "invalid_filter",
-        format!("filter: {} (at position {})", e.message, e.position),
-    );
-    push_field_error(&mut err.errors, "filter", e.code, e.message);
-    if let Some(fe) = err.errors.get_mut("filter") {
-        fe.position = Some(e.position);
-    }
-    err.with_extra("position", Value::from(e.position))
+/// Why a list query is refused (400 either way; the edge gives the problem its shape).
+#[derive(Debug)]
+pub enum QueryError {
+    /// Bad paging, sorting, projection or expansion parameters (`validation_failed`,
+    /// `detailKind: query`).
+    Params(FieldErrors),
+    /// A filter that does not parse or compile (`invalid_filter`, with the position).
+    Filter(FilterError),
+}
+
+fn filter_error(e: FilterError) -> QueryError {
+    QueryError::Filter(e)
 }
 
 /// Parses and checks the parameters and builds the statements.
@@ -119,7 +121,7 @@ pub fn plan(
     dialect: Dialect,
     now: &Env<'_>,
     rule: Option<&lintel_filter::Expr>,
-) -> Result<ListPlan, ApiError> {
+) -> Result<ListPlan, QueryError> {
     let mut errors = FieldErrors::new();
     let per_page = match params.per_page.as_deref() {
         None | Some("") => DEFAULT_PER_PAGE,
@@ -216,7 +218,7 @@ pub fn plan(
         );
     }
     if !errors.is_empty() {
-        return Err(ApiError::validation(errors).with_extra("detailKind", Value::from("query")));
+        return Err(QueryError::Params(errors));
     }
 
     let expr = match params.filter.as_deref() {
@@ -234,7 +236,7 @@ pub fn plan(
     let t = coll.name();
     // The access rule and the client's filter, ANDed: a list or a count only ever
     // sees the rows the rule permits.
-    let condition = |sql: &mut Sql| -> Result<bool, ApiError> {
+    let condition = |sql: &mut Sql| -> Result<bool, QueryError> {
         let mut any = false;
         if let Some(rule) = rule {
             sql.push(" WHERE (");
