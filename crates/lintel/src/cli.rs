@@ -207,7 +207,7 @@ async fn create_superuser(config: config::Config, email: &str) -> anyhow::Result
     let hash = hasher
         .hash(password)
         .await
-        .map_err(|e| anyhow::anyhow!("{}", e.detail))?;
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let store = crate::app::open_store(&config, &crate::telemetry::Metrics::new()).await?;
     let result = crate::auth::superusers::upsert(store.as_ref(), &email, &hash).await;
     store.close().await;

@@ -250,6 +250,68 @@ impl From<crate::records::query::QueryError> for ApiError {
     }
 }
 
+/// Password operations: a lockout is `429 signin_locked` with `Retry-After`; a
+/// hashing failure is a 500 (logged).
+impl From<crate::auth::password::PasswordError> for ApiError {
+    fn from(e: crate::auth::password::PasswordError) -> Self {
+        use crate::auth::password::PasswordError;
+        match e {
+            PasswordError::Locked { retry_after } => {
+                let mut err = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "signin_locked",
+                    format!("Too many wrong passwords; try again in {retry_after} s."),
+                );
+                err.retry_after = Some(retry_after);
+                err
+            }
+            PasswordError::Hashing(msg) => ApiError::internal(msg),
+        }
+    }
+}
+
+/// Record operations. A missing record and a stale `If-Match` get the records API's
+/// own words; the rest maps as everywhere.
+impl From<crate::records::error::RecordError> for ApiError {
+    fn from(e: crate::records::error::RecordError) -> Self {
+        use crate::records::error::RecordError;
+        use crate::store::StoreError;
+        match e {
+            RecordError::UnknownCollection(name) => {
+                let name: String = name.chars().take(48).collect();
+                ApiError::not_found(format!("No collection named '{name}'."))
+            }
+            RecordError::Store(StoreError::NotFound) => {
+                ApiError::not_found("No record with that id in this collection.")
+            }
+            RecordError::Store(StoreError::VersionConflict) => ApiError::precondition_failed(
+                "The record changed since the version given in If-Match; fetch it again.",
+            ),
+            RecordError::Store(other) => ApiError::from(other),
+            RecordError::Invalid(errors) => ApiError::validation(errors),
+            RecordError::Query(q) => ApiError::from(q),
+            RecordError::Refused(r) => ApiError::from(r),
+            RecordError::HashBudget { retry_after } => {
+                let mut err = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!(
+                        "Too many password operations from this address; retry in {retry_after} s."
+                    ),
+                );
+                err.retry_after = Some(retry_after);
+                err
+            }
+            RecordError::Password(p) => ApiError::from(p),
+            RecordError::Contention => ApiError::conflict(
+                "write_contention",
+                "The record is being changed by others too often; retry.",
+            ),
+            RecordError::Internal(msg) => ApiError::internal(msg),
+        }
+    }
+}
+
 /// Access refusals at the edge: a key's scopes (403 `insufficient_scope`), or a rule
 /// (401 for anonymous callers, 403 `forbidden` otherwise).
 impl From<crate::access::Refusal> for ApiError {

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use axum::http::StatusCode;
 use serde_json::Value;
 
 use crate::auth::{SUPERUSERS, superusers};
@@ -124,7 +123,9 @@ pub async fn account_by_id(
     };
     match crate::records::service::get(state, &coll, id).await {
         Ok(r) => Ok(Some(Account::User(coll, Record::clone(&r)))),
-        Err(e) if e.status == StatusCode::NOT_FOUND => Ok(None),
-        Err(e) => Err(e),
+        Err(crate::records::error::RecordError::Store(crate::store::StoreError::NotFound)) => {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
     }
 }

@@ -343,8 +343,10 @@ pub async fn load_principal(
     };
     match crate::records::service::get(state, &coll, id).await {
         Ok(record) => Ok(Some(Principal::User { coll, record })),
-        Err(e) if e.status == StatusCode::NOT_FOUND => Ok(None),
-        Err(e) => Err(e),
+        Err(crate::records::error::RecordError::Store(crate::store::StoreError::NotFound)) => {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

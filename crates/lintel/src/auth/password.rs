@@ -10,7 +10,6 @@ use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Versio
 use tokio::sync::Semaphore;
 
 use crate::config::AuthConfig;
-use crate::error::ApiError;
 
 /// The most common passwords of 8 characters or more, lower-cased (from the list
 /// Django ships, itself from public breach corpora).
@@ -49,14 +48,35 @@ pub fn check(cfg: &AuthConfig, password: &str, email: &str) -> Result<(), (&'sta
     Ok(())
 }
 
-fn argon(cfg: &AuthConfig) -> Result<Argon2<'static>, ApiError> {
+/// Why a password operation failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordError {
+    /// Too many wrong passwords for the account or the address: retry after this many
+    /// seconds (`429 signin_locked`).
+    Locked { retry_after: u64 },
+    /// Hashing failed: bad parameters, no randomness, the blocking pool gone (a 500).
+    Hashing(String),
+}
+
+impl std::fmt::Display for PasswordError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PasswordError::Locked { retry_after } => {
+                write!(f, "locked for {retry_after} s after wrong passwords")
+            }
+            PasswordError::Hashing(msg) => f.write_str(msg),
+        }
+    }
+}
+
+fn argon(cfg: &AuthConfig) -> Result<Argon2<'static>, PasswordError> {
     let params = Params::new(
         cfg.argon2_memory_kib,
         cfg.argon2_iterations,
         cfg.argon2_parallelism,
         None,
     )
-    .map_err(|e| ApiError::internal(format!("argon2 parameters: {e}")))?;
+    .map_err(|e| PasswordError::Hashing(format!("argon2 parameters: {e}")))?;
     Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
 }
 
@@ -73,7 +93,7 @@ impl Hasher {
     /// Builds the hasher and its decoy hash; blocking (one argon2 run), so call it from
     /// the blocking pool at start-up.
     pub fn new(cfg: &AuthConfig) -> anyhow::Result<Self> {
-        let argon = argon(cfg).map_err(|e| anyhow::anyhow!("{}", e.detail))?;
+        let argon = argon(cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut salt = [0u8; 16];
         getrandom::fill(&mut salt).map_err(|e| anyhow::anyhow!("salt: {e}"))?;
         let decoy = argon
@@ -93,26 +113,26 @@ impl Hasher {
     }
 
     /// Hashes a password into a PHC string (`$argon2id$v=19$m=...`).
-    pub async fn hash(&self, password: String) -> Result<String, ApiError> {
+    pub async fn hash(&self, password: String) -> Result<String, PasswordError> {
         let permit = self
             .permits
             .clone()
             .acquire_owned()
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(|e| PasswordError::Hashing(e.to_string()))?;
         let argon = self.argon.clone();
         tokio::task::spawn_blocking(move || {
             // Held until the hash is done, even if the request is dropped meanwhile.
             let _permit = permit;
             let mut salt = [0u8; 16];
-            getrandom::fill(&mut salt).map_err(|e| ApiError::internal(format!("salt: {e}")))?;
+            getrandom::fill(&mut salt).map_err(|e| PasswordError::Hashing(format!("salt: {e}")))?;
             argon
                 .hash_password_with_salt(password.as_bytes(), &salt)
                 .map(|h| h.to_string())
-                .map_err(|e| ApiError::internal(format!("hashing: {e}")))
+                .map_err(|e| PasswordError::Hashing(format!("hashing: {e}")))
         })
         .await
-        .map_err(ApiError::internal)?
+        .map_err(|e| PasswordError::Hashing(e.to_string()))?
     }
 
     /// Whether `password` matches the PHC hash (parameters come from the hash itself).
@@ -141,7 +161,7 @@ impl Hasher {
 /// change, an email change): wrong answers count toward the same per-account and
 /// per-address lockout as sign-ins, so these routes cannot be used to guess a password
 /// past it. Ok(false) for a wrong password (already counted and audited with
-/// `failure_event`); `429 signin_locked` while locked.
+/// `failure_event`); `PasswordError::Locked` while locked.
 pub async fn check_current(
     state: &crate::state::AppState,
     collection: &str,
@@ -149,7 +169,7 @@ pub async fn check_current(
     ip: Option<String>,
     candidate: String,
     failure_event: &'static str,
-) -> Result<bool, ApiError> {
+) -> Result<bool, PasswordError> {
     use crate::auth::audit;
     use crate::ratelimit::lockout::{self, Gate};
     let field = |name: &str| {
@@ -175,14 +195,9 @@ pub async fn check_current(
                     .subject(account_id.to_owned())
                     .ip(ip),
             );
-            let secs = retry_after_ms.div_ceil(1000).max(1);
-            let mut err = ApiError::new(
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
-                "signin_locked",
-                format!("Too many wrong passwords; try again in {secs} s."),
-            );
-            err.retry_after = Some(secs);
-            return Err(err);
+            return Err(PasswordError::Locked {
+                retry_after: retry_after_ms.div_ceil(1000).max(1),
+            });
         }
         Gate::Proceed { delay_ms } if delay_ms > 0 => {
             tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;

@@ -238,7 +238,7 @@ async fn batch(
                     "conflict",
                     "The record changed while the batch was prepared; retry the batch.",
                 ),
-                other => store_error(other),
+                other => ApiError::from(store_error(other)),
             };
             return Err(failed(i, op, err));
         }

@@ -6,6 +6,7 @@
 //! Every operation is checked against the collection's access rules for the caller
 //! (see `access::rules`); records the caller may not view answer 404.
 
+pub mod error;
 pub mod query;
 pub mod service;
 pub mod validate;

@@ -9,7 +9,7 @@ pub async fn prepare_create(
     caller: &Caller,
     coll: &Arc<Collection>,
     mut input: Map<String, Value>,
-) -> Result<Prepared, ApiError> {
+) -> Result<Prepared, RecordError> {
     caller.require_scope(coll.name(), Action::Create)?;
     if rules::is_denied_outright(caller, coll, Action::Create) {
         return Err(denied(state, caller, coll, Action::Create));
@@ -25,10 +25,10 @@ pub async fn prepare_create(
     };
     let body = input.clone();
     let data = if coll.is_document() {
-        validate_document(coll, &input).map_err(ApiError::validation)?;
+        validate_document(coll, &input).map_err(RecordError::Invalid)?;
         input
     } else {
-        validate_table(coll, &input, Mode::Create).map_err(ApiError::validation)?
+        validate_table(coll, &input, Mode::Create).map_err(RecordError::Invalid)?
     };
     let now = state.clock.now();
     let record = Record {

@@ -9,7 +9,7 @@ pub async fn prepare_delete(
     coll: &Arc<Collection>,
     id: &str,
     if_match: Option<&str>,
-) -> Result<WriteOp, ApiError> {
+) -> Result<WriteOp, RecordError> {
     caller.require_scope(coll.name(), Action::Delete)?;
     let ruled = !matches!(coll.rule(Action::Delete), crate::schema::Rule::Anyone)
         || !matches!(coll.rule(Action::View), crate::schema::Rule::Anyone);

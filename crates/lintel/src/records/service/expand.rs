@@ -11,7 +11,7 @@ pub async fn render_many(
     records: &[Visible<'_>],
     fields: Option<&[String]>,
     expand: &[String],
-) -> Result<Vec<Value>, ApiError> {
+) -> Result<Vec<Value>, RecordError> {
     let mut expanded: HashMap<String, HashMap<String, Value>> = HashMap::new();
     for name in expand {
         let Some(f) = coll.field(name).filter(|f| !f.hidden) else {

@@ -32,7 +32,7 @@ pub async fn list(
     caller: &Caller,
     coll: &Arc<Collection>,
     params: &ListParams,
-) -> Result<ListPage, ApiError> {
+) -> Result<ListPage, RecordError> {
     let permit = permit::list(caller, coll).map_err(|r| refused(state, caller, r))?;
     let now = state.clock.now();
     let auth = caller.auth_fields();

@@ -12,7 +12,7 @@ use crate::access::permit::{self, Granted, Visible, Written};
 use crate::access::render::render;
 use crate::access::{Caller, Refusal, rules};
 use crate::auth::{audit, password};
-use crate::error::ApiError;
+use crate::records::error::RecordError;
 use crate::records::query::{ListParams, ListPlan, PageMode, encode_cursor, plan};
 use crate::records::validate::{Mode, validate_document, validate_table};
 use crate::schema::kinds::is_record_id;
@@ -38,16 +38,10 @@ pub use update::{KEEP_API_KEYS, prepare_update, update};
 pub use write::{Prepared, Ready, apply_writes, finish, write_one};
 use write::{check_protected, check_relation_access, take_password};
 
-/// Maps a store failure on a record to its HTTP outcome: the record-specific answers
-/// for a missing record and a stale `If-Match`, the edge's mapping for the rest.
-pub fn store_error(e: StoreError) -> ApiError {
-    match e {
-        StoreError::NotFound => ApiError::not_found("No record with that id in this collection."),
-        StoreError::VersionConflict => ApiError::precondition_failed(
-            "The record changed since the version given in If-Match; fetch it again.",
-        ),
-        other => ApiError::from(other),
-    }
+/// A store failure on a record (the edge words a missing record and a stale
+/// `If-Match` for the records API).
+pub fn store_error(e: StoreError) -> RecordError {
+    RecordError::Store(e)
 }
 
 /// The entity tag of a record version.
@@ -71,20 +65,16 @@ pub fn tag_matches(header: &str, record: &Record, weak: bool) -> bool {
 }
 
 /// Looks a collection up, or 404.
-pub fn collection(state: &AppState, name: &str) -> Result<Arc<Collection>, ApiError> {
+pub fn collection(state: &AppState, name: &str) -> Result<Arc<Collection>, RecordError> {
     state
         .catalog()
         .get(name)
-        .ok_or_else(|| ApiError::not_found(format!("No collection named '{}'.", truncate(name))))
-}
-
-pub(super) fn truncate(s: &str) -> String {
-    s.chars().take(48).collect()
+        .ok_or_else(|| RecordError::UnknownCollection(name.to_owned()))
 }
 
 /// 403 for an action the rules refuse (401 for anonymous callers), recorded in the
 /// audit log.
-pub fn denied(state: &AppState, caller: &Caller, coll: &Collection, action: Action) -> ApiError {
+pub fn denied(state: &AppState, caller: &Caller, coll: &Collection, action: Action) -> RecordError {
     refused(
         state,
         caller,
@@ -97,7 +87,7 @@ pub fn denied(state: &AppState, caller: &Caller, coll: &Collection, action: Acti
 }
 
 /// An access refusal as the client sees it; rule refusals go to the audit log.
-pub fn refused(state: &AppState, caller: &Caller, r: Refusal) -> ApiError {
+pub fn refused(state: &AppState, caller: &Caller, r: Refusal) -> RecordError {
     if let Refusal::Rule {
         collection, action, ..
     } = &r
@@ -110,5 +100,5 @@ pub fn refused(state: &AppState, caller: &Caller, r: Refusal) -> ApiError {
             action.as_str(),
         );
     }
-    ApiError::from(r)
+    RecordError::Refused(r)
 }

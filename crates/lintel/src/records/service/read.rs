@@ -8,7 +8,7 @@ pub async fn get_visible(
     caller: &Caller,
     coll: &Arc<Collection>,
     id: &str,
-) -> Result<Granted, ApiError> {
+) -> Result<Granted, RecordError> {
     caller.require_scope(coll.name(), Action::View)?;
     let record = get(state, coll, id).await?;
     permit::view_owned(caller, coll, record, &state.clock.now())
@@ -20,7 +20,7 @@ pub async fn get(
     state: &AppState,
     coll: &Arc<Collection>,
     id: &str,
-) -> Result<Arc<Record>, ApiError> {
+) -> Result<Arc<Record>, RecordError> {
     if !is_record_id(id) {
         return Err(store_error(StoreError::NotFound));
     }

@@ -13,7 +13,7 @@ pub async fn prepare_update(
     mut input: Map<String, Value>,
     mode: Mode,
     if_match: Option<&str>,
-) -> Result<Prepared, ApiError> {
+) -> Result<Prepared, RecordError> {
     caller.require_scope(coll.name(), Action::Update)?;
     let current = get_visible(state, caller, coll, id).await?.record().clone();
     check_protected(caller, coll, &input, Some(&current))?;
@@ -46,12 +46,12 @@ pub async fn prepare_update(
             Mode::Patch => merge_patch(current.data.clone(), input),
             _ => input,
         };
-        validate_document(coll, &doc).map_err(ApiError::validation)?;
+        validate_document(coll, &doc).map_err(RecordError::Invalid)?;
         doc
     } else {
         // PUT replaces the client's fields; the protected ones stay as they were
         // unless a superuser sends them.
-        let mut values = validate_table(coll, &input, mode).map_err(ApiError::validation)?;
+        let mut values = validate_table(coll, &input, mode).map_err(RecordError::Invalid)?;
         if mode == Mode::Replace {
             for f in coll.fields() {
                 if (f.protected || f.hidden) && !input.contains_key(&f.name) {
@@ -130,7 +130,7 @@ pub async fn update(
     input: Map<String, Value>,
     mode: Mode,
     if_match: Option<&str>,
-) -> Result<(Record, Option<Written>), ApiError> {
+) -> Result<(Record, Option<Written>), RecordError> {
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -178,7 +178,7 @@ pub async fn update(
                     }
                     return Ok((r, written));
                 }
-                return Err(ApiError::internal("update returned no record"));
+                return Err(RecordError::Internal("update returned no record".into()));
             }
             Err(WriteError {
                 error: StoreError::VersionConflict,
@@ -188,10 +188,7 @@ pub async fn update(
                 error: StoreError::VersionConflict,
                 ..
             }) if if_match.is_none() => {
-                return Err(ApiError::conflict(
-                    "write_contention",
-                    "The record is being changed by others too often; retry.",
-                ));
+                return Err(RecordError::Contention);
             }
             Err(WriteError { error, .. }) => return Err(store_error(error)),
         }

@@ -11,7 +11,7 @@ pub(super) fn check_protected(
     coll: &Collection,
     input: &Map<String, Value>,
     current: Option<&Record>,
-) -> Result<(), ApiError> {
+) -> Result<(), RecordError> {
     let updating = current.is_some();
     let mut errors = crate::validation::FieldErrors::new();
     for (k, v) in input {
@@ -45,7 +45,7 @@ pub(super) fn check_protected(
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(ApiError::validation(errors))
+        Err(RecordError::Invalid(errors))
     }
 }
 
@@ -60,17 +60,17 @@ pub(super) async fn take_password(
     coll_name: &str,
     input: &mut Map<String, Value>,
     current: Option<&Record>,
-) -> Result<Option<String>, ApiError> {
+) -> Result<Option<String>, RecordError> {
     let old = input.remove("oldPassword");
     let Some(pw) = input.remove("password") else {
         return if current.is_none() {
-            Err(ApiError::field("password", "required", "is required"))
+            Err(RecordError::field("password", "required", "is required"))
         } else {
             Ok(None)
         };
     };
     let Value::String(pw) = pw else {
-        return Err(ApiError::field(
+        return Err(RecordError::field(
             "password",
             "invalid_type",
             "must be a string",
@@ -103,7 +103,7 @@ pub(super) async fn take_password(
             _ => false,
         };
         if !ok {
-            return Err(ApiError::field(
+            return Err(RecordError::field(
                 "oldPassword",
                 "invalid",
                 "the current password is needed to set a new one",
@@ -111,13 +111,13 @@ pub(super) async fn take_password(
         }
     }
     password::check(&state.config.auth, &pw, &email)
-        .map_err(|(code, msg)| ApiError::field("password", code, msg))?;
+        .map_err(|(code, msg)| RecordError::field("password", code, msg))?;
     Ok(Some(pw))
 }
 
 /// Spends the caller's address's budget for password hashing (the `auth` rate-limit
 /// rule): 429 once it is used up.
-fn charge_hashes(state: &AppState, caller: &Caller, units: u32) -> Result<(), ApiError> {
+fn charge_hashes(state: &AppState, caller: &Caller, units: u32) -> Result<(), RecordError> {
     let Some(limiter) = state.limiter.as_ref() else {
         return Ok(());
     };
@@ -125,15 +125,9 @@ fn charge_hashes(state: &AppState, caller: &Caller, units: u32) -> Result<(), Ap
         return Ok(());
     }
     let ip = caller.ip.as_deref().and_then(|s| s.parse().ok());
-    limiter.charge("auth", ip, units).map_err(|secs| {
-        let mut err = ApiError::new(
-            axum::http::StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("Too many password operations from this address; retry in {secs} s."),
-        );
-        err.retry_after = Some(secs);
-        err
-    })
+    limiter
+        .charge("auth", ip, units)
+        .map_err(|retry_after| RecordError::HashBudget { retry_after })
 }
 
 /// A relation may name only records the writer may view: an id it cannot see is
@@ -145,7 +139,7 @@ pub(super) async fn check_relation_access(
     coll: &Collection,
     record: &Record,
     previous: Option<&Record>,
-) -> Result<(), ApiError> {
+) -> Result<(), RecordError> {
     for (field, target, ids) in crate::store::write::relation_targets(coll, record) {
         let held: BTreeSet<&str> = match previous.and_then(|p| p.data.get(&field)) {
             Some(Value::String(s)) => std::iter::once(s.as_str()).collect(),
@@ -159,7 +153,7 @@ pub(super) async fn check_relation_access(
         if new.is_empty() {
             continue;
         }
-        let refused = || ApiError::validation(crate::store::write::missing_target(&field, &target));
+        let refused = || RecordError::Invalid(crate::store::write::missing_target(&field, &target));
         let Some(target_coll) = state.catalog().get(&target) else {
             return Err(refused());
         };
@@ -231,7 +225,7 @@ pub async fn finish(
     state: &AppState,
     caller: &Caller,
     prepared: Vec<Prepared>,
-) -> Result<Vec<Ready>, ApiError> {
+) -> Result<Vec<Ready>, RecordError> {
     let n = prepared.iter().filter(|p| p.password.is_some()).count();
     if n > 0 {
         charge_hashes(state, caller, u32::try_from(n).unwrap_or(u32::MAX))?;
@@ -313,7 +307,7 @@ pub async fn apply_writes(
 }
 
 /// Runs one write and returns its record (None for a delete).
-pub async fn write_one(state: &AppState, op: WriteOp) -> Result<Option<Record>, ApiError> {
+pub async fn write_one(state: &AppState, op: WriteOp) -> Result<Option<Record>, RecordError> {
     match apply_writes(state, vec![op]).await {
         Ok(mut out) => Ok(match out.pop() {
             Some(WriteOutcome::Written(r)) => Some(r),
