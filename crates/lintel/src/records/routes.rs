@@ -1,0 +1,415 @@
+//! The records API's HTTP routes (part of the edge: they take the application state
+//! and answer with problems): create, read, list, replace, patch and delete, with
+//! conditional requests, validators, links and list bodies. The operations themselves
+//! are `records::service`.
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::access::Caller;
+use crate::access::permit::Visible;
+use crate::access::render::{RecordView, record_href};
+use crate::error::ApiError;
+use crate::http::extract::JsonBody;
+use crate::http::openapi::ProblemDoc;
+use crate::records::query::{self, ListParams};
+use crate::records::service::{self, etag, render_many, tag_matches};
+use crate::records::validate::Mode;
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_records, create_record))
+        .routes(routes!(
+            get_record,
+            replace_record,
+            patch_record,
+            delete_record
+        ))
+}
+
+const RECORD_CACHE_CONTROL: &str = "private, no-cache";
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `If-Match`; a value that is not visible ASCII is refused rather than ignored, so a
+/// conditional write never turns unconditional.
+fn if_match(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    match headers.get(header::IF_MATCH) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(Some)
+            .map_err(|_| ApiError::field("If-Match", "invalid", "must be one or more entity tags")),
+    }
+}
+
+/// A single-record response with its validators.
+/// `body: None` serialises the record itself (the common case, without copies).
+fn record_response(
+    status: StatusCode,
+    coll: &crate::schema::Collection,
+    visible: Visible<'_>,
+    body: Option<Value>,
+) -> Response {
+    let record = visible.record();
+    let mut res = match body {
+        Some(body) => (status, axum::Json(body)).into_response(),
+        None => (
+            status,
+            axum::Json(RecordView {
+                coll,
+                record: visible,
+            }),
+        )
+            .into_response(),
+    };
+    let h = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&etag(record)) {
+        h.insert(header::ETAG, v);
+    }
+    if let Some(v) =
+        crate::clock::http_date(&record.updated).and_then(|d| HeaderValue::from_str(&d).ok())
+    {
+        h.insert(header::LAST_MODIFIED, v);
+    }
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(RECORD_CACHE_CONTROL),
+    );
+    if status == StatusCode::CREATED
+        && let Ok(v) = HeaderValue::from_str(&record_href(coll.name(), &record.id))
+    {
+        h.insert(header::LOCATION, v);
+    }
+    res
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/collections/{collection}/records",
+    tag = "records",
+    summary = "List records",
+    description = "Filter (see docs/filters.md), sort (`-created,title`), paginate by `page`/`perPage` or by `cursor` (keyset: send an empty cursor for the first page), project with `fields`, expand relations with `expand`; `skipTotal=1` skips the count.",
+    params(
+        ("collection" = String, Path, description = "Collection name"),
+        ("filter" = Option<String>, Query, description = "Filter expression"),
+        ("sort" = Option<String>, Query, description = "Sort keys, `-` for descending"),
+        ("page" = Option<u32>, Query, description = "Page number, from 1"),
+        ("perPage" = Option<u32>, Query, description = "Items per page (default 30, max 500)"),
+        ("cursor" = Option<String>, Query, description = "Keyset cursor (empty for the first page)"),
+        ("fields" = Option<String>, Query, description = "Fields to return"),
+        ("expand" = Option<String>, Query, description = "Relation fields to expand"),
+        ("skipTotal" = Option<bool>, Query, description = "Skip counting the total"),
+    ),
+    responses(
+        (status = 200, description = "A page of records", body = Value),
+        (status = 304, description = "Not modified (If-None-Match)"),
+        (status = 400, description = "Bad query", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such collection", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+async fn list_records(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(collection): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let coll = service::collection(&state, &collection)?;
+    let query = query.unwrap_or_default();
+    let params = ListParams::from_query(&query);
+    let page = service::list(&state, &caller, &coll, &params).await?;
+    let items = render_many(
+        &state,
+        &caller,
+        &coll,
+        &page.records(),
+        page.plan.fields.as_deref(),
+        &page.plan.expand,
+    )
+    .await?;
+    let (body, links) = service::list_body(coll.name(), &page, items, &query);
+    let bytes = serde_json::to_vec(&body).map_err(ApiError::internal)?;
+    let digest = Sha256::digest(&bytes);
+    let tag = format!(
+        "W/\"{}\"",
+        digest
+            .iter()
+            .take(12)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let not_modified = header_str(&headers, header::IF_NONE_MATCH)
+        .is_some_and(|h| h.split(',').any(|t| t.trim() == tag || t.trim() == "*"));
+    let mut res = if not_modified {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let mut r = bytes.into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        r
+    };
+    let h = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&tag) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(RECORD_CACHE_CONTROL),
+    );
+    let link = links
+        .iter()
+        .map(|(rel, href)| format!("<{href}>; rel=\"{rel}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if let Ok(v) = HeaderValue::from_str(&link) {
+        h.insert(header::LINK, v);
+    }
+    Ok(res)
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/collections/{collection}/records",
+    tag = "records",
+    summary = "Create a record",
+    description = "Accepts an `Idempotency-Key` header: a retry with the same key and body replays the first response.",
+    params(("collection" = String, Path, description = "Collection name")),
+    request_body(content = Value, description = "The record's fields (table) or any JSON object (document)"),
+    responses(
+        (status = 201, description = "Created; Location and ETag headers", body = Value),
+        (status = 400, description = "Validation failed", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such collection", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+async fn create_record(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(collection): Path<String>,
+    JsonBody(input): JsonBody<Map<String, Value>>,
+) -> Result<Response, ApiError> {
+    let coll = service::collection(&state, &collection)?;
+    let prepared = service::prepare_create(&state, &caller, &coll, input).await?;
+    let ready = service::finish(&state, &caller, vec![prepared])
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::internal("create prepared no write"))?;
+    let written = ready
+        .written
+        .ok_or_else(|| ApiError::internal("create granted no response"))?;
+    let record = service::write_one(&state, ready.op)
+        .await?
+        .ok_or_else(|| ApiError::internal("create returned no record"))?;
+    Ok(record_response(
+        StatusCode::CREATED,
+        &coll,
+        written.show(&record),
+        None,
+    ))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/collections/{collection}/records/{id}",
+    tag = "records",
+    summary = "Get a record",
+    params(
+        ("collection" = String, Path, description = "Collection name"),
+        ("id" = String, Path, description = "Record id"),
+        ("fields" = Option<String>, Query, description = "Fields to return"),
+        ("expand" = Option<String>, Query, description = "Relation fields to expand"),
+    ),
+    responses(
+        (status = 200, description = "The record; ETag and Last-Modified headers", body = Value),
+        (status = 304, description = "Not modified"),
+        (status = 404, description = "No such collection or record", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+async fn get_record(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((collection, id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let coll = service::collection(&state, &collection)?;
+    let granted = service::get_visible(&state, &caller, &coll, &id).await?;
+    let record = granted.record();
+    let (fields, expand) = match query.as_deref() {
+        Some(q) if !q.is_empty() => {
+            let p = ListParams::from_query(q);
+            let fields = p.fields.as_deref().filter(|s| !s.is_empty()).map(|s| {
+                s.split(',')
+                    .map(|x| x.trim().to_owned())
+                    .filter(|x| !x.is_empty())
+                    .collect::<Vec<_>>()
+            });
+            let expand = match p.expand.as_deref() {
+                Some(e) if !e.is_empty() => query::parse_expand(&coll, e)
+                    .map_err(|m| ApiError::field("expand", "invalid_expand", m))?,
+                _ => Vec::new(),
+            };
+            (fields, expand)
+        }
+        _ => (None, Vec::new()),
+    };
+
+    // A projected or expanded body is another representation, and expanded records
+    // change on their own: such responses carry no record validators and are not
+    // answered with 304 from the record's tag.
+    let shaped = fields.is_some() || !expand.is_empty();
+    let fresh = match header_str(&headers, header::IF_NONE_MATCH) {
+        Some(h) => tag_matches(h, record, true),
+        None => header_str(&headers, header::IF_MODIFIED_SINCE)
+            .and_then(crate::clock::parse_http_date)
+            .zip(crate::clock::ts_seconds(&record.updated))
+            .is_some_and(|(since, updated)| updated <= since),
+    };
+    if fresh && !shaped {
+        let mut res = record_response(StatusCode::OK, &coll, granted.visible(), Some(Value::Null));
+        *res.status_mut() = StatusCode::NOT_MODIFIED;
+        *res.body_mut() = axum::body::Body::empty();
+        res.headers_mut().remove(header::CONTENT_TYPE);
+        res.headers_mut().remove(header::CONTENT_LENGTH);
+        return Ok(res);
+    }
+    if !shaped {
+        return Ok(record_response(
+            StatusCode::OK,
+            &coll,
+            granted.visible(),
+            None,
+        ));
+    }
+    let mut items = render_many(
+        &state,
+        &caller,
+        &coll,
+        &[granted.visible()],
+        fields.as_deref(),
+        &expand,
+    )
+    .await?;
+    let body = items.pop().unwrap_or(Value::Null);
+    let mut res = record_response(StatusCode::OK, &coll, granted.visible(), Some(body));
+    {
+        res.headers_mut().remove(header::ETAG);
+        res.headers_mut().remove(header::LAST_MODIFIED);
+    }
+    Ok(res)
+}
+
+async fn update(
+    state: AppState,
+    caller: Caller,
+    collection: String,
+    id: String,
+    headers: HeaderMap,
+    input: Map<String, Value>,
+    mode: Mode,
+) -> Result<Response, ApiError> {
+    let coll = service::collection(&state, &collection)?;
+    let if_match = if_match(&headers)?;
+    let (record, written) =
+        service::update(&state, &caller, &coll, &id, input, mode, if_match).await?;
+    let written = written.ok_or_else(|| ApiError::internal("update granted no response"))?;
+    Ok(record_response(
+        StatusCode::OK,
+        &coll,
+        written.show(&record),
+        None,
+    ))
+}
+
+#[utoipa::path(
+    put,
+    path = "/v1/collections/{collection}/records/{id}",
+    tag = "records",
+    summary = "Replace a record",
+    description = "Fields left out take their default or null. `If-Match` with the record's ETag makes the write conditional (412 when stale).",
+    params(
+        ("collection" = String, Path, description = "Collection name"),
+        ("id" = String, Path, description = "Record id"),
+    ),
+    request_body(content = Value, description = "The whole record"),
+    responses(
+        (status = 200, description = "Replaced", body = Value),
+        (status = 400, description = "Validation failed", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 412, description = "Stale If-Match", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+async fn replace_record(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((collection, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    JsonBody(input): JsonBody<Map<String, Value>>,
+) -> Result<Response, ApiError> {
+    update(state, caller, collection, id, headers, input, Mode::Replace).await
+}
+
+#[utoipa::path(
+    patch,
+    path = "/v1/collections/{collection}/records/{id}",
+    tag = "records",
+    summary = "Change some fields of a record",
+    description = "Only the given fields change (document collections: JSON merge patch). Accepts `If-Match` and `Idempotency-Key`.",
+    params(
+        ("collection" = String, Path, description = "Collection name"),
+        ("id" = String, Path, description = "Record id"),
+    ),
+    request_body(content = Value, description = "The fields to change"),
+    responses(
+        (status = 200, description = "Updated", body = Value),
+        (status = 400, description = "Validation failed", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 412, description = "Stale If-Match", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+async fn patch_record(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((collection, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    JsonBody(input): JsonBody<Map<String, Value>>,
+) -> Result<Response, ApiError> {
+    update(state, caller, collection, id, headers, input, Mode::Patch).await
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/collections/{collection}/records/{id}",
+    tag = "records",
+    summary = "Delete a record",
+    params(
+        ("collection" = String, Path, description = "Collection name"),
+        ("id" = String, Path, description = "Record id"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "Not found", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "Still referenced by other records", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 412, description = "Stale If-Match", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+async fn delete_record(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((collection, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let coll = service::collection(&state, &collection)?;
+    let op = service::prepare_delete(&state, &caller, &coll, &id, if_match(&headers)?).await?;
+    service::write_one(&state, op).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
