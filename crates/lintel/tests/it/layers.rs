@@ -174,7 +174,10 @@ fn the_layer_check_sees_an_upward_import() {
     // Routes sit with the edge; the service below them may not reach them.
     assert!(violations_in("records/routes.rs", "use crate::state::AppState;").is_empty());
     assert_eq!(
-        violations_in("records/service/read.rs", "use crate::records::routes::router;"),
+        violations_in(
+            "records/service/read.rs",
+            "use crate::records::routes::router;"
+        ),
         vec!["records/service/read.rs -> records/routes"]
     );
     // A comment is no import.
