@@ -258,6 +258,7 @@ pub(crate) async fn apply_op<C: Conn>(c: &C, op: WriteOp) -> Result<WriteOutcome
             id,
             expected_version,
             referrers,
+            now,
         } => {
             // Where rows are locked (PostgreSQL), lock this one first: an insert that
             // holds a key-share lock on it (adding a reference) finishes before the
@@ -267,7 +268,7 @@ pub(crate) async fn apply_op<C: Conn>(c: &C, op: WriteOp) -> Result<WriteOutcome
             {
                 return Err(StoreError::NotFound);
             }
-            follow_referrers(c, &referrers, coll.name(), &id, &crate::clock::now()).await?;
+            follow_referrers(c, &referrers, coll.name(), &id, &now).await?;
             let sql = delete_sql(d, &coll, &id, expected_version);
             if c.execute(&sql, Some(&coll)).await? == 0 {
                 return Err(no_row_changed(c, &coll, &id).await);

@@ -34,6 +34,8 @@ pub enum WriteOp {
         /// referring field's `onDelete` policy (restrict, set null, cascade) down the
         /// chain.
         referrers: Arc<RelationGraph>,
+        /// The request's time: the `updated` of records a set-null policy changes.
+        now: String,
     },
     /// A statement on one of Lintel's own tables (sessions, tokens, audit...), in the
     /// same transaction as the record writes beside it. With `expect`, any other

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::common::{PW, SmtpSink, TestApp, access, bearer, login, mailed_token, signup};
 
@@ -140,4 +140,44 @@ async fn sessions_api_keys_and_mailed_tokens_expire() {
     assert_eq!(r.body["items"][0]["verified"], false, "{}", r.text);
     idle.shutdown().await;
     absolute.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_set_null_delete_stamps_the_unlinked_records_with_the_servers_clock() {
+    let app = TestApp::spawn_clocked(|_| {}).await;
+    app.collection(json!({"name": "authors", "fields": [{"name": "name", "type": "text"}]}))
+        .await;
+    app.collection(json!({
+        "name": "posts",
+        "fields": [{"name": "author", "type": "relation", "collection": "authors"}],
+    }))
+    .await;
+    let author = app.create("authors", json!({"name": "Ann"})).await;
+    let post = app.create("posts", json!({"author": author["id"]})).await;
+    app.advance(Duration::from_secs(3600));
+    let del = app
+        .send(app.req(
+            Method::DELETE,
+            &format!(
+                "/v1/collections/authors/records/{}",
+                author["id"].as_str().unwrap()
+            ),
+        ))
+        .await;
+    assert_eq!(del.status, StatusCode::NO_CONTENT, "{}", del.text);
+    let after = app
+        .get(&format!(
+            "/v1/collections/posts/records/{}",
+            post["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(after.body["author"], Value::Null);
+    assert_eq!(after.body["version"], 2);
+    let hours = |v: &Value| -> i64 {
+        let t = v.as_str().unwrap();
+        // RFC 3339: the hour is the two digits after 'T'.
+        t[11..13].parse::<i64>().unwrap() * 60 + t[14..16].parse::<i64>().unwrap()
+    };
+    let moved = (hours(&after.body["updated"]) - hours(&post["updated"])).rem_euclid(24 * 60);
+    assert_eq!(moved, 60, "updated follows the server's clock, an hour on");
 }

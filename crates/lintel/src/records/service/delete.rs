@@ -36,6 +36,7 @@ pub async fn prepare_delete(
             id: id.to_owned(),
             expected_version: Some(current.version),
             referrers: state.catalog().relation_graph(),
+            now: state.clock.now(),
         });
     }
     let expected_version = match if_match {
@@ -58,5 +59,6 @@ pub async fn prepare_delete(
         id: id.to_owned(),
         expected_version,
         referrers: state.catalog().relation_graph(),
+        now: state.clock.now(),
     })
 }
