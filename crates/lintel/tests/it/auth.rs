@@ -248,33 +248,44 @@ async fn notes(app: &TestApp) {
     .await;
 }
 
-#[tokio::test]
-async fn each_persona_sees_and_changes_only_what_the_rules_allow() {
+/// Users A and B with notes: A's private and public ones, B's private one.
+struct Notebook {
+    app: TestApp,
+    a_id: String,
+    b_id: String,
+    ta: String,
+    tb: String,
+    a_private: String,
+    a_public: String,
+}
+
+async fn create_note(app: &TestApp, token: &str, body: Value) -> Reply {
+    as_user(
+        app,
+        token,
+        Method::POST,
+        "/v1/collections/notes/records",
+        Some(body),
+    )
+    .await
+}
+
+async fn notebook() -> Notebook {
     let app = TestApp::spawn().await;
     notes(&app).await;
     let a = signup(&app, "a@example.com").await;
     let b = signup(&app, "b@example.com").await;
-    let (a_id, b_id) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
+    let (a_id, b_id) = (
+        a["id"].as_str().unwrap().to_owned(),
+        b["id"].as_str().unwrap().to_owned(),
+    );
     let ta = token(&login(&app, "a@example.com").await);
     let tb = token(&login(&app, "b@example.com").await);
-    let create = |t: &str, body: Value| {
-        let t = t.to_owned();
-        let app = &app;
-        async move {
-            as_user(
-                app,
-                &t,
-                Method::POST,
-                "/v1/collections/notes/records",
-                Some(body),
-            )
-            .await
-        }
-    };
-    let a_private = create(&ta, json!({"owner": a_id, "title": "A-private"})).await;
+    let a_private = create_note(&app, &ta, json!({"owner": a_id, "title": "A-private"})).await;
     assert_eq!(a_private.status, StatusCode::CREATED, "{}", a_private.text);
     let a_private = a_private.body["id"].as_str().unwrap().to_owned();
-    let a_public = create(
+    let a_public = create_note(
+        &app,
         &ta,
         json!({"owner": a_id, "title": "A-public", "private": false}),
     )
@@ -283,11 +294,31 @@ async fn each_persona_sees_and_changes_only_what_the_rules_allow() {
         .as_str()
         .unwrap()
         .to_owned();
-    let b_private = create(&tb, json!({"owner": b_id, "title": "B-private"})).await;
+    let b_private = create_note(&app, &tb, json!({"owner": b_id, "title": "B-private"})).await;
     assert_eq!(b_private.status, StatusCode::CREATED);
+    Notebook {
+        app,
+        a_id,
+        b_id,
+        ta,
+        tb,
+        a_private,
+        a_public,
+    }
+}
 
+#[tokio::test]
+async fn notes_are_created_only_by_and_for_their_owner() {
+    let Notebook {
+        app,
+        a_id,
+        b_id,
+        ta,
+        ..
+    } = notebook().await;
+    let (a_id, b_id) = (a_id.as_str(), b_id.as_str());
     // Creating for someone else, or anonymously, is refused.
-    let r = create(&ta, json!({"owner": b_id, "title": "forged"})).await;
+    let r = create_note(&app, &ta, json!({"owner": b_id, "title": "forged"})).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
     let r = app
         .json(
@@ -297,7 +328,12 @@ async fn each_persona_sees_and_changes_only_what_the_rules_allow() {
         )
         .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+    app.shutdown().await;
+}
 
+#[tokio::test]
+async fn lists_and_counts_show_only_what_the_list_rule_allows() {
+    let Notebook { app, tb, .. } = notebook().await;
     // B lists: its own note and A's public one; the count agrees; filters cannot
     // reach past the rule.
     let r = as_user(
@@ -333,6 +369,26 @@ async fn each_persona_sees_and_changes_only_what_the_rules_allow() {
         r.text
     );
 
+    // The superuser sees everything.
+    let r = app
+        .admin(Method::GET, "/v1/collections/notes/records", None)
+        .await;
+    assert_eq!(r.body["totalItems"], 3);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_record_the_caller_may_not_view_is_404_for_every_method_and_in_batches() {
+    let Notebook {
+        app,
+        b_id,
+        ta,
+        tb,
+        a_private,
+        a_public,
+        ..
+    } = notebook().await;
+    let b_id = b_id.as_str();
     // B cannot read, change or delete A's private note: 404, as if absent.
     let path = format!("/v1/collections/notes/records/{a_private}");
     for (m, body) in [
@@ -375,7 +431,18 @@ async fn each_persona_sees_and_changes_only_what_the_rules_allow() {
     let r = as_user(&app, &ta, Method::GET, &path, None).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["title"], "A-private");
+    app.shutdown().await;
+}
 
+#[tokio::test]
+async fn relations_and_expansion_never_reach_a_record_the_caller_may_not_view() {
+    let Notebook {
+        app,
+        ta,
+        tb,
+        a_private,
+        ..
+    } = notebook().await;
     // A relation cannot point at a record the writer may not view...
     let c = as_user(
         &app,
@@ -428,7 +495,13 @@ async fn each_persona_sees_and_changes_only_what_the_rules_allow() {
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["items"][0]["expand"]["note"]["title"], "A-private");
+    app.shutdown().await;
+}
 
+#[tokio::test]
+async fn users_see_only_their_own_account_and_never_its_hidden_fields() {
+    let Notebook { app, a_id, tb, .. } = notebook().await;
+    let a_id = a_id.as_str();
     // Users see only their own account.
     let r = as_user(
         &app,
@@ -464,6 +537,13 @@ async fn each_persona_sees_and_changes_only_what_the_rules_allow() {
         .await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{q}: {}", r.text);
     }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn protected_fields_are_set_only_by_superusers() {
+    let Notebook { app, b_id, tb, .. } = notebook().await;
+    let b_id = b_id.as_str();
     // Protected fields: only superusers set them; sending them back unchanged (a PUT
     // of the whole record) is fine.
     let own = as_user(
@@ -505,13 +585,15 @@ async fn each_persona_sees_and_changes_only_what_the_rules_allow() {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["verified"], true);
+    app.shutdown().await;
+}
 
-    // The superuser sees everything.
-    let r = app
-        .admin(Method::GET, "/v1/collections/notes/records", None)
-        .await;
-    assert_eq!(r.body["totalItems"], 3);
-
+#[tokio::test]
+async fn api_keys_act_as_their_owner_narrowed_to_their_scopes() {
+    let Notebook {
+        app, a_id, ta, tb, ..
+    } = notebook().await;
+    let a_id = a_id.as_str();
     // API keys act as their owner, narrowed to their scopes.
     let k = as_user(
         &app,
@@ -601,7 +683,55 @@ async fn each_persona_sees_and_changes_only_what_the_rules_allow() {
     )
     .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "revoked key");
+    app.shutdown().await;
+}
 
+#[tokio::test]
+async fn users_cannot_manage_collections_and_rule_denials_are_audited() {
+    let Notebook {
+        app,
+        a_id,
+        b_id,
+        ta,
+        tb,
+        a_public,
+        ..
+    } = notebook().await;
+    let (a_id, b_id) = (a_id.as_str(), b_id.as_str());
+    // Rule denials from three callers (they are coalesced per caller and window):
+    // A's forged create, an anonymous create, B's change of A's public note (alone
+    // and in a batch).
+    let r = create_note(&app, &ta, json!({"owner": b_id, "title": "forged"})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/collections/notes/records",
+            json!({"owner": a_id, "title": "anon"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+    let public = format!("/v1/collections/notes/records/{a_public}");
+    let r = as_user(
+        &app,
+        &tb,
+        Method::PATCH,
+        &public,
+        Some(json!({"title": "x"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = as_user(
+        &app,
+        &tb,
+        Method::POST,
+        "/v1/batch",
+        Some(json!({"operations": [
+            {"method": "PATCH", "path": public, "body": {"title": "x"}}
+        ]})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
     // Users cannot manage collections; the audit log is for superusers and has
     // recorded the denials.
     let r = as_user(&app, &ta, Method::GET, "/v1/collections", None).await;
