@@ -14,8 +14,8 @@ use crate::schema::kinds::geo_distance_km;
 use crate::schema::{Action, Collection, Rule};
 use crate::store::Record;
 use crate::store::filter::{
-    Env, FilterError, GeoArg, Kind, Target, Value, as_f64, const_compare, kind_of, literal_value,
-    resolve, resolve_call,
+    Env, FilterError, GeoArg, Kind, Target, Value, as_f64, check_call_compare, const_compare,
+    kind_of, literal_value, resolve, resolve_call,
 };
 
 /// What a caller may list.
@@ -106,6 +106,7 @@ pub fn eval(
                 message: m,
                 position: span.start,
             };
+            check_call_compare(left, *op, right, *span)?;
             let l = operand(left, coll, record, env)?;
             let r = operand(right, coll, record, env)?;
             match (l, r) {
@@ -164,19 +165,18 @@ fn operand(
                 GeoArg::Value(v) => Some(*v),
                 GeoArg::Missing => None,
             };
+            // A distance is a value; an unknown one (a null point, a missing request
+            // value) makes every comparison false, as in SQL.
             let d = match (
                 coord(&g.lat_a),
                 coord(&g.lon_a),
                 coord(&g.lat_b),
                 coord(&g.lon_b),
             ) {
-                (Some(a), Some(b), Some(c), Some(d)) => {
-                    serde_json::Number::from_f64(geo_distance_km(a, b, c, d))
-                        .map_or(Json::Null, Json::Number)
-                }
-                _ => Json::Null,
+                (Some(a), Some(b), Some(c), Some(d)) => Value::Float(geo_distance_km(a, b, c, d)),
+                _ => Value::Absent,
             };
-            return Ok(Side::Field(Kind::Number, d));
+            return Ok(Side::Value(d));
         }
         Operand::Literal { .. } | Operand::Macro { .. } => return Ok(Side::Value(Value::Null)),
     };

@@ -460,7 +460,8 @@ pub fn geo_distance_km(lat_a: f64, lon_a: f64, lat_b: f64, lon_b: f64) -> f64 {
     let dp = (lat_b - lat_a).to_radians();
     let dl = (lon_b - lon_a).to_radians();
     let h = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
-    2.0 * EARTH_RADIUS_KM * h.sqrt().min(1.0).asin()
+    // Rounding can take `h` a hair outside [0, 1] (antipodes, identical points).
+    2.0 * EARTH_RADIUS_KM * h.clamp(0.0, 1.0).sqrt().asin()
 }
 
 /// A pragmatic address check: local@domain, no spaces, a dotted domain of sane labels.

@@ -144,6 +144,10 @@ fn stmt(d: Dialect, text: &str, values: Vec<SqlValue>) -> Sql {
         sql.push(&rest[..i]);
         let digits = rest[i + 1..].bytes().take_while(u8::is_ascii_digit).count();
         let n: usize = rest[i + 1..i + 1 + digits].parse().unwrap_or(0);
+        debug_assert!(
+            (1..=values.len()).contains(&n),
+            "placeholder ?{n} in a fixed statement has no value: {text}"
+        );
         let value = n
             .checked_sub(1)
             .and_then(|k| values.get(k))
@@ -544,11 +548,11 @@ pub(crate) const SYSTEM_MIGRATIONS: &[SystemMigration] = &[
             lat_a DOUBLE PRECISION, lon_a DOUBLE PRECISION,
             lat_b DOUBLE PRECISION, lon_b DOUBLE PRECISION
         ) RETURNS DOUBLE PRECISION LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
-            SELECT 2 * 6371.0 * asin(least(1.0, sqrt(
+            SELECT 2 * 6371.0 * asin(sqrt(least(1.0, greatest(0.0,
                 power(sin(radians(lat_b - lat_a) / 2), 2)
                 + cos(radians(lat_a)) * cos(radians(lat_b))
                   * power(sin(radians(lon_b - lon_a) / 2), 2)
-            )))
+            ))))
         $$;",
     },
 ];

@@ -35,12 +35,19 @@ impl Failure {
     pub(crate) fn into_store_error(self, coll: Option<&Collection>) -> StoreError {
         match self {
             Failure::Unique { index, columns } => {
-                let fields = unique_fields(index.as_deref(), columns, coll);
+                let fields = unique_fields(index.as_deref(), columns.clone(), coll);
                 if fields.is_empty() {
-                    StoreError::Internal("a unique constraint outside the schema failed".into())
+                    StoreError::Internal(format!(
+                        "a unique constraint outside the schema failed: index {index:?}, columns {columns:?}"
+                    ))
                 } else {
                     StoreError::Constraint(unique_violation(&fields))
                 }
+            }
+            // A value a record's column cannot hold is the client's to fix; in one of
+            // Lintel's own tables it is a bug.
+            Failure::BadValue if coll.is_none() => {
+                StoreError::Internal("a value one of Lintel's own tables refuses".into())
             }
             Failure::BadValue => {
                 let mut errors = FieldErrors::new();
@@ -209,10 +216,15 @@ mod tests {
     }
 
     #[test]
-    fn bad_values_are_field_errors_not_500s() {
+    fn bad_values_are_field_errors_of_records_and_bugs_elsewhere() {
+        let coll = posts();
         assert_eq!(
-            field_codes(Failure::BadValue.into_store_error(None)),
+            field_codes(Failure::BadValue.into_store_error(Some(&coll))),
             vec![("value".into(), "invalid_value".into())]
         );
+        assert!(matches!(
+            Failure::BadValue.into_store_error(None),
+            StoreError::Internal(_)
+        ));
     }
 }

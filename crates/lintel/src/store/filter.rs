@@ -294,6 +294,7 @@ fn compare(
     sql: &mut Sql,
 ) -> Result<(), FilterError> {
     let table = coll.name();
+    check_call_compare(left, op, right, span)?;
     let lv = literal_value(left, now)?;
     let rv = literal_value(right, now)?;
     match (left, lv, right, rv) {
@@ -542,7 +543,7 @@ pub(crate) fn resolve_call(
             )),
         }
     };
-    match args {
+    let g = match args {
         [point, lat, lon] => {
             let Operand::Field { path, span: ps } = point else {
                 return Err(err(
@@ -587,7 +588,69 @@ pub(crate) fn resolve_call(
             span,
             format!("geoDistance takes 3 or 4 arguments: {FUNCTIONS}"),
         )),
+    }?;
+    // Coordinates given as values must be on Earth (those read from records are
+    // whatever was stored; a geoPoint's are checked when written).
+    for (arg, (lo, hi), what) in [
+        (&g.lat_a, (-90.0, 90.0), "latitude"),
+        (&g.lat_b, (-90.0, 90.0), "latitude"),
+        (&g.lon_a, (-180.0, 180.0), "longitude"),
+        (&g.lon_b, (-180.0, 180.0), "longitude"),
+    ] {
+        if let GeoArg::Value(v) = arg
+            && !(lo..=hi).contains(v)
+        {
+            return Err(err(
+                "invalid_arguments",
+                span,
+                format!("a {what} is between {lo} and {hi} degrees (got {v})"),
+            ));
+        }
     }
+    Ok(g)
+}
+
+/// The shapes a comparison with a function call may take, checked the same way by
+/// the SQL compiler, the rule evaluator and rule definition: a distance compares with
+/// a number (a literal or a macro), never with a field, another call or `null`, and
+/// not with `~`/`!~`.
+pub(crate) fn check_call_compare(
+    left: &Operand,
+    op: CompareOp,
+    right: &Operand,
+    span: Span,
+) -> Result<(), FilterError> {
+    let is_call = |o: &Operand| matches!(o, Operand::Call { .. });
+    if !is_call(left) && !is_call(right) {
+        return Ok(());
+    }
+    for o in [left, right] {
+        if let Operand::Call { name, span, .. } = o
+            && name != "geoDistance"
+        {
+            return Err(err(
+                "unknown_function",
+                *span,
+                format!("unknown function '{name}' (supported: {FUNCTIONS})"),
+            ));
+        }
+    }
+    let other = if is_call(left) { right } else { left };
+    let numberish = match other {
+        Operand::Literal { value, .. } => {
+            matches!(value, Literal::Integer(_) | Literal::Float(_))
+        }
+        Operand::Macro { .. } => true,
+        Operand::Field { .. } | Operand::Call { .. } => false,
+    };
+    if !numberish || matches!(op, CompareOp::Like | CompareOp::NotLike) {
+        return Err(err(
+            "type_mismatch",
+            span,
+            "a distance is compared with a number (or a macro) under =, !=, <, <=, > or >=",
+        ));
+    }
+    Ok(())
 }
 
 /// Writes the distance (`lintel_geo_distance`, the same function on both stores).
@@ -922,7 +985,13 @@ fn walk(expr: &Expr, coll: &Collection) -> Result<(), FilterError> {
             walk(a, coll)?;
             walk(b, coll)
         }
-        Expr::Compare { left, right, .. } => {
+        Expr::Compare {
+            left,
+            op: cmp,
+            right,
+            span,
+        } => {
+            check_call_compare(left, *cmp, right, *span)?;
             for op in [left, right] {
                 match op {
                     Operand::Field { path, span } => {

@@ -260,6 +260,12 @@ async fn geo_distance_filters_by_kilometres_in_both_forms() {
             "geoDistance(where, 52.52, 13.405) < 50 && name != \"Berlin\"",
             vec!["Potsdam"],
         ),
+        // Berlin's antipode: half the circumference, where rounding takes the
+        // haversine term past 1 (a number, not a database error).
+        (
+            "geoDistance(where, -52.52, -166.595) > 20000",
+            vec!["Berlin"],
+        ),
     ] {
         let r = app.get(&q(filter)).await;
         assert_eq!(r.status, StatusCode::OK, "{filter}: {}", r.text);
@@ -279,6 +285,12 @@ async fn bad_geo_distance_calls_are_filter_errors_with_positions() {
         ("geoDistance(where, 1, 2) < \"far\"", "type_mismatch"),
         ("geoDistance(where, 1, 2) ~ 5", "type_mismatch"),
         ("geoDistance(where, 1, 2) < name", "type_mismatch"),
+        ("geoDistance(where, 1, 2) = null", "type_mismatch"),
+        ("geoDistance(where, 135, 180) < 1", "invalid_arguments"),
+        (
+            "geoDistance(where.lon, where.lat, 181, 0) < 1",
+            "invalid_arguments",
+        ),
     ] {
         let r = app.get(&q(filter)).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{filter}: {}", r.text);
@@ -326,7 +338,57 @@ async fn rules_can_use_geo_distance_for_lists_and_single_reads() {
     assert_eq!(app.get(&href(&near)).await.status, StatusCode::OK);
     assert_eq!(app.get(&href(&far)).await.status, StatusCode::NOT_FOUND);
 
-    // A rule naming an unknown function is refused when the collection is defined.
+    // A distance that cannot be known (an anonymous caller has no @request.auth.lat)
+    // satisfies no comparison, `!=` included, in lists and single reads alike.
+    app.collection(json!({
+        "name": "nearby",
+        "fields": [{"name": "where", "type": "geoPoint"}],
+        "rules": {
+            "list": "geoDistance(where, @request.auth.lat, @request.auth.lon) != 0",
+            "view": "geoDistance(where, @request.auth.lat, @request.auth.lon) != 0",
+            "create": "",
+        },
+    }))
+    .await;
+    let spot = app
+        .create("nearby", json!({"where": {"lat": 45, "lon": 0}}))
+        .await;
+    let list = app.get("/v1/collections/nearby/records").await;
+    assert_eq!(list.status, StatusCode::OK, "{}", list.text);
+    assert_eq!(list.body["items"], json!([]), "{}", list.text);
+    let one = app
+        .get(&format!(
+            "/v1/collections/nearby/records/{}",
+            spot["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(one.status, StatusCode::NOT_FOUND, "{}", one.text);
+
+    // A rule naming an unknown function, or comparing a distance with a field or
+    // null, is refused when the collection is defined.
+    for (rule, code) in [
+        ("geoDistance(p, 1, 2) < p.lat", "type_mismatch"),
+        ("geoDistance(p, 1, 2) = null", "type_mismatch"),
+    ] {
+        let r = app
+            .admin(
+                Method::POST,
+                "/v1/collections",
+                Some(json!({
+                    "name": "spots",
+                    "fields": [{"name": "p", "type": "geoPoint"}],
+                    "rules": {"list": rule},
+                })),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{rule}: {}", r.text);
+        assert_eq!(
+            r.field_error("rules.list"),
+            Some(code),
+            "{rule}: {}",
+            r.text
+        );
+    }
     let r = app
         .admin(
             Method::POST,
