@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::http::extract::token_digest;
 use crate::migrations::VersionClock;
+use crate::runtime::{Runtime, RuntimeInner};
 pub use crate::state::AppState;
 use crate::state::{Inner, load_catalog};
 use crate::store::Store;
@@ -315,8 +316,7 @@ pub async fn start_on(
     });
     let mailer_cfg = config.mail.clone();
     let denial_window_secs = config.audit.denial_window_secs;
-    let state = AppState(Arc::new(Inner {
-        admin_digest: token_digest(&token),
+    let rt = Runtime(Arc::new(RuntimeInner {
         config,
         clock,
         store,
@@ -330,17 +330,21 @@ pub async fn start_on(
         )
         .with_metrics(&metrics),
         metrics,
-        openapi,
         auth: crate::auth::AuthRuntime::new(keys, hasher, store_for_auth),
         mailer: crate::auth::mail::Mailer::from_config(&mailer_cfg)?.map(Arc::new),
         http_client,
         oidc_providers: Default::default(),
         limiter,
         login_guard: Default::default(),
-        trusted_proxies,
-        tls: tls.clone(),
         tasks: crate::tasks::Tasks::new(),
         denials: crate::auth::audit::Denials::new(denial_window_secs),
+    }));
+    let state = AppState(Arc::new(Inner {
+        rt,
+        admin_digest: token_digest(&token),
+        openapi,
+        trusted_proxies,
+        tls: tls.clone(),
     }));
     crate::collections::ensure_users(&state).await?;
     let router = crate::http::finish(router, state.clone());

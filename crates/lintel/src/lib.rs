@@ -26,6 +26,7 @@ pub mod ids;
 pub mod migrations;
 pub mod ratelimit;
 pub mod records;
+pub mod runtime;
 pub mod schema;
 pub mod state;
 pub mod store;

@@ -1,61 +1,31 @@
-//! The application state: the one value every handler receives ([`AppState`]), with
-//! the configuration, clock, store, catalog and the runtimes of the capabilities. It
+//! The application state: the one value every handler receives ([`AppState`]). It
+//! holds the [`Runtime`] capabilities run on (and derefs to it, so `&state` is a
+//! `&Runtime` wherever one is wanted) and what only the HTTP edge uses: the admin
+//! token's digest, the OpenAPI document, trusted proxies and the TLS certificate. It
 //! is built by start-up (`crate::app`) and holds no start-up or shutdown code.
 
 use std::ops::Deref;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use crate::config::Config;
 use crate::http::extract::{constant_time_eq, token_digest};
-use crate::migrations::VersionClock;
-use crate::schema::{Catalog, Collection};
-use crate::store::Store;
+pub use crate::runtime::Runtime;
+pub(crate) use crate::runtime::load_catalog;
 
 /// The state every handler receives; cheap to clone.
 #[derive(Clone)]
 pub struct AppState(pub(crate) Arc<Inner>);
 
 pub struct Inner {
-    /// The configuration the process started with.
-    pub config: Config,
-    /// Where request handling reads the time (see [`crate::clock`]).
-    pub clock: Arc<dyn crate::clock::Clock>,
-    /// The storage engine.
-    pub store: Arc<dyn Store>,
-    /// The collections and their generation, swapped whole after each schema change.
-    pub(crate) catalog: RwLock<(i64, Arc<Catalog>, u64)>,
-    /// Numbers catalog reloads in the order they start reading (see `load_catalog_into`).
-    pub(crate) reload_tickets: std::sync::atomic::AtomicU64,
+    /// What capabilities run on.
+    pub rt: Runtime,
     /// SHA-256 of the admin token.
     pub(crate) admin_digest: [u8; 32],
-    /// Makes migration versions.
-    pub versions: VersionClock,
-    /// Records and counts read from the store, kept until a write changes them.
-    pub cache: crate::cache::ReadCache,
-    /// Renders `/metrics`.
-    pub metrics: crate::telemetry::Metrics,
     /// The OpenAPI document: the static part, and the whole as of the current catalog.
     pub openapi: crate::http::openapi::Document,
-    /// Token keys and the session store.
-    pub auth: crate::auth::AuthRuntime,
-    /// Outgoing mail, when an SMTP server is configured.
-    pub mailer: Option<Arc<crate::auth::mail::Mailer>>,
-    /// Outgoing HTTP (identity providers).
-    pub http_client: reqwest::Client,
-    /// The identity providers' discovery documents and key sets, kept for a while.
-    pub oidc_providers: crate::auth::oidc::ProviderCache,
-    /// Rate-limit rules and counters (None when turned off).
-    pub limiter: Option<crate::ratelimit::Limiter>,
-    /// Failed sign-ins per account and address.
-    pub login_guard: crate::ratelimit::lockout::LoginGuard,
     /// Proxies whose forwarding headers are believed.
     pub trusted_proxies: Vec<crate::http::client_ip::Cidr>,
     /// The TLS certificate in use, when serving HTTPS.
     pub tls: Option<Arc<crate::http::serve::Tls>>,
-    /// Background tasks (audit writes, mail, ...), waited for at shutdown.
-    pub tasks: crate::tasks::Tasks,
-    /// Recent rule denials, coalesced into one audit row per caller and window.
-    pub denials: crate::auth::audit::Denials,
 }
 
 impl Deref for AppState {
@@ -65,63 +35,20 @@ impl Deref for AppState {
     }
 }
 
-impl AppState {
-    /// The current catalog (a snapshot; the lock is released on return).
-    pub fn catalog(&self) -> Arc<Catalog> {
-        match self.catalog.read() {
-            Ok(c) => c.1.clone(),
-            Err(poisoned) => poisoned.into_inner().1.clone(),
-        }
-    }
-
-    /// Re-reads the collections from the store.
-    pub async fn reload_catalog(&self) -> anyhow::Result<()> {
-        self.load_catalog_into(false).await
-    }
-
-    /// Re-reads the collections and installs them even if the generation went down
-    /// (a migration reverted by another process).
-    pub async fn reload_catalog_forced(&self) -> anyhow::Result<()> {
-        self.load_catalog_into(true).await
-    }
-
-    async fn load_catalog_into(&self, force: bool) -> anyhow::Result<()> {
-        let ticket = self
-            .reload_tickets
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-            + 1;
-        let (generation, catalog) = load_catalog(self.store.as_ref()).await?;
-        let mut slot = match self.catalog.write() {
-            Ok(c) => c,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        // Two reloads can finish out of order: none replaces what a reload that started
-        // reading after it installed (a forced one, for a generation that went down,
-        // included), or it would bring back a catalog from before that change.
-        let wins = ticket > slot.2 && (force || generation >= slot.0);
-        if wins {
-            *slot = (generation, Arc::new(catalog), ticket);
-            self.cache.clear();
-        }
-        Ok(())
-    }
-
-    pub fn admin_token_matches(&self, token: &str) -> bool {
-        constant_time_eq(&token_digest(token), &self.admin_digest)
+impl Deref for Inner {
+    type Target = Runtime;
+    fn deref(&self) -> &Runtime {
+        &self.rt
     }
 }
 
-pub(crate) async fn load_catalog(store: &dyn Store) -> anyhow::Result<(i64, Catalog)> {
-    let (stored, generation) = store
-        .load_catalog()
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut catalog = Catalog::default();
-    for s in stored {
-        let name = s.spec.name.clone();
-        let coll = Collection::compile(s.spec, s.created, s.updated)
-            .map_err(|e| anyhow::anyhow!("collection {name} cannot be compiled: {e}"))?;
-        catalog.collections.insert(name, Arc::new(coll));
+impl AppState {
+    pub fn admin_token_matches(&self, token: &str) -> bool {
+        constant_time_eq(&token_digest(token), &self.admin_digest)
     }
-    Ok((generation, catalog))
+
+    /// The runtime, owned (for tasks that outlive the request).
+    pub fn runtime(&self) -> Runtime {
+        self.rt.clone()
+    }
 }

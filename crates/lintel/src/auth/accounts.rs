@@ -7,8 +7,8 @@ use serde_json::Value;
 
 use crate::auth::{SUPERUSERS, superusers};
 use crate::error::ApiError;
+use crate::runtime::Runtime;
 use crate::schema::Collection;
-use crate::state::AppState;
 use crate::store::{Record, Sql, SqlValue};
 
 /// Normalised email: trimmed and lower-cased, so one address is one account.
@@ -68,7 +68,7 @@ impl Account {
 pub use crate::access::user_json;
 
 /// An auth collection by name, or a 400 naming the field.
-pub fn auth_collection(state: &AppState, name: &str) -> Result<Arc<Collection>, ApiError> {
+pub fn auth_collection(state: &Runtime, name: &str) -> Result<Arc<Collection>, ApiError> {
     state
         .catalog()
         .get(name)
@@ -80,7 +80,7 @@ pub fn auth_collection(state: &AppState, name: &str) -> Result<Arc<Collection>, 
 
 /// Finds an account by email in a collection (or the superusers).
 pub async fn find_account(
-    state: &AppState,
+    state: &Runtime,
     collection: &str,
     email: &str,
 ) -> Result<Option<Account>, ApiError> {
@@ -109,7 +109,7 @@ pub async fn find_account(
 
 /// Finds an account by collection and id (or a superuser).
 pub async fn account_by_id(
-    state: &AppState,
+    state: &Runtime,
     collection: &str,
     id: &str,
 ) -> Result<Option<Account>, ApiError> {

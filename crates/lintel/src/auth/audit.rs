@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use serde_json::{Value, json};
 
-use crate::state::AppState;
+use crate::runtime::Runtime;
 use crate::store::{Sql, SqlValue, WriteOp};
 
 /// One audit entry under construction.
@@ -70,7 +70,7 @@ fn current_request_id() -> Option<String> {
 }
 
 /// Records an event in the background.
-pub fn record(state: &AppState, e: Event) {
+pub fn record(state: &Runtime, e: Event) {
     let now = state.clock.now_ms();
     record_as(state, new_id(now), now, e);
 }
@@ -81,7 +81,7 @@ fn new_id(now_ms: i64) -> String {
     format!("{now_ms:013}{}", crate::ids::record_id())
 }
 
-fn record_as(state: &AppState, id: String, now: i64, e: Event) {
+fn record_as(state: &Runtime, id: String, now: i64, e: Event) {
     let request_id = current_request_id();
     let opt = |v: Option<String>| v.map_or(SqlValue::Null, SqlValue::Text);
     let mut sql = Sql::new(state.store.dialect());
@@ -228,7 +228,7 @@ impl Denials {
 /// Records that the rules refused `action` on `collection` to a caller, coalesced with
 /// the same caller's recent denials (see [`Denials`]).
 pub fn record_denial(
-    state: &AppState,
+    state: &Runtime,
     actor: String,
     ip: Option<String>,
     collection: &str,
@@ -267,12 +267,12 @@ pub fn record_denial(
 
 /// Brings the counts of closed denial windows up to date (every few seconds; with
 /// `all`, every window, at shutdown).
-pub fn flush_denials(state: &AppState, all: bool) {
+pub fn flush_denials(state: &Runtime, all: bool) {
     let now = (!all).then(|| state.clock.now_ms());
     write_counts(state, state.denials.take_closed(now));
 }
 
-fn write_counts(state: &AppState, updates: Vec<CountUpdate>) {
+fn write_counts(state: &Runtime, updates: Vec<CountUpdate>) {
     if updates.is_empty() {
         return;
     }

@@ -163,7 +163,7 @@ impl Hasher {
 /// past it. Ok(false) for a wrong password (already counted and audited with
 /// `failure_event`); `PasswordError::Locked` while locked.
 pub async fn check_current(
-    state: &crate::state::AppState,
+    state: &crate::runtime::Runtime,
     collection: &str,
     account: &crate::store::Record,
     ip: Option<String>,

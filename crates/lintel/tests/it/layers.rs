@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 /// The layer of a source file (path under `src/`) or of a module path under `crate::`.
 fn layer(path: &str) -> Option<u8> {
-    const LAYERS: [(&str, u8); 26] = [
+    const LAYERS: [(&str, u8); 27] = [
         ("clock", 0),
         ("ids", 0),
         ("config", 0),
@@ -36,6 +36,7 @@ fn layer(path: &str) -> Option<u8> {
         ("error", 5),
         ("app", 6),
         ("state", 5),
+        ("runtime", 4),
         ("cli", 6),
         ("lib", 6),
         ("main", 6),

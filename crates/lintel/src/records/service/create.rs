@@ -5,7 +5,7 @@ use super::*;
 
 /// A new record from client input, checked against the create rule.
 pub async fn prepare_create(
-    state: &AppState,
+    state: &Runtime,
     caller: &Caller,
     coll: &Arc<Collection>,
     mut input: Map<String, Value>,

@@ -4,7 +4,7 @@ use super::*;
 
 /// A delete, checked against the rules and `If-Match` when given.
 pub async fn prepare_delete(
-    state: &AppState,
+    state: &Runtime,
     caller: &Caller,
     coll: &Arc<Collection>,
     id: &str,

@@ -5,7 +5,7 @@ use super::*;
 
 /// Renders records, with relations expanded when asked.
 pub async fn render_many(
-    state: &AppState,
+    state: &Runtime,
     caller: &Caller,
     coll: &Arc<Collection>,
     records: &[Visible<'_>],

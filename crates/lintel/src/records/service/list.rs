@@ -28,7 +28,7 @@ impl ListPage {
 }
 
 pub async fn list(
-    state: &AppState,
+    state: &Runtime,
     caller: &Caller,
     coll: &Arc<Collection>,
     params: &ListParams,

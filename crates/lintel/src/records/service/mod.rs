@@ -15,9 +15,9 @@ use crate::auth::{audit, password};
 use crate::records::error::RecordError;
 use crate::records::query::{ListParams, ListPlan, PageMode, encode_cursor, plan};
 use crate::records::validate::{Mode, validate_document, validate_table};
+use crate::runtime::Runtime;
 use crate::schema::kinds::is_record_id;
 use crate::schema::{Action, Collection, FieldType};
-use crate::state::AppState;
 use crate::store::sql::select_by_ids;
 use crate::store::{Record, StoreError, WriteError, WriteOp, WriteOutcome};
 
@@ -65,7 +65,7 @@ pub fn tag_matches(header: &str, record: &Record, weak: bool) -> bool {
 }
 
 /// Looks a collection up, or 404.
-pub fn collection(state: &AppState, name: &str) -> Result<Arc<Collection>, RecordError> {
+pub fn collection(state: &Runtime, name: &str) -> Result<Arc<Collection>, RecordError> {
     state
         .catalog()
         .get(name)
@@ -74,7 +74,7 @@ pub fn collection(state: &AppState, name: &str) -> Result<Arc<Collection>, Recor
 
 /// 403 for an action the rules refuse (401 for anonymous callers), recorded in the
 /// audit log.
-pub fn denied(state: &AppState, caller: &Caller, coll: &Collection, action: Action) -> RecordError {
+pub fn denied(state: &Runtime, caller: &Caller, coll: &Collection, action: Action) -> RecordError {
     refused(
         state,
         caller,
@@ -87,7 +87,7 @@ pub fn denied(state: &AppState, caller: &Caller, coll: &Collection, action: Acti
 }
 
 /// An access refusal as the client sees it; rule refusals go to the audit log.
-pub fn refused(state: &AppState, caller: &Caller, r: Refusal) -> RecordError {
+pub fn refused(state: &Runtime, caller: &Caller, r: Refusal) -> RecordError {
     if let Refusal::Rule {
         collection, action, ..
     } = &r

@@ -4,7 +4,7 @@ use super::*;
 
 /// Reads a record the caller may view, or 404 (also when the view rule hides it).
 pub async fn get_visible(
-    state: &AppState,
+    state: &Runtime,
     caller: &Caller,
     coll: &Arc<Collection>,
     id: &str,
@@ -17,7 +17,7 @@ pub async fn get_visible(
 
 /// Reads a record by id, or 404 (also for ids that cannot exist).
 pub async fn get(
-    state: &AppState,
+    state: &Runtime,
     coll: &Arc<Collection>,
     id: &str,
 ) -> Result<Arc<Record>, RecordError> {

@@ -6,7 +6,7 @@ use super::*;
 /// An update of a stored record: PUT (`Mode::Replace`) or PATCH (`Mode::Patch`).
 /// A record the caller cannot view is 404; one it can view but not update is 403.
 pub async fn prepare_update(
-    state: &AppState,
+    state: &Runtime,
     caller: &Caller,
     coll: &Arc<Collection>,
     id: &str,
@@ -123,7 +123,7 @@ pub const KEEP_API_KEYS: &str = "keepApiKeys";
 /// An update with compare-and-set; without If-Match, a lost race is retried on the
 /// fresh record (a few times) instead of failing.
 pub async fn update(
-    state: &AppState,
+    state: &Runtime,
     caller: &Caller,
     coll: &Arc<Collection>,
     id: &str,

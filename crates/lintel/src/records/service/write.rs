@@ -55,7 +55,7 @@ pub(super) fn check_protected(
 /// against the rules; the plain text is hashed later, in [`finish`], once every check
 /// of the request has passed.
 pub(super) async fn take_password(
-    state: &AppState,
+    state: &Runtime,
     caller: &Caller,
     coll_name: &str,
     input: &mut Map<String, Value>,
@@ -117,7 +117,7 @@ pub(super) async fn take_password(
 
 /// Spends the caller's address's budget for password hashing (the `auth` rate-limit
 /// rule): 429 once it is used up.
-fn charge_hashes(state: &AppState, caller: &Caller, units: u32) -> Result<(), RecordError> {
+fn charge_hashes(state: &Runtime, caller: &Caller, units: u32) -> Result<(), RecordError> {
     let Some(limiter) = state.limiter.as_ref() else {
         return Ok(());
     };
@@ -134,7 +134,7 @@ fn charge_hashes(state: &AppState, caller: &Caller, units: u32) -> Result<(), Re
 /// refused exactly like one that does not exist (so ids cannot be probed either).
 /// References the record already held are kept without a check.
 pub(super) async fn check_relation_access(
-    state: &AppState,
+    state: &Runtime,
     caller: &Caller,
     coll: &Collection,
     record: &Record,
@@ -222,7 +222,7 @@ pub struct Ready {
 /// Hashes the new passwords of prepared writes (counted against the caller's
 /// address's budget first, all at once) and returns the writes to apply.
 pub async fn finish(
-    state: &AppState,
+    state: &Runtime,
     caller: &Caller,
     prepared: Vec<Prepared>,
 ) -> Result<Vec<Ready>, RecordError> {
@@ -251,7 +251,7 @@ pub async fn finish(
 
 /// Runs writes in one transaction and keeps the read cache in step with them.
 pub async fn apply_writes(
-    state: &AppState,
+    state: &Runtime,
     ops: Vec<WriteOp>,
 ) -> Result<Vec<WriteOutcome>, WriteError> {
     let targets: Vec<Option<(String, String)>> = ops
@@ -307,7 +307,7 @@ pub async fn apply_writes(
 }
 
 /// Runs one write and returns its record (None for a delete).
-pub async fn write_one(state: &AppState, op: WriteOp) -> Result<Option<Record>, RecordError> {
+pub async fn write_one(state: &Runtime, op: WriteOp) -> Result<Option<Record>, RecordError> {
     match apply_writes(state, vec![op]).await {
         Ok(mut out) => Ok(match out.pop() {
             Some(WriteOutcome::Written(r)) => Some(r),
