@@ -15,7 +15,7 @@ use tower_http::compression::CompressionLayer;
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::http::extract::token_digest;
+use crate::ids::token_digest;
 use crate::migrations::VersionClock;
 use crate::runtime::{Runtime, RuntimeInner};
 pub use crate::state::AppState;

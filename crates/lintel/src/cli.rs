@@ -192,7 +192,7 @@ fn read_password() -> anyhow::Result<String> {
 }
 
 async fn create_superuser(config: config::Config, email: &str) -> anyhow::Result<()> {
-    let email = crate::auth::routes::normalize_email(email);
+    let email = crate::auth::accounts::normalize_email(email);
     anyhow::ensure!(
         email.contains('@') && email.len() <= 254,
         "'{email}' is not an email address"

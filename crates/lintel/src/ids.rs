@@ -1,4 +1,7 @@
-//! Random identifiers and secrets from the operating system's generator.
+//! Random identifiers and secrets from the operating system's generator, and the
+//! digests secrets are stored and compared as (SHA-256, compared in constant time).
+
+use sha2::{Digest, Sha256};
 
 const ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 
@@ -60,6 +63,18 @@ fn random_string(len: usize) -> String {
         }
     }
     out
+}
+
+/// SHA-256 of a token; tokens are compared by digest in constant time.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+pub fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 #[cfg(test)]

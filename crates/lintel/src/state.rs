@@ -7,7 +7,7 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
-use crate::http::extract::{constant_time_eq, token_digest};
+use crate::ids::{constant_time_eq, token_digest};
 pub use crate::runtime::Runtime;
 pub(crate) use crate::runtime::load_catalog;
 

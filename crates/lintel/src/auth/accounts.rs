@@ -5,11 +5,13 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::access::{Caller, Principal, Via};
 use crate::auth::{SUPERUSERS, superusers};
 use crate::error::ApiError;
 use crate::runtime::Runtime;
 use crate::schema::Collection;
 use crate::store::{Record, Sql, SqlValue};
+use axum::http::StatusCode;
 
 /// Normalised email: trimmed and lower-cased, so one address is one account.
 pub fn normalize_email(email: &str) -> String {
@@ -59,7 +61,7 @@ impl Account {
 
     pub fn json(&self) -> Value {
         match self {
-            Account::Superuser(s) => crate::auth::caller::superuser_json(&s.id, &s.email),
+            Account::Superuser(s) => crate::access::superuser_json(&s.id, &s.email),
             Account::User(c, r) => user_json(c, r),
         }
     }
@@ -128,4 +130,46 @@ pub async fn account_by_id(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Loads the account a session or key belongs to; None when it no longer exists.
+pub async fn load_principal(
+    state: &Runtime,
+    collection: &str,
+    id: &str,
+) -> Result<Option<Principal>, ApiError> {
+    if collection == SUPERUSERS {
+        return Ok(superusers::get(state.store.as_ref(), id).await?.map(|s| {
+            Principal::Superuser {
+                id: s.id,
+                email: s.email,
+            }
+        }));
+    }
+    let Some(coll) = state.catalog().get(collection).filter(|c| c.is_auth()) else {
+        return Ok(None);
+    };
+    match crate::records::service::get(state, &coll, id).await {
+        Ok(record) => Ok(Some(Principal::User { coll, record })),
+        Err(crate::records::error::RecordError::Store(crate::store::StoreError::NotFound)) => {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Used by handlers that manage the signed-in account itself (sessions, second
+/// factor, email, API keys): an API key acts on data, never on the account, so it is
+/// refused here whatever its scopes.
+pub fn require_account(caller: &Caller) -> Result<(&str, &str), ApiError> {
+    if matches!(caller.via, Via::ApiKey { .. }) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "api_key_not_allowed",
+            "Managing the account needs the account's own sign-in, not an API key.",
+        ));
+    }
+    caller
+        .account()
+        .ok_or_else(|| ApiError::unauthorized("Sign in first: this endpoint needs an account."))
 }

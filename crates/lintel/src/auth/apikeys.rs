@@ -11,7 +11,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
-use crate::auth::caller::{Caller, Principal, Via, load_principal, require_account};
+use crate::access::{Caller, Principal, Via};
+use crate::auth::accounts::{load_principal, require_account};
 use crate::auth::{audit, tokens};
 use crate::error::{ApiError, FieldErrors, push_field_error};
 use crate::http::extract::JsonBody;
@@ -310,9 +311,9 @@ pub async fn authenticate(state: &AppState, key: &str) -> Result<Option<Caller>,
         return Ok(None);
     };
     let text = |i: usize| row.get(i).and_then(Value::as_str).unwrap_or_default();
-    let stored: [u8; 32] = crate::http::extract::token_digest(text(0));
-    let given = crate::http::extract::token_digest(&tokens::digest(secret));
-    if !crate::http::extract::constant_time_eq(&stored, &given) {
+    let stored: [u8; 32] = crate::ids::token_digest(text(0));
+    let given = crate::ids::token_digest(&tokens::digest(secret));
+    if !crate::ids::constant_time_eq(&stored, &given) {
         return Ok(None);
     }
     let now = state.clock.now_ms();

@@ -7,19 +7,18 @@ use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 
 pub use crate::access::{Caller, Principal, SERVICES, Via, superuser_json, user_json};
-use crate::auth::{SUPERUSERS, audit, sessions, superusers, tokens};
+pub use crate::auth::accounts::{load_principal, require_account};
+pub use crate::auth::cookies::{
+    CSRF_HEADER, SESSION_COOKIE, cookie, session_cookies, session_max_age,
+};
+use crate::auth::{audit, sessions, tokens};
 use crate::error::ApiError;
 use crate::http::extract::bearer;
 
 use crate::state::AppState;
-
-/// The session cookie.
-pub const SESSION_COOKIE: &str = "lintel_session";
-/// The header carrying the CSRF token of a cookie session.
-pub const CSRF_HEADER: &str = "x-csrf-token";
 
 /// Where resolving the caller leaves `Set-Cookie` values for the response: a stale
 /// session cookie is cleared, a live one has its lifetime renewed. Put in the request
@@ -41,25 +40,6 @@ impl CookieSlot {
             Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
         }
     }
-}
-
-/// The session and CSRF cookies, set for `max_age` seconds (0 clears them).
-pub fn session_cookies(secret: &str, csrf: &str, max_age: i64, secure: bool) -> [String; 2] {
-    let secure = if secure { "; Secure" } else { "" };
-    let max_age = max_age.max(0);
-    [
-        format!(
-            "{SESSION_COOKIE}={secret}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
-        ),
-        format!("lintel_csrf={csrf}; Path=/; SameSite=Lax; Max-Age={max_age}{secure}"),
-    ]
-}
-
-/// How long a cookie session lives from `now` if not used again, in seconds: the
-/// sooner of its idle and absolute expiry.
-pub fn session_max_age(state: &AppState, expires_ms: i64, now_ms: i64) -> i64 {
-    let idle = state.config.auth.session_idle_secs as i64;
-    ((expires_ms - now_ms) / 1000).min(idle).max(0)
 }
 
 /// Middleware: gives requests that carry a session cookie a [`CookieSlot`] and adds
@@ -115,19 +95,6 @@ fn invalid_token() -> ApiError {
         "invalid_token",
         "The bearer token is invalid, expired or revoked.",
     )
-}
-
-/// A cookie's value from the request.
-pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim())
-        .filter(|v| !v.is_empty())
 }
 
 async fn resolve(state: &AppState, parts: &Parts) -> Result<Caller, ApiError> {
@@ -289,9 +256,9 @@ async fn check_csrf(state: &AppState, parts: &Parts, expected: &str) -> Result<(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let token_ok = !expected.is_empty()
-        && crate::http::extract::constant_time_eq(
-            &crate::http::extract::token_digest(token),
-            &crate::http::extract::token_digest(expected),
+        && crate::ids::constant_time_eq(
+            &crate::ids::token_digest(token),
+            &crate::ids::token_digest(expected),
         );
     if origin_ok && token_ok {
         return Ok(());
@@ -322,48 +289,6 @@ fn origin_of(url: &str) -> String {
         }
         None => url.to_owned(),
     }
-}
-
-/// Loads the account a session or key belongs to; None when it no longer exists.
-pub async fn load_principal(
-    state: &AppState,
-    collection: &str,
-    id: &str,
-) -> Result<Option<Principal>, ApiError> {
-    if collection == SUPERUSERS {
-        return Ok(superusers::get(state.store.as_ref(), id).await?.map(|s| {
-            Principal::Superuser {
-                id: s.id,
-                email: s.email,
-            }
-        }));
-    }
-    let Some(coll) = state.catalog().get(collection).filter(|c| c.is_auth()) else {
-        return Ok(None);
-    };
-    match crate::records::service::get(state, &coll, id).await {
-        Ok(record) => Ok(Some(Principal::User { coll, record })),
-        Err(crate::records::error::RecordError::Store(crate::store::StoreError::NotFound)) => {
-            Ok(None)
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Used by handlers that manage the signed-in account itself (sessions, second
-/// factor, email, API keys): an API key acts on data, never on the account, so it is
-/// refused here whatever its scopes.
-pub fn require_account(caller: &Caller) -> Result<(&str, &str), ApiError> {
-    if matches!(caller.via, Via::ApiKey { .. }) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "api_key_not_allowed",
-            "Managing the account needs the account's own sign-in, not an API key.",
-        ));
-    }
-    caller
-        .account()
-        .ok_or_else(|| ApiError::unauthorized("Sign in first: this endpoint needs an account."))
 }
 
 pub use sessions::Session;

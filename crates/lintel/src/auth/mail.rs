@@ -16,8 +16,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use utoipa::ToSchema;
 
-use crate::auth::caller::{Caller, Principal, require_account};
-use crate::auth::routes::{Account, auth_collection, find_account, normalize_email};
+use crate::access::{Caller, Principal};
+use crate::auth::accounts::require_account;
+use crate::auth::accounts::{Account, auth_collection, find_account, normalize_email};
 use crate::auth::{audit, password, tokens};
 use crate::config::MailConfig;
 use crate::error::ApiError;

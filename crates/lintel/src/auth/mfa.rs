@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 use sha1::Sha1;
 use utoipa::ToSchema;
 
-use crate::auth::caller::{Caller, Via, require_account};
+use crate::access::{Caller, Via};
+use crate::auth::accounts::require_account;
 use crate::auth::{audit, tokens};
 use crate::error::ApiError;
 use crate::http::extract::JsonBody;
@@ -92,9 +93,9 @@ pub fn matching_step(secret: &[u8], code: &str, now: u64) -> Option<u64> {
         .into_iter()
         .find(|&s| {
             let want = code_at(secret, s);
-            crate::http::extract::constant_time_eq(
-                &crate::http::extract::token_digest(&want),
-                &crate::http::extract::token_digest(code),
+            crate::ids::constant_time_eq(
+                &crate::ids::token_digest(&want),
+                &crate::ids::token_digest(code),
             )
         })
 }
@@ -308,15 +309,16 @@ pub async fn enroll(State(state): State<AppState>, caller: Caller) -> Result<Res
     .await
     .map_err(ApiError::from)?;
     let label = match &caller.principal {
-        crate::auth::caller::Principal::User { record, .. } => record
+        crate::access::Principal::User { record, .. } => record
             .data
             .get("email")
             .and_then(Value::as_str)
             .unwrap_or(id)
             .to_owned(),
-        crate::auth::caller::Principal::Superuser { email, .. } => email.clone(),
-        crate::auth::caller::Principal::Anonymous
-        | crate::auth::caller::Principal::Service { .. } => id.to_owned(),
+        crate::access::Principal::Superuser { email, .. } => email.clone(),
+        crate::access::Principal::Anonymous | crate::access::Principal::Service { .. } => {
+            id.to_owned()
+        }
     };
     let issuer = &state.config.auth.issuer;
     let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();

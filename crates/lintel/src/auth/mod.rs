@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod apikeys;
 pub mod audit;
 pub mod caller;
+pub mod cookies;
 pub mod mail;
 pub mod mfa;
 pub mod oidc;

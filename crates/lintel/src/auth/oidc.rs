@@ -25,11 +25,11 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::access::Caller;
 use crate::access::rules;
-use crate::auth::caller::{Caller, cookie};
-use crate::auth::routes::{
-    Account, Pending, SignInGuard, auth_collection, find_account, second_factor, signed_in,
-};
+use crate::auth::accounts::{Account, auth_collection, find_account};
+use crate::auth::cookies::cookie;
+use crate::auth::signin::{Pending, SignInGuard, second_factor, signed_in};
 use crate::auth::{audit, tokens};
 use crate::config::OidcProviderConfig;
 use crate::error::ApiError;
@@ -505,9 +505,9 @@ async fn finish(
     // The state counts only in the browser that started the sign-in. Checked before
     // the state is used up, so a state sent to another browser cannot spend it.
     let bound = match (cookie(headers, BINDING_COOKIE), col(5)) {
-        (Some(presented), Some(stored)) => crate::http::extract::constant_time_eq(
-            &crate::http::extract::token_digest(&tokens::digest(presented)),
-            &crate::http::extract::token_digest(&stored),
+        (Some(presented), Some(stored)) => crate::ids::constant_time_eq(
+            &crate::ids::token_digest(&tokens::digest(presented)),
+            &crate::ids::token_digest(&stored),
         ),
         _ => false,
     };
@@ -608,7 +608,7 @@ async fn finish(
     let (Some(email), Some(true)) = (claims.email.as_deref(), claims.email_verified) else {
         return Err(fail("the provider did not vouch for a verified email"));
     };
-    let email = crate::auth::routes::normalize_email(email);
+    let email = crate::auth::accounts::normalize_email(email);
 
     let collection = if p.collection.is_empty() {
         "users"

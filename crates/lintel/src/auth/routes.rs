@@ -10,7 +10,8 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::caller::{Caller, Via, require_account};
+use crate::access::{Caller, Via};
+use crate::auth::accounts::require_account;
 use crate::auth::sessions::Rotation;
 use crate::auth::{apikeys, audit, tokens};
 use crate::error::ApiError;
@@ -19,10 +20,7 @@ use crate::http::openapi::ProblemDoc;
 use crate::state::AppState;
 use crate::store::{Sql, SqlValue};
 
-pub use crate::auth::accounts::Account;
-pub use crate::auth::accounts::{auth_collection, find_account, normalize_email};
 use crate::auth::signin;
-pub use crate::auth::signin::{Pending, SignInGuard, second_factor, signed_in};
 use crate::auth::signin::{no_store, refresh_token};
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -121,7 +119,8 @@ async fn refresh(
         }
     };
     let Some(principal) =
-        crate::auth::caller::load_principal(&state, &session.collection, &session.user_id).await?
+        crate::auth::accounts::load_principal(&state, &session.collection, &session.user_id)
+            .await?
     else {
         return Err(invalid());
     };
@@ -156,7 +155,7 @@ async fn refresh(
 }
 
 fn clear_cookies(res: &mut Response) {
-    for c in crate::auth::caller::session_cookies("", "", 0, false) {
+    for c in crate::auth::cookies::session_cookies("", "", 0, false) {
         if let Ok(v) = HeaderValue::from_str(&c) {
             res.headers_mut().append(header::SET_COOKIE, v);
         }

@@ -8,7 +8,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
-use crate::auth::caller::{Caller, SESSION_COOKIE, cookie};
+use crate::access::Caller;
+use crate::auth::cookies::{SESSION_COOKIE, cookie};
 use crate::auth::sessions::{NewSession, Session};
 use crate::auth::{audit, password, tokens};
 use crate::error::ApiError;
@@ -113,8 +114,8 @@ pub async fn open_session(
             .map_err(ApiError::from)?;
         let mut res =
             axum::Json(json!({ "user": account.json(), "csrfToken": csrf })).into_response();
-        let max_age = crate::auth::caller::session_max_age(state, expires, now);
-        for c in crate::auth::caller::session_cookies(
+        let max_age = crate::auth::cookies::session_max_age(state, expires, now);
+        for c in crate::auth::cookies::session_cookies(
             &secret,
             &csrf,
             max_age,

@@ -7,7 +7,6 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -125,7 +124,7 @@ impl FromRequestParts<AppState> for Admin {
     ) -> Result<Self, Self::Rejection> {
         let caller = crate::access::Caller::from_request_parts(parts, state).await?;
         if caller.is_superuser() {
-            if let crate::auth::caller::Via::ApiKey { scopes, .. } = &caller.via {
+            if let crate::access::Via::ApiKey { scopes, .. } = &caller.via {
                 let (area, access) = admin_scope(&parts.method, parts.uri.path());
                 let granted = scopes.iter().any(|s| {
                     s.split_once(':')
@@ -161,16 +160,4 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim())
         .filter(|t| !t.is_empty())
-}
-
-/// SHA-256 of a token; tokens are compared by digest in constant time.
-pub fn token_digest(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
-}
-
-pub fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0
 }

@@ -9,8 +9,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::ApiError;
-use crate::http::extract::{Admin, constant_time_eq, token_digest};
+use crate::http::extract::Admin;
 use crate::http::openapi::ProblemDoc;
+use crate::ids::{constant_time_eq, token_digest};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 /// The layer of a source file (path under `src/`) or of a module path under `crate::`.
 fn layer(path: &str) -> Option<u8> {
-    const LAYERS: [(&str, u8); 27] = [
+    const LAYERS: [(&str, u8); 29] = [
         ("clock", 0),
         ("ids", 0),
         ("config", 0),
@@ -25,6 +25,10 @@ fn layer(path: &str) -> Option<u8> {
         ("records/routes", 5),
         ("batch/routes", 5),
         ("collections/routes", 5),
+        ("auth/routes", 5),
+        // Resolving the caller from a request (the extractor, the session-cookie
+        // middleware) is the edge's work.
+        ("auth/caller", 5),
         ("records", 4),
         ("auth", 4),
         ("batch", 4),

@@ -17,7 +17,7 @@ pub async fn prepare_create(
     check_protected(caller, coll, &input, None)?;
     let password = if coll.is_auth() {
         if let Some(Value::String(e)) = input.get_mut("email") {
-            *e = crate::auth::routes::normalize_email(e);
+            *e = crate::auth::accounts::normalize_email(e);
         }
         take_password(state, caller, coll.name(), &mut input, None).await?
     } else {

@@ -20,7 +20,7 @@ pub async fn prepare_update(
     if coll.is_auth()
         && let Some(Value::String(e)) = input.get_mut("email")
     {
-        *e = crate::auth::routes::normalize_email(e);
+        *e = crate::auth::accounts::normalize_email(e);
     }
     // The rule and If-Match come before the current password is checked, so a
     // record the caller may not change cannot be used to test passwords.
