@@ -5,28 +5,21 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use lettre::message::header::ContentType;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
-use crate::access::{Caller, Principal};
-use crate::auth::accounts::require_account;
 use crate::auth::accounts::{Account, auth_collection, find_account, normalize_email};
-use crate::auth::{audit, password, tokens};
+use crate::auth::tokens;
 use crate::config::MailConfig;
 use crate::error::ApiError;
-use crate::http::extract::JsonBody;
-use crate::http::openapi::ProblemDoc;
 use crate::records::service::apply_writes;
+use crate::runtime::Runtime;
 use crate::schema::Collection;
-use crate::state::AppState;
 use crate::store::{Record, Sql, SqlValue, StoreError, WriteError, WriteOp};
 
 /// The SMTP connection settings, ready to send.
@@ -70,7 +63,7 @@ impl Mailer {
 }
 
 /// Sends a plain-text mail in the background; failures go to the log.
-fn send(state: &AppState, to: &str, subject: &str, body: String) {
+pub(crate) fn send(state: &Runtime, to: &str, subject: &str, body: String) {
     let Some(mailer) = state.mailer.clone() else {
         return;
     };
@@ -95,7 +88,7 @@ fn send(state: &AppState, to: &str, subject: &str, body: String) {
 
 /// A flow that sends mail on a server that has no mail server configured: a 409 (the
 /// server's configuration, not a passing failure; retrying does not help).
-fn require_mailer(state: &AppState) -> Result<Arc<Mailer>, ApiError> {
+pub(crate) fn require_mailer(state: &Runtime) -> Result<Arc<Mailer>, ApiError> {
     state.mailer.clone().ok_or_else(|| {
         ApiError::conflict(
             "mail_not_configured",
@@ -107,8 +100,8 @@ fn require_mailer(state: &AppState) -> Result<Arc<Mailer>, ApiError> {
 /// Stores a new single-use token and returns it. The account's earlier unused tokens
 /// of the same purpose stop working in the same transaction: only the newest mail's
 /// link is valid.
-async fn issue(
-    state: &AppState,
+pub(crate) async fn issue(
+    state: &Runtime,
     purpose: &str,
     coll: &str,
     user_id: &str,
@@ -156,14 +149,14 @@ async fn issue(
 }
 
 /// A token presented back: its account and data, plus the op that uses it up.
-struct Presented {
-    coll: Arc<Collection>,
-    record: Arc<Record>,
-    data: Option<String>,
-    use_up: WriteOp,
+pub(crate) struct Presented {
+    pub(crate) coll: Arc<Collection>,
+    pub(crate) record: Arc<Record>,
+    pub(crate) data: Option<String>,
+    pub(crate) use_up: WriteOp,
 }
 
-fn bad_token() -> ApiError {
+pub(crate) fn bad_token() -> ApiError {
     ApiError::field(
         "token",
         "invalid_token",
@@ -171,7 +164,11 @@ fn bad_token() -> ApiError {
     )
 }
 
-async fn present(state: &AppState, purpose: &str, token: &str) -> Result<Presented, ApiError> {
+pub(crate) async fn present(
+    state: &Runtime,
+    purpose: &str,
+    token: &str,
+) -> Result<Presented, ApiError> {
     let hash = tokens::digest(token);
     let now = state.clock.now_ms();
     let mut sql = Sql::new(state.store.dialect());
@@ -213,9 +210,9 @@ async fn present(state: &AppState, purpose: &str, token: &str) -> Result<Present
 
 /// Applies field changes to an account together with using up its token (and any
 /// `extra` writes, such as revoking API keys), in one transaction.
-async fn change(
+pub(crate) async fn change(
     p: Presented,
-    state: &AppState,
+    state: &Runtime,
     changes: Map<String, Value>,
     extra: Vec<WriteOp>,
 ) -> Result<Record, ApiError> {
@@ -252,7 +249,7 @@ async fn change(
     }
 }
 
-fn link(state: &AppState, page: &str, token: &str) -> String {
+pub(crate) fn link(state: &Runtime, page: &str, token: &str) -> String {
     format!(
         "{}/{page}?token={token}",
         state.config.auth.public_url.trim_end_matches('/')
@@ -269,8 +266,8 @@ pub struct EmailRequest {
     pub collection: Option<String>,
 }
 
-async fn user_by_email(
-    state: &AppState,
+pub(crate) async fn user_by_email(
+    state: &Runtime,
     req: &EmailRequest,
 ) -> Result<Option<(Arc<Collection>, Record)>, ApiError> {
     let name = req.collection.clone().unwrap_or_else(|| "users".into());
@@ -281,55 +278,6 @@ async fn user_by_email(
             _ => None,
         },
     )
-}
-
-#[utoipa::path(
-    post,
-    path = "/v1/auth/request-verification",
-    tag = "auth",
-    summary = "Mail a verification link (the same answer whether or not the address has an account)",
-    request_body = EmailRequest,
-    responses(
-        (status = 204, description = "Accepted"),
-        (status = 409, description = "No mail server configured (`mail_not_configured`)", body = ProblemDoc, content_type = "application/problem+json"),
-    )
-)]
-pub async fn request_verification(
-    State(state): State<AppState>,
-    JsonBody(req): JsonBody<EmailRequest>,
-) -> Result<Response, ApiError> {
-    require_mailer(&state)?;
-    if let Some((coll, r)) = user_by_email(&state, &req).await?
-        && r.data.get("verified") != Some(&Value::Bool(true))
-    {
-        // The token is stored and the mail sent after the answer, so a known address
-        // answers as fast as an unknown one.
-        let bg = state.clone();
-        state.tasks.spawn(async move {
-            let token = match issue(&bg, "verify", coll.name(), &r.id, None).await {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::warn!(error = %e, "storing a verification token failed");
-                    return;
-                }
-            };
-            let to = r
-                .data
-                .get("email")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            send(
-                &bg,
-                to,
-                "Verify your email address",
-                format!(
-                    "Open this link to verify your email address:\n\n{}\n\nOr enter this token: {token}\n",
-                    link(&bg, "verify", &token)
-                ),
-            );
-        });
-    }
-    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -373,265 +321,9 @@ pub struct EmailChangeConfirm {
     password: String,
 }
 
-#[utoipa::path(
-    post,
-    path = "/v1/auth/confirm-verification",
-    tag = "auth",
-    summary = "Mark the account verified with the mailed token (single use)",
-    request_body = TokenRequest,
-    responses(
-        (status = 204, description = "Verified"),
-        (status = 400, description = "Unknown, expired or used token", body = ProblemDoc, content_type = "application/problem+json"),
-    )
-)]
-pub async fn confirm_verification(
-    State(state): State<AppState>,
-    JsonBody(req): JsonBody<TokenRequest>,
-) -> Result<Response, ApiError> {
-    let p = present(&state, "verify", &req.token).await?;
-    let (coll, id) = (p.coll.name().to_owned(), p.record.id.clone());
-    let mut changes = Map::new();
-    changes.insert("verified".into(), Value::Bool(true));
-    change(p, &state, changes, Vec::new()).await?;
-    audit::record(
-        &state,
-        audit::Event::new("email_verified", "ok")
-            .collection(coll)
-            .subject(id),
-    );
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-#[utoipa::path(
-    post,
-    path = "/v1/auth/request-password-reset",
-    tag = "auth",
-    summary = "Mail a password-reset link (the same answer whether or not the address has an account)",
-    request_body = EmailRequest,
-    responses(
-        (status = 204, description = "Accepted"),
-        (status = 409, description = "No mail server configured (`mail_not_configured`)", body = ProblemDoc, content_type = "application/problem+json"),
-    )
-)]
-pub async fn request_password_reset(
-    State(state): State<AppState>,
-    caller: Caller,
-    JsonBody(req): JsonBody<EmailRequest>,
-) -> Result<Response, ApiError> {
-    require_mailer(&state)?;
-    if let Some((coll, r)) = user_by_email(&state, &req).await? {
-        // The token is stored and the mail sent after the answer, so a known address
-        // answers as fast as an unknown one.
-        let bg = state.clone();
-        let ip = caller.ip.clone();
-        state.tasks.spawn(async move {
-            let token = match issue(&bg, "reset", coll.name(), &r.id, None).await {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::warn!(error = %e, "storing a password-reset token failed");
-                    return;
-                }
-            };
-            let to = r
-                .data
-                .get("email")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            send(
-                &bg,
-                to,
-                "Reset your password",
-                format!(
-                    "Open this link to choose a new password:\n\n{}\n\nOr enter this token: {token}\n\nIf you did not ask for this, ignore this mail.\n",
-                    link(&bg, "reset-password", &token)
-                ),
-            );
-            audit::record(
-                &bg,
-                audit::Event::new("password_reset_requested", "ok")
-                    .collection(coll.name())
-                    .subject(r.id.clone())
-                    .ip(ip),
-            );
-        });
-    }
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-#[utoipa::path(
-    post,
-    path = "/v1/auth/confirm-password-reset",
-    tag = "auth",
-    summary = "Set a new password with the mailed token (single use); ends every session",
-    request_body = PasswordResetConfirm,
-    responses(
-        (status = 204, description = "Password set"),
-        (status = 400, description = "Bad token or password", body = ProblemDoc, content_type = "application/problem+json"),
-    )
-)]
-pub async fn confirm_password_reset(
-    State(state): State<AppState>,
-    JsonBody(req): JsonBody<TokenRequest>,
-) -> Result<Response, ApiError> {
-    let Some(pw) = req.password.clone() else {
-        return Err(ApiError::field("password", "required", "is required"));
-    };
-    let p = present(&state, "reset", &req.token).await?;
-    let email = p
-        .record
-        .data
-        .get("email")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
-    password::check(&state.config.auth, &pw, &email)
-        .map_err(|(code, msg)| ApiError::field("password", code, msg))?;
-    let hash = state.auth.hasher.hash(pw).await?;
-    let (coll, id) = (p.coll.name().to_owned(), p.record.id.clone());
-    let mut changes = Map::new();
-    changes.insert("passwordHash".into(), Value::String(hash));
-    // A reset means the password may be known to someone else: the account's API
-    // keys go with its sessions.
-    let revoke_keys = crate::auth::apikeys::revoke_all_op(
-        state.store.dialect(),
-        &coll,
-        &id,
-        state.clock.now_ms(),
-    );
-    change(p, &state, changes, vec![revoke_keys]).await?;
-    let n = state
-        .auth
-        .sessions
-        .revoke_all(&coll, &id, state.clock.now_ms())
-        .await
-        .map_err(ApiError::from)?;
-    audit::record(
-        &state,
-        audit::Event::new("password_reset", "ok")
-            .collection(coll)
-            .subject(id)
-            .detail(json!({ "sessionsRevoked": n })),
-    );
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EmailChangeRequest {
     #[schema(format = Email, max_length = 254)]
     pub new_email: String,
-}
-
-#[utoipa::path(
-    post,
-    path = "/v1/auth/request-email-change",
-    tag = "auth",
-    summary = "Mail a confirmation link to a new address for the signed-in account",
-    request_body = EmailChangeRequest,
-    responses(
-        (status = 204, description = "Accepted"),
-        (status = 400, description = "Not an email address", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 401, description = "Not signed in", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 409, description = "No mail server configured (`mail_not_configured`)", body = ProblemDoc, content_type = "application/problem+json"),
-    )
-)]
-pub async fn request_email_change(
-    State(state): State<AppState>,
-    caller: Caller,
-    JsonBody(req): JsonBody<EmailChangeRequest>,
-) -> Result<Response, ApiError> {
-    require_mailer(&state)?;
-    require_account(&caller)?;
-    let Principal::User { coll, record } = &caller.principal else {
-        return Err(ApiError::forbidden(
-            "forbidden",
-            "Only accounts of auth collections change their email this way.",
-        ));
-    };
-    let new = normalize_email(&req.new_email);
-    let valid = new.len() <= 254
-        && new
-            .split_once('@')
-            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.starts_with('.'));
-    if !valid {
-        return Err(ApiError::field(
-            "newEmail",
-            "invalid",
-            "must be an email address",
-        ));
-    }
-    let token = issue(
-        &state,
-        "email_change",
-        coll.name(),
-        &record.id,
-        Some(new.clone()),
-    )
-    .await?;
-    send(
-        &state,
-        &new,
-        "Confirm your new email address",
-        format!(
-            "Open this link to make this your account's email address:\n\n{}\n\nOr enter this token: {token}\n",
-            link(&state, "confirm-email-change", &token)
-        ),
-    );
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-#[utoipa::path(
-    post,
-    path = "/v1/auth/confirm-email-change",
-    tag = "auth",
-    summary = "Change the email with the mailed token and the current password; ends every session",
-    request_body = EmailChangeConfirm,
-    responses(
-        (status = 204, description = "Changed"),
-        (status = 400, description = "Bad token or password, or the address is taken", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 429, description = "Too many wrong passwords for this account or address (shared with sign-in)", body = ProblemDoc, content_type = "application/problem+json"),
-    )
-)]
-pub async fn confirm_email_change(
-    State(state): State<AppState>,
-    caller: Caller,
-    JsonBody(req): JsonBody<TokenRequest>,
-) -> Result<Response, ApiError> {
-    let p = present(&state, "email_change", &req.token).await?;
-    // Wrong passwords count, and lock, exactly like failed sign-ins.
-    let ok = password::check_current(
-        &state,
-        p.coll.name(),
-        &p.record,
-        caller.ip.clone(),
-        req.password.clone().unwrap_or_default(),
-        "email_change_failed",
-    )
-    .await?;
-    if !ok {
-        return Err(ApiError::field(
-            "password",
-            "invalid",
-            "the current password is needed",
-        ));
-    }
-    let new = p.data.clone().unwrap_or_default();
-    let (coll, id) = (p.coll.name().to_owned(), p.record.id.clone());
-    let mut changes = Map::new();
-    changes.insert("email".into(), Value::String(new));
-    changes.insert("verified".into(), Value::Bool(true));
-    change(p, &state, changes, Vec::new()).await?;
-    state
-        .auth
-        .sessions
-        .revoke_all(&coll, &id, state.clock.now_ms())
-        .await
-        .map_err(ApiError::from)?;
-    audit::record(
-        &state,
-        audit::Event::new("email_changed", "ok")
-            .collection(coll)
-            .subject(id),
-    );
-    Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -3,27 +3,22 @@
 //! `otpauth://` URI (for a QR code); confirming with a first code turns it on and
 //! returns ten recovery codes. Each code works once: the last accepted step is kept.
 
-use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha1::Sha1;
 use utoipa::ToSchema;
 
 use crate::access::{Caller, Via};
-use crate::auth::accounts::require_account;
-use crate::auth::{audit, tokens};
+use crate::auth::tokens;
 use crate::error::ApiError;
-use crate::http::extract::JsonBody;
-use crate::http::openapi::ProblemDoc;
-use crate::state::AppState;
+use crate::runtime::Runtime;
 use crate::store::{Sql, SqlValue, StoreError, WriteError, WriteOp};
 
-const STEP: u64 = 30;
-const DIGITS: u32 = 6;
-const RECOVERY_CODES: usize = 10;
+pub(crate) const STEP: u64 = 30;
+pub(crate) const DIGITS: u32 = 6;
+pub(crate) const RECOVERY_CODES: usize = 10;
 
 /// RFC 4648 base32 without padding.
 pub fn base32(bytes: &[u8]) -> String {
@@ -100,14 +95,18 @@ pub fn matching_step(secret: &[u8], code: &str, now: u64) -> Option<u64> {
         })
 }
 
-struct Factor {
-    secret: String,
-    enabled: bool,
-    last_step: i64,
-    recovery: String,
+pub(crate) struct Factor {
+    pub(crate) secret: String,
+    pub(crate) enabled: bool,
+    pub(crate) last_step: i64,
+    pub(crate) recovery: String,
 }
 
-async fn load(state: &AppState, coll: &str, id: &str) -> Result<Option<Factor>, ApiError> {
+pub(crate) async fn load(
+    state: &Runtime,
+    coll: &str,
+    id: &str,
+) -> Result<Option<Factor>, ApiError> {
     let mut sql = Sql::new(state.store.dialect());
     sql.push("SELECT secret, enabled, last_step, recovery FROM _lintel_mfa WHERE collection = ")
         .bind(SqlValue::Text(coll.to_owned()))
@@ -126,7 +125,7 @@ async fn load(state: &AppState, coll: &str, id: &str) -> Result<Option<Factor>, 
     }))
 }
 
-async fn write(state: &AppState, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+pub(crate) async fn write(state: &Runtime, ops: Vec<WriteOp>) -> Result<(), StoreError> {
     state
         .store
         .write(ops)
@@ -135,13 +134,13 @@ async fn write(state: &AppState, ops: Vec<WriteOp>) -> Result<(), StoreError> {
         .map_err(|WriteError { error, .. }| error)
 }
 
-fn now_secs(state: &AppState) -> u64 {
+pub(crate) fn now_secs(state: &Runtime) -> u64 {
     (state.clock.now_ms() / 1000).max(0) as u64
 }
 
 /// Uses a TOTP code or a recovery code once; false when neither is valid.
-async fn consume(
-    state: &AppState,
+pub(crate) async fn consume(
+    state: &Runtime,
     coll: &str,
     id: &str,
     f: &Factor,
@@ -217,7 +216,7 @@ async fn consume(
 
 /// At sign-in: passes when the account has no second factor, or a valid code is given.
 pub async fn check_login(
-    state: &AppState,
+    state: &Runtime,
     coll: &str,
     id: &str,
     totp: Option<&str>,
@@ -244,7 +243,7 @@ pub async fn check_login(
     }
 }
 
-fn no_api_keys(caller: &Caller) -> Result<(), ApiError> {
+pub(crate) fn no_api_keys(caller: &Caller) -> Result<(), ApiError> {
     if matches!(caller.via, Via::ApiKey { .. } | Via::AdminToken) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -253,82 +252,6 @@ fn no_api_keys(caller: &Caller) -> Result<(), ApiError> {
         ));
     }
     Ok(())
-}
-
-#[utoipa::path(
-    post,
-    path = "/v1/auth/totp/enroll",
-    tag = "auth",
-    summary = "Start TOTP enrolment: a new secret and its otpauth:// URI",
-    responses(
-        (status = 200, description = "`{secret, uri}`; confirm with a code to turn it on", body = Value),
-        (status = 409, description = "A second factor is already on", body = ProblemDoc, content_type = "application/problem+json"),
-    )
-)]
-pub async fn enroll(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
-    no_api_keys(&caller)?;
-    let (coll, id) = require_account(&caller)?;
-    if load(&state, coll, id).await?.is_some_and(|f| f.enabled) {
-        return Err(ApiError::conflict(
-            "mfa_enabled",
-            "A second factor is already on; disable it first.",
-        ));
-    }
-    let mut raw = [0u8; 20];
-    getrandom::fill(&mut raw).map_err(|e| ApiError::internal(format!("random: {e}")))?;
-    let secret = base32(&raw);
-    let mut del = Sql::new(state.store.dialect());
-    del.push("DELETE FROM _lintel_mfa WHERE collection = ")
-        .bind(SqlValue::Text(coll.to_owned()))
-        .push(" AND user_id = ")
-        .bind(SqlValue::Text(id.to_owned()))
-        .push(" AND enabled = 0");
-    let mut ins = Sql::new(state.store.dialect());
-    ins.push("INSERT INTO _lintel_mfa (collection, user_id, secret, enabled, last_step, recovery, created) VALUES (")
-        .bind(SqlValue::Text(coll.to_owned()))
-        .push(", ")
-        .bind(SqlValue::Text(id.to_owned()))
-        .push(", ")
-        .bind(SqlValue::Text(secret.clone()))
-        .push(", 0, 0, '[]', ")
-        .bind(SqlValue::Int(state.clock.now_ms()))
-        .push(")");
-    write(
-        &state,
-        vec![
-            WriteOp::System {
-                sql: del,
-                expect: None,
-            },
-            WriteOp::System {
-                sql: ins,
-                expect: Some(1),
-            },
-        ],
-    )
-    .await
-    .map_err(ApiError::from)?;
-    let label = match &caller.principal {
-        crate::access::Principal::User { record, .. } => record
-            .data
-            .get("email")
-            .and_then(Value::as_str)
-            .unwrap_or(id)
-            .to_owned(),
-        crate::access::Principal::Superuser { email, .. } => email.clone(),
-        crate::access::Principal::Anonymous | crate::access::Principal::Service { .. } => {
-            id.to_owned()
-        }
-    };
-    let issuer = &state.config.auth.issuer;
-    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    let uri = format!(
-        "otpauth://totp/{}:{}?secret={secret}&issuer={}&algorithm=SHA1&digits={DIGITS}&period={STEP}",
-        enc(issuer),
-        enc(&label),
-        enc(issuer)
-    );
-    Ok(axum::Json(json!({ "secret": secret, "uri": uri })).into_response())
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -341,146 +264,6 @@ pub struct CodeRequest {
     /// A recovery code (disable only).
     #[serde(default)]
     pub recovery_code: Option<String>,
-}
-
-#[utoipa::path(
-    post,
-    path = "/v1/auth/totp/confirm",
-    tag = "auth",
-    summary = "Turn TOTP on with a first code; returns the recovery codes (shown once)",
-    request_body = CodeRequest,
-    responses(
-        (status = 200, description = "`{recoveryCodes: [...]}`", body = Value),
-        (status = 400, description = "Wrong code, or no enrolment", body = ProblemDoc, content_type = "application/problem+json"),
-    )
-)]
-pub async fn confirm(
-    State(state): State<AppState>,
-    caller: Caller,
-    JsonBody(req): JsonBody<CodeRequest>,
-) -> Result<Response, ApiError> {
-    no_api_keys(&caller)?;
-    let (coll, id) = require_account(&caller)?;
-    let Some(f) = load(&state, coll, id).await?.filter(|f| !f.enabled) else {
-        return Err(ApiError::field(
-            "code",
-            "not_enrolling",
-            "start with POST /v1/auth/totp/enroll",
-        ));
-    };
-    let secret = unbase32(&f.secret).unwrap_or_default();
-    let Some(step) = req
-        .code
-        .as_deref()
-        .and_then(|c| matching_step(&secret, c, now_secs(&state)))
-    else {
-        return Err(ApiError::field(
-            "code",
-            "invalid_code",
-            "is not the current code",
-        ));
-    };
-    let codes: Vec<String> = (0..RECOVERY_CODES)
-        .map(|_| crate::ids::secret_token().chars().take(12).collect())
-        .collect();
-    let digests: Vec<String> = codes.iter().map(|c| tokens::digest(c)).collect();
-    let mut sql = Sql::new(state.store.dialect());
-    sql.push("UPDATE _lintel_mfa SET enabled = 1, last_step = ")
-        .bind(SqlValue::Int(step as i64))
-        .push(", recovery = ")
-        .bind(SqlValue::Text(
-            serde_json::to_string(&digests).map_err(ApiError::internal)?,
-        ))
-        .push(" WHERE collection = ")
-        .bind(SqlValue::Text(coll.to_owned()))
-        .push(" AND user_id = ")
-        .bind(SqlValue::Text(id.to_owned()))
-        .push(" AND enabled = 0");
-    write(
-        &state,
-        vec![WriteOp::System {
-            sql,
-            expect: Some(1),
-        }],
-    )
-    .await
-    .map_err(|e| match e {
-        // Confirmed (or disabled) meanwhile by another request: no record is missing,
-        // the enrolment is.
-        StoreError::NotFound => ApiError::field(
-            "code",
-            "not_enrolling",
-            "start with POST /v1/auth/totp/enroll",
-        ),
-        e => ApiError::from(e),
-    })?;
-    audit::record(
-        &state,
-        audit::Event::new("mfa_enabled", "ok")
-            .actor(caller.actor())
-            .subject(id)
-            .ip(caller.ip.clone()),
-    );
-    Ok(axum::Json(json!({ "recoveryCodes": codes })).into_response())
-}
-
-#[utoipa::path(
-    post,
-    path = "/v1/auth/totp/disable",
-    tag = "auth",
-    summary = "Turn TOTP off (needs a current code or a recovery code)",
-    request_body = CodeRequest,
-    responses(
-        (status = 204, description = "Off"),
-        (status = 400, description = "Wrong code, or no second factor", body = ProblemDoc, content_type = "application/problem+json"),
-    )
-)]
-pub async fn disable(
-    State(state): State<AppState>,
-    caller: Caller,
-    JsonBody(req): JsonBody<CodeRequest>,
-) -> Result<Response, ApiError> {
-    no_api_keys(&caller)?;
-    let (coll, id) = require_account(&caller)?;
-    let Some(f) = load(&state, coll, id).await?.filter(|f| f.enabled) else {
-        return Err(ApiError::field(
-            "code",
-            "not_enabled",
-            "no second factor is on",
-        ));
-    };
-    if !consume(
-        &state,
-        coll,
-        id,
-        &f,
-        req.code.as_deref(),
-        req.recovery_code.as_deref(),
-    )
-    .await?
-    {
-        return Err(ApiError::field(
-            "code",
-            "invalid_code",
-            "is not a valid unused code",
-        ));
-    }
-    let mut sql = Sql::new(state.store.dialect());
-    sql.push("DELETE FROM _lintel_mfa WHERE collection = ")
-        .bind(SqlValue::Text(coll.to_owned()))
-        .push(" AND user_id = ")
-        .bind(SqlValue::Text(id.to_owned()));
-    write(&state, vec![WriteOp::System { sql, expect: None }])
-        .await
-        .map_err(ApiError::from)?;
-    audit::record(
-        &state,
-        audit::Event::new("mfa_disabled", "ok")
-            .actor(caller.actor())
-            .subject(id)
-            .ip(caller.ip.clone()),
-    );
-    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[cfg(test)]

@@ -19,10 +19,6 @@ pub mod tokens;
 
 use std::sync::Arc;
 
-use utoipa_axum::router::OpenApiRouter;
-
-use crate::state::AppState;
-
 /// The name superusers go by wherever an auth collection is named.
 pub use crate::access::SUPERUSERS;
 
@@ -46,8 +42,4 @@ impl AuthRuntime {
             hasher,
         }
     }
-}
-
-pub fn router() -> OpenApiRouter<AppState> {
-    routes::router()
 }

@@ -14,16 +14,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::access::Caller;
 use crate::access::rules;
@@ -33,39 +29,41 @@ use crate::auth::signin::{Pending, SignInGuard, second_factor, signed_in};
 use crate::auth::{audit, tokens};
 use crate::config::OidcProviderConfig;
 use crate::error::ApiError;
-use crate::http::openapi::ProblemDoc;
 use crate::records::service::{apply_writes, write_one};
+use crate::runtime::Runtime;
 use crate::schema::{Action, Collection};
-use crate::state::AppState;
 use crate::store::{Record, Sql, SqlValue, StoreError, WriteError, WriteOp};
 
 /// How long a started sign-in may take, in milliseconds.
-const STATE_TTL_MS: i64 = 10 * 60 * 1000;
+pub(crate) const STATE_TTL_MS: i64 = 10 * 60 * 1000;
 /// The cookie that binds a started sign-in to its browser.
 pub const BINDING_COOKIE: &str = "lintel_oidc";
 /// How long a provider's discovery document and JWKS are kept.
 pub const PROVIDER_CACHE_TTL: Duration = Duration::from_secs(10 * 60);
 
 #[derive(Debug, Deserialize)]
-struct Discovery {
-    issuer: String,
-    authorization_endpoint: String,
-    token_endpoint: String,
-    jwks_uri: String,
+pub(crate) struct Discovery {
+    pub(crate) issuer: String,
+    pub(crate) authorization_endpoint: String,
+    pub(crate) token_endpoint: String,
+    pub(crate) jwks_uri: String,
 }
 
 #[derive(Debug, Deserialize)]
-struct IdClaims {
-    sub: String,
+pub(crate) struct IdClaims {
+    pub(crate) sub: String,
     #[serde(default)]
-    email: Option<String>,
+    pub(crate) email: Option<String>,
     #[serde(default)]
-    email_verified: Option<bool>,
+    pub(crate) email_verified: Option<bool>,
     #[serde(default)]
-    nonce: Option<String>,
+    pub(crate) nonce: Option<String>,
 }
 
-fn provider<'a>(state: &'a AppState, name: &str) -> Result<&'a OidcProviderConfig, ApiError> {
+pub(crate) fn provider<'a>(
+    state: &'a Runtime,
+    name: &str,
+) -> Result<&'a OidcProviderConfig, ApiError> {
     state.config.auth.oidc.get(name).ok_or_else(|| {
         ApiError::not_found(format!(
             "No identity provider named '{}'.",
@@ -74,7 +72,7 @@ fn provider<'a>(state: &'a AppState, name: &str) -> Result<&'a OidcProviderConfi
     })
 }
 
-fn upstream(e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn upstream(e: impl std::fmt::Display) -> ApiError {
     tracing::warn!(error = %e, "identity provider request failed");
     ApiError::new(
         StatusCode::BAD_GATEWAY,
@@ -99,14 +97,14 @@ impl Default for ProviderCache {
 
 type Entries<T> = Mutex<HashMap<String, (Instant, Arc<T>)>>;
 
-fn fresh<T>(map: &Entries<T>, key: &str, ttl: Duration, now: Instant) -> Option<Arc<T>> {
+pub(crate) fn fresh<T>(map: &Entries<T>, key: &str, ttl: Duration, now: Instant) -> Option<Arc<T>> {
     let map = map.lock().unwrap_or_else(|p| p.into_inner());
     map.get(key)
         .filter(|(at, _)| now.saturating_duration_since(*at) < ttl)
         .map(|(_, v)| Arc::clone(v))
 }
 
-fn keep<T>(map: &Entries<T>, key: &str, value: Arc<T>, ttl: Duration, now: Instant) {
+pub(crate) fn keep<T>(map: &Entries<T>, key: &str, value: Arc<T>, ttl: Duration, now: Instant) {
     let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
     map.retain(|_, (at, _)| now.saturating_duration_since(*at) < ttl);
     map.insert(key.to_owned(), (now, value));
@@ -138,7 +136,7 @@ pub fn on_allowed_origin(issuer: &str, extra: &[String], url: &str) -> bool {
 /// A discovery document's endpoints must stay on the issuer's origin (or one the
 /// provider's `endpoint_origins` adds): a document cannot send the browser, the
 /// code exchange or the key fetch anywhere else.
-fn check_endpoints(p: &OidcProviderConfig, d: &Discovery) -> Result<(), String> {
+pub(crate) fn check_endpoints(p: &OidcProviderConfig, d: &Discovery) -> Result<(), String> {
     for (what, url) in [
         ("authorization_endpoint", &d.authorization_endpoint),
         ("token_endpoint", &d.token_endpoint),
@@ -153,7 +151,7 @@ fn check_endpoints(p: &OidcProviderConfig, d: &Discovery) -> Result<(), String> 
     Ok(())
 }
 
-async fn discover(
+pub(crate) async fn discover(
     http: &reqwest::Client,
     cache: &ProviderCache,
     p: &OidcProviderConfig,
@@ -192,7 +190,7 @@ async fn discover(
     Ok(d)
 }
 
-async fn fetch_jwks(http: &reqwest::Client, uri: &str) -> Result<Arc<JwkSet>, ApiError> {
+pub(crate) async fn fetch_jwks(http: &reqwest::Client, uri: &str) -> Result<Arc<JwkSet>, ApiError> {
     let set: JwkSet = http
         .get(uri)
         .send()
@@ -206,7 +204,7 @@ async fn fetch_jwks(http: &reqwest::Client, uri: &str) -> Result<Arc<JwkSet>, Ap
     Ok(Arc::new(set))
 }
 
-fn find_key<'a>(set: &'a JwkSet, kid: Option<&str>) -> Option<&'a Jwk> {
+pub(crate) fn find_key<'a>(set: &'a JwkSet, kid: Option<&str>) -> Option<&'a Jwk> {
     match kid {
         Some(kid) => set.find(kid),
         None => set.keys.first(),
@@ -215,7 +213,7 @@ fn find_key<'a>(set: &'a JwkSet, kid: Option<&str>) -> Option<&'a Jwk> {
 
 /// The provider's key for an ID token: from the cached JWKS, fetched again once when
 /// the token names a key the cached set does not have (the provider rotated its keys).
-async fn signing_key(
+pub(crate) async fn signing_key(
     http: &reqwest::Client,
     cache: &ProviderCache,
     jwks_uri: &str,
@@ -237,7 +235,7 @@ async fn signing_key(
     Ok(find_key(&set, kid).cloned())
 }
 
-fn redirect_url(state: &AppState, name: &str, p: &OidcProviderConfig) -> String {
+pub(crate) fn redirect_url(state: &Runtime, name: &str, p: &OidcProviderConfig) -> String {
     if p.redirect_url.is_empty() {
         format!(
             "{}/v1/auth/oidc/{name}/callback",
@@ -248,7 +246,7 @@ fn redirect_url(state: &AppState, name: &str, p: &OidcProviderConfig) -> String 
     }
 }
 
-fn query_map(q: Option<String>) -> Map<String, Value> {
+pub(crate) fn query_map(q: Option<String>) -> Map<String, Value> {
     url::form_urlencoded::parse(q.unwrap_or_default().as_bytes())
         .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
         .collect()
@@ -256,7 +254,7 @@ fn query_map(q: Option<String>) -> Map<String, Value> {
 
 /// Whether the app may be sent back to `url` (its origin is the public URL's or an
 /// allowed origin): never an open redirect.
-fn allowed_return(state: &AppState, url: &str) -> bool {
+pub(crate) fn allowed_return(state: &Runtime, url: &str) -> bool {
     let origin = |u: &str| {
         url::Url::parse(u)
             .ok()
@@ -273,7 +271,7 @@ fn allowed_return(state: &AppState, url: &str) -> bool {
 }
 
 /// The path the binding cookie is limited to: the callback's, as the browser sees it.
-fn callback_path(state: &AppState, name: &str, p: &OidcProviderConfig) -> String {
+pub(crate) fn callback_path(state: &Runtime, name: &str, p: &OidcProviderConfig) -> String {
     url::Url::parse(&redirect_url(state, name, p))
         .ok()
         .map(|u| u.path().to_owned())
@@ -287,175 +285,25 @@ fn callback_path(state: &AppState, name: &str, p: &OidcProviderConfig) -> String
 }
 
 /// The `Set-Cookie` value of the binding cookie (`max_age` 0 clears it).
-fn binding_cookie(path: &str, value: &str, max_age: i64, secure: bool) -> String {
+pub(crate) fn binding_cookie(path: &str, value: &str, max_age: i64, secure: bool) -> String {
     format!(
         "{BINDING_COOKIE}={value}; Path={path}; HttpOnly; SameSite=Lax; Max-Age={max_age}{}",
         if secure { "; Secure" } else { "" }
     )
 }
 
-fn set_cookie(res: &mut Response, c: &str) {
+pub(crate) fn set_cookie(res: &mut Response, c: &str) {
     if let Ok(v) = HeaderValue::from_str(c) {
         res.headers_mut().append(header::SET_COOKIE, v);
     }
 }
 
-#[utoipa::path(
-    get,
-    path = "/v1/auth/oidc/{provider}/start",
-    tag = "auth",
-    summary = "Start signing in with an identity provider (redirects to it)",
-    description = "Sets the `lintel_oidc` cookie (HttpOnly, SameSite=Lax, limited to the callback's path, 10 minutes) that binds the sign-in to this browser: the callback refuses a `state` arriving without it.",
-    params(
-        ("provider" = String, Path, description = "Provider name from configuration"),
-        ("mode" = Option<String>, Query, description = "`token` (default) or `cookie`"),
-        ("redirect" = Option<String>, Query, description = "Where to send the browser afterwards (an allowed origin)"),
-    ),
-    responses(
-        (status = 303, description = "To the provider's authorization endpoint"),
-        (status = 404, description = "No such provider", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 502, description = "The provider's discovery document could not be read or points elsewhere than its origin", body = ProblemDoc, content_type = "application/problem+json"),
-    )
-)]
-pub async fn start(
-    State(state): State<AppState>,
-    tls: Option<Extension<crate::http::serve::TlsInfo>>,
-    Path(name): Path<String>,
-    RawQuery(query): RawQuery,
-) -> Result<Response, ApiError> {
-    let p = provider(&state, &name)?;
-    let q = query_map(query);
-    let mode = q
-        .get("mode")
-        .and_then(Value::as_str)
-        .unwrap_or("token")
-        .to_owned();
-    if mode != "token" && mode != "cookie" {
-        return Err(ApiError::field("mode", "invalid", "token or cookie"));
-    }
-    let back = q.get("redirect").and_then(Value::as_str).map(str::to_owned);
-    if let Some(b) = &back
-        && !allowed_return(&state, b)
-    {
-        return Err(ApiError::field(
-            "redirect",
-            "not_allowed",
-            "must be on the public URL's origin or an allowed origin",
-        ));
-    }
-    let d = discover(&state.http_client, &state.oidc_providers, p).await?;
-    let st = crate::ids::secret_token();
-    let nonce = crate::ids::secret_token();
-    let verifier = format!(
-        "{}{}",
-        crate::ids::secret_token(),
-        crate::ids::secret_token()
-    );
-    // Only the browser holding this value (in an HttpOnly cookie) may finish the
-    // sign-in: a `state` planted in another browser (login CSRF) is refused.
-    let browser = crate::ids::secret_token();
-    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-    let now = state.clock.now_ms();
-    let mut sql = Sql::new(state.store.dialect());
-    sql.push("INSERT INTO _lintel_oauth_states (hash, provider, verifier, nonce, redirect, mode, created, expires, browser) VALUES (");
-    let values = [
-        SqlValue::Text(tokens::digest(&st)),
-        SqlValue::Text(name.clone()),
-        SqlValue::Text(verifier),
-        SqlValue::Text(nonce.clone()),
-        back.map_or(SqlValue::Null, SqlValue::Text),
-        SqlValue::Text(mode),
-        SqlValue::Int(now),
-        SqlValue::Int(now + STATE_TTL_MS),
-        SqlValue::Text(tokens::digest(&browser)),
-    ];
-    sql.bind_all(values);
-    sql.push(")");
-    state
-        .store
-        .write(vec![WriteOp::System {
-            sql,
-            expect: Some(1),
-        }])
-        .await
-        .map_err(|WriteError { error, .. }| ApiError::from(error))?;
-    let mut scopes = vec!["openid".to_owned(), "email".to_owned()];
-    for s in &p.scopes {
-        if !scopes.contains(s) {
-            scopes.push(s.clone());
-        }
-    }
-    let mut url = url::Url::parse(&d.authorization_endpoint).map_err(upstream)?;
-    url.query_pairs_mut()
-        .append_pair("response_type", "code")
-        .append_pair("client_id", &p.client_id)
-        .append_pair("redirect_uri", &redirect_url(&state, &name, p))
-        .append_pair("scope", &scopes.join(" "))
-        .append_pair("state", &st)
-        .append_pair("nonce", &nonce)
-        .append_pair("code_challenge", &challenge)
-        .append_pair("code_challenge_method", "S256");
-    let mut res = StatusCode::SEE_OTHER.into_response();
-    if let Ok(v) = HeaderValue::from_str(url.as_str()) {
-        res.headers_mut().insert(header::LOCATION, v);
-    }
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    let secure = state.config.auth.cookie_secure || tls.is_some();
-    set_cookie(
-        &mut res,
-        &binding_cookie(
-            &callback_path(&state, &name, p),
-            &browser,
-            STATE_TTL_MS / 1000,
-            secure,
-        ),
-    );
-    Ok(res)
-}
-
-fn refused(detail: &str) -> ApiError {
+pub(crate) fn refused(detail: &str) -> ApiError {
     ApiError::bad_request("oidc_failed", detail.to_owned())
 }
 
-#[utoipa::path(
-    get,
-    path = "/v1/auth/oidc/{provider}/callback",
-    tag = "auth",
-    summary = "Where the identity provider returns: finishes the sign-in",
-    description = "Answers with the same body as /v1/auth/login, or redirects to the `redirect` given at start (tokens in the URL fragment, or the session cookie set). Needs the `lintel_oidc` cookie set by start in the same browser, and clears it. For an account with a second factor the answer is `401 mfa_required` with an `mfaToken` (with a `redirect`: the fragment carries `mfaRequired=totp&mfaToken=...`); POST /v1/auth/login with `{mfaToken, totp}` finishes the sign-in.",
-    params(("provider" = String, Path, description = "Provider name")),
-    responses(
-        (status = 200, description = "Signed in", body = Value),
-        (status = 303, description = "Signed in, or a second factor is needed; back to the app"),
-        (status = 400, description = "Unknown or used state, a state from another browser, provider error, bad ID token, unverified email", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 401, description = "The account has a second factor (`mfa_required`, with `mfaToken`)", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 403, description = "No account with this email and sign-up is closed", body = ProblemDoc, content_type = "application/problem+json"),
-    )
-)]
-pub async fn callback(
-    State(state): State<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-    RawQuery(query): RawQuery,
-) -> Result<Response, ApiError> {
-    let p = provider(&state, &name)?;
-    let mut res = match finish(&state, p, &caller, &headers, &name, query).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    };
-    // The binding is spent whatever happened: a new sign-in starts over.
-    let secure = state.config.auth.cookie_secure || caller.tls;
-    set_cookie(
-        &mut res,
-        &binding_cookie(&callback_path(&state, &name, p), "", 0, secure),
-    );
-    Ok(res)
-}
-
 /// 303 to `location`, not to be cached, carrying the cookies of `from`.
-fn see_other(location: &str, from: Option<&HeaderMap>) -> Response {
+pub(crate) fn see_other(location: &str, from: Option<&HeaderMap>) -> Response {
     let mut out = StatusCode::SEE_OTHER.into_response();
     if let Some(h) = from {
         for c in h.get_all(header::SET_COOKIE) {
@@ -470,8 +318,8 @@ fn see_other(location: &str, from: Option<&HeaderMap>) -> Response {
     out
 }
 
-async fn finish(
-    state: &AppState,
+pub(crate) async fn finish(
+    state: &Runtime,
     p: &OidcProviderConfig,
     caller: &Caller,
     headers: &HeaderMap,
@@ -677,8 +525,8 @@ async fn finish(
 }
 
 /// A new verified account for an address the provider vouched for.
-async fn create_account(
-    state: &AppState,
+pub(crate) async fn create_account(
+    state: &Runtime,
     coll: &Arc<Collection>,
     email: &str,
 ) -> Result<Account, ApiError> {
@@ -723,7 +571,13 @@ async fn create_account(
 }
 
 /// Statement on one of an account's rows in Lintel's own tables.
-fn account_rows(state: &AppState, head: &str, now: Option<i64>, coll: &str, id: &str) -> Sql {
+pub(crate) fn account_rows(
+    state: &Runtime,
+    head: &str,
+    now: Option<i64>,
+    coll: &str,
+    id: &str,
+) -> Sql {
     let mut sql = Sql::new(state.store.dialect());
     sql.push(head);
     if let Some(now) = now {
@@ -741,8 +595,8 @@ fn account_rows(state: &AppState, head: &str, now: Option<i64>, coll: &str, id: 
 /// transaction its password is removed (a password reset sets a new one), every
 /// session (and so every refresh token) is revoked, its API keys are revoked, its
 /// second factor and pending email tokens are dropped, and it becomes verified.
-async fn take_over(
-    state: &AppState,
+pub(crate) async fn take_over(
+    state: &Runtime,
     caller: &Caller,
     coll: &Arc<Collection>,
     record: Record,

@@ -1,7 +1,6 @@
 //! Signing in: `POST /v1/auth/login` with a password (or a pending second factor),
 //! the sign-in lockout (`SignInGuard`), and opening a token or cookie session.
 
-use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -11,17 +10,15 @@ use utoipa::ToSchema;
 use crate::access::Caller;
 use crate::auth::cookies::{SESSION_COOKIE, cookie};
 use crate::auth::sessions::{NewSession, Session};
-use crate::auth::{audit, password, tokens};
+use crate::auth::{audit, tokens};
 use crate::error::ApiError;
-use crate::http::extract::JsonBody;
-use crate::http::openapi::ProblemDoc;
 use crate::ratelimit::lockout::{Gate, Policy};
-use crate::state::AppState;
+use crate::runtime::Runtime;
 use crate::store::{Sql, SqlValue, StoreError, WriteError, WriteOp};
 
-use crate::auth::accounts::{Account, account_by_id, find_account, normalize_email};
+use crate::auth::accounts::{Account, account_by_id};
 
-fn invalid_credentials() -> ApiError {
+pub(crate) fn invalid_credentials() -> ApiError {
     ApiError::new(
         StatusCode::UNAUTHORIZED,
         "invalid_credentials",
@@ -61,7 +58,7 @@ pub struct LoginRequest {
     pub mfa_token: Option<String>,
 }
 
-fn user_agent(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn user_agent(headers: &HeaderMap) -> Option<String> {
     headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
@@ -70,7 +67,7 @@ fn user_agent(headers: &HeaderMap) -> Option<String> {
 
 /// Opens a session for an account and answers with tokens or a cookie.
 pub async fn open_session(
-    state: &AppState,
+    state: &Runtime,
     account: &Account,
     cookie_mode: bool,
     caller: &Caller,
@@ -187,101 +184,8 @@ pub(super) fn no_store(res: &mut Response) {
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
 }
 
-#[utoipa::path(
-    post,
-    path = "/v1/auth/login",
-    tag = "auth",
-    summary = "Sign in with email and password",
-    description = "Returns `{accessToken, refreshToken, expiresIn, user}`; with `\"mode\": \"cookie\"` opens a cookie session and returns `{user, csrfToken}`. A wrong password and an unknown email get the same 401. An account with a second factor answers `401 mfa_required` with an `mfaToken` (also what single sign-on gives such an account); send `{mfaToken, totp}` (or `recoveryCode`) here to finish. Wrong codes count toward the sign-in lockout like wrong passwords.",
-    request_body = LoginRequest,
-    responses(
-        (status = 200, description = "Signed in", body = Value),
-        (status = 401, description = "Wrong credentials, or a second factor is needed (`mfa_required`, with `mfaToken`) or wrong (`invalid_mfa`), or an unknown or used `mfaToken` (`invalid_mfa_token`)", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 429, description = "Too many failed sign-ins (`signin_locked`)", body = ProblemDoc, content_type = "application/problem+json"),
-    )
-)]
-pub(super) async fn login(
-    State(state): State<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
-    JsonBody(req): JsonBody<LoginRequest>,
-) -> Result<Response, ApiError> {
-    let mode = match req.mode.as_deref() {
-        None => None,
-        Some("token") => Some(false),
-        Some("cookie") => Some(true),
-        Some(_) => return Err(ApiError::field("mode", "invalid", "token or cookie")),
-    };
-    if let Some(token) = req.mfa_token.as_deref() {
-        return complete_pending(&state, &caller, &headers, token, &req, mode).await;
-    }
-    let cookie_mode = mode.unwrap_or(false);
-    let collection = req.collection.clone().unwrap_or_else(|| "users".into());
-    let (Some(email), Some(pw)) = (req.email.as_deref(), req.password.as_deref()) else {
-        let missing = if req.email.is_none() {
-            "email"
-        } else {
-            "password"
-        };
-        return Err(ApiError::bad_request(
-            "invalid_body",
-            format!("The JSON body does not fit: missing field `{missing}` (or give `mfaToken`)."),
-        ));
-    };
-    let email = normalize_email(email);
-    if email.is_empty() || pw.is_empty() || pw.len() > password::MAX_LENGTH {
-        return Err(invalid_credentials());
-    }
-    // Sign-in protection: slowed down after a few failures, locked after many.
-    let guard = SignInGuard::new(&state, &caller, &collection, &email);
-    guard.gate(&state, &caller).await?;
-    let account = find_account(&state, &collection, &email).await?;
-    let hash = account
-        .as_ref()
-        .and_then(Account::password_hash)
-        .unwrap_or_else(|| state.auth.hasher.decoy())
-        .to_owned();
-    let ok = state.auth.hasher.verify(hash, pw.to_owned()).await;
-    let account = match account {
-        Some(a) if ok => a,
-        other => {
-            let reason = if other.is_some() {
-                "wrong_password"
-            } else {
-                "unknown_email"
-            };
-            guard.failed(&state, &caller, other.as_ref().map(Account::id), reason);
-            return Err(invalid_credentials());
-        }
-    };
-    let pending = Pending {
-        cookie_mode,
-        via: "password".into(),
-    };
-    second_factor(
-        &state,
-        &caller,
-        &guard,
-        &account,
-        req.totp.as_deref(),
-        req.recovery_code.as_deref(),
-        &pending,
-    )
-    .await?;
-    signed_in(
-        &state,
-        &caller,
-        &headers,
-        &guard,
-        &account,
-        cookie_mode,
-        json!({ "mode": if cookie_mode { "cookie" } else { "token" } }),
-    )
-    .await
-}
-
 /// How long a sign-in waiting for its second factor may take, in milliseconds.
-const MFA_PENDING_TTL_MS: i64 = 5 * 60 * 1000;
+pub(crate) const MFA_PENDING_TTL_MS: i64 = 5 * 60 * 1000;
 
 /// Sign-in protection for one account and the client address (`ratelimit/lockout.rs`):
 /// every way of signing in that checks a secret (a password, a second-factor code)
@@ -294,7 +198,7 @@ pub struct SignInGuard {
 }
 
 impl SignInGuard {
-    pub fn new(state: &AppState, caller: &Caller, collection: &str, email: &str) -> Self {
+    pub fn new(state: &Runtime, caller: &Caller, collection: &str, email: &str) -> Self {
         Self {
             collection: collection.to_owned(),
             email: email.to_owned(),
@@ -316,7 +220,7 @@ impl SignInGuard {
 
     /// Before any secret is checked: `429 signin_locked` while the account or the
     /// address is locked; a delay after a few failures.
-    pub async fn gate(&self, state: &AppState, caller: &Caller) -> Result<(), ApiError> {
+    pub async fn gate(&self, state: &Runtime, caller: &Caller) -> Result<(), ApiError> {
         match state.login_guard.gate(&self.keys(), state.clock.now_ms()) {
             Gate::Locked { retry_after_ms } => {
                 audit::record(
@@ -345,7 +249,7 @@ impl SignInGuard {
 
     /// A wrong secret: counted toward the lockout, each lock it causes audited, and the
     /// failure itself audited with its reason.
-    pub fn failed(&self, state: &AppState, caller: &Caller, subject: Option<&str>, reason: &str) {
+    pub fn failed(&self, state: &Runtime, caller: &Caller, subject: Option<&str>, reason: &str) {
         for key in state.login_guard.failed(&self.keys(), state.clock.now_ms()) {
             audit::record(
                 state,
@@ -379,7 +283,7 @@ pub struct Pending {
 /// `401 mfa_required` with an `mfaToken` that `POST /v1/auth/login` completes; a wrong
 /// code is `401 invalid_mfa` and counts toward the lockout like a wrong password.
 pub async fn second_factor(
-    state: &AppState,
+    state: &Runtime,
     caller: &Caller,
     guard: &SignInGuard,
     account: &Account,
@@ -448,9 +352,9 @@ pub async fn second_factor(
 }
 
 /// The purpose of a pending sign-in's token in `_lintel_auth_tokens`.
-const MFA_PURPOSE: &str = "mfa";
+pub(crate) const MFA_PURPOSE: &str = "mfa";
 
-fn invalid_mfa_token() -> ApiError {
+pub(crate) fn invalid_mfa_token() -> ApiError {
     ApiError::new(
         StatusCode::UNAUTHORIZED,
         "invalid_mfa_token",
@@ -460,8 +364,8 @@ fn invalid_mfa_token() -> ApiError {
 
 /// `POST /v1/auth/login` with an `mfaToken`: the second step of a sign-in whose first
 /// factor (a password or an identity provider) was proved before.
-async fn complete_pending(
-    state: &AppState,
+pub(crate) async fn complete_pending(
+    state: &Runtime,
     caller: &Caller,
     headers: &HeaderMap,
     token: &str,
@@ -544,7 +448,7 @@ async fn complete_pending(
 /// The end of every successful sign-in: the account's failure count cleared, the
 /// sign-in audited, a session opened.
 pub async fn signed_in(
-    state: &AppState,
+    state: &Runtime,
     caller: &Caller,
     headers: &HeaderMap,
     guard: &SignInGuard,

@@ -36,7 +36,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(crate::collections::router())
         .merge(crate::records::router())
         .merge(crate::batch::router())
-        .merge(crate::auth::router())
+        .merge(crate::auth::routes::router())
         .split_for_parts()
 }
 

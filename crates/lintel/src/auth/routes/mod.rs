@@ -13,15 +13,20 @@ use utoipa_axum::routes;
 use crate::access::{Caller, Via};
 use crate::auth::accounts::require_account;
 use crate::auth::sessions::Rotation;
-use crate::auth::{apikeys, audit, tokens};
+use crate::auth::{audit, tokens};
 use crate::error::ApiError;
 use crate::http::extract::JsonBody;
 use crate::http::openapi::ProblemDoc;
 use crate::state::AppState;
 use crate::store::{Sql, SqlValue};
 
-use crate::auth::signin;
 use crate::auth::signin::{no_store, refresh_token};
+pub mod apikeys;
+pub mod mail;
+pub mod mfa;
+pub mod oidc;
+pub mod signin;
+
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(signin::login))
@@ -34,17 +39,17 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(apikeys::create_key, apikeys::list_keys))
         .routes(routes!(apikeys::revoke_key))
         .routes(routes!(list_audit))
-        .routes(routes!(crate::auth::mfa::enroll))
-        .routes(routes!(crate::auth::mfa::confirm))
-        .routes(routes!(crate::auth::mfa::disable))
-        .routes(routes!(crate::auth::mail::request_verification))
-        .routes(routes!(crate::auth::mail::confirm_verification))
-        .routes(routes!(crate::auth::mail::request_password_reset))
-        .routes(routes!(crate::auth::mail::confirm_password_reset))
-        .routes(routes!(crate::auth::mail::request_email_change))
-        .routes(routes!(crate::auth::mail::confirm_email_change))
-        .routes(routes!(crate::auth::oidc::start))
-        .routes(routes!(crate::auth::oidc::callback))
+        .routes(routes!(mfa::enroll))
+        .routes(routes!(mfa::confirm))
+        .routes(routes!(mfa::disable))
+        .routes(routes!(mail::request_verification))
+        .routes(routes!(mail::confirm_verification))
+        .routes(routes!(mail::request_password_reset))
+        .routes(routes!(mail::confirm_password_reset))
+        .routes(routes!(mail::request_email_change))
+        .routes(routes!(mail::confirm_email_change))
+        .routes(routes!(oidc::start))
+        .routes(routes!(oidc::callback))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
