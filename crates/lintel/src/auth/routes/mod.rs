@@ -20,7 +20,7 @@ use crate::http::openapi::ProblemDoc;
 use crate::state::AppState;
 use crate::store::{Sql, SqlValue};
 
-use crate::auth::signin::{no_store, refresh_token};
+use signin::{no_store, refresh_token};
 pub mod apikeys;
 pub mod mail;
 pub mod mfa;

@@ -5,16 +5,23 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde_json::Value;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::access::Caller;
+use crate::auth::accounts::{Account, auth_collection, find_account};
+use crate::auth::cookies::cookie;
 use crate::auth::oidc::*;
-use crate::auth::tokens;
+use crate::auth::routes::signin::{Pending, second_factor, signed_in};
+use crate::auth::signin::SignInGuard;
+use crate::auth::{audit, tokens};
+use crate::config::OidcProviderConfig;
 use crate::error::ApiError;
 use crate::http::openapi::ProblemDoc;
+use crate::runtime::Runtime;
 use crate::state::AppState;
-use crate::store::{Sql, SqlValue, WriteError, WriteOp};
+use crate::store::{Sql, SqlValue, StoreError, WriteError, WriteOp};
 
 #[utoipa::path(
     get,
@@ -164,4 +171,232 @@ pub async fn callback(
         &binding_cookie(&callback_path(&state, &name, p), "", 0, secure),
     );
     Ok(res)
+}
+
+pub(crate) fn set_cookie(res: &mut Response, c: &str) {
+    if let Ok(v) = HeaderValue::from_str(c) {
+        res.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+/// 303 to `location`, not to be cached, carrying the cookies of `from`.
+pub(crate) fn see_other(location: &str, from: Option<&HeaderMap>) -> Response {
+    let mut out = StatusCode::SEE_OTHER.into_response();
+    if let Some(h) = from {
+        for c in h.get_all(header::SET_COOKIE) {
+            out.headers_mut().append(header::SET_COOKIE, c.clone());
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(location) {
+        out.headers_mut().insert(header::LOCATION, v);
+    }
+    out.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    out
+}
+
+pub(crate) async fn finish(
+    state: &Runtime,
+    p: &OidcProviderConfig,
+    caller: &Caller,
+    headers: &HeaderMap,
+    name: &str,
+    query: Option<String>,
+) -> Result<Response, ApiError> {
+    let q = query_map(query);
+    let get = |k: &str| q.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    let fail = |reason: &str| {
+        audit::record(
+            state,
+            audit::Event::new("oidc_login_failed", "denied")
+                .ip(caller.ip.clone())
+                .detail(json!({ "provider": name, "reason": reason })),
+        );
+        refused(reason)
+    };
+    let hash = tokens::digest(&get("state"));
+    let mut sql = Sql::new(state.store.dialect());
+    sql.push(
+        "SELECT verifier, nonce, redirect, mode, expires, browser FROM _lintel_oauth_states WHERE hash = ",
+    )
+    .bind(SqlValue::Text(hash.clone()))
+    .push(" AND provider = ")
+    .bind(SqlValue::Text(name.to_owned()));
+    let rows = state.store.query_rows(sql).await.map_err(ApiError::from)?;
+    let Some(row) = rows.first() else {
+        return Err(fail("unknown or already used state"));
+    };
+    let col = |i: usize| row.get(i).and_then(Value::as_str).map(str::to_owned);
+    // The state counts only in the browser that started the sign-in. Checked before
+    // the state is used up, so a state sent to another browser cannot spend it.
+    let bound = match (cookie(headers, BINDING_COOKIE), col(5)) {
+        (Some(presented), Some(stored)) => crate::ids::constant_time_eq(
+            &crate::ids::token_digest(&tokens::digest(presented)),
+            &crate::ids::token_digest(&stored),
+        ),
+        _ => false,
+    };
+    if !bound {
+        return Err(fail(
+            "the sign-in was not started in this browser; start again",
+        ));
+    }
+    let (verifier, nonce, back, mode) = (
+        col(0).unwrap_or_default(),
+        col(1).unwrap_or_default(),
+        col(2),
+        col(3).unwrap_or_default(),
+    );
+    // The state is used up next, whatever happens after: a callback works once.
+    let mut del = Sql::new(state.store.dialect());
+    del.push("DELETE FROM _lintel_oauth_states WHERE hash = ")
+        .bind(SqlValue::Text(hash));
+    match state
+        .store
+        .write(vec![WriteOp::System {
+            sql: del,
+            expect: Some(1),
+        }])
+        .await
+    {
+        Ok(_) => {}
+        Err(WriteError {
+            error: StoreError::NotFound,
+            ..
+        }) => return Err(fail("unknown or already used state")),
+        Err(e) => return Err(ApiError::from(e.error)),
+    }
+    if row.get(4).and_then(Value::as_i64).unwrap_or(0) <= state.clock.now_ms() {
+        return Err(fail("the sign-in took too long; start again"));
+    }
+    if !get("error").is_empty() {
+        return Err(fail("the identity provider refused the sign-in"));
+    }
+    let code = get("code");
+    if code.is_empty() {
+        return Err(fail("no authorization code"));
+    }
+
+    let d = discover(&state.http_client, &state.oidc_providers, p).await?;
+    let token: Value = state
+        .http_client
+        .post(&d.token_endpoint)
+        .basic_auth(&p.client_id, Some(&p.client_secret.0))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", redirect_url(state, name, p).as_str()),
+            ("code_verifier", verifier.as_str()),
+        ])
+        .send()
+        .await
+        .map_err(upstream)?
+        .json()
+        .await
+        .map_err(upstream)?;
+    let Some(id_token) = token.get("id_token").and_then(Value::as_str) else {
+        return Err(fail("the provider returned no ID token"));
+    };
+    let header = jsonwebtoken::decode_header(id_token).map_err(|_| fail("malformed ID token"))?;
+    // The algorithm comes from the provider's key, never from the token alone.
+    const ALLOWED: [Algorithm; 6] = [
+        Algorithm::RS256,
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::ES256,
+        Algorithm::EdDSA,
+    ];
+    if !ALLOWED.contains(&header.alg) {
+        return Err(fail("unsupported ID token algorithm"));
+    }
+    let jwk = signing_key(
+        &state.http_client,
+        &state.oidc_providers,
+        &d.jwks_uri,
+        header.kid.as_deref(),
+    )
+    .await?
+    .ok_or_else(|| fail("the ID token's key is not in the provider's JWKS"))?;
+    let key = DecodingKey::from_jwk(&jwk).map_err(|_| fail("unusable provider key"))?;
+    let mut v = Validation::new(header.alg);
+    v.leeway = 60;
+    v.set_issuer(&[d.issuer.as_str()]);
+    v.set_audience(&[p.client_id.as_str()]);
+    v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    let claims = jsonwebtoken::decode::<IdClaims>(id_token, &key, &v)
+        .map_err(|_| fail("the ID token's signature or claims are invalid"))?
+        .claims;
+    if claims.nonce.as_deref() != Some(nonce.as_str()) {
+        return Err(fail("the ID token's nonce does not match"));
+    }
+    let (Some(email), Some(true)) = (claims.email.as_deref(), claims.email_verified) else {
+        return Err(fail("the provider did not vouch for a verified email"));
+    };
+    let email = crate::auth::accounts::normalize_email(email);
+
+    let collection = if p.collection.is_empty() {
+        "users"
+    } else {
+        p.collection.as_str()
+    };
+    let coll = auth_collection(state, collection)?;
+    let account = match find_account(state, collection, &email).await? {
+        Some(Account::User(c, r)) if r.data.get("verified") != Some(&Value::Bool(true)) => {
+            take_over(state, caller, &c, r, name).await?
+        }
+        Some(a) => a,
+        None => create_account(state, &coll, &email).await?,
+    };
+    let cookie_mode = mode == "cookie";
+    let guard = SignInGuard::new(state, caller, account.collection(), &email);
+    let pending = Pending {
+        cookie_mode,
+        via: format!("oidc:{name}"),
+    };
+    // The same second-factor step as a password sign-in.
+    if let Err(e) = second_factor(state, caller, &guard, &account, None, None, &pending).await {
+        let token = e.extra.get("mfaToken").and_then(Value::as_str);
+        return match (&back, token) {
+            (Some(back), Some(token)) => {
+                let mut frag = url::form_urlencoded::Serializer::new(String::new());
+                frag.append_pair("mfaRequired", "totp")
+                    .append_pair("mfaToken", token);
+                Ok(see_other(&format!("{back}#{}", frag.finish()), None))
+            }
+            _ => Err(e),
+        };
+    }
+    let res = signed_in(
+        state,
+        caller,
+        headers,
+        &guard,
+        &account,
+        cookie_mode,
+        json!({ "provider": name, "subject": claims.sub, "mode": mode }),
+    )
+    .await?;
+    let Some(back) = back else {
+        return Ok(res);
+    };
+    // Back to the app: the cookie travels in Set-Cookie; tokens in the fragment,
+    // which browsers never send to servers.
+    let (parts, body) = res.into_parts();
+    let location = if cookie_mode {
+        back
+    } else {
+        let bytes = axum::body::to_bytes(body, 1 << 20)
+            .await
+            .map_err(ApiError::internal)?;
+        let v: Value = serde_json::from_slice(&bytes).map_err(ApiError::internal)?;
+        let mut frag = url::form_urlencoded::Serializer::new(String::new());
+        for k in ["accessToken", "refreshToken", "expiresIn"] {
+            if let Some(x) = v.get(k) {
+                frag.append_pair(k, &x.as_str().map_or_else(|| x.to_string(), str::to_owned));
+            }
+        }
+        format!("{back}#{}", frag.finish())
+    };
+    Ok(see_other(&location, Some(&parts.headers)))
 }
