@@ -312,6 +312,81 @@ impl From<crate::records::error::RecordError> for ApiError {
     }
 }
 
+/// Identity operations: each variant to the problem the auth routes always answered.
+impl From<crate::auth::error::AuthError> for ApiError {
+    fn from(e: crate::auth::error::AuthError) -> Self {
+        use crate::auth::error::AuthError;
+        match e {
+            AuthError::Store(e) => ApiError::from(e),
+            AuthError::Record(e) => ApiError::from(e),
+            AuthError::Password(e) => ApiError::from(e),
+            AuthError::Field {
+                field,
+                code,
+                message,
+            } => ApiError::field(field, code, message),
+            AuthError::Invalid(errors) => ApiError::validation(errors),
+            AuthError::ApiKeyNotAllowed => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "api_key_not_allowed",
+                "Managing the account needs the account's own sign-in, not an API key.",
+            ),
+            AuthError::SignInRequired => {
+                ApiError::unauthorized("Sign in first: this endpoint needs an account.")
+            }
+            AuthError::InvalidCredentials => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_credentials",
+                "The email or the password is wrong.",
+            ),
+            AuthError::Locked { retry_after } => {
+                let mut err = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "signin_locked",
+                    format!("Too many failed sign-ins; try again in {retry_after} s."),
+                );
+                err.retry_after = Some(retry_after);
+                err
+            }
+            AuthError::MfaRequired => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "mfa_required",
+                "This account has a second factor: send the current code as \"totp\" (or a \"recoveryCode\").",
+            ),
+            AuthError::InvalidMfa => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_mfa",
+                "The second-factor code is wrong or was already used.",
+            ),
+            AuthError::FactorNeedsAccount => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "Second factors belong to signed-in accounts, not to keys or the admin token.",
+            ),
+            AuthError::MailNotConfigured => ApiError::conflict(
+                "mail_not_configured",
+                "This server sends no mail (mail.smtp_host is not set), so this flow is not available.",
+            ),
+            AuthError::Concurrent(what) => ApiError::conflict("conflict", what),
+            AuthError::UnknownProvider(name) => ApiError::not_found(format!(
+                "No identity provider named '{}'.",
+                name.chars().take(40).collect::<String>()
+            )),
+            AuthError::IdentityProvider => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "identity_provider_failed",
+                "The identity provider could not be reached or gave an unusable answer.",
+            ),
+            AuthError::OidcFailed(detail) => ApiError::bad_request("oidc_failed", detail),
+            AuthError::SignupClosed => ApiError::forbidden(
+                "signup_closed",
+                "No account has this email and sign-up is closed.",
+            ),
+            AuthError::Internal(msg) => ApiError::internal(msg),
+        }
+    }
+}
+
 /// Access refusals at the edge: a key's scopes (403 `insufficient_scope`), or a rule
 /// (401 for anonymous callers, 403 `forbidden` otherwise).
 impl From<crate::access::Refusal> for ApiError {
@@ -460,7 +535,8 @@ mod tests {
             ("unavailable", 0, false),
             ("field", 1, true),
         ];
-        let api_call = Regex::new(r"\b(?:ApiError|Self)::([a-z_]+) ?\(").expect("regex");
+        let api_call =
+            Regex::new(r"\b(?:ApiError|Self|RecordError|AuthError)::([a-z_]+) ?\(").expect("regex");
         let push = Regex::new(r"\bpush_field_error ?\(").expect("regex");
         // A value check's verdict, `Err(("code", message))` or `.ok_or(("code", ...))`.
         let tuple =

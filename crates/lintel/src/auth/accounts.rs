@@ -6,12 +6,11 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::access::{Caller, Principal, Via};
+use crate::auth::error::AuthError;
 use crate::auth::{SUPERUSERS, superusers};
-use crate::error::ApiError;
 use crate::runtime::Runtime;
 use crate::schema::Collection;
 use crate::store::{Record, Sql, SqlValue};
-use axum::http::StatusCode;
 
 /// Normalised email: trimmed and lower-cased, so one address is one account.
 pub fn normalize_email(email: &str) -> String {
@@ -70,13 +69,13 @@ impl Account {
 pub use crate::access::user_json;
 
 /// An auth collection by name, or a 400 naming the field.
-pub fn auth_collection(state: &Runtime, name: &str) -> Result<Arc<Collection>, ApiError> {
+pub fn auth_collection(state: &Runtime, name: &str) -> Result<Arc<Collection>, AuthError> {
     state
         .catalog()
         .get(name)
         .filter(|c| c.is_auth())
         .ok_or_else(|| {
-            ApiError::field("collection", "unknown_collection", "not an auth collection")
+            AuthError::field("collection", "unknown_collection", "not an auth collection")
         })
 }
 
@@ -85,7 +84,7 @@ pub async fn find_account(
     state: &Runtime,
     collection: &str,
     email: &str,
-) -> Result<Option<Account>, ApiError> {
+) -> Result<Option<Account>, AuthError> {
     if collection == SUPERUSERS {
         return Ok(superusers::by_email(state.store.as_ref(), email)
             .await?
@@ -101,11 +100,7 @@ pub async fn find_account(
         .column(coll.name(), "email")
         .push(" = ")
         .bind(SqlValue::Text(email.to_owned()));
-    let mut rows = state
-        .store
-        .query_records(coll.clone(), sql)
-        .await
-        .map_err(ApiError::from)?;
+    let mut rows = state.store.query_records(coll.clone(), sql).await?;
     Ok(rows.pop().map(|r| Account::User(coll, r)))
 }
 
@@ -114,7 +109,7 @@ pub async fn account_by_id(
     state: &Runtime,
     collection: &str,
     id: &str,
-) -> Result<Option<Account>, ApiError> {
+) -> Result<Option<Account>, AuthError> {
     if collection == SUPERUSERS {
         return Ok(superusers::get(state.store.as_ref(), id)
             .await?
@@ -137,7 +132,7 @@ pub async fn load_principal(
     state: &Runtime,
     collection: &str,
     id: &str,
-) -> Result<Option<Principal>, ApiError> {
+) -> Result<Option<Principal>, AuthError> {
     if collection == SUPERUSERS {
         return Ok(superusers::get(state.store.as_ref(), id).await?.map(|s| {
             Principal::Superuser {
@@ -161,15 +156,9 @@ pub async fn load_principal(
 /// Used by handlers that manage the signed-in account itself (sessions, second
 /// factor, email, API keys): an API key acts on data, never on the account, so it is
 /// refused here whatever its scopes.
-pub fn require_account(caller: &Caller) -> Result<(&str, &str), ApiError> {
+pub fn require_account(caller: &Caller) -> Result<(&str, &str), AuthError> {
     if matches!(caller.via, Via::ApiKey { .. }) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "api_key_not_allowed",
-            "Managing the account needs the account's own sign-in, not an API key.",
-        ));
+        return Err(AuthError::ApiKeyNotAllowed);
     }
-    caller
-        .account()
-        .ok_or_else(|| ApiError::unauthorized("Sign in first: this endpoint needs an account."))
+    caller.account().ok_or(AuthError::SignInRequired)
 }

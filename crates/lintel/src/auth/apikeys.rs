@@ -10,10 +10,11 @@ use utoipa::ToSchema;
 
 use crate::access::{Caller, Principal, Via};
 use crate::auth::accounts::load_principal;
+use crate::auth::error::AuthError;
 use crate::auth::tokens;
-use crate::error::{ApiError, FieldErrors, push_field_error};
 use crate::runtime::Runtime;
 use crate::store::{Sql, SqlValue, WriteOp};
+use crate::validation::{FieldErrors, push_field_error};
 
 pub const PREFIX: &str = "lk_";
 
@@ -67,7 +68,7 @@ pub(crate) fn check(
     state: &Runtime,
     req: &NewKey,
     superuser: bool,
-) -> Result<Option<i64>, ApiError> {
+) -> Result<Option<i64>, AuthError> {
     let mut errors = FieldErrors::new();
     if req.name.trim().is_empty() || req.name.len() > 100 {
         push_field_error(&mut errors, "name", "invalid", "1 to 100 characters");
@@ -114,7 +115,7 @@ pub(crate) fn check(
     if errors.is_empty() {
         Ok(expires)
     } else {
-        Err(ApiError::validation(errors))
+        Err(AuthError::Invalid(errors))
     }
 }
 
@@ -142,7 +143,7 @@ pub(crate) fn key_json(row: &[Value]) -> Value {
 }
 
 /// The caller an API key stands for; None when it is unknown, wrong, expired or revoked.
-pub async fn authenticate(state: &Runtime, key: &str) -> Result<Option<Caller>, ApiError> {
+pub async fn authenticate(state: &Runtime, key: &str) -> Result<Option<Caller>, AuthError> {
     let Some((id, secret)) = key
         .strip_prefix(PREFIX)
         .and_then(|rest| rest.split_once('_'))
@@ -155,7 +156,7 @@ pub async fn authenticate(state: &Runtime, key: &str) -> Result<Option<Caller>, 
     let mut sql = Sql::new(state.store.dialect());
     sql.push("SELECT key_hash, collection, user_id, scopes, expires, revoked, last_used FROM _lintel_api_keys WHERE id = ")
         .bind(SqlValue::Text(id.to_owned()));
-    let rows = state.store.query_rows(sql).await.map_err(ApiError::from)?;
+    let rows = state.store.query_rows(sql).await?;
     let Some(row) = rows.first() else {
         return Ok(None);
     };

@@ -14,9 +14,9 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use crate::auth::accounts::{Account, auth_collection, find_account, normalize_email};
+use crate::auth::error::AuthError;
 use crate::auth::tokens;
 use crate::config::MailConfig;
-use crate::error::ApiError;
 use crate::records::service::apply_writes;
 use crate::runtime::Runtime;
 use crate::schema::Collection;
@@ -88,13 +88,8 @@ pub(crate) fn send(state: &Runtime, to: &str, subject: &str, body: String) {
 
 /// A flow that sends mail on a server that has no mail server configured: a 409 (the
 /// server's configuration, not a passing failure; retrying does not help).
-pub(crate) fn require_mailer(state: &Runtime) -> Result<Arc<Mailer>, ApiError> {
-    state.mailer.clone().ok_or_else(|| {
-        ApiError::conflict(
-            "mail_not_configured",
-            "This server sends no mail (mail.smtp_host is not set), so this flow is not available.",
-        )
-    })
+pub(crate) fn require_mailer(state: &Runtime) -> Result<Arc<Mailer>, AuthError> {
+    state.mailer.clone().ok_or(AuthError::MailNotConfigured)
 }
 
 /// Stores a new single-use token and returns it. The account's earlier unused tokens
@@ -106,7 +101,7 @@ pub(crate) async fn issue(
     coll: &str,
     user_id: &str,
     data: Option<String>,
-) -> Result<String, ApiError> {
+) -> Result<String, AuthError> {
     let token = crate::ids::secret_token();
     let now = state.clock.now_ms();
     let mut earlier = Sql::new(state.store.dialect());
@@ -144,7 +139,7 @@ pub(crate) async fn issue(
             },
         ])
         .await
-        .map_err(|WriteError { error, .. }| ApiError::from(error))?;
+        .map_err(|WriteError { error, .. }| AuthError::from(error))?;
     Ok(token)
 }
 
@@ -156,8 +151,8 @@ pub(crate) struct Presented {
     pub(crate) use_up: WriteOp,
 }
 
-pub(crate) fn bad_token() -> ApiError {
-    ApiError::field(
+pub(crate) fn bad_token() -> AuthError {
+    AuthError::field(
         "token",
         "invalid_token",
         "is unknown, expired or already used",
@@ -168,7 +163,7 @@ pub(crate) async fn present(
     state: &Runtime,
     purpose: &str,
     token: &str,
-) -> Result<Presented, ApiError> {
+) -> Result<Presented, AuthError> {
     let hash = tokens::digest(token);
     let now = state.clock.now_ms();
     let mut sql = Sql::new(state.store.dialect());
@@ -178,7 +173,7 @@ pub(crate) async fn present(
         .bind(SqlValue::Text(purpose.to_owned()))
         .push(" AND used IS NULL AND expires > ")
         .bind(SqlValue::Int(now));
-    let rows = state.store.query_rows(sql).await.map_err(ApiError::from)?;
+    let rows = state.store.query_rows(sql).await?;
     let row = rows.first().ok_or_else(bad_token)?;
     let text = |i: usize| row.get(i).and_then(Value::as_str).map(str::to_owned);
     let coll = state
@@ -215,7 +210,7 @@ pub(crate) async fn change(
     state: &Runtime,
     changes: Map<String, Value>,
     extra: Vec<WriteOp>,
-) -> Result<Record, ApiError> {
+) -> Result<Record, AuthError> {
     let mut data = p.record.data.clone();
     data.extend(changes);
     let record = Record {
@@ -241,11 +236,10 @@ pub(crate) async fn change(
         Err(WriteError {
             error: StoreError::VersionConflict,
             ..
-        }) => Err(ApiError::conflict(
-            "conflict",
+        }) => Err(AuthError::Concurrent(
             "The account changed at the same time; retry.",
         )),
-        Err(e) => Err(ApiError::from(e.error)),
+        Err(e) => Err(AuthError::from(e.error)),
     }
 }
 
@@ -269,7 +263,7 @@ pub struct EmailRequest {
 pub(crate) async fn user_by_email(
     state: &Runtime,
     req: &EmailRequest,
-) -> Result<Option<(Arc<Collection>, Record)>, ApiError> {
+) -> Result<Option<(Arc<Collection>, Record)>, AuthError> {
     let name = req.collection.clone().unwrap_or_else(|| "users".into());
     auth_collection(state, &name)?;
     Ok(

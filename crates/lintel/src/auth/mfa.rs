@@ -3,7 +3,6 @@
 //! `otpauth://` URI (for a QR code); confirming with a first code turns it on and
 //! returns ten recovery codes. Each code works once: the last accepted step is kept.
 
-use axum::http::StatusCode;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use serde_json::Value;
@@ -11,8 +10,8 @@ use sha1::Sha1;
 use utoipa::ToSchema;
 
 use crate::access::{Caller, Via};
+use crate::auth::error::AuthError;
 use crate::auth::tokens;
-use crate::error::ApiError;
 use crate::runtime::Runtime;
 use crate::store::{Sql, SqlValue, StoreError, WriteError, WriteOp};
 
@@ -106,13 +105,13 @@ pub(crate) async fn load(
     state: &Runtime,
     coll: &str,
     id: &str,
-) -> Result<Option<Factor>, ApiError> {
+) -> Result<Option<Factor>, AuthError> {
     let mut sql = Sql::new(state.store.dialect());
     sql.push("SELECT secret, enabled, last_step, recovery FROM _lintel_mfa WHERE collection = ")
         .bind(SqlValue::Text(coll.to_owned()))
         .push(" AND user_id = ")
         .bind(SqlValue::Text(id.to_owned()));
-    let rows = state.store.query_rows(sql).await.map_err(ApiError::from)?;
+    let rows = state.store.query_rows(sql).await?;
     Ok(rows.first().map(|r| Factor {
         secret: r
             .first()
@@ -146,7 +145,7 @@ pub(crate) async fn consume(
     f: &Factor,
     totp: Option<&str>,
     recovery: Option<&str>,
-) -> Result<bool, ApiError> {
+) -> Result<bool, AuthError> {
     if let Some(code) = totp {
         let Some(secret) = unbase32(&f.secret) else {
             return Ok(false);
@@ -177,7 +176,7 @@ pub(crate) async fn consume(
         {
             Ok(()) => Ok(true),
             Err(StoreError::NotFound) => Ok(false),
-            Err(e) => Err(ApiError::from(e)),
+            Err(e) => Err(AuthError::from(e)),
         };
     }
     if let Some(code) = recovery {
@@ -187,7 +186,7 @@ pub(crate) async fn consume(
             return Ok(false);
         };
         codes.remove(pos);
-        let new = serde_json::to_string(&codes).map_err(ApiError::internal)?;
+        let new = serde_json::to_string(&codes).map_err(|e| AuthError::Internal(e.to_string()))?;
         let mut sql = Sql::new(state.store.dialect());
         sql.push("UPDATE _lintel_mfa SET recovery = ")
             .bind(SqlValue::Text(new))
@@ -208,7 +207,7 @@ pub(crate) async fn consume(
         {
             Ok(()) => Ok(true),
             Err(StoreError::NotFound) => Ok(false),
-            Err(e) => Err(ApiError::from(e)),
+            Err(e) => Err(AuthError::from(e)),
         };
     }
     Ok(false)
@@ -221,35 +220,23 @@ pub async fn check_login(
     id: &str,
     totp: Option<&str>,
     recovery: Option<&str>,
-) -> Result<(), ApiError> {
+) -> Result<(), AuthError> {
     let Some(f) = load(state, coll, id).await?.filter(|f| f.enabled) else {
         return Ok(());
     };
     if totp.is_none() && recovery.is_none() {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "mfa_required",
-            "This account has a second factor: send the current code as \"totp\" (or a \"recoveryCode\").",
-        ));
+        return Err(AuthError::MfaRequired);
     }
     if consume(state, coll, id, &f, totp, recovery).await? {
         Ok(())
     } else {
-        Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_mfa",
-            "The second-factor code is wrong or was already used.",
-        ))
+        Err(AuthError::InvalidMfa)
     }
 }
 
-pub(crate) fn no_api_keys(caller: &Caller) -> Result<(), ApiError> {
+pub(crate) fn no_api_keys(caller: &Caller) -> Result<(), AuthError> {
     if matches!(caller.via, Via::ApiKey { .. } | Via::AdminToken) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "Second factors belong to signed-in accounts, not to keys or the admin token.",
-        ));
+        return Err(AuthError::FactorNeedsAccount);
     }
     Ok(())
 }

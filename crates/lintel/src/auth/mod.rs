@@ -7,6 +7,7 @@ pub mod apikeys;
 pub mod audit;
 pub mod caller;
 pub mod cookies;
+pub mod error;
 pub mod mail;
 pub mod mfa;
 pub mod oidc;

@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -23,8 +22,8 @@ use crate::access::Caller;
 use crate::access::rules;
 use crate::auth::accounts::Account;
 use crate::auth::audit;
+use crate::auth::error::AuthError;
 use crate::config::OidcProviderConfig;
-use crate::error::ApiError;
 use crate::records::service::{apply_writes, write_one};
 use crate::runtime::Runtime;
 use crate::schema::{Action, Collection};
@@ -59,22 +58,18 @@ pub(crate) struct IdClaims {
 pub(crate) fn provider<'a>(
     state: &'a Runtime,
     name: &str,
-) -> Result<&'a OidcProviderConfig, ApiError> {
-    state.config.auth.oidc.get(name).ok_or_else(|| {
-        ApiError::not_found(format!(
-            "No identity provider named '{}'.",
-            name.chars().take(40).collect::<String>()
-        ))
-    })
+) -> Result<&'a OidcProviderConfig, AuthError> {
+    state
+        .config
+        .auth
+        .oidc
+        .get(name)
+        .ok_or_else(|| AuthError::UnknownProvider(name.to_owned()))
 }
 
-pub(crate) fn upstream(e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn upstream(e: impl std::fmt::Display) -> AuthError {
     tracing::warn!(error = %e, "identity provider request failed");
-    ApiError::new(
-        StatusCode::BAD_GATEWAY,
-        "identity_provider_failed",
-        "The identity provider could not be reached or gave an unusable answer.",
-    )
+    AuthError::IdentityProvider
 }
 
 /// The discovery documents and key sets of the configured providers, each kept for
@@ -151,7 +146,7 @@ pub(crate) async fn discover(
     http: &reqwest::Client,
     cache: &ProviderCache,
     p: &OidcProviderConfig,
-) -> Result<Arc<Discovery>, ApiError> {
+) -> Result<Arc<Discovery>, AuthError> {
     if let Some(d) = fresh(&cache.discovery, &p.issuer, cache.ttl, Instant::now()) {
         // Checked at each use: two providers may share an issuer, not their origins.
         check_endpoints(p, &d).map_err(upstream)?;
@@ -186,7 +181,10 @@ pub(crate) async fn discover(
     Ok(d)
 }
 
-pub(crate) async fn fetch_jwks(http: &reqwest::Client, uri: &str) -> Result<Arc<JwkSet>, ApiError> {
+pub(crate) async fn fetch_jwks(
+    http: &reqwest::Client,
+    uri: &str,
+) -> Result<Arc<JwkSet>, AuthError> {
     let set: JwkSet = http
         .get(uri)
         .send()
@@ -214,7 +212,7 @@ pub(crate) async fn signing_key(
     cache: &ProviderCache,
     jwks_uri: &str,
     kid: Option<&str>,
-) -> Result<Option<Jwk>, ApiError> {
+) -> Result<Option<Jwk>, AuthError> {
     if let Some(set) = fresh(&cache.jwks, jwks_uri, cache.ttl, Instant::now())
         && let Some(k) = find_key(&set, kid)
     {
@@ -288,8 +286,8 @@ pub(crate) fn binding_cookie(path: &str, value: &str, max_age: i64, secure: bool
     )
 }
 
-pub(crate) fn refused(detail: &str) -> ApiError {
-    ApiError::bad_request("oidc_failed", detail.to_owned())
+pub(crate) fn refused(detail: &str) -> AuthError {
+    AuthError::OidcFailed(detail.to_owned())
 }
 
 /// A new verified account for an address the provider vouched for.
@@ -297,13 +295,10 @@ pub(crate) async fn create_account(
     state: &Runtime,
     coll: &Arc<Collection>,
     email: &str,
-) -> Result<Account, ApiError> {
+) -> Result<Account, AuthError> {
     let anyone = Caller::anonymous();
     if rules::is_denied_outright(&anyone, coll, Action::Create) {
-        return Err(ApiError::forbidden(
-            "signup_closed",
-            "No account has this email and sign-up is closed.",
-        ));
+        return Err(AuthError::SignupClosed);
     }
     // A random password the user never sees; a password reset can set one.
     let hash = state.auth.hasher.hash(crate::ids::secret_token()).await?;
@@ -334,7 +329,7 @@ pub(crate) async fn create_account(
         },
     )
     .await?
-    .ok_or_else(|| ApiError::internal("insert returned no record"))?;
+    .ok_or_else(|| AuthError::Internal("insert returned no record".into()))?;
     Ok(Account::User(Arc::clone(coll), written))
 }
 
@@ -369,7 +364,7 @@ pub(crate) async fn take_over(
     coll: &Arc<Collection>,
     record: Record,
     provider: &str,
-) -> Result<Account, ApiError> {
+) -> Result<Account, AuthError> {
     let now = state.clock.now_ms();
     let (name, id) = (coll.name(), record.id.as_str());
     let mut data = record.data.clone();
@@ -418,12 +413,11 @@ pub(crate) async fn take_over(
             error: StoreError::VersionConflict,
             ..
         }) => {
-            return Err(ApiError::conflict(
-                "conflict",
+            return Err(AuthError::Concurrent(
                 "The account changed at the same time; sign in again.",
             ));
         }
-        Err(e) => return Err(ApiError::from(e.error)),
+        Err(e) => return Err(AuthError::from(e.error)),
     };
     let affected = |i: usize| match out.get(i) {
         Some(crate::store::WriteOutcome::Affected(n)) => *n,
@@ -433,12 +427,7 @@ pub(crate) async fn take_over(
         sessions_at.map(affected).sum()
     } else {
         // Sessions kept outside the main store: revoked right after.
-        state
-            .auth
-            .sessions
-            .revoke_all(name, id, now)
-            .await
-            .map_err(ApiError::from)?
+        state.auth.sessions.revoke_all(name, id, now).await?
     };
     audit::record(
         state,
@@ -660,7 +649,7 @@ mod tests {
         };
         for _ in 0..2 {
             let e = discover(&http, &cache, &p).await.unwrap_err();
-            assert_eq!(e.code, "identity_provider_failed");
+            assert!(matches!(e, AuthError::IdentityProvider), "{e}");
         }
         assert_eq!(evil_docs.load(Ordering::SeqCst), 2);
     }

@@ -1,21 +1,16 @@
 //! Signing in: `POST /v1/auth/login` with a password (or a pending second factor),
 //! the sign-in lockout (`SignInGuard`), and opening a token or cookie session.
 
-use axum::http::StatusCode;
 use serde_json::json;
 
 use crate::access::Caller;
 use crate::auth::audit;
-use crate::error::ApiError;
+use crate::auth::error::AuthError;
 use crate::ratelimit::lockout::{Gate, Policy};
 use crate::runtime::Runtime;
 
-pub(crate) fn invalid_credentials() -> ApiError {
-    ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "invalid_credentials",
-        "The email or the password is wrong.",
-    )
+pub(crate) fn invalid_credentials() -> AuthError {
+    AuthError::InvalidCredentials
 }
 
 /// Sign-in protection for one account and the client address (`ratelimit/lockout.rs`):
@@ -51,7 +46,7 @@ impl SignInGuard {
 
     /// Before any secret is checked: `429 signin_locked` while the account or the
     /// address is locked; a delay after a few failures.
-    pub async fn gate(&self, state: &Runtime, caller: &Caller) -> Result<(), ApiError> {
+    pub async fn gate(&self, state: &Runtime, caller: &Caller) -> Result<(), AuthError> {
         match state.login_guard.gate(&self.keys(), state.clock.now_ms()) {
             Gate::Locked { retry_after_ms } => {
                 audit::record(
@@ -61,14 +56,9 @@ impl SignInGuard {
                         .ip(caller.ip.clone())
                         .detail(json!({ "email": self.email })),
                 );
-                let secs = retry_after_ms.div_ceil(1000).max(1);
-                let mut err = ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "signin_locked",
-                    format!("Too many failed sign-ins; try again in {secs} s."),
-                );
-                err.retry_after = Some(secs);
-                Err(err)
+                Err(AuthError::Locked {
+                    retry_after: retry_after_ms.div_ceil(1000).max(1),
+                })
             }
             Gate::Proceed { delay_ms } if delay_ms > 0 => {
                 tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;

@@ -212,7 +212,7 @@ pub(crate) async fn finish(
                 .ip(caller.ip.clone())
                 .detail(json!({ "provider": name, "reason": reason })),
         );
-        refused(reason)
+        ApiError::from(refused(reason))
     };
     let hash = tokens::digest(&get("state"));
     let mut sql = Sql::new(state.store.dialect());

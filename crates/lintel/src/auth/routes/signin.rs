@@ -63,7 +63,7 @@ pub(super) async fn login(
     };
     let email = normalize_email(email);
     if email.is_empty() || pw.is_empty() || pw.len() > password::MAX_LENGTH {
-        return Err(invalid_credentials());
+        return Err(invalid_credentials().into());
     }
     // Sign-in protection: slowed down after a few failures, locked after many.
     let guard = SignInGuard::new(&state, &caller, &collection, &email);
@@ -84,7 +84,7 @@ pub(super) async fn login(
                 "unknown_email"
             };
             guard.failed(&state, &caller, other.as_ref().map(Account::id), reason);
-            return Err(invalid_credentials());
+            return Err(invalid_credentials().into());
         }
     };
     let pending = Pending {
@@ -305,7 +305,7 @@ pub async fn second_factor(
     .await
     {
         Ok(()) => return Ok(()),
-        Err(e) => e,
+        Err(e) => ApiError::from(e),
     };
     match e.code {
         "mfa_required" => {
