@@ -10,7 +10,7 @@ use crate::common::{ADMIN_TOKEN, Reply, TestApp};
 use crate::common::{PW, access as token, bearer as as_user, login, signup, superuser_token};
 
 #[tokio::test]
-async fn signup_login_refresh_rotation_and_logout() {
+async fn sign_up_normalises_the_email_and_checks_passwords_and_protected_fields() {
     let app = TestApp::spawn().await;
     let alice = signup(&app, "  Alice@Example.COM ").await;
     assert_eq!(alice["email"], "alice@example.com", "emails are normalised");
@@ -60,7 +60,13 @@ async fn signup_login_refresh_rotation_and_logout() {
         .await;
     assert_eq!(r.field_error("verified"), Some("protected"), "{}", r.text);
     assert_eq!(r.field_error("passwordHash"), Some("protected"));
+    app.shutdown().await;
+}
 
+#[tokio::test]
+async fn sign_in_answers_alike_for_wrong_passwords_and_unknown_emails_and_refuses_bad_tokens() {
+    let app = TestApp::spawn().await;
+    let alice = signup(&app, "  Alice@Example.COM ").await;
     // Wrong password and unknown email: the same answer.
     let wrong = app
         .json(
@@ -101,7 +107,14 @@ async fn signup_login_refresh_rotation_and_logout() {
     }
     let r = app.get("/v1/auth/me").await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    app.shutdown().await;
+}
 
+#[tokio::test]
+async fn refresh_tokens_rotate_and_a_reused_one_revokes_its_family() {
+    let app = TestApp::spawn().await;
+    signup(&app, "alice@example.com").await;
+    let l = login(&app, "alice@example.com").await;
     // Refresh rotates; reusing the old token revokes the whole family.
     let first = l["refreshToken"].as_str().unwrap().to_owned();
     let r = app
@@ -140,7 +153,13 @@ async fn signup_login_refresh_rotation_and_logout() {
     );
     let r = as_user(&app, &access2, Method::GET, "/v1/auth/me", None).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "its access tokens too");
+    app.shutdown().await;
+}
 
+#[tokio::test]
+async fn sessions_are_listed_revoked_and_ended_by_logout_and_logout_all() {
+    let app = TestApp::spawn().await;
+    signup(&app, "alice@example.com").await;
     // Sessions: list, revoke one, log out, log out everywhere.
     let s1 = login(&app, "alice@example.com").await;
     let s2 = login(&app, "alice@example.com").await;
@@ -183,7 +202,13 @@ async fn signup_login_refresh_rotation_and_logout() {
         let r = as_user(&app, &t, Method::GET, "/v1/auth/me", None).await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     }
+    app.shutdown().await;
+}
 
+#[tokio::test]
+async fn a_password_change_needs_the_old_password_and_ends_every_session() {
+    let app = TestApp::spawn().await;
+    let alice = signup(&app, "  Alice@Example.COM ").await;
     // Changing the password needs the old one and ends every session.
     let s = login(&app, "alice@example.com").await;
     let id = alice["id"].as_str().unwrap();
