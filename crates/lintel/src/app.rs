@@ -58,6 +58,21 @@ pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
 
 /// Creates a folder (and its missing parents) readable by this user only (0700). An
 /// existing folder is left as it is, with a warning when others may enter it. Blocking.
+/// This instance's lasting id, kept in `<data_dir>/instance-id` (made on first start),
+/// so jobs whose files live here find their way back after a restart.
+fn instance_id(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join("instance-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim().to_owned();
+        if crate::schema::kinds::is_record_id(&id) {
+            return Ok(id);
+        }
+    }
+    let id = crate::ids::record_id();
+    std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
+}
+
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
@@ -288,6 +303,12 @@ pub async fn start_on(
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .context("building the HTTP client")?;
+    let instance = {
+        let dir = config.data_dir.clone();
+        tokio::task::spawn_blocking(move || instance_id(&dir)).await??
+    };
+    let jobs = crate::jobs::JobsRuntime::new(&config, instance)
+        .context("configuring outbound requests")?;
     let store_for_auth = store.clone();
     let trusted_proxies = crate::http::client_ip::parse_all(&config.http.trusted_proxies)?;
     let tls = if config.tls.cert_file.as_os_str().is_empty() {
@@ -338,6 +359,8 @@ pub async fn start_on(
         login_guard: Default::default(),
         tasks: crate::tasks::Tasks::new(),
         denials: crate::auth::audit::Denials::new(denial_window_secs),
+        events: crate::events::EventsRuntime::new(),
+        jobs,
     }));
     let state = AppState(Arc::new(Inner {
         rt,
@@ -428,6 +451,15 @@ pub async fn start_on(
     });
     let task = tokio::spawn(async move {
         let upkeep = tokio::spawn(upkeep(task_state.clone(), rx.clone()));
+        let workers = tokio::spawn(crate::jobs::runner::run(
+            Runtime::clone(&task_state),
+            rx.clone(),
+        ));
+        let sequencer = tokio::spawn(crate::events::run_sequencer(
+            Runtime::clone(&task_state),
+            Duration::from_millis(task_state.config.events.poll_ms.max(10)),
+            rx.clone(),
+        ));
         let purge = (task_state.config.store.purge_interval_secs > 0)
             .then(|| tokio::spawn(purge_loop(task_state.clone(), rx.clone())));
         let mut deadline = rx.clone();
@@ -478,6 +510,11 @@ pub async fn start_on(
             .get()
             .map_or(grace, |at| grace.saturating_sub(at.elapsed()));
         let started = tokio::time::Instant::now();
+        // Lintel's workers hand back the jobs they still hold.
+        let mut workers = workers;
+        if tokio::time::timeout(left, &mut workers).await.is_err() {
+            workers.abort();
+        }
         if let Some(mut p) = purge {
             // It stops between batches once told to.
             if tokio::time::timeout(left, &mut p).await.is_err() {
@@ -504,6 +541,7 @@ pub async fn start_on(
         if let Some(c) = changes {
             c.abort();
         }
+        sequencer.abort();
         task_state.store.close().await;
         tracing::info!("store closed; stopped");
     });
@@ -616,6 +654,8 @@ async fn purge_loop(state: AppState, mut stop: watch::Receiver<bool>) {
                 refresh_tokens = r.refresh_tokens,
                 idempotency = r.idempotency,
                 audit = r.audit,
+                events = r.events,
+                jobs = r.jobs,
                 ms = started.elapsed().as_millis() as u64,
                 "purged expired rows"
             ),

@@ -185,6 +185,13 @@ pub fn ts_seconds(ts: &str) -> Option<i64> {
         .map(|t| t.unix_timestamp())
 }
 
+/// A record timestamp as Unix milliseconds.
+pub fn ts_millis(ts: &str) -> Option<i64> {
+    OffsetDateTime::parse(ts, &Rfc3339)
+        .ok()
+        .and_then(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

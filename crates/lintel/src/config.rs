@@ -58,6 +58,9 @@ pub struct Config {
     pub cache: CacheConfig,
     pub auth: AuthConfig,
     pub audit: AuditConfig,
+    pub events: EventsConfig,
+    pub jobs: JobsConfig,
+    pub outbound: OutboundConfig,
     pub metrics: MetricsConfig,
     pub mail: MailConfig,
     pub tls: TlsConfig,
@@ -371,6 +374,76 @@ impl Default for AuditConfig {
     }
 }
 
+/// The event log (`GET /v1/events`, and what webhooks and realtime consume).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Events older than this many days are purged; 0 keeps them forever.
+    pub retention_days: u64,
+    /// How often (milliseconds) to look for events other instances appended (and, on
+    /// PostgreSQL, number any a crash left unnumbered).
+    pub poll_ms: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            retention_days: 7,
+            poll_ms: 250,
+        }
+    }
+}
+
+/// The job queue (`/v1/jobs`) and Lintel's own workers for the built-in kinds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    /// Built-in jobs (http, import, export, housekeeping) this instance runs at once;
+    /// 0 runs none here (external workers still claim their kinds).
+    pub concurrency: usize,
+    /// How often (milliseconds) idle workers look for due jobs and expired leases.
+    pub poll_ms: u64,
+    /// The first retry waits up to this many seconds; each further one doubles it.
+    pub backoff_base_seconds: u64,
+    /// No retry waits longer than this many seconds.
+    pub backoff_max_seconds: u64,
+    /// Finished jobs (succeeded, dead, cancelled) are purged this many days after
+    /// they ended; 0 keeps them.
+    pub retention_days: u64,
+    /// The lease (seconds) Lintel's own workers hold on a job, renewed while it runs;
+    /// a crashed instance's jobs run again this long after it died.
+    pub lease_seconds: u64,
+    /// The largest import body, in bytes (spooled to disk, never held in memory).
+    pub import_max_bytes: u64,
+    /// The most rows an atomic import takes (they are written in one transaction);
+    /// partial imports have no limit.
+    pub import_atomic_max_rows: usize,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 4,
+            poll_ms: 500,
+            backoff_base_seconds: 5,
+            backoff_max_seconds: 3600,
+            retention_days: 7,
+            lease_seconds: 60,
+            import_max_bytes: 1024 * 1024 * 1024,
+            import_atomic_max_rows: 200_000,
+        }
+    }
+}
+
+/// Requests Lintel makes to other servers (`http` jobs, webhooks).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// Destinations allowed although they are loopback, private, link-local or
+    /// otherwise internal: CIDRs (`10.0.0.0/8`, `127.0.0.1/32`) or host names.
+    pub allow_hosts: Vec<String>,
+}
+
 /// Outgoing mail (verification, password reset, email change).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -570,6 +643,9 @@ impl Default for Config {
             cache: CacheConfig::default(),
             auth: AuthConfig::default(),
             audit: AuditConfig::default(),
+            events: EventsConfig::default(),
+            jobs: JobsConfig::default(),
+            outbound: OutboundConfig::default(),
             metrics: MetricsConfig::default(),
             mail: MailConfig::default(),
             tls: TlsConfig {

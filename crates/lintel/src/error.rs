@@ -312,6 +312,52 @@ impl From<crate::records::error::RecordError> for ApiError {
     }
 }
 
+/// Jobs and schedules.
+impl From<crate::jobs::JobError> for ApiError {
+    fn from(e: crate::jobs::JobError) -> Self {
+        use crate::jobs::JobError;
+        match e {
+            JobError::Invalid(errors) => ApiError::validation(errors),
+            JobError::NotFound => ApiError::not_found("No job or schedule with that id."),
+            JobError::LeaseLost => ApiError::conflict(
+                "lease_lost",
+                "This lease is no longer the job's: it expired, the job was cancelled, or another worker holds it now.",
+            ),
+            JobError::Status { status, wanted } => ApiError::conflict(
+                "invalid_status",
+                format!("The job is {status}; this needs a job that is {wanted}."),
+            ),
+            JobError::Duplicate => ApiError::conflict(
+                "duplicate_job",
+                "A job with the same uniqueKey is queued or running.",
+            ),
+            JobError::ScheduleExists => {
+                ApiError::conflict("schedule_exists", "A schedule with this name exists.")
+            }
+            JobError::Store(e) => ApiError::from(e),
+        }
+    }
+}
+
+/// Reading the event log.
+impl From<crate::events::EventsError> for ApiError {
+    fn from(e: crate::events::EventsError) -> Self {
+        use crate::events::EventsError;
+        match e {
+            EventsError::Purged { oldest } => ApiError::new(
+                StatusCode::GONE,
+                "events_purged",
+                format!(
+                    "Events before seq {oldest} are past retention; resume with after={}.",
+                    oldest - 1
+                ),
+            )
+            .with_extra("oldestSeq", Value::from(oldest)),
+            EventsError::Store(e) => ApiError::from(e),
+        }
+    }
+}
+
 /// Identity operations: each variant to the problem the auth routes always answered.
 impl From<crate::auth::error::AuthError> for ApiError {
     fn from(e: crate::auth::error::AuthError) -> Self {
@@ -536,7 +582,8 @@ mod tests {
             ("field", 1, true),
         ];
         let api_call =
-            Regex::new(r"\b(?:ApiError|Self|RecordError|AuthError)::([a-z_]+) ?\(").expect("regex");
+            Regex::new(r"\b(?:ApiError|Self|RecordError|AuthError|JobError)::([a-z_]+) ?\(")
+                .expect("regex");
         let push = Regex::new(r"\bpush_field_error ?\(").expect("regex");
         // A value check's verdict, `Err(("code", message))` or `.ok_or(("code", ...))`.
         let tuple =

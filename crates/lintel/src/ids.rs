@@ -41,6 +41,15 @@ pub fn request_id() -> String {
     out
 }
 
+/// A uniformly random number in `0.0..1.0` (for jitter; not a secret).
+pub fn unit_random() -> f64 {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        return 0.5;
+    }
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// A secret token: 43 characters of `[a-z0-9]` (about 222 bits).
 pub fn secret_token() -> String {
     random_string(43)

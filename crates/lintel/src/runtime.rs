@@ -50,6 +50,10 @@ pub struct RuntimeInner {
     pub tasks: crate::tasks::Tasks,
     /// Recent rule denials, coalesced into one audit row per caller and window.
     pub denials: crate::auth::audit::Denials,
+    /// The event log's bus (consumers learn the log grew).
+    pub events: crate::events::EventsRuntime,
+    /// The job queue's wake-ups, backoff and outbound client.
+    pub jobs: crate::jobs::JobsRuntime,
 }
 
 impl Deref for Runtime {

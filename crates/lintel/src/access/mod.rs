@@ -217,6 +217,42 @@ impl Caller {
         }
     }
 
+    /// The caller as events name it: `{"type", "id"?, "collection"?, "apiKey"?}`.
+    pub fn event_actor(&self) -> Value {
+        let mut m = Map::new();
+        let (kind, id, coll) = match &self.principal {
+            Principal::Anonymous => ("anonymous", None, None),
+            Principal::Superuser { id, .. } => ("superuser", Some(id.clone()), None),
+            Principal::User { coll, record } => (
+                "user",
+                Some(record.id.clone()),
+                Some(coll.name().to_owned()),
+            ),
+            Principal::Service { name } => ("service", Some(name.clone()), None),
+        };
+        let kind = if matches!(self.via, Via::AdminToken) {
+            "admin"
+        } else {
+            kind
+        };
+        m.insert("type".into(), kind.into());
+        if let Some(id) = id {
+            m.insert("id".into(), id.into());
+        }
+        if let Some(c) = coll {
+            m.insert("collection".into(), c.into());
+        }
+        if let Via::ApiKey { id, .. } = &self.via {
+            m.insert("apiKey".into(), id.clone().into());
+        }
+        Value::Object(m)
+    }
+
+    /// The actor and request of the writes this caller makes, at `now_ms`.
+    pub fn write_meta(&self, now_ms: i64) -> crate::store::WriteMeta {
+        crate::store::WriteMeta::by(Some(self.event_actor())).at(now_ms)
+    }
+
     /// Refused unless an API key's scopes allow the action.
     pub fn require_scope(&self, collection: &str, action: Action) -> Result<(), Refusal> {
         if self.scope_allows(collection, action) {

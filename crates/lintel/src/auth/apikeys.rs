@@ -56,11 +56,19 @@ pub struct NewKey {
 
 /// Admin areas a superuser's key can be scoped to (`<area>:read`, `<area>:write` or
 /// `<area>:*`); see `http::extract::admin_scope`.
-pub const ADMIN_AREAS: [&str; 3] = ["collections", "audit", "metrics"];
+pub const ADMIN_AREAS: [&str; 6] = [
+    "collections",
+    "audit",
+    "metrics",
+    "events",
+    "jobs",
+    "schedules",
+];
 
 pub(crate) fn admin_scope_ok(scope: &str) -> bool {
     scope.split_once(':').is_some_and(|(area, access)| {
-        ADMIN_AREAS.contains(&area) && matches!(access, "read" | "write" | "*")
+        (ADMIN_AREAS.contains(&area) && matches!(access, "read" | "write" | "*"))
+            || (area == "jobs" && access == "work")
     })
 }
 
@@ -82,12 +90,26 @@ pub(crate) fn check(
             .split_once(':')
             .is_some_and(|(c, a)| (c == "*" || catalog.get(c).is_some()) && ACTIONS.contains(&a))
             || (superuser && admin_scope_ok(s));
-        if !ok {
+        // `events:read` must not mean both the event log and a collection named
+        // `events`: with such a collection, the admin area's scopes are refused (the
+        // collection's own actions, `events:list` and `events:view`, still work).
+        let ambiguous = superuser
+            && admin_scope_ok(s)
+            && s.split_once(':')
+                .is_some_and(|(area, _)| catalog.get(area).is_some());
+        if ambiguous {
+            push_field_error(
+                &mut errors,
+                format!("scopes[{i}]"),
+                "ambiguous_scope",
+                "names both an admin area and a collection; for the collection use its actions (list, view, create, update, delete), for the area rename the collection",
+            );
+        } else if !ok {
             push_field_error(
                 &mut errors,
                 format!("scopes[{i}]"),
                 "invalid_scope",
-                "must be <collection>:<action> with an existing collection (or *) and one of list, view, create, update, delete, read, write, *; a superuser's key may also hold collections:read|write|*, audit:read|* and metrics:read|*",
+                "must be <collection>:<action> with an existing collection (or *) and one of list, view, create, update, delete, read, write, *; a superuser's key may also hold collections:read|write|*, audit:read|*, metrics:read|*, events:read|*, jobs:read|write|work|* and schedules:read|write|*",
             );
         }
     }

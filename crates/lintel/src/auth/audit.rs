@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use serde_json::{Value, json};
 
 use crate::runtime::Runtime;
-use crate::store::{Sql, SqlValue, WriteOp};
+use crate::store::{EventDraft, Sql, SqlValue, WriteMeta, WriteOp};
 
 /// One audit entry under construction.
 #[derive(Debug, Clone)]
@@ -91,22 +91,41 @@ fn record_as(state: &Runtime, id: String, now: i64, e: Event) {
         SqlValue::Int(now),
         SqlValue::Text(e.event.to_owned()),
         SqlValue::Text(e.outcome.to_owned()),
-        opt(e.actor),
-        opt(e.collection),
-        opt(e.subject),
-        opt(e.ip),
+        opt(e.actor.clone()),
+        opt(e.collection.clone()),
+        opt(e.subject.clone()),
+        opt(e.ip.clone()),
         opt(request_id.clone()),
-        opt(e.detail.map(|d| d.to_string())),
+        opt(e.detail.as_ref().map(|d| d.to_string())),
     ];
     sql.bind_all(values);
     sql.push(")");
     tracing::info!(event = e.event, outcome = e.outcome, "audit");
+    let mut ops = vec![WriteOp::System { sql, expect: None }];
+    // Auth events join the event log in the same transaction as their audit row. Rule
+    // denials (coalesced per caller and window) stay in the audit log only, and schema
+    // changes are logged by the store as `collection.*` events already.
+    if e.event != "rule_denied" && !e.event.starts_with("collection_") {
+        ops.push(WriteOp::Event(Box::new(EventDraft {
+            kind: format!("auth.{}", e.event),
+            collection: e.collection,
+            record_id: e.subject,
+            record: Some(json!({
+                "outcome": e.outcome,
+                "ip": e.ip,
+                "detail": e.detail,
+            })),
+            previous: None,
+        })));
+    }
+    let meta = WriteMeta {
+        actor: e.actor.map(|a| json!({ "name": a })),
+        request_id: request_id.clone(),
+        time_ms: Some(now),
+    };
     let store = state.store.clone();
     state.tasks.spawn(async move {
-        if let Err(err) = store
-            .write(vec![WriteOp::System { sql, expect: None }])
-            .await
-        {
+        if let Err(err) = store.write_as(ops, meta).await {
             tracing::error!(error = %err.error, request_id = ?request_id, "writing the audit log failed");
         }
     });

@@ -225,9 +225,13 @@ pub(crate) async fn change(
         record: record.clone(),
         expected_version: p.record.version,
     };
+    let meta = crate::store::WriteMeta::by(Some(crate::store::events::account_actor(
+        p.coll.name(),
+        &p.record.id,
+    )));
     let mut ops = vec![p.use_up, op];
     ops.extend(extra);
-    match apply_writes(state, ops).await {
+    match apply_writes(state, ops, meta).await {
         Ok(_) => Ok(record),
         Err(WriteError {
             index: 0,

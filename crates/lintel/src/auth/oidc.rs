@@ -321,12 +321,17 @@ pub(crate) async fn create_account(
         version: 1,
         data,
     };
+    let meta = crate::store::WriteMeta::by(Some(crate::store::events::account_actor(
+        coll.name(),
+        &record.id,
+    )));
     let written = write_one(
         state,
         WriteOp::Insert {
             coll: Arc::clone(coll),
             record,
         },
+        meta,
     )
     .await?
     .ok_or_else(|| AuthError::Internal("insert returned no record".into()))?;
@@ -407,7 +412,8 @@ pub(crate) async fn take_over(
     ] {
         ops.push(WriteOp::System { sql, expect: None });
     }
-    let out = match apply_writes(state, ops).await {
+    let meta = crate::store::WriteMeta::by(Some(crate::store::events::account_actor(name, id)));
+    let out = match apply_writes(state, ops, meta).await {
         Ok(out) => out,
         Err(WriteError {
             error: StoreError::VersionConflict,

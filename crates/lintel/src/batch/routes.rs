@@ -37,8 +37,9 @@ pub struct BatchRequest {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BatchOperation {
     pub method: String,
-    /// `/v1/collections/{collection}/records[/{id}]` (the `/v1` is optional).
-    #[schema(pattern = "^(/v1)?/collections/[^/]+/records(/[^/]+)?$")]
+    /// `/v1/collections/{collection}/records[/{id}]`, or `/v1/jobs` to enqueue a job
+    /// in the same transaction (the `/v1` is optional).
+    #[schema(pattern = "^(/v1)?(/collections/[^/]+/records(/[^/]+)?|/jobs)$")]
     pub path: String,
     #[serde(default)]
     #[schema(value_type = Object)]
@@ -158,7 +159,7 @@ fn failed(index: usize, op: &BatchOperation, err: ApiError) -> ApiError {
     post,
     path = "/v1/batch",
     tag = "batch",
-    summary = "Apply up to 100 record operations in one transaction",
+    summary = "Apply up to 100 record operations (and job enqueues) in one transaction",
     request_body = BatchRequest,
     responses(
         (status = 200, description = "All applied: `{results: [{status, body}]}` in order", body = Value),
@@ -203,29 +204,61 @@ async fn batch(
     // Every operation is checked (input, rules, If-Match) before any password is
     // hashed: a batch that fails costs no hashing.
     let mut prepared = Vec::with_capacity(req.operations.len());
-    let mut statuses = Vec::with_capacity(req.operations.len());
+    let mut steps = Vec::with_capacity(req.operations.len());
     for (i, op) in req.operations.iter().enumerate() {
+        if is_jobs_path(&op.path) {
+            let job = prepare_job(&state, &caller, op).map_err(|e| failed(i, op, e))?;
+            steps.push(Step::Job(Box::new(job)));
+            continue;
+        }
         let (w, status) = prepare(&state, &caller, op)
             .await
             .map_err(|e| failed(i, op, e))?;
         prepared.push(w);
-        statuses.push(status);
+        steps.push(Step::Record(status));
     }
     let ready = service::finish(&state, &caller, prepared).await?;
-    let shown: Vec<_> = ready
-        .iter()
-        .map(|r| match (&r.op, r.written) {
-            (WriteOp::Insert { coll, .. } | WriteOp::Update { coll, .. }, Some(written)) => {
-                Some((coll.clone(), written))
+    let mut ready = ready.into_iter();
+    let now = state.clock.now_ms();
+    // The flat list of writes, and for each operation the range of it that is its own.
+    let mut ops: Vec<WriteOp> = Vec::new();
+    let mut spans = Vec::with_capacity(steps.len());
+    let mut shown = Vec::with_capacity(steps.len());
+    for step in &steps {
+        let start = ops.len();
+        match step {
+            Step::Record(_) => {
+                let r = ready
+                    .next()
+                    .ok_or_else(|| ApiError::internal("a batch operation prepared no write"))?;
+                shown.push(match (&r.op, r.written) {
+                    (
+                        WriteOp::Insert { coll, .. } | WriteOp::Update { coll, .. },
+                        Some(written),
+                    ) => Some((coll.clone(), written)),
+                    _ => None,
+                });
+                ops.push(r.op);
             }
-            _ => None,
-        })
-        .collect();
-    let ops: Vec<WriteOp> = ready.into_iter().map(|r| r.op).collect();
-    let outcomes = match service::apply_writes(&state, ops).await {
+            Step::Job(job) => {
+                shown.push(None);
+                ops.extend(crate::jobs::service::enqueue_ops(
+                    state.store.dialect(),
+                    job,
+                    now,
+                ));
+            }
+        }
+        spans.push(start..ops.len());
+    }
+    let outcomes = match service::apply_writes(&state, ops, caller.write_meta(now)).await {
         Ok(o) => o,
         Err(WriteError { index, error }) => {
-            let i = index.min(req.operations.len() - 1);
+            let i = spans
+                .iter()
+                .position(|s| s.contains(&index))
+                .unwrap_or(0)
+                .min(req.operations.len() - 1);
             let op = &req.operations[i];
             let err = match error {
                 // Without If-Match a lost race is a conflict, not a failed precondition.
@@ -238,18 +271,77 @@ async fn batch(
             return Err(failed(i, op, err));
         }
     };
-    let results: Vec<Value> = outcomes
-        .into_iter()
-        .zip(statuses)
-        .zip(shown)
-        .map(|((outcome, status), shown)| match (outcome, shown) {
-            (WriteOutcome::Written(r), Some((coll, written))) => {
-                json!({ "status": status, "body": Value::Object(render(&coll, written.show(&r), None)) })
+    let mut results: Vec<Value> = Vec::with_capacity(steps.len());
+    let mut any_job = false;
+    for ((step, span), shown) in steps.iter().zip(spans).zip(shown) {
+        let out = outcomes.get(span).unwrap_or(&[]);
+        results.push(match step {
+            Step::Record(status) => match (out.first(), shown) {
+                (Some(WriteOutcome::Written(r)), Some((coll, written))) => {
+                    json!({ "status": status, "body": Value::Object(render(&coll, written.show(r), None)) })
+                }
+                _ => json!({ "status": status, "body": Value::Null }),
+            },
+            Step::Job(_) => {
+                let (job, created) = crate::jobs::service::enqueued(out)?;
+                any_job |= created;
+                json!({ "status": if created { 201 } else { 200 }, "body": job.to_json(false) })
             }
-            _ => json!({ "status": status, "body": Value::Null }),
-        })
-        .collect();
+        });
+    }
+    if any_job {
+        state.jobs.wake.notify_one();
+    }
     Ok(axum::Json(json!({ "results": results })).into_response())
+}
+
+/// What one operation of a batch does.
+enum Step {
+    /// A record write answering this status.
+    Record(u16),
+    /// A job to enqueue.
+    Job(Box<crate::jobs::NewJob>),
+}
+
+fn is_jobs_path(path: &str) -> bool {
+    matches!(path, "/v1/jobs" | "/jobs")
+}
+
+/// A job enqueued in a batch: superusers only (an API key needs `jobs:write`).
+fn prepare_job(
+    state: &AppState,
+    caller: &Caller,
+    op: &BatchOperation,
+) -> Result<crate::jobs::NewJob, ApiError> {
+    if !op.method.eq_ignore_ascii_case("POST") {
+        return Err(ApiError::field(
+            "method",
+            "invalid_method",
+            "jobs are enqueued with POST /v1/jobs",
+        ));
+    }
+    if !caller.is_superuser() {
+        return Err(if caller.is_anonymous() {
+            ApiError::unauthorized("Enqueuing a job needs a superuser.")
+        } else {
+            ApiError::forbidden("forbidden", "Enqueuing a job needs a superuser.")
+        });
+    }
+    if let crate::access::Via::ApiKey { scopes, .. } = &caller.via
+        && !scopes.iter().any(|s| s == "jobs:write" || s == "jobs:*")
+    {
+        return Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            "The API key's scopes do not include jobs:write.",
+        ));
+    }
+    let input: crate::jobs::model::NewJobInput =
+        serde_json::from_value(op.body.clone().unwrap_or(Value::Null))
+            .map_err(|e| ApiError::field("body", "invalid_body", format!("a job: {e}")))?;
+    let job = crate::jobs::model::check(&input, "body.", false).map_err(ApiError::validation)?;
+    crate::jobs::service::check_destination(state, &job, "body.")?;
+    Ok(job)
 }
 
 #[cfg(test)]

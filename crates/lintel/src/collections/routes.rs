@@ -21,6 +21,7 @@ use crate::schema::{
     Collection, CollectionSpec, FieldSpec, IndexSpec, Rules, index_name, normalize_spec,
 };
 use crate::state::AppState;
+use crate::store::WriteMeta;
 use crate::store::filter::validate_spec;
 use crate::store::{StoreError, ddl};
 
@@ -121,6 +122,7 @@ fn check_defaults(spec: &CollectionSpec) -> FieldErrors {
 /// the file unwritten or the catalog stale.
 async fn apply_change(
     state: &AppState,
+    meta: WriteMeta,
     name: String,
     up: Vec<SchemaOp>,
     down: Vec<SchemaOp>,
@@ -128,13 +130,14 @@ async fn apply_change(
     let state = state.clone();
     let tasks = state.tasks.clone();
     tasks
-        .spawn(async move { apply_change_now(&state, name, up, down).await })
+        .spawn(async move { apply_change_now(&state, meta, name, up, down).await })
         .await
         .map_err(ApiError::internal)?
 }
 
 async fn apply_change_now(
     state: &AppState,
+    meta: WriteMeta,
     name: String,
     up: Vec<SchemaOp>,
     down: Vec<SchemaOp>,
@@ -155,7 +158,7 @@ async fn apply_change_now(
     };
     let result = state
         .store
-        .apply_migration(migration, staged.checksum.clone())
+        .apply_migration(migration, staged.checksum.clone(), meta)
         .await;
     let file = match result {
         Ok(_) => tokio::task::spawn_blocking(move || staged.commit()).await,
@@ -230,6 +233,7 @@ async fn create_collection(
     let name = spec.name.clone();
     apply_change(
         &state,
+        caller.write_meta(state.clock.now_ms()),
         format!("create_{name}"),
         vec![SchemaOp::CreateCollection { collection: spec }],
         vec![SchemaOp::DropCollection { name: name.clone() }],
@@ -375,6 +379,7 @@ async fn patch_collection(
     };
     apply_change(
         &state,
+        caller.write_meta(state.clock.now_ms()),
         format!("alter_{}", old.name),
         vec![SchemaOp::AlterCollection(up)],
         vec![SchemaOp::AlterCollection(down)],
@@ -423,6 +428,7 @@ async fn delete_collection(
     }
     apply_change(
         &state,
+        caller.write_meta(state.clock.now_ms()),
         format!("drop_{}", coll.name()),
         vec![SchemaOp::DropCollection {
             name: coll.name().to_owned(),
@@ -472,6 +478,7 @@ pub async fn ensure_users(state: &AppState) -> anyhow::Result<()> {
     normalize_spec(&mut spec);
     let result = apply_change(
         state,
+        WriteMeta::default().at(state.clock.now_ms()),
         "create_users".into(),
         vec![SchemaOp::CreateCollection { collection: spec }],
         vec![SchemaOp::DropCollection {

@@ -37,6 +37,9 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(crate::records::router())
         .merge(crate::batch::router())
         .merge(crate::auth::routes::router())
+        .merge(crate::events::router())
+        .merge(crate::jobs::router())
+        .merge(crate::jobs::routes::transfer_router())
         .split_for_parts()
 }
 

@@ -19,7 +19,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::schema::{CollectionSpec, FieldSpec, IndexSpec};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, WriteMeta};
 
 /// One step of a migration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -308,7 +308,7 @@ pub async fn apply_pending(store: &dyn Store, dir: &Path) -> anyhow::Result<Vec<
         }
         let version = f.migration.version.clone();
         let applied_now = store
-            .apply_migration(f.migration, f.checksum)
+            .apply_migration(f.migration, f.checksum, WriteMeta::default())
             .await
             .map_err(store_err)
             .with_context(|| format!("applying migration {}", f.path.display()))?;
@@ -331,7 +331,7 @@ pub async fn revert_last(store: &dyn Store, steps: usize) -> anyhow::Result<Vec<
             a.name
         );
         store
-            .revert_migration(a.content)
+            .revert_migration(a.content, WriteMeta::default())
             .await
             .map_err(store_err)
             .with_context(|| format!("reverting migration {}", a.version))?;

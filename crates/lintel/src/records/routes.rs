@@ -206,7 +206,7 @@ async fn create_record(
     let written = ready
         .written
         .ok_or_else(|| ApiError::internal("create granted no response"))?;
-    let record = service::write_one(&state, ready.op)
+    let record = service::write_one(&state, ready.op, caller.write_meta(state.clock.now_ms()))
         .await?
         .ok_or_else(|| ApiError::internal("create returned no record"))?;
     Ok(record_response(
@@ -410,6 +410,6 @@ async fn delete_record(
 ) -> Result<Response, ApiError> {
     let coll = service::collection(&state, &collection)?;
     let op = service::prepare_delete(&state, &caller, &coll, &id, if_match(&headers)?).await?;
-    service::write_one(&state, op).await?;
+    service::write_one(&state, op, caller.write_meta(state.clock.now_ms())).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -15,14 +15,16 @@ use std::future::Future;
 use crate::migrations::{AppliedMigration, Migration, SchemaOp, checksum};
 use crate::schema::{Collection, CollectionSpec, OnDelete};
 use crate::store::ddl::{self, CatalogChange};
+use crate::store::events::{self, EventDraft, WriteMeta, record_json};
+use crate::store::sql::{select_by_id, select_by_ids};
 use crate::store::write::{
     DeleteStep, DeleteSteps, RelationGraph, delete_sql, exists_sql, insert_sql, lock_row_sql,
-    missing_target, referenced, referrer_sql, referring_ids_sql, relation_targets,
-    relation_targets_sql, unlink_sql, update_sql,
+    missing_target, referenced, referrer_sql, referring_ids_sql, referring_records_sql,
+    relation_targets, relation_targets_sql, unlink_sql, update_sql,
 };
 use crate::store::{
-    Dialect, IdempotencyClaim, Record, Sql, SqlValue, StoreError, StoredCollection, StoredResponse,
-    WriteOp, WriteOutcome,
+    Dialect, EventMarks, IdempotencyClaim, Record, Sql, SqlValue, StoreError, StoredCollection,
+    StoredResponse, WriteOp, WriteOutcome,
 };
 
 /// A connection (inside the driver's transaction) as the shared algorithms use it.
@@ -39,6 +41,12 @@ pub(crate) trait Conn {
     fn rows(&self, sql: &Sql) -> impl Future<Output = Result<Vec<Row>, StoreError>>;
     /// Runs a script of statements without parameters (DDL).
     fn script(&self, text: &str) -> impl Future<Output = Result<(), StoreError>>;
+    /// Runs a query whose columns are `coll`'s record columns.
+    fn records(
+        &self,
+        coll: &Collection,
+        sql: &Sql,
+    ) -> impl Future<Output = Result<Vec<Record>, StoreError>>;
 }
 
 /// One row of a system query, each cell as the driver decoded it.
@@ -200,14 +208,19 @@ async fn follow_referrers<C: Conn>(
     coll: &str,
     id: &str,
     now: &str,
+    meta: &WriteMeta,
 ) -> Result<(), StoreError> {
     let d = c.dialect();
     let mut steps = DeleteSteps::new(coll, id);
     while let Some(step) = steps.next() {
         match step {
             DeleteStep::Delete(rc, rid) => {
+                let previous = c.records(&rc, &select_by_id(d, &rc, &rid)).await?;
                 c.execute(&delete_sql(d, &rc, &rid, None), Some(&rc))
                     .await?;
+                if let Some(p) = previous.first() {
+                    record_event(c, &rc, "record.deleted", &p.id, None, Some(p), meta).await?;
+                }
             }
             DeleteStep::Expand(name, rid) => {
                 for (rc, field) in graph.get(&name).into_iter().flatten() {
@@ -218,8 +231,20 @@ async fn follow_referrers<C: Conn>(
                             }
                         }
                         OnDelete::SetNull => {
+                            let before = c
+                                .records(rc, &referring_records_sql(d, rc, field, &rid))
+                                .await?;
                             c.execute(&unlink_sql(d, rc, field, &rid, now), Some(rc))
                                 .await?;
+                            let ids: Vec<String> = before.iter().map(|r| r.id.clone()).collect();
+                            for chunk in ids.chunks(500) {
+                                let after = c.records(rc, &select_by_ids(d, rc, chunk)).await?;
+                                for a in &after {
+                                    let p = before.iter().find(|b| b.id == a.id);
+                                    record_event(c, rc, "record.updated", &a.id, Some(a), p, meta)
+                                        .await?;
+                                }
+                            }
                         }
                         OnDelete::Cascade => {
                             let sql = referring_ids_sql(d, rc, field, &rid, steps.room());
@@ -235,14 +260,50 @@ async fn follow_referrers<C: Conn>(
     Ok(())
 }
 
-/// Applies one write inside the driver's transaction.
-pub(crate) async fn apply_op<C: Conn>(c: &C, op: WriteOp) -> Result<WriteOutcome, StoreError> {
+/// Appends an event about a record.
+async fn record_event<C: Conn>(
+    c: &C,
+    coll: &Collection,
+    kind: &str,
+    id: &str,
+    record: Option<&Record>,
+    previous: Option<&Record>,
+    meta: &WriteMeta,
+) -> Result<(), StoreError> {
+    let draft = EventDraft {
+        kind: kind.to_owned(),
+        collection: Some(coll.name().to_owned()),
+        record_id: Some(id.to_owned()),
+        record: record.map(|r| record_json(coll, r)),
+        previous: previous.map(|r| record_json(coll, r)),
+    };
+    c.execute(&events::insert_sql(c.dialect(), &draft, meta), None)
+        .await?;
+    Ok(())
+}
+
+/// Applies one write inside the driver's transaction, and appends its events.
+pub(crate) async fn apply_op<C: Conn>(
+    c: &C,
+    op: WriteOp,
+    meta: &WriteMeta,
+) -> Result<WriteOutcome, StoreError> {
     let d = c.dialect();
     match op {
         WriteOp::Insert { coll, record } => {
             check_relations(c, &coll, &record).await?;
             c.execute(&insert_sql(d, &coll, &record), Some(&coll))
                 .await?;
+            record_event(
+                c,
+                &coll,
+                "record.created",
+                &record.id,
+                Some(&record),
+                None,
+                meta,
+            )
+            .await?;
             Ok(WriteOutcome::Written(record))
         }
         WriteOp::Update {
@@ -251,10 +312,25 @@ pub(crate) async fn apply_op<C: Conn>(c: &C, op: WriteOp) -> Result<WriteOutcome
             expected_version,
         } => {
             check_relations(c, &coll, &record).await?;
+            // Read inside the transaction (on PostgreSQL the row is locked already), so
+            // the event's `previous` is exactly the version this update replaces.
+            let previous = c
+                .records(&coll, &select_by_id(d, &coll, &record.id))
+                .await?;
             let sql = update_sql(d, &coll, &record, expected_version);
             if c.execute(&sql, Some(&coll)).await? == 0 {
                 return Err(no_row_changed(c, &coll, &record.id).await);
             }
+            record_event(
+                c,
+                &coll,
+                "record.updated",
+                &record.id,
+                Some(&record),
+                previous.first(),
+                meta,
+            )
+            .await?;
             Ok(WriteOutcome::Written(record))
         }
         WriteOp::Delete {
@@ -272,11 +348,25 @@ pub(crate) async fn apply_op<C: Conn>(c: &C, op: WriteOp) -> Result<WriteOutcome
             {
                 return Err(StoreError::NotFound);
             }
-            follow_referrers(c, &referrers, coll.name(), &id, &now).await?;
+            let previous = c.records(&coll, &select_by_id(d, &coll, &id)).await?;
+            if previous.is_empty() {
+                return Err(StoreError::NotFound);
+            }
+            follow_referrers(c, &referrers, coll.name(), &id, &now, meta).await?;
             let sql = delete_sql(d, &coll, &id, expected_version);
             if c.execute(&sql, Some(&coll)).await? == 0 {
                 return Err(no_row_changed(c, &coll, &id).await);
             }
+            record_event(
+                c,
+                &coll,
+                "record.deleted",
+                &id,
+                None,
+                previous.first(),
+                meta,
+            )
+            .await?;
             Ok(WriteOutcome::Deleted)
         }
         WriteOp::System { sql, expect } => {
@@ -286,7 +376,56 @@ pub(crate) async fn apply_op<C: Conn>(c: &C, op: WriteOp) -> Result<WriteOutcome
             }
             Ok(WriteOutcome::Affected(n))
         }
+        WriteOp::Query { sql } => {
+            let rows = c.rows(&sql).await?;
+            Ok(WriteOutcome::Rows(
+                rows.into_iter().map(Row::into_json).collect(),
+            ))
+        }
+        WriteOp::Event(draft) => {
+            c.execute(&events::insert_sql(d, &draft, meta), None)
+                .await?;
+            Ok(WriteOutcome::Affected(1))
+        }
     }
+}
+
+// ---- the event log ----
+
+/// Numbers committed events that wait for a `seq` (PostgreSQL, in the caller's
+/// transaction; see `store::events`) and returns the log's marks.
+pub(crate) async fn sequence_events<C: Conn>(c: &C) -> Result<EventMarks, StoreError> {
+    let d = c.dialect();
+    if d == Dialect::Postgres {
+        let last = query_i64(c, &stmt(d, events::LOCK_COUNTER, vec![])).await?;
+        let n = c.execute(&events::sequence_sql(last, 10_000), None).await?;
+        if n > 0 {
+            let bump = stmt(
+                d,
+                "UPDATE _lintel_event_meta SET last = ?1 WHERE id = 1",
+                vec![SqlValue::Int(last + i64::try_from(n).unwrap_or(0))],
+            );
+            c.execute(&bump, None).await?;
+        }
+    }
+    event_marks(c).await
+}
+
+/// The event log's marks, read.
+pub(crate) async fn event_marks<C: Conn>(c: &C) -> Result<EventMarks, StoreError> {
+    let rows = c.rows(&events::marks_sql(c.dialect())).await?;
+    let r = rows
+        .first()
+        .ok_or_else(|| StoreError::Internal("the event counter row is missing".into()))?;
+    Ok(EventMarks {
+        last: r.int(0)?,
+        purged: r.int(1)?,
+    })
+}
+
+/// Whether committed events wait for a number (PostgreSQL).
+pub(crate) async fn events_pending<C: Conn>(c: &C) -> Result<bool, StoreError> {
+    Ok(query_i64(c, &stmt(c.dialect(), events::ANY_PENDING, vec![])).await? > 0)
 }
 
 // ---- catalog and migrations ----
@@ -324,13 +463,14 @@ pub(crate) async fn read_catalog<C: Conn>(
 
 /// Runs migration steps and the catalog changes they imply, in the caller's
 /// transaction.
-async fn run_steps<C: Conn>(c: &C, ops: &[SchemaOp]) -> Result<(), StoreError> {
+async fn run_steps<C: Conn>(c: &C, ops: &[SchemaOp], meta: &WriteMeta) -> Result<(), StoreError> {
     let d = c.dialect();
     let (stored, _) = read_catalog(c).await?;
     let mut specs: BTreeMap<String, CollectionSpec> = stored
         .into_iter()
         .map(|s| (s.spec.name.clone(), s.spec))
         .collect();
+    let mut before = specs.clone();
     let steps = ddl::plan(d, ops, &mut specs).map_err(StoreError::Schema)?;
     let now = crate::clock::now();
     for step in steps {
@@ -354,18 +494,57 @@ async fn run_steps<C: Conn>(c: &C, ops: &[SchemaOp]) -> Result<(), StoreError> {
                     vec![text(&spec.name), text(json), text(&now), text(&now)],
                 );
                 c.execute(&sql, None).await?;
+                let previous = before.insert(spec.name.clone(), (*spec).clone());
+                let kind = if previous.is_some() {
+                    "collection.altered"
+                } else {
+                    "collection.created"
+                };
+                collection_event(c, kind, &spec.name, Some(&spec), previous.as_ref(), meta).await?;
             }
             CatalogChange::Delete(name) => {
                 let sql = stmt(
                     d,
                     "DELETE FROM _lintel_collections WHERE name = ?1",
-                    vec![text(name)],
+                    vec![text(&name)],
                 );
                 c.execute(&sql, None).await?;
+                let previous = before.remove(&name);
+                collection_event(
+                    c,
+                    "collection.dropped",
+                    &name,
+                    None,
+                    previous.as_ref(),
+                    meta,
+                )
+                .await?;
             }
             CatalogChange::None => {}
         }
     }
+    Ok(())
+}
+
+/// Appends an event about a collection: its definition after and before.
+async fn collection_event<C: Conn>(
+    c: &C,
+    kind: &str,
+    name: &str,
+    spec: Option<&CollectionSpec>,
+    previous: Option<&CollectionSpec>,
+    meta: &WriteMeta,
+) -> Result<(), StoreError> {
+    let json = |s: &CollectionSpec| serde_json::to_value(s).ok();
+    let draft = EventDraft {
+        kind: kind.to_owned(),
+        collection: Some(name.to_owned()),
+        record_id: None,
+        record: spec.and_then(json),
+        previous: previous.and_then(json),
+    };
+    c.execute(&events::insert_sql(c.dialect(), &draft, meta), None)
+        .await?;
     Ok(())
 }
 
@@ -404,6 +583,7 @@ pub(crate) async fn apply_migration<C: Conn>(
     c: &C,
     migration: &Migration,
     checksum: &str,
+    meta: &WriteMeta,
 ) -> Result<bool, StoreError> {
     let d = c.dialect();
     let rows = c
@@ -423,7 +603,7 @@ pub(crate) async fn apply_migration<C: Conn>(
         }
         None => {}
     }
-    run_steps(c, &migration.up).await?;
+    run_steps(c, &migration.up, meta).await?;
     let content =
         serde_json::to_string(migration).map_err(|e| StoreError::Internal(e.to_string()))?;
     let sql = stmt(
@@ -447,8 +627,9 @@ pub(crate) async fn apply_migration<C: Conn>(
 pub(crate) async fn revert_migration<C: Conn>(
     c: &C,
     migration: &Migration,
+    meta: &WriteMeta,
 ) -> Result<(), StoreError> {
-    run_steps(c, &migration.down).await?;
+    run_steps(c, &migration.down, meta).await?;
     let sql = stmt(
         c.dialect(),
         "DELETE FROM _lintel_migrations WHERE version = ?1",
@@ -555,6 +736,13 @@ pub(crate) const SYSTEM_MIGRATIONS: &[SystemMigration] = &[
             ))))
         $$;",
     },
+    SystemMigration {
+        version: 8,
+        name: "events",
+        sqlite: events::SQLITE_TABLES,
+        postgres: events::POSTGRES_TABLES,
+    },
+    SystemMigration::same(9, "jobs", crate::store::jobs::TABLES),
 ];
 
 /// Brings Lintel's own tables up to date, in the caller's transaction (which the
@@ -812,6 +1000,6 @@ mod tests {
             assert_eq!(checksum(m.sql(d).as_bytes()), sum, "{version} {d:?}");
         }
         let versions: Vec<i64> = SYSTEM_MIGRATIONS.iter().map(|m| m.version).collect();
-        assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
     }
 }

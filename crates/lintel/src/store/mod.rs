@@ -8,8 +8,10 @@
 
 pub mod ddl;
 pub(crate) mod engine;
+pub mod events;
 pub(crate) mod failure;
 pub mod filter;
+pub mod jobs;
 pub mod postgres;
 pub mod purge;
 pub mod sql;
@@ -24,6 +26,7 @@ use serde_json::{Map, Value};
 use crate::migrations::{AppliedMigration, Migration};
 use crate::schema::{Collection, CollectionSpec};
 use crate::validation::FieldErrors;
+pub use events::{EventDraft, WriteMeta};
 pub use sql::{Dialect, Sql, SqlValue};
 pub use write::{WriteError, WriteOp, WriteOutcome};
 
@@ -195,6 +198,15 @@ pub enum ChangeNotice {
     Listening,
 }
 
+/// Where the event log stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventMarks {
+    /// The highest `seq` readers can see.
+    pub last: i64,
+    /// Events up to this `seq` are purged.
+    pub purged: i64,
+}
+
 /// The result of claiming an idempotency key.
 #[derive(Debug, Clone)]
 pub enum IdempotencyClaim {
@@ -240,9 +252,28 @@ pub trait Store: Send + Sync + 'static {
     /// float, null). Always answered by the primary, so a read follows its write.
     async fn query_rows(&self, sql: Sql) -> Result<Vec<Vec<Value>>, StoreError>;
 
-    /// Applies record writes in one transaction, all or nothing. On failure the error
-    /// names the index of the operation that failed.
-    async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, WriteError>;
+    /// Applies record writes in one transaction, all or nothing, with no actor for
+    /// their events (Lintel's own bookkeeping).
+    async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, WriteError> {
+        self.write_as(ops, WriteMeta::default()).await
+    }
+
+    /// Applies record writes in one transaction, all or nothing, each change appended
+    /// to the event log in the same transaction with `meta`'s actor and request. On
+    /// failure the error names the index of the operation that failed.
+    async fn write_as(
+        &self,
+        ops: Vec<WriteOp>,
+        meta: WriteMeta,
+    ) -> Result<Vec<WriteOutcome>, WriteError>;
+
+    /// Numbers committed events that have none yet (PostgreSQL; on SQLite they are
+    /// numbered as they commit) and returns the event log's marks.
+    async fn sequence_events(&self) -> Result<EventMarks, StoreError>;
+
+    /// Woken after a commit that appended events (coalesced: one wake-up may stand for
+    /// many commits).
+    fn events_appended(&self) -> Arc<tokio::sync::Notify>;
 
     /// Reads the catalog of collections, with its generation (the number of applied
     /// migrations, read in the same snapshot) so a newer catalog is never replaced by
@@ -258,10 +289,15 @@ pub trait Store: Send + Sync + 'static {
         &self,
         migration: Migration,
         checksum: String,
+        meta: WriteMeta,
     ) -> Result<bool, StoreError>;
 
     /// Applies a recorded migration's `down` steps and forgets it, in one transaction.
-    async fn revert_migration(&self, migration: Migration) -> Result<(), StoreError>;
+    async fn revert_migration(
+        &self,
+        migration: Migration,
+        meta: WriteMeta,
+    ) -> Result<(), StoreError>;
 
     /// Claims an idempotency key for a request fingerprint.
     async fn idempotency_claim(

@@ -33,8 +33,8 @@ use crate::store::engine;
 use crate::store::failure::Failure;
 use crate::store::write::{WriteError, delete_reaches_others};
 use crate::store::{
-    Dialect, IdempotencyClaim, Record, Sql, SqlValue, Store, StoreError, StoredCollection,
-    StoredResponse, WriteOp, WriteOutcome,
+    Dialect, EventMarks, IdempotencyClaim, Record, Sql, SqlValue, Store, StoreError,
+    StoredCollection, StoredResponse, WriteMeta, WriteOp, WriteOutcome,
 };
 
 /// Serialises schema changes across instances (an arbitrary, fixed key).
@@ -89,6 +89,8 @@ pub struct PgStore {
     listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The server's metrics registry.
     metrics: crate::telemetry::Metrics,
+    /// Woken after a commit that appended events.
+    appended: Arc<tokio::sync::Notify>,
 }
 
 /// The change notice payload: the sender, then one line per change
@@ -390,6 +392,7 @@ impl PgStore {
             instance: crate::ids::record_id(),
             listener: std::sync::Mutex::new(None),
             metrics,
+            appended: Arc::new(tokio::sync::Notify::new()),
         };
         store.run_system_migrations().await?;
         // Warm the pool to its minimum so the first requests do not pay for connecting.
@@ -531,7 +534,10 @@ async fn lock_in_order(c: &Object, ops: &[WriteOp]) -> Result<(), StoreError> {
                     .or_default()
                     .insert(id);
             }
-            WriteOp::Insert { .. } | WriteOp::System { .. } => {}
+            WriteOp::Insert { .. }
+            | WriteOp::System { .. }
+            | WriteOp::Query { .. }
+            | WriteOp::Event(_) => {}
         }
     }
     for ((coll, mode), ids) in targets {
@@ -555,6 +561,7 @@ async fn lock_in_order(c: &Object, ops: &[WriteOp]) -> Result<(), StoreError> {
 async fn apply_all(
     c: &Object,
     ops: Vec<WriteOp>,
+    meta: &WriteMeta,
 ) -> Result<(Vec<WriteOutcome>, Vec<String>), WriteError> {
     lock_in_order(c, &ops).await.map_err(WriteError::from)?;
     let mut out = Vec::with_capacity(ops.len());
@@ -572,7 +579,7 @@ async fn apply_all(
             lines.push("*".to_owned());
         }
         out.push(
-            engine::apply_op(&Pg(c), op)
+            engine::apply_op(&Pg(c), op, meta)
                 .await
                 .map_err(|error| WriteError { index, error })?,
         );
@@ -609,6 +616,11 @@ impl<C: GenericClient + Sync> engine::Conn for Pg<'_, C> {
             .batch_execute(text)
             .await
             .map_err(|e| map_pg(&e, None))
+    }
+
+    async fn records(&self, coll: &Collection, sql: &Sql) -> Result<Vec<Record>, StoreError> {
+        let rows = query(self.0, sql, Some(coll)).await?;
+        rows.iter().map(|r| decode_record(coll, r)).collect()
     }
 }
 
@@ -693,10 +705,15 @@ impl Store for PgStore {
             .collect()
     }
 
-    async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, WriteError> {
+    async fn write_as(
+        &self,
+        ops: Vec<WriteOp>,
+        meta: WriteMeta,
+    ) -> Result<Vec<WriteOutcome>, WriteError> {
+        let appends = ops.iter().any(WriteOp::appends_event);
         let mut open = OpenTransaction::begin(self.db_write().await?).await?;
         let result = match open.client() {
-            Ok(c) => apply_all(c, ops).await,
+            Ok(c) => apply_all(c, ops, &meta).await,
             Err(e) => Err(e.into()),
         };
         let (out, lines) = match result {
@@ -726,7 +743,25 @@ impl Store for PgStore {
         open.finished();
         self.metrics
             .scoped(|| metrics::counter!("lintel_store_commits_total").increment(1));
+        if appends {
+            self.appended.notify_one();
+        }
         Ok(out)
+    }
+
+    async fn sequence_events(&self) -> Result<EventMarks, StoreError> {
+        let mut client = self.db_write().await?;
+        if !engine::events_pending(&Pg(&client)).await? {
+            return engine::event_marks(&Pg(&client)).await;
+        }
+        let tx = client.transaction().await.map_err(|e| map_pg(&e, None))?;
+        let marks = engine::sequence_events(&Pg(&tx)).await?;
+        tx.commit().await.map_err(|e| map_pg(&e, None))?;
+        Ok(marks)
+    }
+
+    fn events_appended(&self) -> Arc<tokio::sync::Notify> {
+        self.appended.clone()
     }
 
     async fn load_catalog(&self) -> Result<(Vec<StoredCollection>, i64), StoreError> {
@@ -753,29 +788,37 @@ impl Store for PgStore {
         &self,
         migration: Migration,
         checksum: String,
+        meta: WriteMeta,
     ) -> Result<bool, StoreError> {
         let mut client = self.db_write().await?;
         let tx = client.transaction().await.map_err(|e| map_pg(&e, None))?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await
             .map_err(|e| map_pg(&e, None))?;
-        if !engine::apply_migration(&Pg(&tx), &migration, &checksum).await? {
+        if !engine::apply_migration(&Pg(&tx), &migration, &checksum, &meta).await? {
             return Ok(false);
         }
         notify(&tx, &change_payload(&self.instance, &["c".to_owned()])).await?;
         tx.commit().await.map_err(|e| map_pg(&e, None))?;
+        self.appended.notify_one();
         Ok(true)
     }
 
-    async fn revert_migration(&self, migration: Migration) -> Result<(), StoreError> {
+    async fn revert_migration(
+        &self,
+        migration: Migration,
+        meta: WriteMeta,
+    ) -> Result<(), StoreError> {
         let mut client = self.db_write().await?;
         let tx = client.transaction().await.map_err(|e| map_pg(&e, None))?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await
             .map_err(|e| map_pg(&e, None))?;
-        engine::revert_migration(&Pg(&tx), &migration).await?;
+        engine::revert_migration(&Pg(&tx), &migration, &meta).await?;
         notify(&tx, &change_payload(&self.instance, &["c".to_owned()])).await?;
-        tx.commit().await.map_err(|e| map_pg(&e, None))
+        tx.commit().await.map_err(|e| map_pg(&e, None))?;
+        self.appended.notify_one();
+        Ok(())
     }
 
     async fn idempotency_claim(

@@ -17,6 +17,10 @@ pub struct PurgePolicy {
     pub idempotency_ttl_ms: i64,
     /// Audit rows older than this are gone, in milliseconds; `None` keeps them forever.
     pub audit_retention_ms: Option<i64>,
+    /// Events older than this are gone, in milliseconds; `None` keeps them forever.
+    pub events_retention_ms: Option<i64>,
+    /// Finished jobs are gone this long after they ended; `None` keeps them.
+    pub jobs_retention_ms: Option<i64>,
 }
 
 impl PurgePolicy {
@@ -26,6 +30,10 @@ impl PurgePolicy {
             idempotency_ttl_ms: ms(config.idempotency.ttl_secs),
             audit_retention_ms: (config.audit.retention_days > 0)
                 .then(|| ms(config.audit.retention_days.saturating_mul(24 * 3600))),
+            events_retention_ms: (config.events.retention_days > 0)
+                .then(|| ms(config.events.retention_days.saturating_mul(24 * 3600))),
+            jobs_retention_ms: (config.jobs.retention_days > 0)
+                .then(|| ms(config.jobs.retention_days.saturating_mul(24 * 3600))),
         }
     }
 }
@@ -39,6 +47,8 @@ pub struct PurgeReport {
     pub refresh_tokens: u64,
     pub idempotency: u64,
     pub audit: u64,
+    pub events: u64,
+    pub jobs: u64,
 }
 
 impl PurgeReport {
@@ -49,6 +59,8 @@ impl PurgeReport {
             + self.refresh_tokens
             + self.idempotency
             + self.audit
+            + self.events
+            + self.jobs
     }
 }
 
@@ -138,7 +150,64 @@ pub async fn purge_expired(
         )
         .await?;
     }
+    if let Some(retention) = policy.events_retention_ms {
+        let cutoff = now_ms.saturating_sub(retention).max(0);
+        report.events = purge_events(store, cutoff, &keep_going).await?;
+    }
+    if let Some(retention) = policy.jobs_retention_ms {
+        let cutoff = now_ms.saturating_sub(retention).max(0);
+        report.jobs = run(
+            store,
+            &Rule {
+                table: "_lintel_jobs",
+                key: "id",
+                column: "status IN ('succeeded', 'dead', 'cancelled') AND finished",
+                op: "<",
+            },
+            SqlValue::Int(cutoff),
+            &keep_going,
+        )
+        .await?;
+    }
     Ok(report)
+}
+
+/// Deletes events older than `cutoff_ms`, oldest first, moving the purge mark (the
+/// `seq` below which readers are told the log is gone) in the same transaction.
+async fn purge_events(
+    store: &dyn Store,
+    cutoff_ms: i64,
+    keep_going: &impl Fn() -> bool,
+) -> Result<u64, StoreError> {
+    use crate::store::events::{purge_mark_sql, purge_sql};
+    let d = store.dialect();
+    let mut total = 0;
+    loop {
+        let ops = vec![
+            WriteOp::System {
+                sql: purge_mark_sql(d, cutoff_ms, BATCH),
+                expect: None,
+            },
+            WriteOp::System {
+                sql: purge_sql(d, BATCH),
+                expect: None,
+            },
+        ];
+        let n = match store
+            .write(ops)
+            .await
+            .map_err(|WriteError { error, .. }| error)?
+            .get(1)
+        {
+            Some(WriteOutcome::Affected(n)) => *n,
+            _ => 0,
+        };
+        total += n;
+        if n == 0 || !keep_going() {
+            return Ok(total);
+        }
+        tokio::task::yield_now().await;
+    }
 }
 
 async fn run(

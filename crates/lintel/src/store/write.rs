@@ -42,6 +42,12 @@ pub enum WriteOp {
     /// number of changed rows fails the whole transaction with `NotFound` (a token
     /// already used, a session already revoked).
     System { sql: Sql, expect: Option<u64> },
+    /// A statement on Lintel's own tables that returns rows (`UPDATE ... RETURNING`,
+    /// a read inside the transaction); its rows come back as JSON scalars.
+    Query { sql: Sql },
+    /// An event appended to the log in the same transaction (auth events; record and
+    /// collection events are appended by the store itself).
+    Event(Box<crate::store::events::EventDraft>),
 }
 
 impl WriteOp {
@@ -52,8 +58,13 @@ impl WriteOp {
                 Some((coll.name(), &record.id))
             }
             WriteOp::Delete { coll, id, .. } => Some((coll.name(), id)),
-            WriteOp::System { .. } => None,
+            WriteOp::System { .. } | WriteOp::Query { .. } | WriteOp::Event(_) => None,
         }
+    }
+
+    /// Whether applying the op appends to the event log.
+    pub fn appends_event(&self) -> bool {
+        !matches!(self, WriteOp::System { .. } | WriteOp::Query { .. })
     }
 }
 
@@ -77,6 +88,8 @@ pub enum WriteOutcome {
     Deleted,
     /// A system statement ran and changed this many rows.
     Affected(u64),
+    /// The rows a query returned.
+    Rows(Vec<Vec<serde_json::Value>>),
 }
 
 fn record_values(coll: &Collection, record: &Record) -> Vec<SqlValue> {
@@ -321,6 +334,23 @@ pub fn referring_ids_sql(
         // a reference to one of them waits, instead of pointing at a deleted record.
         sql.push(" FOR UPDATE");
     }
+    sql
+}
+
+/// Every record of `rc` whose `field` names `id` (read before and after a set-null
+/// unlink, for the events it makes).
+pub fn referring_records_sql(
+    dialect: Dialect,
+    rc: &Collection,
+    field: &FieldSpec,
+    id: &str,
+) -> Sql {
+    let mut sql = Sql::new(dialect);
+    sql.push("SELECT ");
+    crate::store::sql::record_columns(&mut sql, rc);
+    sql.push(" FROM ").ident(rc.name()).push(" WHERE ");
+    refers_to(&mut sql, rc, field, id);
+    sql.push(" ORDER BY \"id\"");
     sql
 }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 /// The layer of a source file (path under `src/`) or of a module path under `crate::`.
 fn layer(path: &str) -> Option<u8> {
-    const LAYERS: [(&str, u8); 29] = [
+    const LAYERS: [(&str, u8); 34] = [
         ("clock", 0),
         ("ids", 0),
         ("config", 0),
@@ -26,12 +26,17 @@ fn layer(path: &str) -> Option<u8> {
         ("batch/routes", 5),
         ("collections/routes", 5),
         ("auth/routes", 5),
+        ("events/routes", 5),
+        ("jobs/routes", 5),
         // Resolving the caller from a request (the extractor, the session-cookie
         // middleware) is the edge's work.
         ("auth/caller", 5),
         ("records", 4),
         ("auth", 4),
         ("batch", 4),
+        ("events", 4),
+        ("jobs", 4),
+        ("outbound", 4),
         ("ratelimit", 4),
         ("cache", 4),
         ("tasks", 4),

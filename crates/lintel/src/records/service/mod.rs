@@ -19,7 +19,7 @@ use crate::runtime::Runtime;
 use crate::schema::kinds::is_record_id;
 use crate::schema::{Action, Collection, FieldType};
 use crate::store::sql::select_by_ids;
-use crate::store::{Record, StoreError, WriteError, WriteOp, WriteOutcome};
+use crate::store::{Record, StoreError, WriteError, WriteMeta, WriteOp, WriteOutcome};
 
 mod create;
 mod delete;

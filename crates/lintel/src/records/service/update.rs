@@ -152,7 +152,7 @@ pub async fn update(
                 state.clock.now_ms(),
             ));
         }
-        match apply_writes(state, ops).await {
+        match apply_writes(state, ops, caller.write_meta(state.clock.now_ms())).await {
             Ok(out) => {
                 if let Some(WriteOutcome::Written(r)) = out.into_iter().next() {
                     if new_password {

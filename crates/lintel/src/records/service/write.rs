@@ -253,7 +253,9 @@ pub async fn finish(
 pub async fn apply_writes(
     state: &Runtime,
     ops: Vec<WriteOp>,
+    mut meta: WriteMeta,
 ) -> Result<Vec<WriteOutcome>, WriteError> {
+    meta.time_ms.get_or_insert_with(|| state.clock.now_ms());
     let targets: Vec<Option<(String, String)>> = ops
         .iter()
         .map(|op| op.target().map(|(c, id)| (c.to_owned(), id.to_owned())))
@@ -270,7 +272,7 @@ pub async fn apply_writes(
     let state = state.clone();
     let tasks = state.tasks.clone();
     let task = tasks.spawn(async move {
-        let result = state.store.write(ops).await;
+        let result = state.store.write_as(ops, meta).await;
         match &result {
             Ok(outcomes) => {
                 if reaches_others {
@@ -307,8 +309,12 @@ pub async fn apply_writes(
 }
 
 /// Runs one write and returns its record (None for a delete).
-pub async fn write_one(state: &Runtime, op: WriteOp) -> Result<Option<Record>, RecordError> {
-    match apply_writes(state, vec![op]).await {
+pub async fn write_one(
+    state: &Runtime,
+    op: WriteOp,
+    meta: WriteMeta,
+) -> Result<Option<Record>, RecordError> {
+    match apply_writes(state, vec![op], meta).await {
         Ok(mut out) => Ok(match out.pop() {
             Some(WriteOutcome::Written(r)) => Some(r),
             _ => None,

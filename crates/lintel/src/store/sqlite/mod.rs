@@ -18,8 +18,8 @@ use crate::schema::Collection;
 use crate::store::engine::{self, run_ready};
 use crate::store::write::WriteError;
 use crate::store::{
-    Dialect, IdempotencyClaim, Record, Sql, Store, StoreError, StoredCollection, StoredResponse,
-    WriteOp, WriteOutcome,
+    Dialect, EventMarks, IdempotencyClaim, Record, Sql, Store, StoreError, StoredCollection,
+    StoredResponse, WriteMeta, WriteOp, WriteOutcome,
 };
 use convert::{execute, map_error, query_i64, query_records};
 use executor::Executor;
@@ -44,11 +44,16 @@ impl engine::Conn for Lite<'_> {
     async fn script(&self, text: &str) -> Result<(), StoreError> {
         self.0.execute_batch(text).map_err(|e| map_error(&e))
     }
+
+    async fn records(&self, coll: &Collection, sql: &Sql) -> Result<Vec<Record>, StoreError> {
+        query_records(self.0, coll, sql)
+    }
 }
 
 /// The SQLite implementation of [`Store`].
 pub struct SqliteStore {
     exec: Executor,
+    appended: Arc<tokio::sync::Notify>,
 }
 
 impl SqliteStore {
@@ -61,7 +66,10 @@ impl SqliteStore {
     ) -> Result<Self, StoreError> {
         private_file(path)?;
         let exec = Executor::open(path, cfg, &metrics, run_system_migrations)?;
-        Ok(Self { exec })
+        Ok(Self {
+            exec,
+            appended: Arc::new(tokio::sync::Notify::new()),
+        })
     }
 }
 
@@ -150,19 +158,39 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, WriteError> {
-        self.exec
+    async fn write_as(
+        &self,
+        ops: Vec<WriteOp>,
+        meta: WriteMeta,
+    ) -> Result<Vec<WriteOutcome>, WriteError> {
+        let appends = ops.iter().any(WriteOp::appends_event);
+        let out = self
+            .exec
             .write(move |conn| {
                 let mut out = Vec::with_capacity(ops.len());
                 for (index, op) in ops.into_iter().enumerate() {
                     out.push(
-                        run_ready(engine::apply_op(&Lite(conn), op))
+                        run_ready(engine::apply_op(&Lite(conn), op, &meta))
                             .map_err(|error| WriteError { index, error })?,
                     );
                 }
-                Ok(out)
+                Ok::<_, WriteError>(out)
             })
+            .await?;
+        if appends {
+            self.appended.notify_one();
+        }
+        Ok(out)
+    }
+
+    async fn sequence_events(&self) -> Result<EventMarks, StoreError> {
+        self.exec
+            .read(|conn| run_ready(engine::event_marks(&Lite(conn))))
             .await
+    }
+
+    fn events_appended(&self) -> Arc<tokio::sync::Notify> {
+        self.appended.clone()
     }
 
     async fn load_catalog(&self) -> Result<(Vec<StoredCollection>, i64), StoreError> {
@@ -187,18 +215,33 @@ impl Store for SqliteStore {
         &self,
         migration: Migration,
         checksum: String,
+        meta: WriteMeta,
     ) -> Result<bool, StoreError> {
-        self.exec
+        let out = self
+            .exec
             .write(move |conn| {
-                run_ready(engine::apply_migration(&Lite(conn), &migration, &checksum))
+                run_ready(engine::apply_migration(
+                    &Lite(conn),
+                    &migration,
+                    &checksum,
+                    &meta,
+                ))
             })
-            .await
+            .await?;
+        self.appended.notify_one();
+        Ok(out)
     }
 
-    async fn revert_migration(&self, migration: Migration) -> Result<(), StoreError> {
+    async fn revert_migration(
+        &self,
+        migration: Migration,
+        meta: WriteMeta,
+    ) -> Result<(), StoreError> {
         self.exec
-            .write(move |conn| run_ready(engine::revert_migration(&Lite(conn), &migration)))
-            .await
+            .write(move |conn| run_ready(engine::revert_migration(&Lite(conn), &migration, &meta)))
+            .await?;
+        self.appended.notify_one();
+        Ok(())
     }
 
     async fn idempotency_claim(
