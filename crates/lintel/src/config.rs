@@ -988,6 +988,11 @@ mod tests {
             ("LINTEL_STORE__READ_QUEUE", "7"),
             ("LINTEL_AUDIT__RETENTION_DAYS", "30"),
             ("LINTEL_CACHE__PAGE_BYTES", "4096"),
+            (
+                "LINTEL_OUTBOUND__ALLOW_HOSTS",
+                "[127.0.0.1/32, hooks.internal]",
+            ),
+            ("LINTEL_JOBS__CONCURRENCY", "0"),
             ("LINTEL_MAIL__SMTP_USERNAME", "12345"),
             // Not configuration: read by `lintel superuser create`.
             ("LINTEL_SUPERUSER_PASSWORD", "whatever"),
@@ -1003,6 +1008,8 @@ mod tests {
             Err(e) => panic!("{e:#}"),
         };
         let c = &loaded.config;
+        assert_eq!(c.outbound.allow_hosts, ["127.0.0.1/32", "hooks.internal"]);
+        assert_eq!(c.jobs.concurrency, 0);
         assert_eq!(c.tls.cert_file, PathBuf::from("/etc/lintel/cert.pem"));
         assert_eq!(c.tls.key_file, PathBuf::from("/etc/lintel/key.pem"));
         assert_eq!(c.tls.client_ca_file, PathBuf::from("/etc/lintel/ca.pem"));

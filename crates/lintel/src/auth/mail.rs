@@ -62,26 +62,52 @@ impl Mailer {
     }
 }
 
-/// Sends a plain-text mail in the background; failures go to the log.
+impl Mailer {
+    /// Sends one plain-text mail. `Err((message, permanent))`: a permanent failure (a
+    /// bad address, a 5xx answer) is not worth retrying.
+    pub async fn deliver(
+        &self,
+        to: &str,
+        subject: &str,
+        body: String,
+    ) -> Result<(), (String, bool)> {
+        let to = to
+            .parse()
+            .map_err(|e| (format!("not a mail address: {e}"), true))?;
+        let msg = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(subject)
+            .header(ContentType::TEXT_PLAIN)
+            .body(body)
+            .map_err(|e| (format!("the mail cannot be built: {e}"), true))?;
+        self.transport.send(msg).await.map(|_| ()).map_err(|e| {
+            (
+                format!("the mail server refused or failed: {e}"),
+                e.is_permanent(),
+            )
+        })
+    }
+}
+
+/// Queues a plain-text mail as a `mail` job (durable, retried with backoff); it is
+/// enqueued in the background so the request never waits on the store for it.
 pub(crate) fn send(state: &Runtime, to: &str, subject: &str, body: String) {
-    let Some(mailer) = state.mailer.clone() else {
+    if state.mailer.is_none() {
         return;
-    };
-    let to = to.to_owned();
-    let subject = subject.to_owned();
+    }
+    let mut job = crate::jobs::NewJob::of(
+        "mail",
+        serde_json::json!({ "to": to, "subject": subject, "body": body }),
+    );
+    job.max_attempts = 10;
+    job.timeout_ms = 60_000;
+    let rt = state.clone();
     state.tasks.spawn(async move {
-        let send = async {
-            let msg = Message::builder()
-                .from(mailer.from.clone())
-                .to(to.parse()?)
-                .subject(subject)
-                .header(ContentType::TEXT_PLAIN)
-                .body(body)?;
-            mailer.transport.send(msg).await?;
-            Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
-        };
-        if let Err(e) = send.await {
-            tracing::error!(error = %e, "sending mail failed");
+        if let Err(e) =
+            crate::jobs::service::enqueue(&rt, &job, crate::store::WriteMeta::default()).await
+        {
+            tracing::error!(error = %e, "queueing a mail failed");
         }
     });
 }

@@ -8,9 +8,10 @@ use crate::clock::format_ms;
 use crate::validation::{FieldErrors, push_field_error};
 
 /// Kinds Lintel runs itself; an external worker claims them only by naming them.
-pub const BUILTIN_KINDS: [&str; 4] = ["http", "import", "export", "housekeeping"];
-/// Kinds only the server enqueues (through their own endpoints or its own schedule).
-pub const RESERVED_KINDS: [&str; 3] = ["import", "export", "housekeeping"];
+pub const BUILTIN_KINDS: [&str; 5] = ["http", "mail", "import", "export", "housekeeping"];
+/// Kinds only the server enqueues (through their own endpoints, its mail flows or its
+/// own schedule).
+pub const RESERVED_KINDS: [&str; 4] = ["mail", "import", "export", "housekeeping"];
 
 pub const DEFAULT_QUEUE: &str = "default";
 pub const DEFAULT_MAX_ATTEMPTS: i64 = 25;
@@ -247,7 +248,7 @@ pub fn check(input: &NewJobInput, prefix: &str, internal: bool) -> Result<NewJob
                     &mut errors,
                     f("kind"),
                     "reserved",
-                    "import and export jobs start at their collection's endpoints; housekeeping is the server's own",
+                    "import and export jobs start at their collection's endpoints; mail and housekeeping are the server's own",
                 );
             }
             k.clone()

@@ -19,7 +19,7 @@ use crate::jobs::{JobError, schedules};
 use crate::runtime::Runtime;
 
 /// The kinds this instance's workers run.
-pub const RUNS: [&str; 2] = ["http", "housekeeping"];
+pub const RUNS: [&str; 3] = ["http", "mail", "housekeeping"];
 /// The kinds whose files are on one instance: claimed from its own queue only.
 pub const LOCAL: [&str; 2] = ["import", "export"];
 
@@ -111,6 +111,10 @@ pub async fn run(rt: Runtime, mut shutdown: watch::Receiver<bool>) {
             break;
         }
     }
+    // Jobs already running get the shutdown grace period to finish (a mail being
+    // sent); what is still running after it is handed back below.
+    let grace = Duration::from_millis(rt.config.http.shutdown_grace_ms);
+    let _ = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
     let held: Vec<(String, String)> = leases
@@ -232,6 +236,41 @@ async fn run_kind(rt: &Runtime, job: &Job) -> Ended {
                     retry: f.retry,
                     retry_after_ms: f.retry_after_ms,
                     result: f.result,
+                }),
+            }
+        }
+        "mail" => {
+            let Some(mailer) = rt.mailer.clone() else {
+                return Ended::Failed(Failed {
+                    error: "no mail server is configured (mail.smtp_host)".into(),
+                    retry: true,
+                    ..Failed::default()
+                });
+            };
+            let p = &job.payload;
+            let body = p["body"].as_str().unwrap_or_default().to_owned();
+            match mailer
+                .deliver(
+                    p["to"].as_str().unwrap_or_default(),
+                    p["subject"].as_str().unwrap_or_default(),
+                    body,
+                )
+                .await
+            {
+                Ok(()) => {
+                    // The body holds a single-use link: it does not stay in the store.
+                    let _ = service::redact_payload(
+                        rt,
+                        &job.id,
+                        &json!({ "to": p["to"], "subject": p["subject"], "body": null }),
+                    )
+                    .await;
+                    Ended::Done(json!({ "sent": true }))
+                }
+                Err((error, permanent)) => Ended::Failed(Failed {
+                    error,
+                    retry: !permanent,
+                    ..Failed::default()
                 }),
             }
         }

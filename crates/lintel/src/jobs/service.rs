@@ -448,6 +448,20 @@ pub async fn reap(rt: &Runtime) -> Result<Vec<Job>, JobError> {
     Ok(jobs)
 }
 
+/// Replaces a job's payload (a sent mail's body, which holds a single-use link).
+pub async fn redact_payload(rt: &Runtime, id: &str, payload: &Value) -> Result<(), JobError> {
+    let mut sql = Sql::new(rt.store.dialect());
+    sql.push("UPDATE _lintel_jobs SET payload = ")
+        .bind(crate::store::SqlValue::Text(payload.to_string()))
+        .push(" WHERE id = ")
+        .bind(crate::store::SqlValue::Text(id.to_owned()));
+    rt.store
+        .write(vec![WriteOp::System { sql, expect: None }])
+        .await
+        .map_err(|WriteError { error, .. }| error)?;
+    Ok(())
+}
+
 /// Hands a job back without counting the attempt (this instance is shutting down).
 pub async fn release(rt: &Runtime, id: &str, lease: &str) -> Result<(), JobError> {
     rt.store

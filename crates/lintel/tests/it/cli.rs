@@ -145,3 +145,71 @@ fn dev_cert_writes_a_certificate_and_a_private_key_only_the_owner_reads() {
         parsed.public_key().subject_public_key.data.as_ref()
     );
 }
+
+/// Runs the binary off the test's runtime, so the in-process server keeps serving.
+async fn run_async(mut cmd: Command) -> (bool, String) {
+    tokio::task::spawn_blocking(move || run(&mut cmd))
+        .await
+        .unwrap()
+}
+
+// `lintel import` and `lintel export` are clients of a running server: the import's
+// bad rows are reported by line, the export lands in a file (or standard output).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_and_export_commands_drive_a_running_server() {
+    let app = TestApp::spawn().await;
+    app.collection(json!({"name": "items", "fields": [
+        {"name": "name", "type": "text", "required": true},
+        {"name": "qty", "type": "integer", "min": 0}
+    ]}))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("items.csv");
+    std::fs::write(&csv, "name,qty\nbolt,3\nnut,-1\nscrew,7\n").unwrap();
+    let base = app.url("");
+    let mut cmd = lintel();
+    cmd.args(["import", "items"])
+        .arg(&csv)
+        .args(["--mode", "partial", "--url", &base])
+        .env("LINTEL_TOKEN", crate::common::ADMIN_TOKEN);
+    let (ok, out) = run_async(cmd).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("2 imported, 1 failed"), "{out}");
+    assert!(out.contains("line 3"), "{out}");
+    // Atomic with a bad row: nothing kept, and the command fails.
+    let mut cmd = lintel();
+    cmd.args(["import", "items"])
+        .arg(&csv)
+        .args(["--url", &base])
+        .env("LINTEL_TOKEN", crate::common::ADMIN_TOKEN);
+    let (ok, out) = run_async(cmd).await;
+    assert!(!ok, "{out}");
+    let out_file = dir.path().join("out.csv");
+    let mut cmd = lintel();
+    cmd.args([
+        "export", "items", "--format", "csv", "--filter", "qty > 5", "--fields", "name,qty",
+        "--url", &base, "--out",
+    ])
+    .arg(&out_file)
+    .env("LINTEL_TOKEN", crate::common::ADMIN_TOKEN);
+    let (ok, out) = run_async(cmd).await;
+    assert!(ok, "{out}");
+    assert_eq!(
+        std::fs::read_to_string(&out_file).unwrap(),
+        "name,qty\r\nscrew,7\r\n"
+    );
+    // Standard output by default; no token, no request.
+    let mut cmd = lintel();
+    cmd.args(["export", "items", "--url", &base])
+        .env("LINTEL_TOKEN", crate::common::ADMIN_TOKEN);
+    let (ok, out) = run_async(cmd).await;
+    assert!(
+        ok && out.lines().filter(|l| l.starts_with('{')).count() == 2,
+        "{out}"
+    );
+    let mut cmd = lintel();
+    cmd.args(["export", "items", "--url", &base]);
+    let (ok, out) = run_async(cmd).await;
+    assert!(!ok && out.contains("LINTEL_TOKEN"), "{out}");
+    app.shutdown().await;
+}

@@ -1,6 +1,9 @@
 //! The command line: `lintel serve`, `lintel migrate status|up|down|new`,
-//! `lintel superuser create EMAIL`, `lintel types --lang typescript [--out FILE]` and
-//! `lintel dev-cert --out DIR`.
+//! `lintel superuser create EMAIL`, `lintel types --lang typescript [--out FILE]`,
+//! `lintel dev-cert --out DIR`, and the clients of a running server `lintel import`
+//! and `lintel export` (`transfer.rs`).
+
+mod transfer;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -73,6 +76,67 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// Import an NDJSON or CSV file into a collection of a running server (a job; the
+    /// credential comes from LINTEL_TOKEN).
+    Import {
+        /// The collection.
+        collection: String,
+        /// The file (.ndjson, .jsonl or .csv).
+        file: PathBuf,
+        /// atomic: all rows or none; partial: the good rows are kept.
+        #[arg(long, value_enum, default_value_t = ImportMode::Atomic)]
+        mode: ImportMode,
+        /// The file's format (default: from its extension).
+        #[arg(long, value_enum)]
+        format: Option<FileFormat>,
+        /// The server.
+        #[arg(long, env = "LINTEL_URL", default_value = "http://127.0.0.1:8090")]
+        url: String,
+    },
+    /// Export the records of a collection of a running server that the credential
+    /// (LINTEL_TOKEN) may list, as NDJSON or CSV.
+    Export {
+        /// The collection.
+        collection: String,
+        #[arg(long, value_enum, default_value_t = FileFormat::Ndjson)]
+        format: FileFormat,
+        /// Only records matching this filter.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Sort, as in the records API (e.g. -created).
+        #[arg(long)]
+        sort: Option<String>,
+        /// Only these fields, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        fields: Option<Vec<String>>,
+        /// The file to write (default: standard output).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// The server.
+        #[arg(long, env = "LINTEL_URL", default_value = "http://127.0.0.1:8090")]
+        url: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ImportMode {
+    Atomic,
+    Partial,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FileFormat {
+    Ndjson,
+    Csv,
+}
+
+impl FileFormat {
+    fn as_str(self) -> &'static str {
+        match self {
+            FileFormat::Ndjson => "ndjson",
+            FileFormat::Csv => "csv",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -123,6 +187,49 @@ pub async fn run() -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    match cli.command {
+        Command::Import {
+            collection,
+            file,
+            mode,
+            format,
+            url,
+        } => {
+            let mode = match mode {
+                ImportMode::Atomic => "atomic",
+                ImportMode::Partial => "partial",
+            };
+            return transfer::import(
+                transfer::Target::from_env(url)?,
+                &collection,
+                &file,
+                mode,
+                format.map(FileFormat::as_str),
+            )
+            .await;
+        }
+        Command::Export {
+            collection,
+            format,
+            filter,
+            sort,
+            fields,
+            out,
+            url,
+        } => {
+            return transfer::export(
+                transfer::Target::from_env(url)?,
+                &collection,
+                format.as_str(),
+                filter,
+                sort,
+                fields,
+                out,
+            )
+            .await;
+        }
+        _ => {}
+    }
     let (listen, tls) = match &cli.command {
         Command::Serve {
             listen,
@@ -160,7 +267,7 @@ pub async fn run() -> anyhow::Result<()> {
             action: SuperuserAction::Create { email },
         } => create_superuser(config, &email).await,
         Command::Types { lang, out } => types(config, lang, out).await,
-        Command::DevCert { .. } => Ok(()),
+        Command::DevCert { .. } | Command::Import { .. } | Command::Export { .. } => Ok(()),
     }
 }
 
