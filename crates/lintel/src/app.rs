@@ -624,7 +624,9 @@ async fn upkeep(state: AppState, mut stop: watch::Receiver<bool>) {
 }
 
 /// Deletes expired rows every `store.purge_interval_secs` (the first run at start),
-/// until shutdown; a run in progress stops between batches.
+/// until shutdown. With Lintel's workers on, each run is a `housekeeping` job (one at
+/// a time across instances, by its unique key); without them it runs here, stopping
+/// between batches at shutdown.
 async fn purge_loop(state: AppState, mut stop: watch::Receiver<bool>) {
     let every = Duration::from_secs(state.config.store.purge_interval_secs.max(1));
     let mut tick = tokio::time::interval(every);
@@ -634,6 +636,19 @@ async fn purge_loop(state: AppState, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
+        }
+        if state.config.jobs.concurrency > 0 {
+            let mut job = crate::jobs::NewJob::of("housekeeping", serde_json::Value::Null);
+            job.queue = "system".into();
+            job.unique_key = Some("housekeeping".into());
+            job.max_attempts = 3;
+            if let Err(e) =
+                crate::jobs::service::enqueue(&state, &job, crate::store::WriteMeta::default())
+                    .await
+            {
+                tracing::warn!(error = %e, "queueing the housekeeping job failed");
+            }
+            continue;
         }
         let stopping = stop.clone();
         let keep_going = move || !*stopping.borrow();

@@ -353,17 +353,19 @@ async fn job_events_stream_progress_and_end_with_the_status() {
 
 #[tokio::test]
 async fn kill_9_during_an_atomic_import_leaves_nothing_half_imported() {
-    if crate::common::postgres_url().is_some() {
-        // The embedded store's file is what this test inspects between runs.
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let env = [
+    let mut env = vec![
         ("LINTEL_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
         ("LINTEL_JOBS__LEASE_SECONDS", "2".to_owned()),
         ("LINTEL_JOBS__POLL_MS", "50".to_owned()),
     ];
+    // On PostgreSQL the killed process and the next one share the test's database.
+    let db_dir = tempfile::tempdir().unwrap();
+    if crate::common::postgres_url().is_some() {
+        let url = crate::common::config(db_dir.path()).await.database_url.0;
+        env.push(("LINTEL_DATABASE_URL", url));
+    }
     let served = crate::hygiene::serve(&data, &env)
         .await
         .unwrap_or_else(|(c, l)| panic!("{c:?} {l:#?}"));
@@ -457,4 +459,5 @@ async fn kill_9_during_an_atomic_import_leaves_nothing_half_imported() {
     assert_eq!(total(base).await, N);
     let mut child = served.child;
     let _ = child.kill().await;
+    crate::common::drop_database(db_dir.path()).await;
 }
