@@ -573,6 +573,7 @@ async fn follow_changes(
                 state.cache.written(&collection, &id, None)
             }
             Some(ChangeNotice::All) => state.cache.clear(),
+            Some(ChangeNotice::Jobs) => state.jobs.wake.notify_one(),
             Some(ChangeNotice::Catalog) => {
                 if let Err(e) = state.reload_catalog_forced().await {
                     tracing::warn!(error = %e, "reloading the catalog after another instance's change failed");

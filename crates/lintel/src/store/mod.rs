@@ -190,6 +190,8 @@ pub enum ChangeNotice {
     Record { collection: String, id: String },
     /// The catalog (collections) changed: reload it.
     Catalog,
+    /// A job was queued: workers may look for it now instead of at their next poll.
+    Jobs,
     /// Too much changed to say: forget everything cached.
     All,
     /// The feed stopped: notices may be missed until `Listening` comes again.

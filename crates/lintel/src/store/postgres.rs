@@ -118,6 +118,7 @@ fn parse_payload(instance: &str, payload: &str) -> Vec<crate::store::ChangeNotic
                     id: id.to_owned(),
                 },
                 (Some("c"), None, None) => ChangeNotice::Catalog,
+                (Some("j"), None, None) => ChangeNotice::Jobs,
                 _ => ChangeNotice::All,
             }
         })
@@ -570,6 +571,9 @@ async fn apply_all(
         if let Some((coll, id)) = op.target() {
             lines.push(format!("r\t{coll}\t{id}"));
         }
+        if op.queues_job() && !lines.iter().any(|l| l == "j") {
+            lines.push("j".to_owned());
+        }
         if let WriteOp::Delete {
             coll, referrers, ..
         } = &op
@@ -934,7 +938,7 @@ mod tests {
 
     #[test]
     fn change_notices_round_trip_and_skip_their_sender() {
-        let lines = vec!["r\tposts\tabc".to_owned(), "c".to_owned()];
+        let lines = vec!["r\tposts\tabc".to_owned(), "c".to_owned(), "j".to_owned()];
         let payload = change_payload("me", &lines);
         assert!(
             parse_payload("me", &payload).is_empty(),
@@ -947,7 +951,8 @@ mod tests {
                     collection: "posts".into(),
                     id: "abc".into()
                 },
-                ChangeNotice::Catalog
+                ChangeNotice::Catalog,
+                ChangeNotice::Jobs
             ]
         );
         let many: Vec<String> = (0..1000).map(|i| format!("r\tposts\t{i:016}")).collect();

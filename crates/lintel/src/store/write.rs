@@ -62,6 +62,11 @@ impl WriteOp {
         }
     }
 
+    /// Whether the op queues a job (other instances' workers are woken for it).
+    pub fn queues_job(&self) -> bool {
+        matches!(self, WriteOp::Query { sql } if sql.text.starts_with("INSERT INTO _lintel_jobs"))
+    }
+
     /// Whether applying the op appends to the event log.
     pub fn appends_event(&self) -> bool {
         !matches!(self, WriteOp::System { .. } | WriteOp::Query { .. })

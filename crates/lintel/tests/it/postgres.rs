@@ -603,3 +603,60 @@ async fn workers_on_two_instances_never_claim_one_job_twice() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL (LINTEL_TEST_DATABASE_URL)"]
+async fn a_job_queued_on_one_instance_wakes_the_workers_of_another() {
+    require_postgres();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .await;
+        }
+    });
+    // The first instance runs no workers; the second's look for jobs only once a
+    // minute, so only the notice can make it run the job in time.
+    let first = TestApp::spawn_with(|c| {
+        c.jobs.concurrency = 0;
+        c.outbound.allow_hosts = vec!["127.0.0.1/32".into()];
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path()).await;
+    cfg.database_url = config(first.dir.path()).await.database_url;
+    cfg.jobs.poll_ms = 60_000;
+    cfg.outbound.allow_hosts = vec!["127.0.0.1/32".into()];
+    let second = TestApp::start_in(dir, cfg).await;
+    // Let the second instance's listener and first sweep settle.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = first
+        .admin(
+            Method::POST,
+            "/v1/jobs",
+            Some(json!({"kind": "http", "payload": {"url": format!("http://{addr}/")}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let href = format!("/v1/jobs/{}", r.body["id"].as_str().unwrap());
+    let started = std::time::Instant::now();
+    let mut status = String::new();
+    while started.elapsed() < Duration::from_secs(20) {
+        status = first.admin(Method::GET, &href, None).await.body["status"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        if status == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, "succeeded");
+    first.shutdown().await;
+    second.shutdown().await;
+}
