@@ -84,11 +84,26 @@ fn internal_v6(ip: Ipv6Addr) -> bool {
         return internal_v4(v4);
     }
     let seg = ip.segments();
-    // NAT64 (64:ff9b::/96) reaches an IPv4 address: judge that one.
+    let embedded = |hi: u16, lo: u16| {
+        let [a, b] = hi.to_be_bytes();
+        let [c, d] = lo.to_be_bytes();
+        Ipv4Addr::new(a, b, c, d)
+    };
+    // Forms that reach an IPv4 address are judged by it: NAT64 (64:ff9b::/96), SIIT
+    // (::ffff:0:a.b.c.d) and 6to4 (2002:a.b.c.d::/48).
     if seg[0] == 0x64 && seg[1] == 0xff9b && seg[2..6] == [0, 0, 0, 0] {
-        let [a, b] = seg[6].to_be_bytes();
-        let [c, d] = seg[7].to_be_bytes();
-        return internal_v4(Ipv4Addr::new(a, b, c, d));
+        return internal_v4(embedded(seg[6], seg[7]));
+    }
+    if seg[0..4] == [0, 0, 0, 0] && seg[4] == 0xffff && seg[5] == 0 {
+        return internal_v4(embedded(seg[6], seg[7]));
+    }
+    if seg[0] == 0x2002 {
+        return internal_v4(embedded(seg[1], seg[2]));
+    }
+    // The local-use NAT64 prefix (64:ff9b:1::/48) translates to whatever the local
+    // network chose: internal.
+    if seg[0] == 0x64 && seg[1] == 0xff9b && seg[2] == 1 {
+        return true;
     }
     ip.is_loopback()
         || ip.is_unspecified()
@@ -252,6 +267,9 @@ mod tests {
             "http://[fd00::1]/",
             "http://[::ffff:127.0.0.1]/",
             "http://[64:ff9b::a00:1]/",
+            "http://[64:ff9b:1::a9fe:a9fe]/",
+            "http://[::ffff:0:7f00:1]/",
+            "http://[2002:a9fe:a9fe::1]/",
             "http://localhost:8080/",
             "http://2130706433/",
             "http://0x7f000001/",

@@ -235,6 +235,13 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
         }
         next.run(req).await
     };
+    // An import's upload takes as long as the client needs to send it (its size is
+    // capped by jobs.import_max_bytes, and the connection's own idle timeouts apply).
+    let limit = if route == "/v1/collections/{name}/import" {
+        Duration::from_secs(24 * 3600)
+    } else {
+        limit
+    };
     let mut res = match tokio::time::timeout(limit, run).await {
         Ok(res) => res,
         Err(_) => {

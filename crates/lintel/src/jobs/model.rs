@@ -116,11 +116,17 @@ impl Job {
                 json!({ "href": format!("{}/result", job_href(&self.id)) }),
             );
         }
+        // A mail's body holds a single-use link: it never leaves the server.
+        let payload = if self.kind == "mail" {
+            json!({ "to": self.payload["to"], "subject": self.payload["subject"] })
+        } else {
+            self.payload.clone()
+        };
         let mut out = json!({
             "id": self.id,
             "kind": self.kind,
             "queue": self.queue,
-            "payload": self.payload,
+            "payload": payload,
             "priority": self.priority,
             "status": self.status.as_str(),
             "attempts": self.attempts,

@@ -296,6 +296,8 @@ async fn delete_job(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     service::delete(&state, &id).await?;
+    let (nd, csv) = (format!("{id}.ndjson"), format!("{id}.csv"));
+    crate::jobs::transfer::remove_files(&state, &[&nd, &csv]).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -383,6 +385,17 @@ async fn claim(
             "lease",
             "out_of_range",
             "seconds, from 1 to 3600",
+        ));
+    }
+    if req
+        .kinds
+        .iter()
+        .any(|k| crate::jobs::model::BUILTIN_KINDS.contains(&k.as_str()))
+    {
+        return Err(ApiError::field(
+            "kinds",
+            "reserved",
+            "http, mail, import, export and housekeeping jobs are run by Lintel itself",
         ));
     }
     for (field, list) in [("queues", &req.queues), ("kinds", &req.kinds)] {
@@ -858,6 +871,17 @@ async fn import(
     .await
     .map_err(ApiError::internal)?
     .map_err(|e| ApiError::internal(format!("creating the jobs folder: {e}")))?;
+    // Removes the spool file if the request ends before the job owns it (an error,
+    // or the client going away mid-upload).
+    struct Spool(Option<std::path::PathBuf>);
+    impl Drop for Spool {
+        fn drop(&mut self) {
+            if let Some(p) = self.0.take() {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+    let mut guard = Spool(Some(path.clone()));
     let max = state.config.jobs.import_max_bytes;
     let spooled = async {
         let mut out = tokio::io::BufWriter::new(
@@ -885,10 +909,7 @@ async fn import(
         Ok::<_, ApiError>(())
     }
     .await;
-    if let Err(e) = spooled {
-        let _ = tokio::fs::remove_file(&path).await;
-        return Err(e);
-    }
+    spooled?;
     let mut job = crate::jobs::NewJob::of(
         "import",
         json!({ "collection": coll.name(), "mode": mode, "format": format.as_str(), "file": file, "as": caller_ref(&caller) }),
@@ -897,13 +918,9 @@ async fn import(
     job.owner = owner_of(&caller);
     job.max_attempts = 3;
     job.timeout_ms = 3600 * 1000;
-    match service::enqueue(&state, &job, caller.write_meta(state.clock.now_ms())).await {
-        Ok((job, _)) => Ok(accepted(&job)),
-        Err(e) => {
-            let _ = tokio::fs::remove_file(&path).await;
-            Err(e.into())
-        }
-    }
+    let (job, _) = service::enqueue(&state, &job, caller.write_meta(state.clock.now_ms())).await?;
+    guard.0 = None;
+    Ok(accepted(&job))
 }
 
 #[derive(Debug, Deserialize)]
@@ -1073,6 +1090,18 @@ async fn job_events(
     use axum::response::sse::{Event, KeepAlive, Sse};
     use futures_util::StreamExt;
     let first = readable_job(&state, &caller, &id).await?;
+    let permit = state
+        .jobs
+        .streams
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::unavailable(
+                "too_many_streams",
+                "Too many job event streams are open; poll GET /v1/jobs/{id} instead.",
+                5,
+            )
+        })?;
     let rt = crate::runtime::Runtime::clone(&state);
     // Polls the job (each poll one indexed read), sending progress when it changes;
     // a job that does not finish within a day ends the stream too.
@@ -1081,6 +1110,8 @@ async fn job_events(
         move |(job, mut last, done, polls)| {
             let rt = rt.clone();
             let id = id.clone();
+            // Held as long as the stream is polled; released when it ends or drops.
+            let _held = &permit;
             async move {
                 if done || polls > 86_400 * 4 {
                     return None;

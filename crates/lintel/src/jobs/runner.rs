@@ -111,9 +111,9 @@ pub async fn run(rt: Runtime, mut shutdown: watch::Receiver<bool>) {
             break;
         }
     }
-    // Jobs already running get the shutdown grace period to finish (a mail being
-    // sent); what is still running after it is handed back below.
-    let grace = Duration::from_millis(rt.config.http.shutdown_grace_ms);
+    // Jobs already running get half the shutdown grace period to finish (a mail
+    // being sent); what is still running then is handed back below, within the rest.
+    let grace = Duration::from_millis(rt.config.http.shutdown_grace_ms / 2);
     let _ = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
@@ -167,25 +167,42 @@ enum Ended {
 async fn execute(rt: &Runtime, job: Job, lease: &str, lease_ms: i64) {
     let started = Instant::now();
     let lost = Arc::new(tokio::sync::Notify::new());
+    // Aborts the heartbeat however this attempt ends (also when the runner aborts it).
+    struct Beat(tokio::task::JoinHandle<()>);
+    impl Drop for Beat {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
     let beat = {
         let rt = rt.clone();
         let id = job.id.clone();
         let lease = lease.to_owned();
         let lost = lost.clone();
         let every = Duration::from_millis(u64::try_from(lease_ms / 3).unwrap_or(1000).max(100));
-        tokio::spawn(async move {
+        let lease_len = Duration::from_millis(u64::try_from(lease_ms).unwrap_or(60_000));
+        Beat(tokio::spawn(async move {
+            let mut renewed = Instant::now();
             loop {
                 tokio::time::sleep(every).await;
                 match service::heartbeat(&rt, &id, &lease, &Value::Null).await {
-                    Ok(_) => {}
+                    Ok(_) => renewed = Instant::now(),
                     Err(JobError::LeaseLost | JobError::NotFound) => {
                         lost.notify_one();
                         return;
                     }
-                    Err(e) => tracing::warn!(job = %id, error = %e, "renewing a lease failed"),
+                    Err(e) => {
+                        tracing::warn!(job = %id, error = %e, "renewing a lease failed");
+                        // Past the lease another worker may hold the job: stop here
+                        // rather than run it twice at once.
+                        if renewed.elapsed() >= lease_len {
+                            lost.notify_one();
+                            return;
+                        }
+                    }
                 }
             }
-        })
+        }))
     };
     let timeout = Duration::from_millis(u64::try_from(job.timeout_ms).unwrap_or(300_000).max(1));
     let ended = tokio::select! {
@@ -199,7 +216,7 @@ async fn execute(rt: &Runtime, job: Job, lease: &str, lease_ms: i64) {
         },
         _ = lost.notified() => Ended::Lost,
     };
-    beat.abort();
+    drop(beat);
     rt.metrics.scoped(|| {
         metrics::histogram!("lintel_jobs_run_seconds", "kind" => job.kind.clone())
             .record(started.elapsed().as_secs_f64());
@@ -285,6 +302,7 @@ async fn run_kind(rt: &Runtime, job: &Job) -> Ended {
             .await
             {
                 Ok(r) => Ended::Done(json!({
+                    "files": crate::jobs::transfer::sweep_files(rt).await,
                     "oauthStates": r.oauth_states,
                     "authTokens": r.auth_tokens,
                     "sessions": r.sessions,

@@ -11,6 +11,9 @@ use crate::jobs::store::{self as sql, ClaimFilter, ListFilter};
 use crate::runtime::Runtime;
 use crate::store::{Dialect, Sql, StoreError, WriteError, WriteMeta, WriteOp, WriteOutcome};
 
+/// The most job event streams open at once on an instance.
+pub const MAX_STREAMS: usize = 256;
+
 /// The jobs part of the runtime.
 pub struct JobsRuntime {
     /// This instance's lasting id (kept in the data folder): the queue of jobs whose
@@ -21,6 +24,8 @@ pub struct JobsRuntime {
     pub backoff: Backoff,
     /// The guard and client of outbound requests.
     pub outbound: crate::outbound::Outbound,
+    /// Open `GET /v1/jobs/{id}/events` streams (each polls the store): bounded.
+    pub streams: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl JobsRuntime {
@@ -30,6 +35,7 @@ impl JobsRuntime {
             wake: tokio::sync::Notify::new(),
             backoff: Backoff::from_config(&config.jobs),
             outbound: crate::outbound::Outbound::new(&config.outbound.allow_hosts)?,
+            streams: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
         })
     }
 }

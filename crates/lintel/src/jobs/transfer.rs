@@ -12,7 +12,7 @@
 //! jobs go to that instance's own queue (`instance:<id>`).
 
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
@@ -29,6 +29,9 @@ use crate::store::{Sql, SqlValue, WriteError, WriteMeta, WriteOp};
 const BATCH: usize = 500;
 /// Bad rows reported one by one; past this only counted.
 const MAX_REPORTED: usize = 1000;
+/// The longest NDJSON line read (a longer one is a bad row, skipped without being
+/// held).
+const MAX_LINE: usize = 1024 * 1024;
 
 /// The file formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +114,12 @@ pub async fn caller_from(rt: &Runtime, r: &Value) -> Option<Caller> {
             email: String::new(),
         }
     } else if let Some(id) = who["superuser"].as_str() {
+        let mut sql = Sql::new(rt.store.dialect());
+        sql.push("SELECT COUNT(*) FROM _lintel_superusers WHERE id = ")
+            .bind(SqlValue::Text(id.to_owned()));
+        if rt.store.query_count(sql).await.ok()? != 1 {
+            return None;
+        }
         Principal::Superuser {
             id: id.to_owned(),
             email: who["email"].as_str().unwrap_or_default().to_owned(),
@@ -129,6 +138,16 @@ pub async fn caller_from(rt: &Runtime, r: &Value) -> Option<Caller> {
     let via = if who["admin"] == true {
         Via::AdminToken
     } else if let Some(key) = r["key"]["key"].as_str() {
+        // A key revoked or expired since the job started no longer acts.
+        let mut sql = Sql::new(rt.store.dialect());
+        sql.push("SELECT COUNT(*) FROM _lintel_api_keys WHERE id = ")
+            .bind(SqlValue::Text(key.to_owned()))
+            .push(" AND revoked IS NULL AND (expires IS NULL OR expires > ")
+            .bind(SqlValue::Int(rt.clock.now_ms()))
+            .push(")");
+        if rt.store.query_count(sql).await.ok()? != 1 {
+            return None;
+        }
         Via::ApiKey {
             id: key.to_owned(),
             scopes: r["key"]["scopes"]
@@ -202,18 +221,52 @@ fn read_rows(
     };
     match format {
         Format::Ndjson => {
-            let reader = std::io::BufReader::with_capacity(256 * 1024, file);
-            for (i, line) in reader.lines().enumerate() {
-                let n = i as u64 + 1;
-                let line = line.map_err(|e| format!("line {n} cannot be read: {e}"))?;
-                if n <= skip_to || line.trim().is_empty() {
+            use std::io::Read;
+            let mut reader = std::io::BufReader::with_capacity(256 * 1024, file);
+            let mut buf = Vec::new();
+            let mut n = 0u64;
+            loop {
+                buf.clear();
+                n += 1;
+                let read = (&mut reader)
+                    .take(MAX_LINE as u64 + 1)
+                    .read_until(b'\n', &mut buf)
+                    .map_err(|e| format!("line {n} cannot be read: {e}"))?;
+                if read == 0 {
+                    break;
+                }
+                let row = if buf.len() > MAX_LINE && !buf.ends_with(b"\n") {
+                    // A line no row needs: skip to its end without holding it.
+                    loop {
+                        let mut rest = Vec::new();
+                        let r = (&mut reader)
+                            .take(64 * 1024)
+                            .read_until(b'\n', &mut rest)
+                            .map_err(|e| format!("line {n} cannot be read: {e}"))?;
+                        if r == 0 || rest.ends_with(b"\n") {
+                            break;
+                        }
+                    }
+                    Err(format!("longer than {MAX_LINE} bytes"))
+                } else {
+                    let text = String::from_utf8_lossy(&buf);
+                    let line = text.trim();
+                    if n <= skip_to || line.is_empty() {
+                        continue;
+                    }
+                    if std::str::from_utf8(&buf).is_err() {
+                        Err("not UTF-8".to_owned())
+                    } else {
+                        match serde_json::from_str::<Value>(line) {
+                            Ok(Value::Object(m)) => Ok(m),
+                            Ok(_) => Err("not a JSON object".to_owned()),
+                            Err(e) => Err(format!("not JSON: {e}")),
+                        }
+                    }
+                };
+                if n <= skip_to {
                     continue;
                 }
-                let row = match serde_json::from_str::<Value>(&line) {
-                    Ok(Value::Object(m)) => Ok(m),
-                    Ok(_) => Err("not a JSON object".to_owned()),
-                    Err(e) => Err(format!("not JSON: {e}")),
-                };
                 batch.push((n, row));
                 if batch.len() >= BATCH && !send(&mut batch) {
                     return Ok(());
@@ -290,7 +343,7 @@ impl Tally {
     }
 
     fn progress(&self) -> Value {
-        json!({ "processed": self.processed, "failed": self.failed, "imported": self.imported, "line": self.line })
+        json!({ "processed": self.processed, "failed": self.failed, "imported": self.imported, "line": self.line, "errors": self.errors })
     }
 
     fn result(&self, mode: &str) -> Value {
@@ -366,7 +419,12 @@ pub async fn run_import(rt: &Runtime, job: &Job, lease: &str) -> Result<Value, F
     let mut tally = Tally {
         line: job.progress["line"].as_u64().unwrap_or(0),
         imported: job.progress["imported"].as_u64().unwrap_or(0),
-        ..Tally::default()
+        processed: job.progress["processed"].as_u64().unwrap_or(0),
+        failed: job.progress["failed"].as_u64().unwrap_or(0),
+        errors: job.progress["errors"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default(),
     };
     if mode == "atomic" {
         // The whole import committed with its progress before the last attempt could
@@ -380,8 +438,7 @@ pub async fn run_import(rt: &Runtime, job: &Job, lease: &str) -> Result<Value, F
                 "errorsTruncated": false,
             }));
         }
-        tally.line = 0;
-        tally.imported = 0;
+        tally = Tally::default();
     }
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<RowRead>>(4);
     let reader = {
@@ -471,18 +528,23 @@ pub async fn run_import(rt: &Runtime, job: &Job, lease: &str) -> Result<Value, F
         ops.push(progress_op(rt, job, lease, &progress));
         match service::apply_writes(rt, ops, meta).await {
             Ok(_) => {}
-            Err(WriteError { index, error }) => {
-                if let Some(line) = lines.get(index) {
-                    tally.imported = 0;
-                    tally.bad(*line, row_errors(service::store_error(error)));
-                    return Err(Failed {
-                        error: "a row was refused by the store; nothing was imported (mode=atomic)"
-                            .into(),
-                        retry: false,
-                        retry_after_ms: None,
-                        result: tally.result(&mode),
-                    });
-                }
+            // Only a constraint names its row; anything else (busy, a failed commit,
+            // the lease lost) is the whole write's and worth another attempt.
+            Err(WriteError {
+                index,
+                error: error @ crate::store::StoreError::Constraint(_),
+            }) if index < lines.len() => {
+                tally.imported = 0;
+                tally.bad(lines[index], row_errors(service::store_error(error)));
+                return Err(Failed {
+                    error: "a row was refused by the store; nothing was imported (mode=atomic)"
+                        .into(),
+                    retry: false,
+                    retry_after_ms: None,
+                    result: tally.result(&mode),
+                });
+            }
+            Err(WriteError { error, .. }) => {
                 return Err(Failed {
                     error: format!("writing the import failed: {error}"),
                     retry: true,
@@ -515,7 +577,10 @@ async fn write_partial(
                 tally.imported += n;
                 return Ok(());
             }
-            Err(WriteError { index, error }) if index < ops.len() => {
+            Err(WriteError {
+                index,
+                error: error @ crate::store::StoreError::Constraint(_),
+            }) if index < ops.len() => {
                 let (line, _) = ops.remove(index);
                 tally.bad(line, row_errors(service::store_error(error)));
             }
@@ -631,13 +696,17 @@ pub async fn run_export(rt: &Runtime, job: &Job, lease: &str) -> Result<Value, F
     loop {
         let page = service::list(rt, &caller, &coll, &params)
             .await
-            .map_err(|e| {
-                final_(
-                    format!("the export's query is refused: {e:?}")
+            .map_err(|e| match e {
+                // A busy or failing store is worth another attempt; a refused query is not.
+                crate::records::error::RecordError::Store(s) => {
+                    again(format!("reading the records failed: {s}"))
+                }
+                other => final_(
+                    format!("the export's query is refused: {other:?}")
                         .chars()
                         .take(300)
                         .collect(),
-                )
+                ),
             })?;
         let items = service::render_many(
             rt,
@@ -711,7 +780,47 @@ pub async fn remove_files(rt: &Runtime, names: &[&str]) {
     }
 }
 
-/// Whether a path is inside the jobs folder (for callers handed a name).
-pub fn inside(rt: &Runtime, p: &Path) -> bool {
-    p.starts_with(folder(rt))
+/// Deletes files no job needs any more: uploads of imports that ended or never
+/// started (an hour old, so an upload still arriving is left alone) and export files
+/// whose job is gone (purged or deleted). Returns how many were removed.
+pub async fn sweep_files(rt: &Runtime) -> u64 {
+    let Ok(mut entries) = tokio::fs::read_dir(folder(rt)).await else {
+        return 0;
+    };
+    let mut sql = Sql::new(rt.store.dialect());
+    sql.push("SELECT payload FROM _lintel_jobs WHERE kind = 'import' AND status IN ('queued', 'retrying', 'running')");
+    let Ok(rows) = rt.store.query_rows(sql).await else {
+        return 0;
+    };
+    let active: std::collections::HashSet<String> = rows
+        .iter()
+        .filter_map(|r| r.first().and_then(Value::as_str))
+        .filter_map(|p| serde_json::from_str::<Value>(p).ok())
+        .filter_map(|p| p["file"].as_str().map(str::to_owned))
+        .collect();
+    let mut removed = 0;
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let old = entry
+            .metadata()
+            .await
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= std::time::Duration::from_secs(3600));
+        let gone = if name.ends_with(".in") {
+            old && !active.contains(&name)
+        } else if let Some((id, "ndjson" | "csv")) = name.split_once('.') {
+            matches!(
+                crate::jobs::service::get(rt, id).await,
+                Err(crate::jobs::JobError::NotFound)
+            )
+        } else {
+            false
+        };
+        if gone && tokio::fs::remove_file(entry.path()).await.is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }

@@ -237,10 +237,12 @@ async fn follow_referrers<C: Conn>(
                             c.execute(&unlink_sql(d, rc, field, &rid, now), Some(rc))
                                 .await?;
                             let ids: Vec<String> = before.iter().map(|r| r.id.clone()).collect();
+                            let before: std::collections::HashMap<&str, &Record> =
+                                before.iter().map(|r| (r.id.as_str(), r)).collect();
                             for chunk in ids.chunks(500) {
                                 let after = c.records(rc, &select_by_ids(d, rc, chunk)).await?;
                                 for a in &after {
-                                    let p = before.iter().find(|b| b.id == a.id);
+                                    let p = before.get(a.id.as_str()).copied();
                                     record_event(c, rc, "record.updated", &a.id, Some(a), p, meta)
                                         .await?;
                                 }

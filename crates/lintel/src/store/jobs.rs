@@ -32,6 +32,7 @@ pub const TABLES: &str = "CREATE TABLE _lintel_jobs (
             WHERE status IN ('queued', 'retrying');
         CREATE INDEX _lintel_jobs_leases ON _lintel_jobs (lease_expires) WHERE status = 'running';
         CREATE INDEX _lintel_jobs_listing ON _lintel_jobs (status, created);
+        CREATE INDEX _lintel_jobs_owner ON _lintel_jobs (owner, created) WHERE owner IS NOT NULL;
         CREATE UNIQUE INDEX _lintel_jobs_unique ON _lintel_jobs (unique_key)
             WHERE unique_key IS NOT NULL AND status IN ('queued', 'retrying', 'running');
         CREATE TABLE _lintel_schedules (

@@ -479,6 +479,12 @@ async fn mail_being_sent_at_shutdown_is_sent_once_then_or_after_restart() {
         "sent exactly once (before the restart: {sent_before_restart})"
     );
     assert!(sink.message(0).await.contains("reset"), "the reset mail");
+    // The mail job never shows its body (it holds the single-use link).
+    let r = app.admin(Method::GET, "/v1/jobs?kind=mail", None).await;
+    assert_eq!(r.body["totalItems"], 1, "{}", r.text);
+    let job = &r.body["items"][0];
+    assert_eq!(job["payload"]["to"], "a@example.com");
+    assert!(job["payload"].get("body").is_none(), "{job}");
     app.shutdown().await;
 }
 

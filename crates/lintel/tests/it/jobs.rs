@@ -379,6 +379,8 @@ async fn workers_claim_by_priority_heartbeat_and_complete_under_their_lease() {
         (json!({"lease": 0}), "lease"),
         (json!({"lease": 3601}), "lease"),
         (json!({"kinds": ["a b"]}), "kinds"),
+        (json!({"kinds": ["mail"]}), "kinds"),
+        (json!({"kinds": ["http"]}), "kinds"),
     ] {
         let r = work(&app, &key, "/v1/jobs/claim", body.clone()).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");

@@ -461,3 +461,27 @@ async fn kill_9_during_an_atomic_import_leaves_nothing_half_imported() {
     let _ = child.kill().await;
     crate::common::drop_database(db_dir.path()).await;
 }
+
+#[tokio::test]
+async fn a_line_too_long_is_one_bad_row_and_never_held_whole() {
+    let app = TestApp::spawn().await;
+    items(&app).await;
+    let long = format!("{{\"name\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
+    let body = format!("{{\"name\": \"first\"}}\n{long}\n{{\"name\": \"third\"}}\nnot json\n");
+    let r = import(&app, "partial", "application/x-ndjson", body).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let job = finished(&app, r.header("location").unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["result"]["imported"], 2);
+    let errors = job["result"]["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 2, "{job}");
+    assert_eq!(errors[0]["line"], 2);
+    assert!(
+        errors[0]["errors"]["_line"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("longer than")
+    );
+    assert_eq!(errors[1]["line"], 4);
+    app.shutdown().await;
+}
