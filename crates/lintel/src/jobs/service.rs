@@ -363,10 +363,12 @@ pub async fn complete_many(
 ) -> Result<Vec<ItemResult>, JobError> {
     let d = rt.store.dialect();
     let now = rt.clock.now_ms();
+    // One statement per 400 jobs (SQLite takes at most 500 terms in a compound
+    // SELECT), all in one transaction.
     let ops = items
-        .iter()
-        .map(|(id, lease, result)| WriteOp::Query {
-            sql: sql::complete(d, id, lease, result, now),
+        .chunks(400)
+        .map(|c| WriteOp::Query {
+            sql: sql::complete_many(d, c, now),
         })
         .collect();
     let out = rt
@@ -374,12 +376,17 @@ pub async fn complete_many(
         .write(ops)
         .await
         .map_err(|WriteError { error, .. }| error)?;
+    let mut done: std::collections::HashMap<String, Job> = std::collections::HashMap::new();
+    for o in out {
+        if let WriteOutcome::Rows(r) = o {
+            for j in sql::decode_all(&r)? {
+                done.insert(j.id.clone(), j);
+            }
+        }
+    }
     let mut results = Vec::with_capacity(items.len());
-    for ((id, _, _), o) in items.iter().zip(out) {
-        let job = match o {
-            WriteOutcome::Rows(r) => first(&r)?,
-            _ => None,
-        };
+    for (id, _, _) in items {
+        let job = done.remove(id);
         results.push(match job {
             Some(j) => {
                 count_finished(rt, &j);

@@ -269,6 +269,35 @@ pub fn complete(d: Dialect, id: &str, lease: &str, result: &Value, now: i64) -> 
     sql
 }
 
+/// Ends many leased jobs in success in one statement: each `(id, lease, result)`
+/// whose lease is still the job's. Returns the jobs it ended.
+pub fn complete_many(d: Dialect, items: &[(String, String, Value)], now: i64) -> Sql {
+    let mut sql = Sql::new(d);
+    sql.push("UPDATE _lintel_jobs SET status = 'succeeded', result = v.result, lease_id = NULL, lease_expires = NULL, finished = ")
+        .bind(SqlValue::Int(now))
+        .push(", updated = ")
+        .bind(SqlValue::Int(now))
+        .push(" FROM (");
+    for (i, (id, lease, result)) in items.iter().enumerate() {
+        sql.push(if i == 0 {
+            "SELECT "
+        } else {
+            " UNION ALL SELECT "
+        });
+        sql.bind(text(id)).push(" AS id, ");
+        sql.bind(text(lease)).push(" AS lease, ");
+        sql.bind(json_text(result)).push(" AS result");
+    }
+    sql.push(") AS v WHERE _lintel_jobs.id = v.id AND _lintel_jobs.lease_id = v.lease AND _lintel_jobs.status = 'running' RETURNING ");
+    for (i, c) in COLS.split(", ").enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.push("_lintel_jobs.").push(c);
+    }
+    sql
+}
+
 /// Ends a leased attempt in failure: `retrying` at `run_at`, or `dead` when `run_at`
 /// is `None`.
 pub fn fail(

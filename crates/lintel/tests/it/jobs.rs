@@ -916,3 +916,50 @@ async fn admin_area_scopes_are_refused_when_a_collection_has_the_name() {
     assert_eq!(r.body["totalItems"], 0, "no job-queue access: {}", r.text);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_thousand_jobs_are_claimed_and_completed_in_one_call_each() {
+    let app = TestApp::spawn_with(no_workers).await;
+    let key = worker(&app).await;
+    for b in 0..10 {
+        let ops: Vec<Value> = (0..100)
+            .map(|i| json!({"method": "POST", "path": "/v1/jobs", "body": {"kind": "bulk", "payload": b * 100 + i}}))
+            .collect();
+        let r = app
+            .admin(Method::POST, "/v1/batch", Some(json!({"operations": ops})))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    }
+    let c = work(
+        &app,
+        &key,
+        "/v1/jobs/claim",
+        json!({"kinds": ["bulk"], "max": 1000}),
+    )
+    .await;
+    let items = c.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1000);
+    let done: Vec<Value> = items
+        .iter()
+        .map(|j| json!({"id": j["id"], "leaseId": j["leaseId"], "result": j["payload"]}))
+        .collect();
+    let r = work(&app, &key, "/v1/jobs/complete", json!({"items": done})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let ok = r.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["status"] == 200)
+        .count();
+    assert_eq!(ok, 1000);
+    let r = app
+        .admin(
+            Method::GET,
+            "/v1/jobs?kind=bulk&status=succeeded&perPage=1",
+            None,
+        )
+        .await;
+    assert_eq!(r.body["totalItems"], 1000);
+    assert_eq!(r.body["items"][0]["result"], r.body["items"][0]["payload"]);
+    app.shutdown().await;
+}
