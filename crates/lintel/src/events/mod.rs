@@ -221,7 +221,10 @@ pub async fn run_sequencer(
             }
         }
         tokio::select! {
-            _ = appended.notified() => {}
+            _ = appended.notified() => {
+                // Commits come in bursts: one numbering pass serves the burst.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             _ = tokio::time::sleep(poll) => {}
             _ = shutdown.changed() => return,
         }

@@ -15,7 +15,7 @@ use std::future::Future;
 use crate::migrations::{AppliedMigration, Migration, SchemaOp, checksum};
 use crate::schema::{Collection, CollectionSpec, OnDelete};
 use crate::store::ddl::{self, CatalogChange};
-use crate::store::events::{self, EventDraft, WriteMeta, record_json};
+use crate::store::events::{self, EventDraft, WriteMeta};
 use crate::store::sql::{select_by_id, select_by_ids};
 use crate::store::write::{
     DeleteStep, DeleteSteps, RelationGraph, delete_sql, exists_sql, insert_sql, lock_row_sql,
@@ -272,15 +272,8 @@ async fn record_event<C: Conn>(
     previous: Option<&Record>,
     meta: &WriteMeta,
 ) -> Result<(), StoreError> {
-    let draft = EventDraft {
-        kind: kind.to_owned(),
-        collection: Some(coll.name().to_owned()),
-        record_id: Some(id.to_owned()),
-        record: record.map(|r| record_json(coll, r)),
-        previous: previous.map(|r| record_json(coll, r)),
-    };
-    c.execute(&events::insert_sql(c.dialect(), &draft, meta), None)
-        .await?;
+    let sql = events::record_insert_sql(c.dialect(), kind, coll, id, record, previous, meta);
+    c.execute(&sql, None).await?;
     Ok(())
 }
 

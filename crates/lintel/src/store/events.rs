@@ -9,7 +9,7 @@
 //! only after it committed, by [`sequence_sql`] under a lock on the counter row:
 //! numbers are handed out by one transaction at a time, to committed rows only.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::schema::Collection;
 use crate::store::Record;
@@ -107,21 +107,29 @@ pub const POSTGRES_TABLES: &str = "CREATE TABLE _lintel_events (
         );
         INSERT INTO _lintel_event_meta (id, last, purged) VALUES (1, 0, 0);";
 
-/// A record as events carry it: system fields and every field but hidden ones (the
-/// password hash never leaves the store).
-pub fn record_json(coll: &Collection, record: &Record) -> Value {
-    let mut out = Map::with_capacity(record.data.len() + 4);
-    out.insert("id".into(), Value::String(record.id.clone()));
-    out.insert("created".into(), Value::String(record.created.clone()));
-    out.insert("updated".into(), Value::String(record.updated.clone()));
-    out.insert("version".into(), Value::from(record.version));
-    let hidden = coll.has_hidden();
-    for (k, v) in &record.data {
-        if !(hidden && coll.is_hidden(k)) {
-            out.insert(k.clone(), v.clone());
+/// A record as events carry it, serialised straight to text without copying a value
+/// (this runs on the writer, inside the write's transaction).
+pub fn record_text(coll: &Collection, record: &Record) -> String {
+    struct View<'a>(&'a Collection, &'a Record);
+    impl serde::Serialize for View<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap;
+            let (coll, r) = (self.0, self.1);
+            let hidden = coll.has_hidden();
+            let mut m = s.serialize_map(None)?;
+            m.serialize_entry("id", &r.id)?;
+            m.serialize_entry("created", &r.created)?;
+            m.serialize_entry("updated", &r.updated)?;
+            m.serialize_entry("version", &r.version)?;
+            for (k, v) in &r.data {
+                if !(hidden && coll.is_hidden(k)) {
+                    m.serialize_entry(k, v)?;
+                }
+            }
+            m.end()
         }
     }
-    Value::Object(out)
+    serde_json::to_string(&View(coll, record)).unwrap_or_default()
 }
 
 fn opt_text(v: Option<String>) -> SqlValue {
@@ -132,6 +140,39 @@ fn opt_json(v: Option<&Value>) -> SqlValue {
     v.map_or(SqlValue::Null, |v| SqlValue::Text(v.to_string()))
 }
 
+/// `INSERT` of one event about a record, its JSON written straight from the records.
+pub fn record_insert_sql(
+    d: Dialect,
+    kind: &str,
+    coll: &Collection,
+    id: &str,
+    record: Option<&Record>,
+    previous: Option<&Record>,
+    meta: &WriteMeta,
+) -> Sql {
+    let at_ms = meta.time_ms.unwrap_or_else(crate::clock::now_ms);
+    let text_of =
+        |r: Option<&Record>| r.map_or(SqlValue::Null, |r| SqlValue::Text(record_text(coll, r)));
+    let mut sql = Sql::new(d);
+    sql.push(
+        "INSERT INTO _lintel_events (id, type, time, at_ms, collection, record_id, record, previous, actor, request_id) VALUES (",
+    );
+    sql.bind_all([
+        SqlValue::Text(crate::ids::request_id()),
+        SqlValue::Text(kind.to_owned()),
+        SqlValue::Text(crate::clock::format_ms(at_ms)),
+        SqlValue::Int(at_ms),
+        SqlValue::Text(coll.name().to_owned()),
+        SqlValue::Text(id.to_owned()),
+        text_of(record),
+        text_of(previous),
+        opt_json(meta.actor.as_ref()),
+        opt_text(meta.request_id.clone()),
+    ]);
+    sql.push(")");
+    sql
+}
+
 /// `INSERT` of one event (both dialects: the `seq` comes from the table).
 pub fn insert_sql(d: Dialect, draft: &EventDraft, meta: &WriteMeta) -> Sql {
     let at_ms = meta.time_ms.unwrap_or_else(crate::clock::now_ms);
@@ -140,7 +181,7 @@ pub fn insert_sql(d: Dialect, draft: &EventDraft, meta: &WriteMeta) -> Sql {
         "INSERT INTO _lintel_events (id, type, time, at_ms, collection, record_id, record, previous, actor, request_id) VALUES (",
     );
     sql.bind_all([
-        SqlValue::Text(crate::ids::record_id()),
+        SqlValue::Text(crate::ids::request_id()),
         SqlValue::Text(draft.kind.clone()),
         SqlValue::Text(crate::clock::format_ms(at_ms)),
         SqlValue::Int(at_ms),
