@@ -253,6 +253,19 @@ impl Caller {
         crate::store::WriteMeta::by(Some(self.event_actor())).at(now_ms)
     }
 
+    /// Whether an API key's scopes grant `access` (`read`, `write`, `work`) to an admin
+    /// area (`jobs`, `events`...): `<area>:<access>` or `<area>:*` (always true for
+    /// other credentials; whether the caller is a superuser is asked separately).
+    pub fn area_allows(&self, area: &str, access: &str) -> bool {
+        let Via::ApiKey { scopes, .. } = &self.via else {
+            return true;
+        };
+        scopes.iter().any(|s| {
+            s.split_once(':')
+                .is_some_and(|(a, x)| a == area && (x == access || x == "*"))
+        })
+    }
+
     /// Refused unless an API key's scopes allow the action.
     pub fn require_scope(&self, collection: &str, action: Action) -> Result<(), Refusal> {
         if self.scope_allows(collection, action) {

@@ -327,9 +327,7 @@ fn prepare_job(
             ApiError::forbidden("forbidden", "Enqueuing a job needs a superuser.")
         });
     }
-    if let crate::access::Via::ApiKey { scopes, .. } = &caller.via
-        && !scopes.iter().any(|s| s == "jobs:write" || s == "jobs:*")
-    {
+    if !caller.area_allows("jobs", "write") {
         return Err(ApiError::new(
             axum::http::StatusCode::FORBIDDEN,
             "insufficient_scope",

@@ -124,19 +124,13 @@ impl FromRequestParts<AppState> for Admin {
     ) -> Result<Self, Self::Rejection> {
         let caller = crate::access::Caller::from_request_parts(parts, state).await?;
         if caller.is_superuser() {
-            if let crate::access::Via::ApiKey { scopes, .. } = &caller.via {
-                let (area, access) = admin_scope(&parts.method, parts.uri.path());
-                let granted = scopes.iter().any(|s| {
-                    s.split_once(':')
-                        .is_some_and(|(a, x)| a == area && (x == access || x == "*"))
-                });
-                if !granted {
-                    return Err(ApiError::new(
-                        StatusCode::FORBIDDEN,
-                        "insufficient_scope",
-                        format!("The API key's scopes do not include {area}:{access}."),
-                    ));
-                }
+            let (area, access) = admin_scope(&parts.method, parts.uri.path());
+            if !caller.area_allows(&area, access) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "insufficient_scope",
+                    format!("The API key's scopes do not include {area}:{access}."),
+                ));
             }
             Ok(Admin(caller))
         } else if caller.is_anonymous() {

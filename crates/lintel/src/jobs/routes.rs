@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::access::{Caller, Principal, Via};
+use crate::access::{Caller, Principal};
 use crate::error::ApiError;
 use crate::http::extract::{Admin, JsonBody};
 use crate::http::openapi::ProblemDoc;
@@ -55,9 +55,7 @@ impl FromRequestParts<AppState> for Worker {
     ) -> Result<Self, Self::Rejection> {
         let caller = Caller::from_request_parts(parts, state).await?;
         if caller.is_superuser() {
-            if let Via::ApiKey { scopes, .. } = &caller.via
-                && !scopes.iter().any(|s| s == "jobs:work" || s == "jobs:*")
-            {
+            if !caller.area_allows("jobs", "work") {
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     "insufficient_scope",
@@ -92,23 +90,18 @@ pub fn owner_of(caller: &Caller) -> Option<String> {
 /// Whether `caller` may read `job`: superusers (keys need `jobs:read`), or the caller
 /// who started it.
 fn may_read(caller: &Caller, job: &Job) -> Result<bool, ApiError> {
+    let own = job.owner.is_some() && job.owner == owner_of(caller);
     if caller.is_superuser() {
-        if let Via::ApiKey { scopes, .. } = &caller.via {
-            let ok = scopes
-                .iter()
-                .any(|s| matches!(s.as_str(), "jobs:read" | "jobs:*"));
-            let own = job.owner.is_some() && job.owner == owner_of(caller);
-            if !ok && !own {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "insufficient_scope",
-                    "The API key's scopes do not include jobs:read.",
-                ));
-            }
+        if !caller.area_allows("jobs", "read") && !own {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                "The API key's scopes do not include jobs:read.",
+            ));
         }
         return Ok(true);
     }
-    Ok(job.owner.is_some() && job.owner == owner_of(caller))
+    Ok(own)
 }
 
 fn job_response(status: StatusCode, job: &Job, with_lease: bool) -> Response {
@@ -228,13 +221,7 @@ async fn list_jobs(
             }
         }
     }
-    let superuser = caller.is_superuser()
-        && match &caller.via {
-            Via::ApiKey { scopes, .. } => scopes
-                .iter()
-                .any(|s| matches!(s.as_str(), "jobs:read" | "jobs:*")),
-            _ => true,
-        };
+    let superuser = caller.is_superuser() && caller.area_allows("jobs", "read");
     if !superuser {
         filter.owner = Some(owner_of(&caller).unwrap_or_default());
     }
@@ -757,6 +744,21 @@ pub fn transfer_router() -> OpenApiRouter<AppState> {
         .routes(routes!(job_events))
 }
 
+/// Creates `<data_dir>/jobs` (private to the owner) if it is not there yet.
+async fn make_folder(state: &AppState) -> Result<(), ApiError> {
+    let dir = crate::jobs::transfer::folder(state);
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|e| ApiError::internal(format!("creating the jobs folder: {e}")))
+}
+
 fn accepted(job: &Job) -> Response {
     let mut res = (StatusCode::ACCEPTED, axum::Json(job.to_json(false))).into_response();
     let h = res.headers_mut();
@@ -819,7 +821,7 @@ async fn import(
     headers: axum::http::HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    use crate::jobs::transfer::{Format, caller_ref, file_path, folder, local_queue};
+    use crate::jobs::transfer::{Format, caller_ref, file_path, local_queue};
     use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
     let coll = transfer_caller(&state, &caller, &name, crate::schema::Action::Create)?;
@@ -860,17 +862,7 @@ async fn import(
     };
     let file = format!("{}.in", crate::ids::record_id());
     let path = file_path(&state, &file).ok_or_else(|| ApiError::internal("bad spool name"))?;
-    let dir = folder(&state);
-    tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(|e| ApiError::internal(format!("creating the jobs folder: {e}")))?;
+    make_folder(&state).await?;
     // Removes the spool file if the request ends before the job owns it (an error,
     // or the client going away mid-upload).
     struct Spool(Option<std::path::PathBuf>);
@@ -976,17 +968,7 @@ async fn export(
         ..Default::default()
     };
     crate::records::service::list(&state, &caller, &coll, &params).await?;
-    let dir = crate::jobs::transfer::folder(&state);
-    tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(|e| ApiError::internal(format!("creating the jobs folder: {e}")))?;
+    make_folder(&state).await?;
     let mut job = crate::jobs::NewJob::of(
         "export",
         json!({ "collection": coll.name(), "format": format.as_str(), "filter": req.filter, "sort": req.sort, "fields": req.fields, "as": caller_ref(&caller) }),
