@@ -455,6 +455,10 @@ pub async fn start_on(
             Runtime::clone(&task_state),
             rx.clone(),
         ));
+        let fan_out = tokio::spawn(crate::webhooks::dispatch::run(
+            Runtime::clone(&task_state),
+            rx.clone(),
+        ));
         let sequencer = tokio::spawn(crate::events::run_sequencer(
             Runtime::clone(&task_state),
             Duration::from_millis(task_state.config.events.poll_ms.max(10)),
@@ -542,6 +546,7 @@ pub async fn start_on(
             c.abort();
         }
         sequencer.abort();
+        fan_out.abort();
         task_state.store.close().await;
         tracing::info!("store closed; stopped");
     });

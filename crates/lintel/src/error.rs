@@ -339,6 +339,22 @@ impl From<crate::jobs::JobError> for ApiError {
     }
 }
 
+/// Webhooks.
+impl From<crate::webhooks::WebhookError> for ApiError {
+    fn from(e: crate::webhooks::WebhookError) -> Self {
+        use crate::webhooks::WebhookError;
+        match e {
+            WebhookError::Invalid(errors) => ApiError::validation(errors),
+            WebhookError::NotFound => ApiError::not_found("No webhook or delivery with that id."),
+            WebhookError::InFlight => ApiError::conflict(
+                "delivery_in_flight",
+                "An attempt of this delivery is running; retry once it ends.",
+            ),
+            WebhookError::Store(e) => ApiError::from(e),
+        }
+    }
+}
+
 /// Reading the event log.
 impl From<crate::events::EventsError> for ApiError {
     fn from(e: crate::events::EventsError) -> Self {

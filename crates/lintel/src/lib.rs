@@ -36,6 +36,7 @@ pub mod store;
 pub mod tasks;
 pub mod telemetry;
 pub mod validation;
+pub mod webhooks;
 
 pub use app::{Running, start, start_on, start_with};
 pub use config::Config;

@@ -56,13 +56,14 @@ pub struct NewKey {
 
 /// Admin areas a superuser's key can be scoped to (`<area>:read`, `<area>:write` or
 /// `<area>:*`); see `http::extract::admin_scope`.
-pub const ADMIN_AREAS: [&str; 6] = [
+pub const ADMIN_AREAS: [&str; 7] = [
     "collections",
     "audit",
     "metrics",
     "events",
     "jobs",
     "schedules",
+    "webhooks",
 ];
 
 pub(crate) fn admin_scope_ok(scope: &str) -> bool {
@@ -109,7 +110,7 @@ pub(crate) fn check(
                 &mut errors,
                 format!("scopes[{i}]"),
                 "invalid_scope",
-                "must be <collection>:<action> with an existing collection (or *) and one of list, view, create, update, delete, read, write, *; a superuser's key may also hold collections:read|write|*, audit:read|*, metrics:read|*, events:read|*, jobs:read|write|work|* and schedules:read|write|*",
+                "must be <collection>:<action> with an existing collection (or *) and one of list, view, create, update, delete, read, write, *; a superuser's key may also hold collections:read|write|*, audit:read|*, metrics:read|*, events:read|*, jobs:read|write|work|*, schedules:read|write|* and webhooks:read|write|*",
             );
         }
     }

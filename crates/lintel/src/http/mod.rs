@@ -40,6 +40,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(crate::events::router())
         .merge(crate::jobs::router())
         .merge(crate::jobs::routes::transfer_router())
+        .merge(crate::webhooks::router())
         .split_for_parts()
 }
 

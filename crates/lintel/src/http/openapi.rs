@@ -52,6 +52,7 @@ pub struct ProblemDoc {
         (name = "collections", description = "Collection management (admin token)"),
         (name = "records", description = "The records of a collection"),
         (name = "batch", description = "Many record operations in one transaction"),
+        (name = "webhooks", description = "Signed deliveries of events to other services (superusers)"),
         (name = "jobs", description = "The durable job queue, its workers and schedules"),
         (name = "events", description = "The log of committed changes (superusers)"),
         (name = "system", description = "Health, readiness, metrics and this document"),

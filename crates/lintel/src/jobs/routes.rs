@@ -497,6 +497,7 @@ fn failed(b: &FailBody) -> Result<Failed, ApiError> {
         error: b.error.clone().unwrap_or_else(|| "failed".into()),
         retry: b.retry.unwrap_or(true),
         retry_after_ms: b.retry_after.map(|s| s * 1000),
+        delay_ms: None,
         result: b.result.clone(),
     })
 }

@@ -19,7 +19,7 @@ use crate::jobs::{JobError, schedules};
 use crate::runtime::Runtime;
 
 /// The kinds this instance's workers run.
-pub const RUNS: [&str; 3] = ["http", "mail", "housekeeping"];
+pub const RUNS: [&str; 4] = ["http", "mail", "webhook", "housekeeping"];
 /// The kinds whose files are on one instance: claimed from its own queue only.
 pub const LOCAL: [&str; 2] = ["import", "export"];
 
@@ -252,6 +252,7 @@ async fn run_kind(rt: &Runtime, job: &Job) -> Ended {
                     error: f.message,
                     retry: f.retry,
                     retry_after_ms: f.retry_after_ms,
+                    delay_ms: None,
                     result: f.result,
                 }),
             }
@@ -319,6 +320,10 @@ async fn run_kind(rt: &Runtime, job: &Job) -> Ended {
                 }),
             }
         }
+        "webhook" => match crate::webhooks::deliver::run(rt, job).await {
+            Ok(v) => Ended::Done(v),
+            Err(f) => Ended::Failed(f),
+        },
         "import" | "export" => {
             let lease = job.lease_id.clone().unwrap_or_default();
             let r = if job.kind == "import" {

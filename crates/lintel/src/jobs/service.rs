@@ -86,9 +86,13 @@ fn first(rows: &[Vec<Value>]) -> Result<Option<Job>, StoreError> {
 /// The ops that enqueue a job inside a larger transaction (a batch): the insert, and
 /// when the job has a `uniqueKey`, the read of the active job holding it.
 pub fn enqueue_ops(d: Dialect, job: &NewJob, now: i64) -> Vec<WriteOp> {
-    let id = crate::ids::record_id();
+    enqueue_ops_as(d, &crate::ids::record_id(), job, now)
+}
+
+/// [`enqueue_ops`] for a job whose id the caller chose (to store it beside).
+pub fn enqueue_ops_as(d: Dialect, id: &str, job: &NewJob, now: i64) -> Vec<WriteOp> {
     let mut ops = vec![WriteOp::Query {
-        sql: sql::insert(d, &id, job, now),
+        sql: sql::insert(d, id, job, now),
     }];
     if let Some(k) = &job.unique_key {
         ops.push(WriteOp::Query {
@@ -313,16 +317,21 @@ pub struct Failed {
     /// `false` makes the job dead at once (a failure that must not be retried).
     pub retry: bool,
     pub retry_after_ms: Option<i64>,
+    /// The exact delay before the next attempt, past the backoff's cap (a schedule
+    /// of the kind's own, such as webhooks').
+    pub delay_ms: Option<i64>,
     pub result: Value,
 }
 
 /// The statement that ends an attempt of `job` in failure.
 fn fail_sql(rt: &Runtime, job: &Job, lease: &str, f: &Failed, now: i64) -> Sql {
     let last = !f.retry || job.attempts >= job.max_attempts;
-    let run_at = (!last).then(|| {
-        rt.jobs
+    let run_at = (!last).then(|| match f.delay_ms {
+        Some(d) => now.saturating_add(d.max(0)),
+        None => rt
+            .jobs
             .backoff
-            .next_run(now, job.attempts, f.retry_after_ms)
+            .next_run(now, job.attempts, f.retry_after_ms),
     });
     let error: String = f.error.chars().take(2000).collect();
     sql::fail(

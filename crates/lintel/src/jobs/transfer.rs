@@ -516,6 +516,7 @@ pub async fn run_import(rt: &Runtime, job: &Job, lease: &str) -> Result<Value, F
                 ),
                 retry: false,
                 retry_after_ms: None,
+                delay_ms: None,
                 result: tally.result(&mode),
             });
         }
@@ -541,6 +542,7 @@ pub async fn run_import(rt: &Runtime, job: &Job, lease: &str) -> Result<Value, F
                         .into(),
                     retry: false,
                     retry_after_ms: None,
+                    delay_ms: None,
                     result: tally.result(&mode),
                 });
             }

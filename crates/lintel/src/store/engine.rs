@@ -738,6 +738,7 @@ pub(crate) const SYSTEM_MIGRATIONS: &[SystemMigration] = &[
         postgres: events::POSTGRES_TABLES,
     },
     SystemMigration::same(9, "jobs", crate::store::jobs::TABLES),
+    SystemMigration::same(10, "webhooks", crate::store::webhooks::TABLES),
 ];
 
 /// Brings Lintel's own tables up to date, in the caller's transaction (which the
@@ -995,6 +996,6 @@ mod tests {
             assert_eq!(checksum(m.sql(d).as_bytes()), sum, "{version} {d:?}");
         }
         let versions: Vec<i64> = SYSTEM_MIGRATIONS.iter().map(|m| m.version).collect();
-        assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
     }
 }

@@ -16,6 +16,7 @@ pub mod postgres;
 pub mod purge;
 pub mod sql;
 pub mod sqlite;
+pub mod webhooks;
 pub mod write;
 
 use std::sync::Arc;

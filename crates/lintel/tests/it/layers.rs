@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 /// The layer of a source file (path under `src/`) or of a module path under `crate::`.
 fn layer(path: &str) -> Option<u8> {
-    const LAYERS: [(&str, u8); 34] = [
+    const LAYERS: [(&str, u8); 36] = [
         ("clock", 0),
         ("ids", 0),
         ("config", 0),
@@ -28,6 +28,7 @@ fn layer(path: &str) -> Option<u8> {
         ("auth/routes", 5),
         ("events/routes", 5),
         ("jobs/routes", 5),
+        ("webhooks/routes", 5),
         // Resolving the caller from a request (the extractor, the session-cookie
         // middleware) is the edge's work.
         ("auth/caller", 5),
@@ -37,6 +38,7 @@ fn layer(path: &str) -> Option<u8> {
         ("events", 4),
         ("jobs", 4),
         ("outbound", 4),
+        ("webhooks", 4),
         ("ratelimit", 4),
         ("cache", 4),
         ("tasks", 4),

@@ -28,3 +28,4 @@ mod rejections;
 mod security;
 mod tls;
 mod transfer;
+mod webhooks;

@@ -1,0 +1,277 @@
+//! The fan-out: follows the event log from its own position (`_lintel_webhook_cursor`)
+//! and, for each event and each enabled webhook that wants it, writes a delivery and
+//! queues its `webhook` job. The deliveries of a page of events and the move of the
+//! position commit together, the move guarded by a compare-and-set: an event is fanned
+//! out once even with several instances, and a crash in between repeats nothing.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+use tokio::sync::watch;
+
+use crate::jobs::NewJob;
+use crate::runtime::Runtime;
+use crate::store::events::EventQuery;
+use crate::store::{Record, Sql, SqlValue, StoreError, WriteError, WriteMeta, WriteOp};
+use crate::webhooks::{Webhook, WebhookError, list};
+
+/// Events read per pass.
+const PAGE: i64 = 200;
+
+/// A delivery's attempts at most (the first and seven retries).
+pub const MAX_ATTEMPTS: i64 = 8;
+/// A page with nothing to deliver moves the position at most this often (the next
+/// pass reads it again meanwhile): writes a webhook does not want cost no write here.
+const IDLE_MOVE: Duration = Duration::from_secs(5);
+
+/// What a pass did.
+pub enum Pass {
+    /// The position moved past this many events.
+    Moved(usize),
+    /// Nothing to do, or nothing worth a write yet.
+    Stayed,
+}
+
+/// Before a webhook is created or enabled while none is: moves the position to the
+/// log's end, so the fan-out does not read the events no webhook was there for.
+pub fn catch_up_op(rt: &Runtime, last: i64) -> WriteOp {
+    let mut sql = Sql::new(rt.store.dialect());
+    sql.push("UPDATE _lintel_webhook_cursor SET seq = ")
+        .bind(SqlValue::Int(last))
+        .push(" WHERE id = 1 AND seq < ")
+        .bind(SqlValue::Int(last))
+        .push(" AND NOT EXISTS (SELECT 1 FROM _lintel_webhooks WHERE enabled = 1)");
+    WriteOp::System { sql, expect: None }
+}
+
+/// Runs the fan-out until `shutdown` fires: after each growth of the log, and each
+/// second.
+pub async fn run(rt: Runtime, mut shutdown: watch::Receiver<bool>) {
+    let mut ends = rt.events.bus.subscribe();
+    let mut last_move = std::time::Instant::now();
+    loop {
+        let idle_move = last_move.elapsed() >= IDLE_MOVE;
+        let more = match fan_out(&rt, idle_move).await {
+            Ok(Pass::Moved(n)) => {
+                last_move = std::time::Instant::now();
+                n >= PAGE as usize
+            }
+            Ok(Pass::Stayed) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "fanning events out to webhooks failed");
+                false
+            }
+        };
+        if more {
+            continue;
+        }
+        tokio::select! {
+            _ = ends.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+    }
+}
+
+async fn cursor(rt: &Runtime) -> Result<i64, StoreError> {
+    let mut sql = Sql::new(rt.store.dialect());
+    sql.push("SELECT seq FROM _lintel_webhook_cursor WHERE id = 1");
+    rt.store.query_count(sql).await
+}
+
+fn advance(rt: &Runtime, from: i64, to: i64) -> WriteOp {
+    let mut sql = Sql::new(rt.store.dialect());
+    sql.push("UPDATE _lintel_webhook_cursor SET seq = ")
+        .bind(SqlValue::Int(to))
+        .push(" WHERE id = 1 AND seq = ")
+        .bind(SqlValue::Int(from));
+    WriteOp::System {
+        sql,
+        expect: Some(1),
+    }
+}
+
+/// The record an event is about, for the webhook's filter.
+fn record_of(ev: &Value) -> Option<Record> {
+    let r = if ev["record"].is_object() {
+        &ev["record"]
+    } else {
+        &ev["previous"]
+    };
+    let o = r.as_object()?;
+    let mut data: Map<String, Value> = o.clone();
+    for k in ["id", "created", "updated", "version"] {
+        data.remove(k);
+    }
+    Some(Record {
+        id: o.get("id")?.as_str()?.to_owned(),
+        created: o
+            .get("created")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        updated: o
+            .get("updated")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        version: o.get("version").and_then(Value::as_i64).unwrap_or(0),
+        data,
+    })
+}
+
+/// Whether `w` wants event `ev` (its type, collection and filter).
+pub fn matches(rt: &Runtime, w: &Webhook, ev: &Value) -> bool {
+    let seq = ev["seq"].as_i64().unwrap_or(0);
+    let kind = ev["type"].as_str().unwrap_or_default();
+    if seq <= w.after_seq || !w.wants(kind) {
+        return false;
+    }
+    if let Some(c) = &w.collection
+        && ev["collection"].as_str() != Some(c.as_str())
+    {
+        return false;
+    }
+    let Some(filter) = &w.filter else {
+        return true;
+    };
+    let (Some(coll), Some(record)) = (
+        w.collection.as_deref().and_then(|c| rt.catalog().get(c)),
+        record_of(ev),
+    ) else {
+        return false;
+    };
+    let Ok(expr) = lintel_filter::parse(filter) else {
+        return false;
+    };
+    let now = rt.clock.now();
+    let env = crate::store::filter::Env {
+        now: &now,
+        auth: None,
+        body: None,
+    };
+    crate::access::rules::eval(&expr, &coll, &record, &env).unwrap_or(false)
+}
+
+/// The body of a delivery (Standard Webhooks): `{type, timestamp, data}`.
+pub fn body_of(ev: &Value) -> String {
+    let mut data = Map::new();
+    data.insert("collection".into(), ev["collection"].clone());
+    if !ev["recordId"].is_null() {
+        data.insert("recordId".into(), ev["recordId"].clone());
+    }
+    data.insert("record".into(), ev["record"].clone());
+    if !ev["previous"].is_null() {
+        data.insert("previous".into(), ev["previous"].clone());
+    }
+    data.insert("seq".into(), ev["seq"].clone());
+    json!({ "type": ev["type"], "timestamp": ev["time"], "data": Value::Object(data) }).to_string()
+}
+
+/// The ops that record a delivery of `body` to `w` and queue its first attempt now.
+pub fn delivery_ops(
+    rt: &Runtime,
+    w: &Webhook,
+    seq: Option<i64>,
+    kind: &str,
+    body: String,
+    now: i64,
+) -> (String, Vec<WriteOp>) {
+    let d = rt.store.dialect();
+    let id = format!("msg_{}", crate::ids::record_id());
+    let job_id = crate::ids::record_id();
+    let mut sql = Sql::new(d);
+    sql.push("INSERT INTO _lintel_webhook_deliveries (id, webhook, seq, type, body, status, attempts, next_attempt_at, job, created) VALUES (");
+    sql.bind_all([
+        SqlValue::Text(id.clone()),
+        SqlValue::Text(w.id.clone()),
+        seq.map_or(SqlValue::Null, SqlValue::Int),
+        SqlValue::Text(kind.to_owned()),
+        SqlValue::Text(body),
+        SqlValue::Text("pending".into()),
+        SqlValue::Text("[]".into()),
+        SqlValue::Int(now),
+        SqlValue::Text(job_id.clone()),
+        SqlValue::Int(now),
+    ]);
+    sql.push(")");
+    let mut job = NewJob::of("webhook", json!({ "webhook": w.id, "delivery": id }));
+    job.queue = "webhooks".into();
+    job.max_attempts = MAX_ATTEMPTS;
+    job.timeout_ms = 60_000;
+    let mut ops = vec![WriteOp::System {
+        sql,
+        expect: Some(1),
+    }];
+    ops.extend(crate::jobs::service::enqueue_ops_as(d, &job_id, &job, now));
+    (id, ops)
+}
+
+/// One pass: the next page of events after the position. A page with no delivery
+/// moves the position only when `idle_move` (a bounded number of writes for events
+/// no webhook wants); with no enabled webhook nothing is read at all.
+pub async fn fan_out(rt: &Runtime, idle_move: bool) -> Result<Pass, WebhookError> {
+    let hooks = list(rt, true).await?;
+    if hooks.is_empty() {
+        return Ok(Pass::Stayed);
+    }
+    let from = cursor(rt).await?;
+    let page = match crate::events::page(
+        rt.store.as_ref(),
+        Some(from),
+        EventQuery {
+            limit: PAGE,
+            ..EventQuery::default()
+        },
+    )
+    .await
+    {
+        Ok(p) => p,
+        Err(crate::events::EventsError::Purged { oldest }) => {
+            tracing::warn!(
+                from,
+                oldest,
+                "webhook fan-out fell behind retention; skipping to the oldest kept event"
+            );
+            let _ = rt.store.write(vec![advance(rt, from, oldest - 1)]).await;
+            return Ok(Pass::Stayed);
+        }
+        Err(crate::events::EventsError::Store(e)) => return Err(e.into()),
+    };
+    if page.items.is_empty() {
+        return Ok(Pass::Stayed);
+    }
+    let now = rt.clock.now_ms();
+    let mut ops = vec![advance(rt, from, page.next_after)];
+    for ev in &page.items {
+        for w in &hooks {
+            if matches(rt, w, ev) {
+                let kind = ev["type"].as_str().unwrap_or_default();
+                let (_, more) = delivery_ops(rt, w, ev["seq"].as_i64(), kind, body_of(ev), now);
+                ops.extend(more);
+            }
+        }
+    }
+    let queued = ops.len() > 1;
+    // A full page moves on regardless: what a webhook wants may be behind it.
+    if !queued && !idle_move && page.items.len() < PAGE as usize {
+        return Ok(Pass::Stayed);
+    }
+    match rt.store.write_as(ops, WriteMeta::default()).await {
+        Ok(_) => {
+            if queued {
+                rt.jobs.wake.notify_one();
+            }
+            Ok(Pass::Moved(page.items.len()))
+        }
+        // Another instance moved the position first: it fanned this page out.
+        Err(WriteError {
+            index: 0,
+            error: StoreError::NotFound,
+        }) => Ok(Pass::Stayed),
+        Err(WriteError { error, .. }) => Err(error.into()),
+    }
+}
