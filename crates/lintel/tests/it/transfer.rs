@@ -369,6 +369,8 @@ async fn kill_9_during_an_atomic_import_leaves_nothing_half_imported() {
     let served = crate::hygiene::serve(&data, &env)
         .await
         .unwrap_or_else(|(c, l)| panic!("{c:?} {l:#?}"));
+    // No server of this process has installed the TLS provider the client needs.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::new();
     let base = format!("http://{}", served.addr);
     let r = client

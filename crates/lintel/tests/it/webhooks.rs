@@ -571,3 +571,142 @@ async fn the_reference_verifier_accepts_every_delivery() {
     assert!(reference_verifies(&python, &second, &tampered).is_err());
     app.shutdown().await;
 }
+
+// A `kill -9` while an attempt waits on the receiver loses nothing: after the restart
+// the attempt's lease runs out and the delivery is sent again, with the same id.
+#[tokio::test]
+async fn kill_9_mid_delivery_loses_no_delivery() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The first request is never answered (the process dies waiting); later ones are.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let ids: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = ids.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+                let id = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("webhook-id:").map(|v| v.trim().to_owned()))
+                    .unwrap_or_default();
+                let first = {
+                    let mut g = seen.lock().unwrap();
+                    g.push(id);
+                    g.len() == 1
+                };
+                if first {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut env = vec![
+        ("LINTEL_ADMIN_TOKEN", crate::common::ADMIN_TOKEN.to_owned()),
+        ("LINTEL_JOBS__LEASE_SECONDS", "2".to_owned()),
+        ("LINTEL_JOBS__POLL_MS", "50".to_owned()),
+        ("LINTEL_OUTBOUND__ALLOW_HOSTS", "[127.0.0.1/32]".to_owned()),
+    ];
+    let db_dir = tempfile::tempdir().unwrap();
+    if crate::common::postgres_url().is_some() {
+        let url = crate::common::config(db_dir.path()).await.database_url.0;
+        env.push(("LINTEL_DATABASE_URL", url));
+    }
+    let served = crate::hygiene::serve(&data, &env)
+        .await
+        .unwrap_or_else(|(c, l)| panic!("{c:?} {l:#?}"));
+    // No server of this process has installed the TLS provider the client needs.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::new();
+    let admin = |base: &str, m: Method, path: &str, body: Option<Value>| {
+        let mut r = client
+            .request(m, format!("{base}{path}"))
+            .bearer_auth(crate::common::ADMIN_TOKEN);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        r.send()
+    };
+    let base = format!("http://{}", served.addr);
+    let r = admin(&base, Method::POST, "/v1/collections", Some(json!({"name": "notes", "rules": {"create": ""}, "fields": [{"name": "title", "type": "text"}]})))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r: Value = admin(
+        &base,
+        Method::POST,
+        "/v1/webhooks",
+        Some(json!({"url": format!("http://{addr}/hook"), "events": ["record.created"]})),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let hook = r["id"].as_str().unwrap().to_owned();
+    let r = admin(
+        &base,
+        Method::POST,
+        "/v1/collections/notes/records",
+        Some(json!({"title": "x"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    for _ in 0..400 {
+        if !ids.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        ids.lock().unwrap().len(),
+        1,
+        "the first attempt is in flight"
+    );
+    let mut child = served.child;
+    child.kill().await.unwrap();
+    let _ = child.wait().await;
+    let served = crate::hygiene::serve(&data, &env)
+        .await
+        .unwrap_or_else(|(c, l)| panic!("{c:?} {l:#?}"));
+    let base = format!("http://{}", served.addr);
+    let mut log = Value::Null;
+    for _ in 0..400 {
+        log = admin(
+            &base,
+            Method::GET,
+            &format!("/v1/webhooks/{hook}/deliveries"),
+            None,
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        if log["items"][0]["status"] == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(log["items"][0]["status"], "succeeded", "{log}");
+    assert_eq!(log["totalItems"], 1);
+    let seen = ids.lock().unwrap().clone();
+    assert!(seen.len() >= 2, "sent again after the restart: {seen:?}");
+    assert!(
+        seen.iter().all(|i| *i == seen[0] && i.starts_with("msg_")),
+        "one webhook-id: {seen:?}"
+    );
+    assert_eq!(log["items"][0]["webhookId"], seen[0].as_str());
+    let mut child = served.child;
+    let _ = child.kill().await;
+    crate::common::drop_database(db_dir.path()).await;
+}
