@@ -139,9 +139,6 @@ async fn list_events(
         "_links": { "next": { "href": next_href(page.next_after, &q) } },
     });
     let mut res = axum::Json(body).into_response();
-    res.headers_mut().insert(
-        axum::http::header::CACHE_CONTROL,
-        axum::http::HeaderValue::from_static("no-store"),
-    );
+    crate::http::no_store(&mut res);
     Ok(res)
 }

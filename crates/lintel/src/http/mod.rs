@@ -44,6 +44,14 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
+/// Marks an answer not to be stored by caches (secrets, tokens, logs).
+pub fn no_store(res: &mut axum::response::Response) {
+    res.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+}
+
 async fn no_route() -> impl IntoResponse {
     ApiError::new(
         axum::http::StatusCode::NOT_FOUND,

@@ -11,6 +11,7 @@ use utoipa_axum::routes;
 
 use crate::error::ApiError;
 use crate::http::extract::{Admin, JsonBody};
+use crate::http::no_store;
 use crate::http::openapi::ProblemDoc;
 use crate::state::AppState;
 use crate::store::{Sql, SqlValue};
@@ -53,13 +54,6 @@ async fn create_webhook(
     }
     no_store(&mut res);
     Ok(res)
-}
-
-fn no_store(res: &mut Response) {
-    res.headers_mut().insert(
-        axum::http::header::CACHE_CONTROL,
-        axum::http::HeaderValue::from_static("no-store"),
-    );
 }
 
 #[utoipa::path(

@@ -266,10 +266,7 @@ pub(super) fn refresh_token(sid: &str) -> String {
     format!("{sid}.{}", crate::ids::secret_token())
 }
 
-pub(super) fn no_store(res: &mut Response) {
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-}
+pub(super) use crate::http::no_store;
 
 /// How long a sign-in waiting for its second factor may take, in milliseconds.
 pub(crate) const MFA_PENDING_TTL_MS: i64 = 5 * 60 * 1000;
