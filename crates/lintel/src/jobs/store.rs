@@ -11,7 +11,7 @@ use crate::store::{Dialect, Sql, SqlValue, StoreError};
 pub const COLS: &str = "id, kind, queue, payload, priority, status, attempts, max_attempts, run_at, unique_key, timeout_ms, lease_id, lease_expires, last_error, progress, result, owner, created, updated, started, finished, lease_ms, schedule_id";
 
 /// The statuses that hold a `uniqueKey`.
-const ACTIVE: &str = "('queued', 'retrying', 'running')";
+pub const ACTIVE: &str = "('queued', 'retrying', 'running')";
 
 fn text(s: &str) -> SqlValue {
     SqlValue::Text(s.to_owned())
@@ -104,6 +104,53 @@ pub fn insert(d: Dialect, id: &str, job: &NewJob, now: i64) -> Sql {
         .push(ACTIVE)
         .push(" DO NOTHING RETURNING ")
         .push(COLS);
+    sql
+}
+
+/// Inserts a job (without a `uniqueKey`) only when the condition `cond` appends holds
+/// in the same statement: `INSERT ... SELECT ... WHERE <cond>`. A missing value is the
+/// literal `NULL`, which PostgreSQL can type from the column.
+pub fn insert_when(
+    d: Dialect,
+    id: &str,
+    job: &NewJob,
+    now: i64,
+    cond: impl FnOnce(&mut Sql),
+) -> Sql {
+    let mut sql = Sql::new(d);
+    sql.push(
+        "INSERT INTO _lintel_jobs (id, kind, queue, payload, priority, status, attempts, max_attempts,
+           run_at, unique_key, timeout_ms, owner, schedule_id, created, updated) SELECT ",
+    );
+    let values = [
+        text(id),
+        text(&job.kind),
+        text(&job.queue),
+        json_text(&job.payload),
+        SqlValue::Int(job.priority),
+        text("queued"),
+        SqlValue::Int(0),
+        SqlValue::Int(job.max_attempts),
+        SqlValue::Int(job.run_at.unwrap_or(now)),
+        SqlValue::Null,
+        SqlValue::Int(job.timeout_ms),
+        opt_text(job.owner.as_deref()),
+        opt_text(job.schedule_id.as_deref()),
+        SqlValue::Int(now),
+        SqlValue::Int(now),
+    ];
+    for (i, v) in values.into_iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        if matches!(v, SqlValue::Null) {
+            sql.push("NULL");
+        } else {
+            sql.bind(v);
+        }
+    }
+    sql.push(" WHERE ");
+    cond(&mut sql);
     sql
 }
 

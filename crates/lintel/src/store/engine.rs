@@ -739,6 +739,11 @@ pub(crate) const SYSTEM_MIGRATIONS: &[SystemMigration] = &[
     },
     SystemMigration::same(9, "jobs", crate::store::jobs::TABLES),
     SystemMigration::same(10, "webhooks", crate::store::webhooks::TABLES),
+    SystemMigration::same(
+        11,
+        "webhook_delivery_order",
+        crate::store::webhooks::DELIVERY_INDEXES,
+    ),
 ];
 
 /// Brings Lintel's own tables up to date, in the caller's transaction (which the
@@ -996,6 +1001,6 @@ mod tests {
             assert_eq!(checksum(m.sql(d).as_bytes()), sum, "{version} {d:?}");
         }
         let versions: Vec<i64> = SYSTEM_MIGRATIONS.iter().map(|m| m.version).collect();
-        assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        assert_eq!(versions, (1..=11).collect::<Vec<i64>>());
     }
 }

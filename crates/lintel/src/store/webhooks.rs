@@ -40,3 +40,10 @@ pub const TABLES: &str = "CREATE TABLE _lintel_webhooks (
             seq BIGINT NOT NULL
         );
         INSERT INTO _lintel_webhook_cursor (id, seq) VALUES (1, 0);";
+
+/// The indexes of ordered delivery (system migration 11): a delivery by its job, the
+/// deliveries of an ordered webhook waiting their turn (no job yet), in `seq` order,
+/// and the pending deliveries that have a job (in flight or awaiting a retry).
+pub const DELIVERY_INDEXES: &str = "CREATE INDEX _lintel_webhook_deliveries_job ON _lintel_webhook_deliveries (job);
+        CREATE INDEX _lintel_webhook_deliveries_waiting ON _lintel_webhook_deliveries (webhook, seq) WHERE job IS NULL;
+        CREATE INDEX _lintel_webhook_deliveries_sending ON _lintel_webhook_deliveries (webhook) WHERE status = 'pending' AND job IS NOT NULL;";

@@ -14,6 +14,7 @@ use crate::jobs::Job;
 use crate::jobs::service::Failed;
 use crate::runtime::Runtime;
 use crate::store::{EventDraft, Sql, SqlValue, WriteMeta, WriteOp};
+use crate::webhooks::dispatch::advance_ops;
 use crate::webhooks::{Webhook, get, sign};
 
 /// The waits before the retries (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h).
@@ -110,8 +111,7 @@ async fn post(rt: &Runtime, w: &Webhook, id: &str, body: &str) -> Attempt {
         .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<i64>().ok())
-        .map(|s| s.clamp(1, 86_400) * 1000);
+        .and_then(|v| retry_after_ms(v, now));
     let mut buf = Vec::new();
     while let Ok(Some(chunk)) = res.chunk().await {
         let room = READ_CAP.saturating_sub(buf.len());
@@ -136,20 +136,34 @@ async fn post(rt: &Runtime, w: &Webhook, id: &str, body: &str) -> Attempt {
     }
 }
 
-/// Runs one attempt of a `webhook` job.
+/// A `Retry-After` value (seconds, or an HTTP date) as the wait in milliseconds from
+/// `now_ms`, clamped to 1 s – 24 h.
+pub fn retry_after_ms(value: &str, now_ms: i64) -> Option<i64> {
+    let v = value.trim();
+    let ms = match v.parse::<i64>() {
+        Ok(s) => s.saturating_mul(1000),
+        Err(_) => crate::clock::parse_http_date(v)?
+            .saturating_mul(1000)
+            .saturating_sub(now_ms),
+    };
+    Some(ms.clamp(1_000, 86_400_000))
+}
+
+/// Runs one attempt of a `webhook` job. The job names its delivery, or (the head of
+/// an ordered webhook, started by [`advance_ops`]) is named by it.
 pub async fn run(rt: &Runtime, job: &Job) -> Result<Value, Failed> {
-    let (Some(wid), Some(did)) = (
-        job.payload["webhook"].as_str(),
-        job.payload["delivery"].as_str(),
-    ) else {
-        return Err(final_("the job names no delivery"));
+    let Some(wid) = job.payload["webhook"].as_str() else {
+        return Err(final_("the job names no webhook"));
     };
     let w = get(rt, wid)
         .await
         .map_err(|_| final_("the webhook was deleted"))?;
     let mut sql = Sql::new(rt.store.dialect());
-    sql.push("SELECT body, attempts FROM _lintel_webhook_deliveries WHERE id = ")
-        .bind(SqlValue::Text(did.to_owned()));
+    sql.push("SELECT id, body, attempts, status, seq FROM _lintel_webhook_deliveries WHERE ");
+    match job.payload["delivery"].as_str() {
+        Some(did) => sql.push("id = ").bind(SqlValue::Text(did.to_owned())),
+        None => sql.push("job = ").bind(SqlValue::Text(job.id.clone())),
+    };
     let rows = rt.store.query_rows(sql).await.map_err(|e| Failed {
         error: format!("reading the delivery failed: {e}"),
         retry: true,
@@ -158,17 +172,33 @@ pub async fn run(rt: &Runtime, job: &Job) -> Result<Value, Failed> {
     let Some(row) = rows.first() else {
         return Err(final_("the delivery is gone"));
     };
-    let body = row
-        .first()
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let mut attempts: Vec<Value> = row
-        .get(1)
-        .and_then(Value::as_str)
-        .and_then(|t| serde_json::from_str(t).ok())
-        .unwrap_or_default();
+    let col = |i: usize| row.get(i).and_then(Value::as_str).unwrap_or_default();
+    let did = col(0).to_owned();
+    let did = did.as_str();
+    let body = col(1).to_owned();
+    let mut attempts: Vec<Value> = serde_json::from_str(col(2)).unwrap_or_default();
+    // Already logged as done: this job ran it before a crash kept the job from
+    // finishing. Nothing is sent twice on that account.
+    if col(3) != "pending" {
+        return Ok(json!({ "delivery": did, "status": col(3) }));
+    }
+    let in_order = row.get(4).is_some_and(|v| !v.is_null());
     if !w.enabled {
+        let now = rt.clock.now_ms();
+        let mut off = Sql::new(rt.store.dialect());
+        off.push("UPDATE _lintel_webhook_deliveries SET status = 'failed', next_attempt_at = NULL WHERE id = ")
+            .bind(SqlValue::Text(did.to_owned()));
+        let mut ops = vec![WriteOp::System {
+            sql: off,
+            expect: None,
+        }];
+        if in_order {
+            ops.extend(advance_ops(rt, &w.id, now, true));
+        }
+        if let Err(e) = rt.store.write_as(ops, WriteMeta::default().at(now)).await {
+            tracing::warn!(delivery = did, error = %e.error, "logging a webhook attempt failed");
+        }
+        rt.jobs.wake.notify_one();
         return Err(final_("the webhook is disabled"));
     }
     let a = post(rt, &w, did, &body).await;
@@ -181,8 +211,11 @@ pub async fn run(rt: &Runtime, job: &Job) -> Result<Value, Failed> {
         "error": a.error,
     }));
     let succeeded = a.error.is_none();
+    let disable = !succeeded
+        && w.failing_since
+            .is_some_and(|since| now - since >= DISABLE_AFTER_MS);
     // The job's own attempt count covers retries asked for by hand too.
-    let more = a.retry && job.attempts < job.max_attempts;
+    let more = a.retry && job.attempts < job.max_attempts && !disable;
     let delay = a.retry_after_ms.unwrap_or_else(|| {
         let i = usize::try_from(job.attempts.saturating_sub(1)).unwrap_or(0);
         SCHEDULE_MS
@@ -228,10 +261,7 @@ pub async fn run(rt: &Runtime, job: &Job) -> Result<Value, Failed> {
         sql: health,
         expect: None,
     });
-    if !succeeded
-        && w.failing_since
-            .is_some_and(|since| now - since >= DISABLE_AFTER_MS)
-    {
+    if disable {
         let mut off = Sql::new(rt.store.dialect());
         off.push("UPDATE _lintel_webhooks SET enabled = 0, updated = ")
             .bind(SqlValue::Int(now))
@@ -249,18 +279,51 @@ pub async fn run(rt: &Runtime, job: &Job) -> Result<Value, Failed> {
             previous: None,
         })));
     }
+    // The delivery is done with: the next one of an ordered webhook may go (the health
+    // update above holds the webhook's row).
+    let done = succeeded || !more;
+    if done && in_order {
+        ops.extend(advance_ops(rt, &w.id, now, false));
+    }
     if let Err(e) = rt.store.write_as(ops, WriteMeta::default().at(now)).await {
         tracing::warn!(delivery = did, error = %e.error, "logging a webhook attempt failed");
+    }
+    if done && in_order {
+        rt.jobs.wake.notify_one();
     }
     if succeeded {
         Ok(json!({ "delivery": did, "responseStatus": a.status }))
     } else {
         Err(Failed {
             error: a.error.unwrap_or_default(),
-            retry: a.retry,
+            retry: more,
             retry_after_ms: None,
             delay_ms: Some(delay),
             result: json!({ "delivery": did, "responseStatus": a.status }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retry_after_ms;
+
+    #[test]
+    fn retry_after_is_seconds_or_a_date_clamped_to_a_second_and_a_day() {
+        assert_eq!(retry_after_ms("120", 0), Some(120_000));
+        assert_eq!(retry_after_ms(" 0 ", 0), Some(1_000));
+        assert_eq!(retry_after_ms("-5", 0), Some(1_000));
+        assert_eq!(retry_after_ms("999999999", 0), Some(86_400_000));
+        // 1994-11-06T08:49:37Z is 784111777 s after the epoch.
+        let at = 784_111_777_000;
+        assert_eq!(
+            retry_after_ms("Sun, 06 Nov 1994 08:49:37 GMT", at - 30_000),
+            Some(30_000)
+        );
+        assert_eq!(
+            retry_after_ms("Sun, 06 Nov 1994 08:49:37 GMT", at + 30_000),
+            Some(1_000)
+        );
+        assert_eq!(retry_after_ms("soon", 0), None);
     }
 }

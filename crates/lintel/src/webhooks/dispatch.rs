@@ -198,16 +198,102 @@ pub fn delivery_ops(
         SqlValue::Int(now),
     ]);
     sql.push(")");
-    let mut job = NewJob::of("webhook", json!({ "webhook": w.id, "delivery": id }));
-    job.queue = "webhooks".into();
-    job.max_attempts = MAX_ATTEMPTS;
-    job.timeout_ms = 60_000;
+    let job = delivery_job(json!({ "webhook": w.id, "delivery": id }), MAX_ATTEMPTS);
     let mut ops = vec![WriteOp::System {
         sql,
         expect: Some(1),
     }];
     ops.extend(crate::jobs::service::enqueue_ops_as(d, &job_id, &job, now));
     (id, ops)
+}
+
+/// The op that records a delivery of an ordered webhook, waiting its turn: no job
+/// until [`advance_ops`] gives it one.
+pub fn waiting_delivery_op(
+    rt: &Runtime,
+    w: &Webhook,
+    seq: i64,
+    kind: &str,
+    body: String,
+    now: i64,
+) -> WriteOp {
+    let mut sql = Sql::new(rt.store.dialect());
+    sql.push("INSERT INTO _lintel_webhook_deliveries (id, webhook, seq, type, body, status, attempts, next_attempt_at, job, created) VALUES (");
+    sql.bind_all([
+        SqlValue::Text(format!("msg_{}", crate::ids::record_id())),
+        SqlValue::Text(w.id.clone()),
+        SqlValue::Int(seq),
+        SqlValue::Text(kind.to_owned()),
+        SqlValue::Text(body),
+        SqlValue::Text("pending".into()),
+        SqlValue::Text("[]".into()),
+    ]);
+    sql.push(", NULL, NULL, ")
+        .bind(SqlValue::Int(now))
+        .push(")");
+    WriteOp::System {
+        sql,
+        expect: Some(1),
+    }
+}
+
+/// The ops that start the next waiting delivery of webhook `wid` (lowest `seq` first)
+/// when none of its pending deliveries has a live job: the head of an ordered webhook
+/// goes out alone, and a failing head holds the rest back until it succeeds or fails
+/// for good. With `lock` the first op locks the webhook's row (a caller that already
+/// updated the row holds that lock), so a fan-out and a finishing attempt on other
+/// instances take turns and each sees what the other committed.
+pub fn advance_ops(rt: &Runtime, wid: &str, now: i64, lock: bool) -> Vec<WriteOp> {
+    let d = rt.store.dialect();
+    let w = || SqlValue::Text(wid.to_owned());
+    let job_id = crate::ids::record_id();
+    let mut lock_sql = Sql::new(d);
+    lock_sql
+        .push("UPDATE _lintel_webhooks SET updated = updated WHERE id = ")
+        .bind(w());
+    let mut head = Sql::new(d);
+    head.push("UPDATE _lintel_webhook_deliveries SET job = ")
+        .bind(SqlValue::Text(job_id.clone()))
+        .push(", next_attempt_at = ")
+        .bind(SqlValue::Int(now))
+        .push(
+            " WHERE id = (SELECT id FROM _lintel_webhook_deliveries WHERE webhook = ",
+        )
+        .bind(w())
+        .push(" AND job IS NULL AND status = 'pending' ORDER BY seq LIMIT 1)")
+        .push(" AND NOT EXISTS (SELECT 1 FROM _lintel_webhook_deliveries s JOIN _lintel_jobs j ON j.id = s.job WHERE s.webhook = ")
+        .bind(w())
+        .push(" AND s.status = 'pending' AND s.job IS NOT NULL AND j.status IN ")
+        .push(crate::jobs::store::ACTIVE)
+        .push(")");
+    let job = delivery_job(json!({ "webhook": wid }), MAX_ATTEMPTS);
+    let start = crate::jobs::store::insert_when(d, &job_id, &job, now, |c| {
+        c.push("EXISTS (SELECT 1 FROM _lintel_webhook_deliveries WHERE job = ")
+            .bind(SqlValue::Text(job_id.clone()))
+            .push(")");
+    });
+    let mut ops = Vec::with_capacity(3);
+    if lock {
+        ops.push(WriteOp::System {
+            sql: lock_sql,
+            expect: None,
+        });
+    }
+    ops.push(WriteOp::System {
+        sql: head,
+        expect: None,
+    });
+    ops.push(WriteOp::Query { sql: start });
+    ops
+}
+
+/// The job of one delivery's attempts.
+pub fn delivery_job(payload: Value, max_attempts: i64) -> NewJob {
+    let mut job = NewJob::of("webhook", payload);
+    job.queue = "webhooks".into();
+    job.max_attempts = max_attempts;
+    job.timeout_ms = 60_000;
+    job
 }
 
 /// One pass: the next page of events after the position. A page with no delivery
@@ -246,14 +332,28 @@ pub async fn fan_out(rt: &Runtime, idle_move: bool) -> Result<Pass, WebhookError
     }
     let now = rt.clock.now_ms();
     let mut ops = vec![advance(rt, from, page.next_after)];
+    let mut waiting: Vec<&str> = Vec::new();
     for ev in &page.items {
         for w in &hooks {
             if matches(rt, w, ev) {
                 let kind = ev["type"].as_str().unwrap_or_default();
-                let (_, more) = delivery_ops(rt, w, ev["seq"].as_i64(), kind, body_of(ev), now);
-                ops.extend(more);
+                match ev["seq"].as_i64() {
+                    Some(seq) if w.ordered => {
+                        ops.push(waiting_delivery_op(rt, w, seq, kind, body_of(ev), now));
+                        if !waiting.contains(&w.id.as_str()) {
+                            waiting.push(&w.id);
+                        }
+                    }
+                    seq => {
+                        let (_, more) = delivery_ops(rt, w, seq, kind, body_of(ev), now);
+                        ops.extend(more);
+                    }
+                }
             }
         }
+    }
+    for wid in waiting {
+        ops.extend(advance_ops(rt, wid, now, true));
     }
     let queued = ops.len() > 1;
     // A full page moves on regardless: what a webhook wants may be behind it.

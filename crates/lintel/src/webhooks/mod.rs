@@ -321,15 +321,7 @@ fn check(
         }
     }
     if let Some(o) = input.ordered {
-        if o {
-            push_field_error(
-                &mut errors,
-                "ordered",
-                "not_supported",
-                "ordered delivery is not available yet; deliveries are sent in parallel",
-            );
-        }
-        w.ordered = false;
+        w.ordered = o;
     }
     match &input.headers {
         None => {}
@@ -441,7 +433,7 @@ pub async fn create(rt: &Runtime, input: &WebhookInput) -> Result<(Webhook, Stri
         opt(&w.description),
         SqlValue::Int(i64::from(w.enabled)),
         text(&Value::Object(w.headers.clone()).to_string()),
-        SqlValue::Int(0),
+        SqlValue::Int(i64::from(w.ordered)),
         text(&w.secret),
         SqlValue::Int(w.after_seq),
         SqlValue::Int(now),
@@ -491,6 +483,8 @@ pub async fn patch(rt: &Runtime, id: &str, input: &WebhookInput) -> Result<Webho
         .bind(w.failing_since.map_or(SqlValue::Null, SqlValue::Int))
         .push(", headers = ")
         .bind(text(&Value::Object(w.headers.clone()).to_string()))
+        .push(", ordered = ")
+        .bind(SqlValue::Int(i64::from(w.ordered)))
         .push(", updated = ")
         .bind(SqlValue::Int(rt.clock.now_ms()))
         .push(" WHERE id = ")

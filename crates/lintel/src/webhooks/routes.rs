@@ -310,12 +310,8 @@ async fn retry_delivery(
             .into_response());
     }
     let job_id = crate::ids::record_id();
-    let mut job =
-        crate::jobs::NewJob::of("webhook", json!({ "webhook": id, "delivery": delivery }));
-    job.queue = "webhooks".into();
     // One more attempt of the delivery: no retries of its own.
-    job.max_attempts = 1;
-    job.timeout_ms = 60_000;
+    let job = dispatch::delivery_job(json!({ "webhook": id, "delivery": delivery }), 1);
     let now = state.clock.now_ms();
     let mut mark = Sql::new(d);
     mark.push("UPDATE _lintel_webhook_deliveries SET status = 'pending', next_attempt_at = ")

@@ -30,14 +30,23 @@ impl Got {
     }
 }
 
-/// A receiver on 127.0.0.1 answering the statuses in `answers` in turn (then 200).
+/// A receiver on 127.0.0.1 answering the statuses in `answers` in turn (then 200),
+/// each with `Retry-After: 1`.
 async fn receiver(answers: Vec<u16>) -> (String, Arc<Mutex<Vec<Got>>>) {
+    receiver_with(answers, "1").await
+}
+
+/// A receiver answering the statuses in `answers` in turn (then 200), each with this
+/// `Retry-After`.
+async fn receiver_with(answers: Vec<u16>, retry_after: &str) -> (String, Arc<Mutex<Vec<Got>>>) {
+    let retry_after = retry_after.to_owned();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let got: Arc<Mutex<Vec<Got>>> = Arc::default();
     let seen = got.clone();
     tokio::spawn(async move {
+        let retry_after = retry_after;
         while let Ok((mut s, _)) = listener.accept().await {
             let mut buf = Vec::new();
             let mut chunk = [0u8; 8192];
@@ -84,7 +93,7 @@ async fn receiver(answers: Vec<u16>) -> (String, Arc<Mutex<Vec<Got>>>) {
             };
             let status = answers.get(n - 1).copied().unwrap_or(200);
             let reply = format!(
-                "HTTP/1.1 {status} X\r\nRetry-After: 1\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                "HTTP/1.1 {status} X\r\nRetry-After: {retry_after}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
             );
             let _ = s.write_all(reply.as_bytes()).await;
         }
@@ -709,4 +718,214 @@ async fn kill_9_mid_delivery_loses_no_delivery() {
     let mut child = served.child;
     let _ = child.kill().await;
     crate::common::drop_database(db_dir.path()).await;
+}
+
+/// The deliveries' log of webhook `id`, once `ready` holds for it (or after 2.5 s).
+async fn log_when(app: &TestApp, id: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let mut log = Value::Null;
+    for _ in 0..100 {
+        log = app
+            .admin(Method::GET, &format!("/v1/webhooks/{id}/deliveries"), None)
+            .await
+            .body;
+        if ready(&log) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    log
+}
+
+#[tokio::test]
+async fn ordered_deliveries_go_in_seq_order_behind_a_failing_head() {
+    let (url, got) = receiver(vec![503, 503]).await;
+    let app = TestApp::spawn_clocked(allow_local).await;
+    notes(&app).await;
+    let r = app
+        .admin(
+            Method::POST,
+            "/v1/webhooks",
+            Some(json!({"url": url, "events": ["record.created"], "ordered": true})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.body["ordered"], true);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    for n in 0..4 {
+        app.create("notes", json!({"title": "x", "n": n})).await;
+    }
+    wait_for(&got, 1).await;
+    // The head failed: the three behind it wait, however long.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        got.lock().unwrap().len(),
+        1,
+        "a failing head holds the rest"
+    );
+    let log = log_when(&app, &id, |l| l["totalItems"] == 4).await;
+    let waiting = log["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["attempts"].as_array().unwrap().is_empty())
+        .count();
+    assert_eq!(waiting, 3, "{log}");
+    app.advance(Duration::from_secs(1));
+    wait_for(&got, 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(got.lock().unwrap().len(), 2);
+    app.advance(Duration::from_secs(1));
+    let seen = wait_for(&got, 6).await;
+    assert_eq!(seen.len(), 6, "{seen:?}");
+    let seqs: Vec<i64> = seen
+        .iter()
+        .map(|g| {
+            serde_json::from_str::<Value>(&g.body).unwrap()["data"]["seq"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs[0], seqs[1]);
+    assert_eq!(seqs[1], seqs[2]);
+    assert!(
+        seqs[2..].windows(2).all(|w| w[0] < w[1]),
+        "in seq order, each once: {seqs:?}"
+    );
+    let ns: Vec<i64> = seen[2..]
+        .iter()
+        .map(|g| {
+            serde_json::from_str::<Value>(&g.body).unwrap()["data"]["record"]["n"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(ns, [0, 1, 2, 3]);
+    assert_eq!(seen[0].header("webhook-id"), seen[2].header("webhook-id"));
+    let log = log_when(&app, &id, |l| {
+        l["items"]
+            .as_array()
+            .is_some_and(|i| i.iter().all(|d| d["status"] == "succeeded"))
+    })
+    .await;
+    assert!(
+        log["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["status"] == "succeeded"),
+        "{log}"
+    );
+    // Turned off, deliveries go in parallel again.
+    let p = app
+        .admin(
+            Method::PATCH,
+            &format!("/v1/webhooks/{id}"),
+            Some(json!({"ordered": false})),
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.text);
+    assert_eq!(p.body["ordered"], false);
+    app.create("notes", json!({"title": "after", "n": 4})).await;
+    assert_eq!(wait_for(&got, 7).await.len(), 7);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_endpoint_failing_for_five_days_is_disabled() {
+    let (url, got) = receiver(vec![500; 50]).await;
+    let app = TestApp::spawn_clocked(allow_local).await;
+    notes(&app).await;
+    let r = app
+        .admin(
+            Method::POST,
+            "/v1/webhooks",
+            Some(json!({"url": url, "events": ["record.created"]})),
+        )
+        .await;
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    app.create("notes", json!({"title": "x"})).await;
+    wait_for(&got, 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.advance(Duration::from_secs(5));
+    wait_for(&got, 2).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let w = app
+        .admin(Method::GET, &format!("/v1/webhooks/{id}"), None)
+        .await;
+    assert_eq!(w.body["enabled"], true, "failing, not yet for five days");
+    app.advance(Duration::from_secs(5 * 24 * 3600));
+    wait_for(&got, 3).await;
+    let mut w = Value::Null;
+    for _ in 0..100 {
+        w = app
+            .admin(Method::GET, &format!("/v1/webhooks/{id}"), None)
+            .await
+            .body;
+        if w["enabled"] == false {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(w["enabled"], false, "{w}");
+    // The event is readable once the log's end has moved past it.
+    let mut ev = app
+        .admin(Method::GET, "/v1/events?types=webhook.disabled", None)
+        .await;
+    for _ in 0..100 {
+        if ev.body["items"].as_array().is_some_and(|i| !i.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        ev = app
+            .admin(Method::GET, "/v1/events?types=webhook.disabled", None)
+            .await;
+    }
+    assert_eq!(ev.status, StatusCode::OK, "{}", ev.text);
+    let items = ev.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{}", ev.text);
+    assert_eq!(items[0]["recordId"], id.as_str());
+    let log = log_when(&app, &id, |l| l["items"][0]["status"] == "failed").await;
+    assert_eq!(log["items"][0]["status"], "failed", "{log}");
+    assert!(log["items"][0]["nextAttemptAt"].is_null(), "{log}");
+    // Disabled: new events are not delivered.
+    app.create("notes", json!({"title": "y"})).await;
+    app.advance(Duration::from_secs(3600));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(got.lock().unwrap().len(), 3);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn retry_after_replaces_the_next_step_clamped_to_a_day() {
+    let (url, got) = receiver_with(vec![429], "999999").await;
+    let app = TestApp::spawn_clocked(allow_local).await;
+    notes(&app).await;
+    let r = app
+        .admin(
+            Method::POST,
+            "/v1/webhooks",
+            Some(json!({"url": url, "events": ["record.created"]})),
+        )
+        .await;
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    app.create("notes", json!({"title": "x"})).await;
+    wait_for(&got, 1).await;
+    let log = log_when(&app, &id, |l| {
+        l["items"][0]["attempts"]
+            .as_array()
+            .is_some_and(|a| a.len() == 1)
+    })
+    .await;
+    let d = &log["items"][0];
+    assert_eq!(d["status"], "pending", "{log}");
+    let at = lintel::clock::ts_millis(d["attempts"][0]["at"].as_str().unwrap()).unwrap();
+    let next = lintel::clock::ts_millis(d["nextAttemptAt"].as_str().unwrap()).unwrap();
+    assert_eq!(next - at, 24 * 3600 * 1000, "{log}");
+    // Not a minute before.
+    app.advance(Duration::from_secs(24 * 3600 - 60));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(got.lock().unwrap().len(), 1);
+    app.advance(Duration::from_secs(60));
+    assert_eq!(wait_for(&got, 2).await.len(), 2);
+    app.shutdown().await;
 }
