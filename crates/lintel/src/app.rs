@@ -309,6 +309,15 @@ pub async fn start_on(
     };
     let jobs = crate::jobs::JobsRuntime::new(&config, instance)
         .context("configuring outbound requests")?;
+    let files = {
+        let dir = config.data_dir.join("files");
+        let disk = tokio::task::spawn_blocking(move || crate::files::blob::LocalDisk::open(&dir))
+            .await?
+            .context("opening the files folder")?;
+        crate::files::FilesRuntime {
+            blobs: Arc::new(disk),
+        }
+    };
     let store_for_auth = store.clone();
     let trusted_proxies = crate::http::client_ip::parse_all(&config.http.trusted_proxies)?;
     let tls = if config.tls.cert_file.as_os_str().is_empty() {
@@ -361,6 +370,7 @@ pub async fn start_on(
         denials: crate::auth::audit::Denials::new(denial_window_secs),
         events: crate::events::EventsRuntime::new(),
         jobs,
+        files,
     }));
     let state = AppState(Arc::new(Inner {
         rt,
@@ -459,6 +469,10 @@ pub async fn start_on(
             Runtime::clone(&task_state),
             rx.clone(),
         ));
+        let reaper = tokio::spawn(crate::files::reaper::run(
+            Runtime::clone(&task_state),
+            rx.clone(),
+        ));
         let sequencer = tokio::spawn(crate::events::run_sequencer(
             Runtime::clone(&task_state),
             Duration::from_millis(task_state.config.events.poll_ms.max(10)),
@@ -547,6 +561,7 @@ pub async fn start_on(
         }
         sequencer.abort();
         fan_out.abort();
+        reaper.abort();
         task_state.store.close().await;
         tracing::info!("store closed; stopped");
     });

@@ -61,6 +61,7 @@ pub struct Config {
     pub events: EventsConfig,
     pub jobs: JobsConfig,
     pub outbound: OutboundConfig,
+    pub files: FilesConfig,
     pub metrics: MetricsConfig,
     pub mail: MailConfig,
     pub tls: TlsConfig,
@@ -444,6 +445,25 @@ pub struct OutboundConfig {
     pub allow_hosts: Vec<String>,
 }
 
+/// Uploaded files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilesConfig {
+    /// The most bytes of files one request may upload (and of any one file).
+    pub max_upload_bytes: u64,
+    /// How long a file token (`POST /v1/files/token`) is accepted.
+    pub token_ttl_seconds: u64,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: 2 * 1024 * 1024 * 1024,
+            token_ttl_seconds: 120,
+        }
+    }
+}
+
 /// Outgoing mail (verification, password reset, email change).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -646,6 +666,7 @@ impl Default for Config {
             events: EventsConfig::default(),
             jobs: JobsConfig::default(),
             outbound: OutboundConfig::default(),
+            files: FilesConfig::default(),
             metrics: MetricsConfig::default(),
             mail: MailConfig::default(),
             tls: TlsConfig {

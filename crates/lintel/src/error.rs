@@ -355,6 +355,60 @@ impl From<crate::webhooks::WebhookError> for ApiError {
     }
 }
 
+/// Files: uploads, downloads, tokens.
+impl From<crate::files::FileError> for ApiError {
+    fn from(e: crate::files::FileError) -> Self {
+        use crate::files::FileError;
+        match e {
+            FileError::TooLarge { field, limit } => {
+                let mut err = ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "file_too_large",
+                    format!("{field}: the upload is larger than {limit} bytes."),
+                );
+                push_field_error(
+                    &mut err.errors,
+                    field,
+                    "too_large",
+                    format!("must be at most {limit} bytes"),
+                );
+                err
+            }
+            FileError::Invalid(errors) => ApiError::validation(errors),
+            FileError::BadBody(m) => ApiError::bad_request(
+                "invalid_body",
+                format!("The multipart body cannot be read: {m}"),
+            ),
+            FileError::NotFound => ApiError::not_found("No such file."),
+            FileError::NeedsCaller => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "file_token_required",
+                "This file is private: sign in, or pass a file token (POST /v1/files/token) as ?token=.",
+            ),
+            FileError::BadToken => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_file_token",
+                "The file token is invalid, expired or revoked.",
+            ),
+            FileError::BadThumb(t) => ApiError::bad_request(
+                "invalid_thumb",
+                format!("The field lists no thumb size '{t}'."),
+            ),
+            FileError::Unsatisfiable { size } => {
+                let mut err = ApiError::new(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "range_not_satisfiable",
+                    format!("The range lies outside the file's {size} bytes."),
+                );
+                err.extra.insert("size".into(), Value::from(size));
+                err
+            }
+            FileError::Io(m) => ApiError::internal(format!("file bytes: {m}")),
+            FileError::Store(e) => ApiError::from(e),
+        }
+    }
+}
+
 /// Reading the event log.
 impl From<crate::events::EventsError> for ApiError {
     fn from(e: crate::events::EventsError) -> Self {
@@ -598,7 +652,7 @@ mod tests {
             ("field", 1, true),
         ];
         let api_call =
-            Regex::new(r"\b(?:ApiError|Self|RecordError|AuthError|JobError)::([a-z_]+) ?\(")
+            Regex::new(r"\b(?:ApiError|Self|RecordError|AuthError|JobError|FileError|WebhookError)::([a-z_]+) ?\(")
                 .expect("regex");
         let push = Regex::new(r"\bpush_field_error ?\(").expect("regex");
         // A value check's verdict, `Err(("code", message))` or `.ok_or(("code", ...))`.

@@ -22,6 +22,7 @@ pub mod collections;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod files;
 pub mod http;
 pub mod ids;
 pub mod jobs;

@@ -54,6 +54,8 @@ pub struct RuntimeInner {
     pub events: crate::events::EventsRuntime,
     /// The job queue's wake-ups, backoff and outbound client.
     pub jobs: crate::jobs::JobsRuntime,
+    /// Where uploaded files' bytes live.
+    pub files: crate::files::FilesRuntime,
 }
 
 impl Deref for Runtime {

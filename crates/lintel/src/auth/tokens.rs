@@ -24,7 +24,13 @@ pub struct Claims {
     pub iss: String,
     pub iat: i64,
     pub exp: i64,
+    /// Set only on file tokens ([`FILE_AUDIENCE`]), which are never access tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
 }
+
+/// The audience of file tokens: they open file downloads and nothing else.
+pub const FILE_AUDIENCE: &str = "lintel-files";
 
 /// The keys tokens are signed and checked with.
 pub struct Keys {
@@ -114,8 +120,41 @@ impl Keys {
             iss: self.issuer.clone(),
             iat: now,
             exp: now + self.access_ttl_secs as i64,
+            aud: None,
         };
         encode(&Header::new(self.algorithm), &claims, &self.encoding).context("signing a token")
+    }
+
+    /// Signs a file token for an account and session (or `admin`), valid `ttl_secs`.
+    pub fn issue_file(
+        &self,
+        collection: &str,
+        id: &str,
+        session: &str,
+        now_ms: i64,
+        ttl_secs: u64,
+    ) -> anyhow::Result<String> {
+        let now = now_ms / 1000;
+        let claims = Claims {
+            sub: id.to_owned(),
+            col: collection.to_owned(),
+            sid: session.to_owned(),
+            iss: self.issuer.clone(),
+            iat: now,
+            exp: now + i64::try_from(ttl_secs).unwrap_or(i64::MAX / 2),
+            aud: Some(FILE_AUDIENCE.into()),
+        };
+        encode(&Header::new(self.algorithm), &claims, &self.encoding)
+            .context("signing a file token")
+    }
+
+    /// Checks a file token: signature, issuer, audience and expiry (no leeway).
+    pub fn verify_file(&self, token: &str, now_ms: i64) -> Option<Claims> {
+        decode::<Claims>(token, &self.decoding, &self.validation)
+            .ok()
+            .map(|d| d.claims)
+            .filter(|c| c.aud.as_deref() == Some(FILE_AUDIENCE))
+            .filter(|c| c.exp > now_ms.div_euclid(1000))
     }
 
     /// Checks an access token's signature, issuer and expiry (against `now_ms`, with
@@ -124,6 +163,8 @@ impl Keys {
         decode::<Claims>(token, &self.decoding, &self.validation)
             .ok()
             .map(|d| d.claims)
+            // A file token is no access token.
+            .filter(|c| c.aud.is_none())
             .filter(|c| c.exp + EXPIRY_LEEWAY_SECS >= now_ms.div_euclid(1000))
     }
 }

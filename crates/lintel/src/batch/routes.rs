@@ -105,7 +105,14 @@ async fn prepare(
     }
     match (method.as_str(), id) {
         ("POST", None) => Ok((
-            service::prepare_create(state, caller, &coll, body_object(op)?).await?,
+            service::prepare_create(
+                state,
+                caller,
+                &coll,
+                body_object(op)?,
+                &crate::files::Fresh::default(),
+            )
+            .await?,
             201,
         )),
         ("PUT", Some(id)) | ("PATCH", Some(id)) => {
@@ -120,8 +127,11 @@ async fn prepare(
                 &coll,
                 &id,
                 body_object(op)?,
-                mode,
-                op.if_match.as_deref(),
+                service::UpdateHow {
+                    mode,
+                    if_match: op.if_match.as_deref(),
+                    fresh: &crate::files::Fresh::default(),
+                },
             )
             .await?;
             Ok((op, 200))

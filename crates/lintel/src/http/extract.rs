@@ -155,3 +155,49 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .then(|| token.trim())
         .filter(|t| !t.is_empty())
 }
+
+/// A record write's body: JSON (read up to `http.body_limit`), or
+/// `multipart/form-data` with files, left unread for the handler to stream (the
+/// records routes lift the body limit; `crate::files::upload` counts instead).
+pub enum RecordBody {
+    Json(serde_json::Map<String, serde_json::Value>),
+    Multipart(axum::extract::Multipart),
+}
+
+impl FromRequest<AppState> for RecordBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let multipart = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| {
+                ct.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("multipart/form-data")
+            });
+        if multipart {
+            return axum::extract::Multipart::from_request(req, state)
+                .await
+                .map(RecordBody::Multipart)
+                .map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_body",
+                        "The multipart body has no boundary or cannot be read.",
+                    )
+                });
+        }
+        check_json_content_type(req.headers())?;
+        let bytes = axum::body::to_bytes(req.into_body(), state.config.http.body_limit)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "The request body is larger than the server accepts.",
+                )
+            })?;
+        parse_json(&bytes).map(RecordBody::Json)
+    }
+}

@@ -41,6 +41,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(crate::jobs::router())
         .merge(crate::jobs::routes::transfer_router())
         .merge(crate::webhooks::router())
+        .merge(crate::files::routes::router())
         .split_for_parts()
 }
 

@@ -304,6 +304,7 @@ async fn run_kind(rt: &Runtime, job: &Job) -> Ended {
             {
                 Ok(r) => Ended::Done(json!({
                     "files": crate::jobs::transfer::sweep_files(rt).await,
+                    "recordFiles": crate::files::sweep(rt).await,
                     "oauthStates": r.oauth_states,
                     "authTokens": r.auth_tokens,
                     "sessions": r.sessions,

@@ -459,7 +459,15 @@ pub async fn run_import(rt: &Runtime, job: &Job, lease: &str) -> Result<Value, F
                     line,
                     json!({ "_line": { "code": "invalid", "message": msg } }),
                 ),
-                Ok(input) => match service::prepare_create(rt, &caller, &coll, input).await {
+                Ok(input) => match service::prepare_create(
+                    rt,
+                    &caller,
+                    &coll,
+                    input,
+                    &crate::files::Fresh::default(),
+                )
+                .await
+                {
                     Ok(p) => {
                         prepared.push(p);
                         lines.push(line);

@@ -14,7 +14,7 @@ use crate::access::Caller;
 use crate::access::permit::Visible;
 use crate::access::render::{RecordView, record_href};
 use crate::error::ApiError;
-use crate::http::extract::JsonBody;
+use crate::http::extract::RecordBody;
 use crate::http::openapi::ProblemDoc;
 use crate::records::query::{self, ListParams};
 use crate::records::service::{self, etag, render_many, tag_matches};
@@ -30,6 +30,39 @@ pub fn router() -> OpenApiRouter<AppState> {
             patch_record,
             delete_record
         ))
+        // Uploads are counted by `files::upload` (per file and per request); JSON bodies
+        // by `RecordBody` (`http.body_limit`).
+        .layer(axum::extract::DefaultBodyLimit::disable())
+}
+
+/// Reads a multipart record write: its fields, with the names of the files it
+/// uploaded put under their field (`avatar`) or add-to-field key (`docs+`).
+async fn read_upload(
+    state: &AppState,
+    coll: &crate::schema::Collection,
+    mp: axum::extract::Multipart,
+) -> Result<(Map<String, Value>, Vec<crate::files::Staged>), ApiError> {
+    let up = crate::files::upload::read(state, coll, mp).await?;
+    let mut input = up.input;
+    for s in &up.files {
+        let key = if s.append {
+            format!("{}+", s.field)
+        } else {
+            s.field.clone()
+        };
+        let name = Value::String(s.name.clone());
+        match input.get_mut(&key) {
+            Some(Value::Array(a)) => a.push(name),
+            Some(v @ Value::String(_)) => {
+                let first = v.take();
+                *v = Value::Array(vec![first, name]);
+            }
+            _ => {
+                input.insert(key, Value::Array(vec![name]));
+            }
+        }
+    }
+    Ok((input, up.files))
 }
 
 const RECORD_CACHE_CONTROL: &str = "private, no-cache";
@@ -195,20 +228,52 @@ async fn create_record(
     State(state): State<AppState>,
     caller: Caller,
     Path(collection): Path<String>,
-    JsonBody(input): JsonBody<Map<String, Value>>,
+    body: RecordBody,
 ) -> Result<Response, ApiError> {
     let coll = service::collection(&state, &collection)?;
-    let prepared = service::prepare_create(&state, &caller, &coll, input).await?;
-    let ready = service::finish(&state, &caller, vec![prepared])
-        .await?
-        .pop()
-        .ok_or_else(|| ApiError::internal("create prepared no write"))?;
-    let written = ready
-        .written
-        .ok_or_else(|| ApiError::internal("create granted no response"))?;
-    let record = service::write_one(&state, ready.op, caller.write_meta(state.clock.now_ms()))
-        .await?
-        .ok_or_else(|| ApiError::internal("create returned no record"))?;
+    let (input, staged) = match body {
+        RecordBody::Json(input) => (input, Vec::new()),
+        RecordBody::Multipart(mp) => {
+            // What needs no body is refused before a byte is stored.
+            service::may_create(&state, &caller, &coll)?;
+            read_upload(&state, &coll, mp).await?
+        }
+    };
+    let fresh = crate::files::Fresh {
+        id: (!staged.is_empty()).then(crate::ids::record_id),
+        names: staged.iter().map(|s| s.name.clone()).collect(),
+    };
+    let prepared = match service::prepare_create(&state, &caller, &coll, input, &fresh).await {
+        Ok(p) => p,
+        Err(e) => {
+            crate::files::upload::discard(&staged).await;
+            return Err(e.into());
+        }
+    };
+    if let Some(id) = &fresh.id {
+        crate::files::keep(&state, coll.name(), id, Some(&caller.actor()), &staged).await?;
+    }
+    let written = async {
+        let ready = service::finish(&state, &caller, vec![prepared])
+            .await?
+            .pop()
+            .ok_or_else(|| ApiError::internal("create prepared no write"))?;
+        let written = ready
+            .written
+            .ok_or_else(|| ApiError::internal("create granted no response"))?;
+        let record = service::write_one(&state, ready.op, caller.write_meta(state.clock.now_ms()))
+            .await?
+            .ok_or_else(|| ApiError::internal("create returned no record"))?;
+        Ok::<_, ApiError>((written, record))
+    }
+    .await;
+    let (written, record) = match written {
+        Ok(w) => w,
+        Err(e) => {
+            crate::files::forget(&state, &fresh.names).await;
+            return Err(e);
+        }
+    };
     Ok(record_response(
         StatusCode::CREATED,
         &coll,
@@ -314,13 +379,44 @@ async fn update(
     collection: String,
     id: String,
     headers: HeaderMap,
-    input: Map<String, Value>,
+    body: RecordBody,
     mode: Mode,
 ) -> Result<Response, ApiError> {
     let coll = service::collection(&state, &collection)?;
     let if_match = if_match(&headers)?;
-    let (record, written) =
-        service::update(&state, &caller, &coll, &id, input, mode, if_match).await?;
+    let (input, staged) = match body {
+        RecordBody::Json(input) => (input, Vec::new()),
+        RecordBody::Multipart(mp) => {
+            // A record the caller cannot see is 404 before a byte is stored.
+            service::get_visible(&state, &caller, &coll, &id).await?;
+            read_upload(&state, &coll, mp).await?
+        }
+    };
+    let fresh = crate::files::Fresh {
+        id: None,
+        names: staged.iter().map(|s| s.name.clone()).collect(),
+    };
+    crate::files::keep(&state, coll.name(), &id, Some(&caller.actor()), &staged).await?;
+    let (record, written) = match service::update(
+        &state,
+        &caller,
+        &coll,
+        &id,
+        input,
+        service::UpdateHow {
+            mode,
+            if_match,
+            fresh: &fresh,
+        },
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            crate::files::forget(&state, &fresh.names).await;
+            return Err(e.into());
+        }
+    };
     let written = written.ok_or_else(|| ApiError::internal("update granted no response"))?;
     Ok(record_response(
         StatusCode::OK,
@@ -353,9 +449,9 @@ async fn replace_record(
     caller: Caller,
     Path((collection, id)): Path<(String, String)>,
     headers: HeaderMap,
-    JsonBody(input): JsonBody<Map<String, Value>>,
+    body: RecordBody,
 ) -> Result<Response, ApiError> {
-    update(state, caller, collection, id, headers, input, Mode::Replace).await
+    update(state, caller, collection, id, headers, body, Mode::Replace).await
 }
 
 #[utoipa::path(
@@ -381,9 +477,9 @@ async fn patch_record(
     caller: Caller,
     Path((collection, id)): Path<(String, String)>,
     headers: HeaderMap,
-    JsonBody(input): JsonBody<Map<String, Value>>,
+    body: RecordBody,
 ) -> Result<Response, ApiError> {
-    update(state, caller, collection, id, headers, input, Mode::Patch).await
+    update(state, caller, collection, id, headers, body, Mode::Patch).await
 }
 
 #[utoipa::path(

@@ -30,6 +30,8 @@ pub enum FieldType {
     Relation,
     /// A point on Earth: `{"lat": -90..90, "lon": -180..180}` (WGS 84 degrees).
     GeoPoint,
+    /// Uploaded files: one stored name, or a list of them (`maxCount` above 1).
+    File,
 }
 
 /// How a kind's values sit in the store. The store maps each class to a column type
@@ -72,7 +74,7 @@ const LON_RANGE: (f64, f64) = (-180.0, 180.0);
 
 impl FieldType {
     /// Every kind, in the order the API documents them.
-    pub const ALL: [FieldType; 11] = [
+    pub const ALL: [FieldType; 12] = [
         FieldType::Text,
         FieldType::Number,
         FieldType::Integer,
@@ -84,6 +86,7 @@ impl FieldType {
         FieldType::Json,
         FieldType::Relation,
         FieldType::GeoPoint,
+        FieldType::File,
     ];
 
     /// The name clients use in a field's `type`.
@@ -100,6 +103,7 @@ impl FieldType {
             FieldType::Json => "json",
             FieldType::Relation => "relation",
             FieldType::GeoPoint => "geoPoint",
+            FieldType::File => "file",
         }
     }
 
@@ -111,12 +115,13 @@ impl FieldType {
             FieldType::Bool => Storage::Bool,
             FieldType::Datetime => Storage::Timestamp,
             FieldType::Json | FieldType::GeoPoint => Storage::Json,
-            FieldType::Relation if multiple => Storage::Json,
+            FieldType::Relation | FieldType::File if multiple => Storage::Json,
             FieldType::Text
             | FieldType::Email
             | FieldType::Url
             | FieldType::Select
-            | FieldType::Relation => Storage::Text,
+            | FieldType::Relation
+            | FieldType::File => Storage::Text,
         }
     }
 
@@ -127,12 +132,13 @@ impl FieldType {
             FieldType::Bool => FilterKind::Bool,
             FieldType::Datetime => FilterKind::Timestamp,
             FieldType::Json | FieldType::GeoPoint => FilterKind::Json,
-            FieldType::Relation if multiple => FilterKind::IdList,
+            FieldType::Relation | FieldType::File if multiple => FilterKind::IdList,
             FieldType::Text
             | FieldType::Email
             | FieldType::Url
             | FieldType::Select
-            | FieldType::Relation => FilterKind::Text,
+            | FieldType::Relation
+            | FieldType::File => FilterKind::Text,
         }
     }
 
@@ -180,14 +186,14 @@ impl FieldType {
 
     /// Whether a `default` applies.
     pub fn takes_default(self) -> bool {
-        self != FieldType::Relation
+        !matches!(self, FieldType::Relation | FieldType::File)
     }
 
     /// The label of `min` and `max` in generated docs ("" when `min` does not apply).
     pub fn bound_labels(self) -> (&'static str, &'static str) {
         match self {
             FieldType::Text => ("min length", "max length"),
-            FieldType::Relation => ("min items", "max items"),
+            FieldType::Relation | FieldType::File => ("min items", "max items"),
             FieldType::Json => ("", "max bytes"),
             _ => ("min", "max"),
         }
@@ -196,7 +202,8 @@ impl FieldType {
     /// Whether a response may hold `null` for it (JSON and multiple relations hold
     /// `null`/`[]` as values instead).
     pub fn nullable_in_responses(self, multiple: bool) -> bool {
-        !(self == FieldType::Json || (self == FieldType::Relation && multiple))
+        !(self == FieldType::Json
+            || (matches!(self, FieldType::Relation | FieldType::File) && multiple))
     }
 }
 
@@ -219,7 +226,7 @@ pub fn is_empty(f: &FieldSpec, v: &Value) -> bool {
 
 /// What an optional field holds when it has no value.
 pub fn empty_value(f: &FieldSpec) -> Value {
-    if f.field_type == FieldType::Relation && f.multiple {
+    if matches!(f.field_type, FieldType::Relation | FieldType::File) && f.multiple {
         Value::Array(Vec::new())
     } else {
         Value::Null
@@ -335,6 +342,29 @@ pub fn check_value(f: &FieldSpec, pattern: Option<&Regex>, value: &Value) -> Che
         }
         FieldType::Relation => check_relation(f, value),
         FieldType::GeoPoint => check_geo_point(value),
+        FieldType::File => check_file_names(f, value),
+    }
+}
+
+/// A file field's value: stored names (the records service has already checked that
+/// each is the record's own or just uploaded).
+fn check_file_names(f: &FieldSpec, value: &Value) -> Check {
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 128
+            && !s.starts_with('.')
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    };
+    if !f.multiple {
+        return match value.as_str() {
+            Some(s) if ok(s) => Ok(value.clone()),
+            _ => Err(("invalid_type", "must be a file name".into())),
+        };
+    }
+    match value.as_array() {
+        Some(a) if a.iter().all(|v| v.as_str().is_some_and(ok)) => Ok(value.clone()),
+        _ => Err(("invalid_type", "must be a list of file names".into())),
     }
 }
 
@@ -523,7 +553,23 @@ pub fn check_options(f: &FieldSpec) -> Vec<(&'static str, &'static str, String)>
             format!("a {} field takes no pattern", t.as_str()),
         ));
     }
-    if f.multiple && t != FieldType::Relation {
+    let file_only: [(&'static str, bool); 5] = [
+        ("maxCount", f.max_count.is_some()),
+        ("maxSize", f.max_size.is_some()),
+        ("mimeTypes", f.mime_types.is_some()),
+        ("private", f.private),
+        ("thumbs", f.thumbs.is_some()),
+    ];
+    if t == FieldType::File {
+        check_file_options(f, &mut out);
+    } else {
+        for (opt, set) in file_only {
+            if set {
+                out.push((opt, "not_allowed", format!("only file fields take {opt}")));
+            }
+        }
+    }
+    if f.multiple && !matches!(t, FieldType::Relation | FieldType::File) {
         out.push((
             "multiple",
             "not_allowed",
@@ -545,6 +591,69 @@ pub fn check_options(f: &FieldSpec) -> Vec<(&'static str, &'static str, String)>
         ));
     }
     out
+}
+
+/// The options of a file field.
+fn check_file_options(f: &FieldSpec, out: &mut Vec<(&'static str, &'static str, String)>) {
+    if f.max_count.is_some_and(|n| n == 0 || n > 1000) {
+        out.push(("maxCount", "invalid", "must be 1 to 1000".into()));
+    }
+    if f.max_size == Some(0) {
+        out.push(("maxSize", "invalid", "must be at least 1 byte".into()));
+    }
+    if let Some(types) = &f.mime_types {
+        let shape = |m: &str| {
+            let mut it = m.split('/');
+            let (a, b) = (it.next().unwrap_or_default(), it.next().unwrap_or_default());
+            let token = |x: &str| {
+                !x.is_empty()
+                    && x.len() <= 100
+                    && x.bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&c))
+            };
+            it.next().is_none() && token(a) && (b == "*" || token(b))
+        };
+        if types.is_empty() || types.len() > 100 || !types.iter().all(|m| shape(m)) {
+            out.push((
+                "mimeTypes",
+                "invalid",
+                "1 to 100 media types such as image/png or image/*".into(),
+            ));
+        }
+    }
+    if let Some(thumbs) = &f.thumbs
+        && (thumbs.len() > 20 || !thumbs.iter().all(|t| thumb_size(t).is_some()))
+    {
+        out.push((
+            "thumbs",
+            "invalid",
+            "at most 20 sizes WxH (0 for one side keeps the ratio), each side at most 4000".into(),
+        ));
+    }
+    for (opt, set) in [
+        ("hidden", f.hidden),
+        ("unique", f.unique),
+        ("min", f.min.is_some() || f.max.is_some()),
+        ("pattern", f.pattern.is_some()),
+        ("default", f.default.is_some()),
+    ] {
+        if set {
+            out.push((opt, "not_allowed", format!("a file field takes no {opt}")));
+        }
+    }
+}
+
+/// A thumb size `WxH`: both sides at most 4000, not both 0.
+pub fn thumb_size(s: &str) -> Option<(u32, u32)> {
+    let (w, h) = s.split_once('x')?;
+    let side = |x: &str| {
+        (!x.is_empty() && x.len() <= 4 && x.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| x.parse::<u32>().ok())
+            .flatten()
+            .filter(|n| *n <= 4000)
+    };
+    let (w, h) = (side(w)?, side(h)?);
+    (w > 0 || h > 0).then_some((w, h))
 }
 
 /// The JSON Schema of one field's value in requests, before the field's common
@@ -626,6 +735,22 @@ pub fn input_schema(f: &FieldSpec, min_len: Option<u64>, ids: &IdPatterns) -> Va
             }
         }
         FieldType::GeoPoint => geo_point_schema(),
+        FieldType::File => file_schema(f),
+    }
+}
+
+/// A file field's value: stored names (files themselves come as multipart parts).
+fn file_schema(f: &FieldSpec) -> Value {
+    let name = json!({"type": "string", "maxLength": 128});
+    if f.multiple {
+        json!({"type": "array", "items": name, "maxItems": f.max_count.unwrap_or(1),
+               "description": "Stored names of this record's files; upload files as multipart/form-data parts named after the field (`field+` adds, `field-` removes)."})
+    } else {
+        let mut s = name;
+        s["description"] = json!(
+            "The stored name of this record's file; upload the file as a multipart/form-data part named after the field."
+        );
+        s
     }
 }
 
@@ -668,6 +793,8 @@ pub fn output_schema(f: &FieldSpec, record_id: &str) -> Value {
         }
         FieldType::Relation => json!({"type": "string", "pattern": record_id}),
         FieldType::GeoPoint => geo_point_schema(),
+        FieldType::File if f.multiple => json!({"type": "array", "items": {"type": "string"}}),
+        FieldType::File => json!({"type": "string"}),
     }
 }
 
@@ -730,6 +857,28 @@ pub fn spec_options(t: FieldType) -> Option<Vec<(&'static str, Value)>> {
             default_of(json!({})),
         ],
         FieldType::GeoPoint => vec![default_of(geo_point_schema())],
+        FieldType::File => vec![
+            (
+                "maxCount",
+                json!({"type": "integer", "minimum": 1, "maximum": 1000, "description": "Files the field holds (default 1: the value is one name; above 1, a list)."}),
+            ),
+            (
+                "maxSize",
+                json!({"type": "integer", "minimum": 1, "description": "Most bytes of one file (never above files.max_upload_bytes)."}),
+            ),
+            (
+                "mimeTypes",
+                json!({"type": "array", "minItems": 1, "maxItems": 100, "items": {"type": "string"}, "description": "Accepted types, detected from the content: image/png, or image/* for the family's inert types."}),
+            ),
+            (
+                "private",
+                json!({"type": "boolean", "description": "Never served to an unidentified caller (use a file token for links)."}),
+            ),
+            (
+                "thumbs",
+                json!({"type": "array", "maxItems": 20, "items": {"type": "string", "pattern": "^[0-9]{1,4}x[0-9]{1,4}$"}, "description": "Thumbnail sizes that may be asked for (WxH; 0 keeps the ratio)."}),
+            ),
+        ],
         FieldType::Relation => return None,
     })
 }
@@ -755,8 +904,8 @@ pub fn ts_type(f: &FieldSpec) -> String {
                     .join(" | ")
             }
         }
-        FieldType::Relation if f.multiple => "string[]".into(),
-        FieldType::Relation => "string".into(),
+        FieldType::Relation | FieldType::File if f.multiple => "string[]".into(),
+        FieldType::Relation | FieldType::File => "string".into(),
         FieldType::GeoPoint => "{ lat: number; lon: number }".into(),
     }
 }
@@ -774,6 +923,10 @@ pub fn ts_note(f: &FieldSpec) -> Option<String> {
             f.collection.as_deref().unwrap_or_default()
         )),
         FieldType::GeoPoint => Some("lat -90..90, lon -180..180".into()),
+        FieldType::File => Some(format!(
+            "stored file name{}; download at /v1/files/<collection>/<id>/<name>",
+            if f.multiple { "s" } else { "" }
+        )),
         FieldType::Text
         | FieldType::Number
         | FieldType::Bool

@@ -107,6 +107,24 @@ pub struct FieldSpec {
     /// (default: `setNull` for optional fields, `restrict` for required ones).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_delete: Option<OnDelete>,
+    /// Files: how many the field holds (default 1: the value is one name; above 1, a
+    /// list of names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_count: Option<u32>,
+    /// Files: the most bytes of one file (and never above `files.max_upload_bytes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<u64>,
+    /// Files: the media types accepted, as detected from the content (`image/png`, or
+    /// `image/*` for the family's inert types); none listed accepts any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mime_types: Option<Vec<String>>,
+    /// Files: never served to an unidentified caller, even when the view rule is
+    /// public (PocketBase's "protected").
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub private: bool,
+    /// Files: the thumbnail sizes that may be asked for (`100x100`, `0x300`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbs: Option<Vec<String>>,
 }
 
 /// The relation fields of a catalog by target collection: (referring collection,
@@ -145,6 +163,11 @@ impl FieldSpec {
             hidden: false,
             protected: false,
             on_delete: None,
+            max_count: None,
+            max_size: None,
+            mime_types: None,
+            private: false,
+            thumbs: None,
         }
     }
 
@@ -511,6 +534,12 @@ pub fn normalize_spec(spec: &mut CollectionSpec) {
             .filter(|f| !builtins.iter().any(|b| b == f))
             .collect();
         spec.fields = builtins.into_iter().chain(custom).collect();
+    }
+    // A file field holding more than one file stores a list, as a multiple relation.
+    for f in &mut spec.fields {
+        if f.field_type == FieldType::File {
+            f.multiple = f.max_count.unwrap_or(1) > 1;
+        }
     }
     for idx in &mut spec.indexes {
         if idx.name.is_none() {

@@ -744,6 +744,7 @@ pub(crate) const SYSTEM_MIGRATIONS: &[SystemMigration] = &[
         "webhook_delivery_order",
         crate::store::webhooks::DELIVERY_INDEXES,
     ),
+    SystemMigration::same(12, "files", crate::store::files::TABLES),
 ];
 
 /// Brings Lintel's own tables up to date, in the caller's transaction (which the
@@ -1001,6 +1002,6 @@ mod tests {
             assert_eq!(checksum(m.sql(d).as_bytes()), sum, "{version} {d:?}");
         }
         let versions: Vec<i64> = SYSTEM_MIGRATIONS.iter().map(|m| m.version).collect();
-        assert_eq!(versions, (1..=11).collect::<Vec<i64>>());
+        assert_eq!(versions, (1..=12).collect::<Vec<i64>>());
     }
 }

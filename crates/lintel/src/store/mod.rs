@@ -10,6 +10,7 @@ pub mod ddl;
 pub(crate) mod engine;
 pub mod events;
 pub(crate) mod failure;
+pub mod files;
 pub mod filter;
 pub mod jobs;
 pub mod postgres;

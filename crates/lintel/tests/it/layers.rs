@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 /// The layer of a source file (path under `src/`) or of a module path under `crate::`.
 fn layer(path: &str) -> Option<u8> {
-    const LAYERS: [(&str, u8); 36] = [
+    const LAYERS: [(&str, u8); 38] = [
         ("clock", 0),
         ("ids", 0),
         ("config", 0),
@@ -29,6 +29,7 @@ fn layer(path: &str) -> Option<u8> {
         ("events/routes", 5),
         ("jobs/routes", 5),
         ("webhooks/routes", 5),
+        ("files/routes", 5),
         // Resolving the caller from a request (the extractor, the session-cookie
         // middleware) is the edge's work.
         ("auth/caller", 5),
@@ -39,6 +40,7 @@ fn layer(path: &str) -> Option<u8> {
         ("jobs", 4),
         ("outbound", 4),
         ("webhooks", 4),
+        ("files", 4),
         ("ratelimit", 4),
         ("cache", 4),
         ("tasks", 4),

@@ -13,6 +13,7 @@ mod conditional;
 mod edge;
 mod events;
 mod expiry;
+mod files;
 mod hygiene;
 mod idempotency;
 mod jobs;

@@ -3,16 +3,32 @@
 
 use super::*;
 
+/// The refusals of a create that need no body (the key's scope, a create rule this
+/// caller can never pass): checked before an upload is read.
+pub fn may_create(
+    state: &Runtime,
+    caller: &Caller,
+    coll: &Arc<Collection>,
+) -> Result<(), RecordError> {
+    caller.require_scope(coll.name(), Action::Create)?;
+    if rules::is_denied_outright(caller, coll, Action::Create) {
+        return Err(denied(state, caller, coll, Action::Create));
+    }
+    Ok(())
+}
+
 /// A new record from client input, checked against the create rule.
 pub async fn prepare_create(
     state: &Runtime,
     caller: &Caller,
     coll: &Arc<Collection>,
     mut input: Map<String, Value>,
+    fresh: &crate::files::Fresh,
 ) -> Result<Prepared, RecordError> {
-    caller.require_scope(coll.name(), Action::Create)?;
-    if rules::is_denied_outright(caller, coll, Action::Create) {
-        return Err(denied(state, caller, coll, Action::Create));
+    may_create(state, caller, coll)?;
+    if !coll.is_document() {
+        crate::files::resolve_input(coll, None, &mut input, &fresh.names)
+            .map_err(RecordError::Invalid)?;
     }
     check_protected(caller, coll, &input, None)?;
     let password = if coll.is_auth() {
@@ -32,7 +48,7 @@ pub async fn prepare_create(
     };
     let now = state.clock.now();
     let record = Record {
-        id: crate::ids::record_id(),
+        id: fresh.id.clone().unwrap_or_else(crate::ids::record_id),
         created: now.clone(),
         updated: now,
         version: 1,

@@ -29,12 +29,12 @@ mod read;
 mod update;
 mod write;
 
-pub use create::prepare_create;
+pub use create::{may_create, prepare_create};
 pub use delete::prepare_delete;
 pub use expand::render_many;
 pub use list::{ListPage, list, list_body};
 pub use read::{get, get_visible};
-pub use update::{KEEP_API_KEYS, prepare_update, update};
+pub use update::{KEEP_API_KEYS, UpdateHow, prepare_update, update};
 pub use write::{Prepared, Ready, apply_writes, finish, write_one};
 use write::{check_protected, check_relation_access, take_password};
 

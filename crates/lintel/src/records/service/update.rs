@@ -3,6 +3,15 @@
 
 use super::*;
 
+/// How an update is made: PUT or PATCH, the `If-Match` it carries, and the files the
+/// request just uploaded.
+#[derive(Clone, Copy)]
+pub struct UpdateHow<'a> {
+    pub mode: Mode,
+    pub if_match: Option<&'a str>,
+    pub fresh: &'a crate::files::Fresh,
+}
+
 /// An update of a stored record: PUT (`Mode::Replace`) or PATCH (`Mode::Patch`).
 /// A record the caller cannot view is 404; one it can view but not update is 403.
 pub async fn prepare_update(
@@ -11,11 +20,19 @@ pub async fn prepare_update(
     coll: &Arc<Collection>,
     id: &str,
     mut input: Map<String, Value>,
-    mode: Mode,
-    if_match: Option<&str>,
+    how: UpdateHow<'_>,
 ) -> Result<Prepared, RecordError> {
+    let UpdateHow {
+        mode,
+        if_match,
+        fresh,
+    } = how;
     caller.require_scope(coll.name(), Action::Update)?;
     let current = get_visible(state, caller, coll, id).await?.record().clone();
+    if !coll.is_document() {
+        crate::files::resolve_input(coll, Some(&current), &mut input, &fresh.names)
+            .map_err(RecordError::Invalid)?;
+    }
     check_protected(caller, coll, &input, Some(&current))?;
     if coll.is_auth()
         && let Some(Value::String(e)) = input.get_mut("email")
@@ -117,6 +134,9 @@ fn merge_patch(mut target: Map<String, Value>, patch: Map<String, Value>) -> Map
     target
 }
 
+/// Tries of an update without If-Match that keeps losing the race to other writers.
+const MAX_ATTEMPTS: u32 = 12;
+
 /// The body member that keeps an account's API keys through a password change.
 pub const KEEP_API_KEYS: &str = "keepApiKeys";
 
@@ -128,10 +148,10 @@ pub async fn update(
     coll: &Arc<Collection>,
     id: &str,
     input: Map<String, Value>,
-    mode: Mode,
-    if_match: Option<&str>,
+    how: UpdateHow<'_>,
 ) -> Result<(Record, Option<Written>), RecordError> {
-    let mut attempts = 0;
+    let if_match = how.if_match;
+    let mut attempts: u32 = 0;
     loop {
         attempts += 1;
         let mut body = input.clone();
@@ -139,7 +159,7 @@ pub async fn update(
         // to keep them (`"keepApiKeys": true`).
         let keep_keys =
             coll.is_auth() && matches!(body.remove(KEEP_API_KEYS), Some(Value::Bool(true)));
-        let prepared = prepare_update(state, caller, coll, id, body, mode, if_match).await?;
+        let prepared = prepare_update(state, caller, coll, id, body, how).await?;
         let new_password = prepared.password.is_some();
         let ready = finish(state, caller, vec![prepared]).await?;
         let written = ready.first().and_then(|r| r.written);
@@ -183,7 +203,13 @@ pub async fn update(
             Err(WriteError {
                 error: StoreError::VersionConflict,
                 ..
-            }) if if_match.is_none() && attempts < 5 => continue,
+            }) if if_match.is_none() && attempts < MAX_ATTEMPTS => {
+                // Racers that lost together back off apart, or they lose together again.
+                let spread = 2.0 * f64::from(attempts) * crate::ids::unit_random();
+                tokio::time::sleep(std::time::Duration::from_micros((spread * 1000.0) as u64))
+                    .await;
+                continue;
+            }
             Err(WriteError {
                 error: StoreError::VersionConflict,
                 ..

@@ -1,0 +1,435 @@
+//! Files: the `file` field kind's values, where their bytes live ([`blob`]), what they
+//! are ([`detect`]), what they are called ([`names`]), how a multipart record write
+//! brings them ([`upload`]), and their metadata in `_lintel_files` (original name,
+//! size, detected type, SHA-256, record, field, uploader, created).
+//!
+//! A file is kept in three steps: its metadata row commits, its staged bytes are
+//! renamed into the blob store, then the record write that names it commits (or fails,
+//! and the file is forgotten at once). A name leaves a record through any write
+//! (update, delete, cascade, batch, import); the [`reaper`] follows the event log and
+//! removes the blob, then the row, of each name a committed write dropped. The
+//! housekeeping sweep removes what a crash left: rows no record names (after an hour)
+//! and stale staged uploads.
+
+pub mod blob;
+pub mod detect;
+pub mod error;
+pub mod names;
+pub mod reaper;
+pub mod routes;
+pub mod upload;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+
+pub use error::FileError;
+pub use upload::{Staged, Upload};
+
+use crate::runtime::Runtime;
+use crate::schema::{Collection, FieldSpec, FieldType};
+use crate::store::{Dialect, Record, Sql, SqlValue, StoreError, WriteError, WriteOp};
+use crate::validation::{FieldErrors, push_field_error};
+
+/// How long a metadata row may stay unnamed by its record before the sweep removes
+/// it (an upload is kept moments before its record commits).
+pub const GRACE_MS: i64 = 3_600_000;
+
+/// The files part of the runtime.
+pub struct FilesRuntime {
+    pub blobs: Arc<dyn blob::Blobs>,
+}
+
+/// The files a record write just uploaded: their names (which the record may now
+/// name) and, for a create, the id their rows were kept under.
+#[derive(Debug, Default)]
+pub struct Fresh {
+    pub id: Option<String>,
+    pub names: Vec<String>,
+}
+
+/// A kept file's metadata.
+#[derive(Debug, Clone)]
+pub struct FileMeta {
+    pub name: String,
+    pub collection: String,
+    pub record: String,
+    pub field: String,
+    pub blob: String,
+    pub original: String,
+    pub size: u64,
+    pub mime: String,
+    pub sha256: String,
+    pub created: i64,
+}
+
+impl FileMeta {
+    /// Whether browsers might run it (served only as an attachment).
+    pub fn detected_active(&self) -> bool {
+        matches!(
+            self.mime.as_str(),
+            "text/html"
+                | "image/svg+xml"
+                | "application/xml"
+                | "text/x-shellscript"
+                | "application/x-executable"
+                | "application/vnd.microsoft.portable-executable"
+                | "application/x-mach-binary"
+                | "application/wasm"
+        )
+    }
+}
+
+const COLS: &str = "name, collection, record, field, blob, original, size, type, sha256, created";
+
+fn decode(row: &[Value]) -> Option<FileMeta> {
+    let s = |i: usize| row.get(i).and_then(Value::as_str).map(str::to_owned);
+    let n = |i: usize| row.get(i).and_then(Value::as_i64);
+    Some(FileMeta {
+        name: s(0)?,
+        collection: s(1)?,
+        record: s(2)?,
+        field: s(3)?,
+        blob: s(4)?,
+        original: s(5)?,
+        size: u64::try_from(n(6)?).ok()?,
+        mime: s(7)?,
+        sha256: s(8)?,
+        created: n(9)?,
+    })
+}
+
+/// The names a file field's value holds.
+pub fn names_in(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::String(s)) if !s.is_empty() => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The file fields of a collection.
+pub fn file_fields(coll: &Collection) -> impl Iterator<Item = &FieldSpec> {
+    coll.fields()
+        .iter()
+        .filter(|f| f.field_type == FieldType::File)
+}
+
+/// Resolves the file fields of a record write, before validation: `field` (names, or
+/// null to remove all), `field+` (names to add) and `field-` (names to remove) become
+/// the field's new list. A name must be one the record holds (`current`) or one this
+/// request uploaded (`fresh`): a client cannot point a record at another's file.
+pub fn resolve_input(
+    coll: &Collection,
+    current: Option<&Record>,
+    input: &mut Map<String, Value>,
+    fresh: &[String],
+) -> Result<(), FieldErrors> {
+    let mut errors = FieldErrors::new();
+    for f in file_fields(coll) {
+        let plus = format!("{}+", f.name);
+        let minus = format!("{}-", f.name);
+        if !input.contains_key(&f.name) && !input.contains_key(&plus) && !input.contains_key(&minus)
+        {
+            continue;
+        }
+        let held = names_in(current.and_then(|r| r.data.get(&f.name)));
+        let as_names = |key: &str, v: &Value, errors: &mut FieldErrors| -> Vec<String> {
+            match v {
+                Value::Null => Vec::new(),
+                Value::String(_) | Value::Array(_) => {
+                    if let Value::Array(a) = v
+                        && a.iter().any(|x| !x.is_string())
+                    {
+                        push_field_error(errors, key, "invalid_type", "must be file names");
+                    }
+                    names_in(Some(v))
+                }
+                _ => {
+                    push_field_error(
+                        errors,
+                        key,
+                        "invalid_type",
+                        "must be a file name or a list of them; files come as multipart parts",
+                    );
+                    Vec::new()
+                }
+            }
+        };
+        let mut list = match input.remove(&f.name) {
+            Some(v) => as_names(&f.name, &v, &mut errors),
+            None => held.clone(),
+        };
+        if let Some(v) = input.remove(&plus) {
+            let more = as_names(&plus, &v, &mut errors);
+            if f.multiple {
+                list.extend(more);
+            } else if !more.is_empty() {
+                // One file: adding one replaces it.
+                list = more;
+            }
+        }
+        if let Some(v) = input.remove(&minus) {
+            let gone: HashSet<String> = as_names(&minus, &v, &mut errors).into_iter().collect();
+            list.retain(|n| !gone.contains(n));
+        }
+        let mut seen = HashSet::new();
+        list.retain(|n| seen.insert(n.clone()));
+        if let Some(bad) = list
+            .iter()
+            .find(|n| !held.contains(n) && !fresh.contains(n))
+        {
+            push_field_error(
+                &mut errors,
+                &f.name,
+                "unknown_file",
+                format!("'{bad}' is not a file of this record; upload files as multipart parts"),
+            );
+            continue;
+        }
+        let max = f.max_count.unwrap_or(1);
+        if list.len() > max as usize {
+            push_field_error(
+                &mut errors,
+                &f.name,
+                "too_many",
+                format!("at most {max} file{}", if max == 1 { "" } else { "s" }),
+            );
+            continue;
+        }
+        let value = if f.multiple {
+            Value::from(list)
+        } else {
+            list.into_iter().next().map_or(Value::Null, Value::String)
+        };
+        input.insert(f.name.clone(), value);
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+fn insert_sql(
+    d: Dialect,
+    coll: &str,
+    record: &str,
+    uploader: Option<&str>,
+    s: &Staged,
+    now: i64,
+) -> Sql {
+    let mut sql = Sql::new(d);
+    sql.push("INSERT INTO _lintel_files (name, collection, record, field, blob, original, size, type, sha256, uploader, created) VALUES (");
+    sql.bind_all([
+        SqlValue::Text(s.name.clone()),
+        SqlValue::Text(coll.to_owned()),
+        SqlValue::Text(record.to_owned()),
+        SqlValue::Text(s.field.clone()),
+        SqlValue::Text(s.key.clone()),
+        SqlValue::Text(s.original.clone()),
+        SqlValue::Int(i64::try_from(s.size).unwrap_or(i64::MAX)),
+        SqlValue::Text(s.detected.mime.to_owned()),
+        SqlValue::Text(s.sha256.clone()),
+        uploader.map_or(SqlValue::Null, |u| SqlValue::Text(u.to_owned())),
+        SqlValue::Int(now),
+    ]);
+    sql.push(")");
+    sql
+}
+
+/// Keeps staged files for a record about to be written: their rows commit first, then
+/// their bytes move into the blob store. On failure nothing of them is left.
+pub async fn keep(
+    rt: &Runtime,
+    coll: &str,
+    record: &str,
+    uploader: Option<&str>,
+    files: &[Staged],
+) -> Result<(), FileError> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let d = rt.store.dialect();
+    let now = rt.clock.now_ms();
+    let ops = files
+        .iter()
+        .map(|s| WriteOp::System {
+            sql: insert_sql(d, coll, record, uploader, s, now),
+            expect: Some(1),
+        })
+        .collect();
+    if let Err(WriteError { error, .. }) = rt.store.write(ops).await {
+        upload::discard(files).await;
+        return Err(error.into());
+    }
+    for (i, s) in files.iter().enumerate() {
+        if let Err(e) = rt.files.blobs.keep(&s.path, &s.key).await {
+            upload::discard(&files[i..]).await;
+            forget(
+                rt,
+                &files.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+            )
+            .await;
+            return Err(e.into());
+        }
+    }
+    Ok(())
+}
+
+/// Removes files by name: each blob, then the rows. Failures are logged (the sweep
+/// retries what is left).
+pub async fn forget(rt: &Runtime, names: &[String]) {
+    if names.is_empty() {
+        return;
+    }
+    for chunk in names.chunks(200) {
+        let metas = match by_names(rt, chunk).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading file rows to remove failed");
+                return;
+            }
+        };
+        remove_all(rt, &metas).await;
+    }
+}
+
+/// Removes the blobs, then the rows, of these files.
+pub async fn remove_all(rt: &Runtime, metas: &[FileMeta]) {
+    let mut gone = Vec::with_capacity(metas.len());
+    for m in metas {
+        match rt.files.blobs.remove(&m.blob).await {
+            Ok(()) => gone.push(m.name.clone()),
+            Err(e) => tracing::warn!(file = %m.name, error = %e, "removing a file's bytes failed"),
+        }
+    }
+    if gone.is_empty() {
+        return;
+    }
+    let mut sql = Sql::new(rt.store.dialect());
+    sql.push("DELETE FROM _lintel_files WHERE name IN (");
+    sql.bind_all(gone.into_iter().map(SqlValue::Text));
+    sql.push(")");
+    if let Err(e) = rt
+        .store
+        .write(vec![WriteOp::System { sql, expect: None }])
+        .await
+    {
+        tracing::warn!(error = %e.error, "removing file rows failed");
+    }
+}
+
+async fn by_names(rt: &Runtime, names: &[String]) -> Result<Vec<FileMeta>, StoreError> {
+    let mut sql = Sql::new(rt.store.dialect());
+    sql.push("SELECT ")
+        .push(COLS)
+        .push(" FROM _lintel_files WHERE name IN (");
+    sql.bind_all(names.iter().cloned().map(SqlValue::Text));
+    sql.push(")");
+    Ok(rt
+        .store
+        .query_rows(sql)
+        .await?
+        .iter()
+        .filter_map(|r| decode(r))
+        .collect())
+}
+
+/// One file's metadata.
+pub async fn meta(rt: &Runtime, name: &str) -> Result<Option<FileMeta>, StoreError> {
+    if !names::is_stored_name(name) {
+        return Ok(None);
+    }
+    Ok(by_names(rt, &[name.to_owned()]).await?.pop())
+}
+
+/// The file field of `record` (of `coll`) that holds `name`.
+pub fn field_holding<'a>(
+    coll: &'a Collection,
+    record: &Record,
+    name: &str,
+) -> Option<&'a FieldSpec> {
+    file_fields(coll).find(|f| names_in(record.data.get(&f.name)).iter().any(|n| n == name))
+}
+
+/// Removes what crashes left: rows older than [`GRACE_MS`] that their record does not
+/// name (or whose collection or field is gone), with their blobs, and stale staged
+/// uploads. Returns what it removed.
+pub async fn sweep(rt: &Runtime) -> Value {
+    let before = rt.clock.now_ms() - GRACE_MS;
+    let staged = rt
+        .files
+        .blobs
+        .clean_staging(crate::clock::now_ms() - GRACE_MS)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cleaning staged uploads failed");
+            0
+        });
+    let mut removed = 0usize;
+    let catalog = rt.catalog();
+    let d = rt.store.dialect();
+    // Rows whose collection or field is no file field any more.
+    let mut pairs = Sql::new(d);
+    pairs.push("SELECT DISTINCT collection, field FROM _lintel_files");
+    let pairs = rt.store.query_rows(pairs).await.unwrap_or_default();
+    for p in pairs {
+        let (Some(c), Some(fname)) = (
+            p.first().and_then(Value::as_str),
+            p.get(1).and_then(Value::as_str),
+        ) else {
+            continue;
+        };
+        let field = catalog
+            .get(c)
+            .and_then(|coll| coll.field(fname).cloned().map(|f| (coll, f)));
+        let mut sql = Sql::new(d);
+        sql.push("SELECT ")
+            .push(COLS)
+            .push(" FROM _lintel_files f WHERE f.collection = ")
+            .bind(SqlValue::Text(c.to_owned()))
+            .push(" AND f.field = ")
+            .bind(SqlValue::Text(fname.to_owned()))
+            .push(" AND f.created < ")
+            .bind(SqlValue::Int(before));
+        match field {
+            Some((coll, f)) if f.field_type == FieldType::File => {
+                sql.push(" AND NOT EXISTS (SELECT 1 FROM ")
+                    .ident(coll.name())
+                    .push(" r WHERE r.id = f.record AND ");
+                match (f.multiple, d) {
+                    (false, _) => {
+                        sql.column("r", &f.name).push(" = f.name");
+                    }
+                    (true, Dialect::Sqlite) => {
+                        sql.push("EXISTS (SELECT 1 FROM json_each(")
+                            .column("r", &f.name)
+                            .push(") j WHERE j.value = f.name)");
+                    }
+                    (true, Dialect::Postgres) => {
+                        sql.column("r", &f.name)
+                            .push(" @> jsonb_build_array(f.name)");
+                    }
+                }
+                sql.push(")");
+            }
+            _ => {}
+        }
+        sql.push(" LIMIT 500");
+        match rt.store.query_rows(sql).await {
+            Ok(rows) => {
+                let metas: Vec<FileMeta> = rows.iter().filter_map(|r| decode(r)).collect();
+                removed += metas.len();
+                remove_all(rt, &metas).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "sweeping file rows failed"),
+        }
+    }
+    json!({ "unnamedFiles": removed, "stagedUploads": staged })
+}

@@ -1,0 +1,351 @@
+//! `/v1/files`: downloads of record files, with the record's view rule, validators,
+//! ranges and a safe `Content-Disposition`; and file tokens, which stand for their
+//! caller in `<img src>` and links for a short while and open nothing but downloads.
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::access::{Caller, Principal, Via};
+use crate::error::ApiError;
+use crate::files::{FileError, FileMeta, field_holding, meta, names};
+use crate::http::openapi::ProblemDoc;
+use crate::records::service;
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(file_token))
+        .routes(routes!(download))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/files/token",
+    tag = "files",
+    summary = "A short-lived token that lets links and <img src> fetch files as the caller",
+    description = "For signed-in callers (bearer token or session cookie) and the admin token; an API key is refused (send the key itself). The token opens downloads only, as `?token=`, for `files.token_ttl_seconds`, and ends with its session.",
+    responses(
+        (status = 200, description = "`{token, expiresIn}`", body = serde_json::Value),
+        (status = 401, description = "Not signed in", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "An API key", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+async fn file_token(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    let (col, id, sid) = match (&caller.via, &caller.principal) {
+        (Via::AdminToken, _) => ("_admin".to_owned(), "admin".to_owned(), "admin".to_owned()),
+        (Via::Token { session } | Via::Cookie { session }, _) => {
+            let Some((col, id)) = caller.account() else {
+                return Err(ApiError::unauthorized("Sign in to get a file token."));
+            };
+            (col.to_owned(), id.to_owned(), session.clone())
+        }
+        (Via::ApiKey { .. }, _) => {
+            return Err(ApiError::forbidden(
+                "api_key_not_allowed",
+                "A file token stands for a signed-in caller; with an API key, send the key.",
+            ));
+        }
+        _ => return Err(ApiError::unauthorized("Sign in to get a file token.")),
+    };
+    let ttl = state.config.files.token_ttl_seconds;
+    let token = state
+        .auth
+        .keys
+        .issue_file(&col, &id, &sid, state.clock.now_ms(), ttl)
+        .map_err(ApiError::internal)?;
+    let mut res = axum::Json(json!({ "token": token, "expiresIn": ttl })).into_response();
+    crate::http::no_store(&mut res);
+    Ok(res)
+}
+
+/// The caller a file token stands for, if it is still good.
+async fn token_caller(state: &AppState, token: &str) -> Result<Caller, FileError> {
+    let now = state.clock.now_ms();
+    let claims = state
+        .auth
+        .keys
+        .verify_file(token, now)
+        .ok_or(FileError::BadToken)?;
+    if claims.col == "_admin" && claims.sid == "admin" {
+        return Ok(Caller {
+            principal: Principal::Superuser {
+                id: "admin".into(),
+                email: String::new(),
+            },
+            via: Via::AdminToken,
+            ip: None,
+            tls: false,
+        });
+    }
+    let session = state
+        .auth
+        .sessions
+        .get(&claims.sid)
+        .await?
+        .filter(|s| s.active(now) && s.collection == claims.col && s.user_id == claims.sub)
+        .ok_or(FileError::BadToken)?;
+    let principal =
+        crate::auth::accounts::load_principal(state, &session.collection, &session.user_id)
+            .await
+            .map_err(|_| FileError::BadToken)?
+            .ok_or(FileError::BadToken)?;
+    Ok(Caller {
+        principal,
+        via: Via::Token {
+            session: session.id,
+        },
+        ip: None,
+        tls: false,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct DownloadParams {
+    token: Option<String>,
+    download: Option<String>,
+    thumb: Option<String>,
+}
+
+/// A `Range` header's one range, resolved against `size`: `Ok(None)` serves the whole
+/// file (no range, several ranges, or a form this server does not read).
+fn one_range(value: &str, size: u64) -> Result<Option<(u64, u64)>, FileError> {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return Ok(None);
+    };
+    let num = |s: &str| s.trim().parse::<u64>().ok();
+    let (start, end) = match (a.trim().is_empty(), b.trim().is_empty()) {
+        (true, false) => {
+            let Some(n) = num(b) else { return Ok(None) };
+            if n == 0 {
+                return Err(FileError::Unsatisfiable { size });
+            }
+            (size.saturating_sub(n), size.saturating_sub(1))
+        }
+        (false, true) => {
+            let Some(s) = num(a) else { return Ok(None) };
+            (s, size.saturating_sub(1))
+        }
+        (false, false) => {
+            let (Some(s), Some(e)) = (num(a), num(b)) else {
+                return Ok(None);
+            };
+            if e < s {
+                return Ok(None);
+            }
+            (s, e.min(size.saturating_sub(1)))
+        }
+        (true, true) => return Ok(None),
+    };
+    if size == 0 || start >= size {
+        return Err(FileError::Unsatisfiable { size });
+    }
+    Ok(Some((start, end)))
+}
+
+fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn etag_of(m: &FileMeta) -> String {
+    format!("\"{}\"", &m.sha256[..m.sha256.len().min(32)])
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/files/{collection}/{id}/{filename}",
+    tag = "files",
+    summary = "Download a record's file",
+    description = "The record's view rule applies to the caller (credentials, or `?token=` from POST /v1/files/token). A `private` field's files need an identified caller. `?download=1` forces an attachment; HTML, SVG, XML, scripts and executables are always attachments. Validators: ETag (content hash) and Last-Modified; Range (one range) and If-Range.",
+    params(
+        ("collection" = String, Path, description = "Collection name"),
+        ("id" = String, Path, description = "Record id"),
+        ("filename" = String, Path, description = "The stored file name, as the record holds it"),
+        ("token" = Option<String>, Query, description = "A file token"),
+        ("download" = Option<String>, Query, description = "1: serve as an attachment"),
+        ("thumb" = Option<String>, Query, description = "A thumb size the field lists (WxH)"),
+    ),
+    responses(
+        (status = 200, description = "The file"),
+        (status = 206, description = "One range of the file"),
+        (status = 304, description = "Not modified"),
+        (status = 400, description = "A thumb size the field does not list (`invalid_thumb`)", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "A private file without an identified caller, or a bad file token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such collection, record (or not visible) or file", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 416, description = "The range lies outside the file", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+async fn download(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((collection, id, filename)): Path<(String, String, String)>,
+    Query(params): Query<DownloadParams>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = match params.token.as_deref() {
+        Some(t) => token_caller(&state, t).await?,
+        None => caller,
+    };
+    let coll = service::collection(&state, &collection)?;
+    if !names::is_stored_name(&filename) {
+        return Err(FileError::NotFound.into());
+    }
+    let granted = service::get_visible(&state, &caller, &coll, &id)
+        .await
+        .map_err(|e| match e {
+            crate::records::error::RecordError::Store(crate::store::StoreError::NotFound) => {
+                ApiError::from(FileError::NotFound)
+            }
+            e => e.into(),
+        })?;
+    let record = granted.record();
+    let field = field_holding(&coll, record, &filename).ok_or(FileError::NotFound)?;
+    if field.private && caller.is_anonymous() {
+        return Err(FileError::NeedsCaller.into());
+    }
+    if let Some(t) = params.thumb.as_deref() {
+        let listed = field
+            .thumbs
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .any(|s| s == t);
+        if !listed {
+            return Err(FileError::BadThumb(t.to_owned()).into());
+        }
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "thumbs_not_available",
+            "This server does not make thumbnails yet; fetch the file itself.",
+        ));
+    }
+    let m = meta(&state, &filename)
+        .await
+        .map_err(ApiError::from)?
+        .filter(|m| m.collection == coll.name() && m.record == record.id && m.field == field.name)
+        .ok_or(FileError::NotFound)?;
+    let etag = etag_of(&m);
+    let created_ts = crate::clock::format_ms(m.created);
+    let last_modified = crate::clock::http_date(&created_ts).unwrap_or_default();
+    let attachment = m.detected_active()
+        || params
+            .download
+            .as_deref()
+            .is_some_and(|d| d != "0" && d != "false");
+    let cache = if field.private || !caller.is_anonymous() {
+        "private, max-age=600"
+    } else {
+        "public, max-age=86400"
+    };
+    let mut common = HeaderMap::new();
+    let mut put = |k: header::HeaderName, v: &str| {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            common.insert(k, v);
+        }
+    };
+    put(header::ETAG, &etag);
+    put(header::LAST_MODIFIED, &last_modified);
+    put(header::CACHE_CONTROL, cache);
+    put(header::ACCEPT_RANGES, "bytes");
+    put(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    put(
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; img-src 'self' data:; media-src 'self'; style-src 'unsafe-inline'; sandbox",
+    );
+    // Conditional requests: If-None-Match wins over If-Modified-Since.
+    let modified_secs = m.created / 1000;
+    let not_modified = match header_str(&headers, header::IF_NONE_MATCH) {
+        Some(inm) => inm
+            .split(',')
+            .map(|t| t.trim().trim_start_matches("W/"))
+            .any(|t| t == "*" || t == etag),
+        None => header_str(&headers, header::IF_MODIFIED_SINCE)
+            .and_then(crate::clock::parse_http_date)
+            .is_some_and(|since| modified_secs <= since),
+    };
+    if not_modified {
+        let mut res = StatusCode::NOT_MODIFIED.into_response();
+        res.headers_mut().extend(common);
+        return Ok(res);
+    }
+    let mut range = header_str(&headers, header::RANGE)
+        .map(|r| one_range(r, m.size))
+        .transpose();
+    // If-Range: the range holds only while the file is the one the client has.
+    if let Some(ir) = header_str(&headers, header::IF_RANGE) {
+        let same = if ir.trim_start().starts_with('"') {
+            ir.trim() == etag
+        } else {
+            crate::clock::parse_http_date(ir.trim()) == Some(modified_secs)
+        };
+        if !same {
+            range = Ok(None);
+        }
+    }
+    let range = match range {
+        Ok(r) => r.flatten(),
+        Err(e) => {
+            let mut res = ApiError::from(e).into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", m.size)) {
+                res.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Ok(res);
+        }
+    };
+    let (status, offset, len) = match range {
+        Some((s, e)) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
+        None => (StatusCode::OK, 0, m.size),
+    };
+    let reader = state
+        .files
+        .blobs
+        .read(&m.blob, offset, len)
+        .await
+        .map_err(|e| ApiError::internal(format!("reading file {}: {e}", m.name)))?;
+    let mut res = Response::new(Body::from_stream(tokio_util::io::ReaderStream::new(reader)));
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.extend(common);
+    if let Ok(v) = HeaderValue::from_str(&m.mime) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let Ok(v) = HeaderValue::from_str(&names::content_disposition(!attachment, &m.original)) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    if status == StatusCode::PARTIAL_CONTENT
+        && let Ok(v) =
+            HeaderValue::from_str(&format!("bytes {}-{}/{}", offset, offset + len - 1, m.size))
+    {
+        h.insert(header::CONTENT_RANGE, v);
+    }
+    Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_range;
+
+    #[test]
+    fn ranges_resolve_against_the_size() {
+        assert_eq!(one_range("bytes=0-9", 100).unwrap(), Some((0, 9)));
+        assert_eq!(one_range("bytes=90-", 100).unwrap(), Some((90, 99)));
+        assert_eq!(one_range("bytes=-10", 100).unwrap(), Some((90, 99)));
+        assert_eq!(one_range("bytes=95-200", 100).unwrap(), Some((95, 99)));
+        assert_eq!(one_range("bytes=0-1,5-6", 100).unwrap(), None);
+        assert_eq!(one_range("items=0-1", 100).unwrap(), None);
+        assert!(one_range("bytes=100-", 100).is_err());
+        assert!(one_range("bytes=-0", 100).is_err());
+    }
+}

@@ -1,0 +1,664 @@
+//! Files: multipart uploads checked while streaming (size, type by content,
+//! polyglots), names cleaned, downloads with validators and ranges, private files and
+//! file tokens, the view rule, modifiers, concurrent appends, and blobs removed after
+//! the writes that drop them.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::common::{Reply, TestApp, access, bearer, login, signup};
+
+const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89\0\0\0\rIDATx\x9cc\xf8\x0f\0\0\x01\x01\0\x05\x18\xd8N\0\0\0\0IEND\xaeB`\x82";
+const GIF: &[u8] = b"GIF89a\x01\0\x01\0\x80\0\0\0\0\0\xff\xff\xff!\xf9\x04\x01\0\0\0\0,\0\0\0\0\x01\0\x01\0\0\x02\x02D\x01\0;";
+const ELF: &[u8] = b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\x02\0>\0\x01\0\0\0";
+
+/// One part of a multipart body: a file when `file` names it.
+struct Part<'a> {
+    name: &'a str,
+    file: Option<&'a str>,
+    data: Vec<u8>,
+}
+
+fn text<'a>(name: &'a str, v: &str) -> Part<'a> {
+    Part {
+        name,
+        file: None,
+        data: v.as_bytes().to_vec(),
+    }
+}
+
+fn file<'a>(name: &'a str, file_name: &'a str, data: &[u8]) -> Part<'a> {
+    Part {
+        name,
+        file: Some(file_name),
+        data: data.to_vec(),
+    }
+}
+
+/// A `multipart/form-data` body and its content type. The client's part type is
+/// always a lie here (`image/png`): the server reads the bytes.
+fn multipart(parts: &[Part]) -> (String, Vec<u8>) {
+    let boundary = "lintel-test-boundary-7MA4YWxkTrZu0gW";
+    let mut body = Vec::new();
+    for p in parts {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        match p.file {
+            Some(f) => body.extend_from_slice(
+                format!(
+                    "Content-Disposition: form-data; name=\"{}\"; filename=\"{}\"\r\nContent-Type: image/png\r\n\r\n",
+                    p.name, f
+                )
+                .as_bytes(),
+            ),
+            None => body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{}\"\r\n\r\n", p.name).as_bytes(),
+            ),
+        }
+        body.extend_from_slice(&p.data);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+async fn send_parts(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    parts: &[Part<'_>],
+) -> Reply {
+    let (ct, body) = multipart(parts);
+    let mut r = app.req(method, path).header("content-type", ct).body(body);
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    app.send(r).await
+}
+
+async fn docs(app: &TestApp, view: &str, private: bool) {
+    app.collection(json!({
+        "name": "docs",
+        "fields": [
+            {"name": "title", "type": "text"},
+            {"name": "owner", "type": "text"},
+            {"name": "avatar", "type": "file", "maxSize": 1000, "mimeTypes": ["image/png"], "private": private},
+            {"name": "attachments", "type": "file", "maxCount": 20},
+        ],
+        "rules": {"list": view, "view": view, "create": "", "update": "", "delete": ""},
+    }))
+    .await;
+}
+
+/// Files of the blob store and of the staging folder.
+fn stored(app: &TestApp) -> (usize, usize) {
+    fn count(p: &std::path::Path) -> usize {
+        std::fs::read_dir(p).map_or(0, |d| {
+            d.flatten()
+                .map(|e| {
+                    if e.path().is_dir() {
+                        count(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+    }
+    let root = app.dir.path().join("files");
+    (count(&root.join("blobs")), count(&root.join("tmp")))
+}
+
+async fn fetch(
+    app: &TestApp,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, reqwest::header::HeaderMap, Vec<u8>) {
+    let mut r = app.req(Method::GET, path);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    let res = r.send().await.unwrap();
+    let status = res.status();
+    let h = res.headers().clone();
+    (status, h, res.bytes().await.unwrap().to_vec())
+}
+
+fn h<'a>(headers: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+#[tokio::test]
+async fn uploads_are_kept_and_served_with_validators_and_ranges() {
+    let app = TestApp::spawn().await;
+    docs(&app, "", false).await;
+    let r = send_parts(
+        &app,
+        Method::POST,
+        "/v1/collections/docs/records",
+        None,
+        &[text("title", "hello"), file("avatar", "My Photo.png", PNG)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.body["title"], "hello");
+    let name = r.body["avatar"].as_str().unwrap().to_owned();
+    assert!(
+        name.starts_with("My_Photo_") && name.ends_with(".png"),
+        "{name}"
+    );
+    assert_eq!(r.body["attachments"], json!([]));
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/files/docs/{id}/{name}");
+    let (status, headers, body) = fetch(&app, &path, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, PNG);
+    assert_eq!(h(&headers, "content-type"), "image/png");
+    assert_eq!(h(&headers, "x-content-type-options"), "nosniff");
+    assert!(h(&headers, "content-disposition").starts_with("inline; filename=\"My Photo.png\""));
+    assert!(h(&headers, "content-disposition").contains("filename*=UTF-8''My%20Photo.png"));
+    assert_eq!(h(&headers, "accept-ranges"), "bytes");
+    let etag = h(&headers, "etag").to_owned();
+    assert!(etag.starts_with('"') && etag.len() > 10, "{etag}");
+    assert!(!h(&headers, "last-modified").is_empty());
+    assert!(h(&headers, "cache-control").contains("max-age"));
+    // Validators.
+    let (status, _, body) = fetch(&app, &path, &[("if-none-match", &etag)]).await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED);
+    assert!(body.is_empty());
+    // One range, a suffix, and one past the end.
+    let (status, headers, body) = fetch(&app, &path, &[("range", "bytes=0-3")]).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body, &PNG[..4]);
+    assert_eq!(
+        h(&headers, "content-range"),
+        format!("bytes 0-3/{}", PNG.len())
+    );
+    let (status, _, body) = fetch(&app, &path, &[("range", "bytes=-8")]).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body, &PNG[PNG.len() - 8..]);
+    let past = format!("bytes={}-", PNG.len());
+    let (status, headers, _) = fetch(&app, &path, &[("range", &past)]).await;
+    assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(
+        h(&headers, "content-range"),
+        format!("bytes */{}", PNG.len())
+    );
+    // If-Range with another version's tag: the whole file.
+    let (status, _, body) = fetch(
+        &app,
+        &path,
+        &[("range", "bytes=0-3"), ("if-range", "\"other\"")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, PNG);
+    let (status, _, body) =
+        fetch(&app, &path, &[("range", "bytes=0-3"), ("if-range", &etag)]).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body.len(), 4);
+    let (_, headers, _) = fetch(&app, &format!("{path}?download=1"), &[]).await;
+    assert!(h(&headers, "content-disposition").starts_with("attachment;"));
+    // A name the record does not hold, or another record's path: 404.
+    let (status, _, _) = fetch(&app, &format!("/v1/files/docs/{id}/other_abc.png"), &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = fetch(&app, &format!("/v1/files/docs/{id}/..%2F..%2Fdata.db"), &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(stored(&app), (1, 0));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn refused_uploads_leave_nothing_behind() {
+    let app = TestApp::spawn().await;
+    docs(&app, "", false).await;
+    let create = |parts: Vec<Part<'static>>| {
+        let app = &app;
+        async move {
+            send_parts(
+                app,
+                Method::POST,
+                "/v1/collections/docs/records",
+                None,
+                &parts,
+            )
+            .await
+        }
+    };
+    // Too big while streaming (maxSize 1000).
+    let big = [PNG, &vec![0u8; 5000]].concat();
+    let r = create(vec![file("avatar", "big.png", &big)]).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.text);
+    assert_eq!(r.problem_code(), "file_too_large");
+    assert_eq!(r.body["errors"]["avatar"]["code"], "too_large");
+    // The type comes from the bytes, not the name or the part's Content-Type.
+    let r = create(vec![file("avatar", "cat.png", GIF)]).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    assert_eq!(r.body["errors"]["avatar"]["code"], "invalid_type");
+    assert!(r.text.contains("image/gif"), "{}", r.text);
+    // A renamed executable.
+    let r = create(vec![file("avatar", "photo.png", ELF)]).await;
+    assert_eq!(
+        r.body["errors"]["avatar"]["code"], "invalid_type",
+        "{}",
+        r.text
+    );
+    // A polyglot: PNG bytes that also carry a script.
+    let poly = [
+        PNG,
+        b"<html><script>alert(document.cookie)</script>".as_slice(),
+    ]
+    .concat();
+    let r = create(vec![file("avatar", "poly.png", &poly)]).await;
+    assert_eq!(r.body["errors"]["avatar"]["code"], "polyglot", "{}", r.text);
+    // Past maxCount.
+    let r = create(vec![
+        file("avatar", "a.png", PNG),
+        file("avatar", "b.png", PNG),
+    ])
+    .await;
+    assert_eq!(r.body["errors"]["avatar"]["code"], "too_many", "{}", r.text);
+    // A file in a field that holds none.
+    let r = create(vec![file("title", "a.png", PNG)]).await;
+    assert_eq!(
+        r.body["errors"]["title"]["code"], "not_a_file_field",
+        "{}",
+        r.text
+    );
+    // A valid file with an invalid field: the record and its file are both refused.
+    let r = create(vec![text("nope", "x"), file("avatar", "a.png", PNG)]).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    // A JSON write cannot name files it did not upload.
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/collections/docs/records",
+            json!({"avatar": "stolen_abc.png"}),
+        )
+        .await;
+    assert_eq!(
+        r.body["errors"]["avatar"]["code"], "unknown_file",
+        "{}",
+        r.text
+    );
+    let list = app
+        .json(Method::GET, "/v1/collections/docs/records", json!(null))
+        .await;
+    assert_eq!(list.body["totalItems"], 0, "{}", list.text);
+    assert_eq!(stored(&app), (0, 0), "no blob and no staged upload is left");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn names_are_cleaned_and_active_content_is_an_attachment() {
+    let app = TestApp::spawn().await;
+    docs(&app, "", false).await;
+    let r = send_parts(
+        &app,
+        Method::POST,
+        "/v1/collections/docs/records",
+        None,
+        &[
+            file(
+                "attachments",
+                "../../../etc/ca\u{202e}fe\u{301}.html",
+                b"<!DOCTYPE html><html><body><script>alert(1)</script></body></html>",
+            ),
+            file(
+                "attachments",
+                "..\\..\\.hidden.svg",
+                b"<svg xmlns=\"http://www.w3.org/2000/svg\"><script>alert(1)</script></svg>",
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let id = r.body["id"].as_str().unwrap();
+    let names: Vec<String> = r.body["attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names.len(), 2);
+    for n in &names {
+        assert!(
+            !n.contains('/') && !n.contains('\\') && !n.starts_with('.'),
+            "{n}"
+        );
+        assert!(n.is_ascii(), "{n}");
+    }
+    assert!(
+        names[0].ends_with(".html") && names[1].ends_with(".svg"),
+        "{names:?}"
+    );
+    let (status, headers, _) = fetch(&app, &format!("/v1/files/docs/{id}/{}", names[0]), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let cd = h(&headers, "content-disposition");
+    assert!(cd.starts_with("attachment;"), "HTML is never inline: {cd}");
+    // The original, cleaned: last segment, no control or bidi characters, NFC.
+    assert!(cd.contains("filename*=UTF-8''caf%C3%A9.html"), "{cd}");
+    assert!(h(&headers, "content-security-policy").contains("sandbox"));
+    let (_, headers, _) = fetch(&app, &format!("/v1/files/docs/{id}/{}", names[1]), &[]).await;
+    let cd = h(&headers, "content-disposition");
+    assert!(
+        cd.starts_with("attachment;") && cd.contains("hidden.svg"),
+        "{cd}"
+    );
+    app.shutdown().await;
+}
+
+async fn eventually_stored(app: &TestApp, want: (usize, usize)) -> (usize, usize) {
+    for _ in 0..200 {
+        if stored(app) == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    stored(app)
+}
+
+#[tokio::test]
+async fn modifiers_add_remove_and_replace_and_dropped_blobs_go() {
+    let app = TestApp::spawn().await;
+    docs(&app, "", false).await;
+    let r = send_parts(
+        &app,
+        Method::POST,
+        "/v1/collections/docs/records",
+        None,
+        &[text("title", "t")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let rec = format!("/v1/collections/docs/records/{id}");
+    let r = send_parts(
+        &app,
+        Method::PATCH,
+        &rec,
+        None,
+        &[
+            file("attachments+", "a.txt", b"first"),
+            file("attachments+", "b.txt", b"second"),
+            file("avatar", "x.png", PNG),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let names: Vec<String> = serde_json::from_value(r.body["attachments"].clone()).unwrap();
+    assert_eq!(names.len(), 2);
+    let avatar = r.body["avatar"].as_str().unwrap().to_owned();
+    let r = send_parts(
+        &app,
+        Method::PATCH,
+        &rec,
+        None,
+        &[file("attachments+", "c.txt", b"third")],
+    )
+    .await;
+    assert_eq!(
+        r.body["attachments"].as_array().unwrap().len(),
+        3,
+        "{}",
+        r.text
+    );
+    assert_eq!(stored(&app), (4, 0));
+    // JSON: remove one by name, and the avatar.
+    let r = app
+        .json(
+            Method::PATCH,
+            &rec,
+            json!({"attachments-": [names[0]], "avatar": null}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["attachments"].as_array().unwrap().len(), 2);
+    assert!(!r.text.contains(&names[0]));
+    assert_eq!(r.body["avatar"], Value::Null);
+    assert_eq!(
+        eventually_stored(&app, (2, 0)).await,
+        (2, 0),
+        "dropped blobs are removed after the commit"
+    );
+    let (status, _, _) = fetch(&app, &format!("/v1/files/docs/{id}/{avatar}"), &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // A name of another record is refused.
+    let other = send_parts(
+        &app,
+        Method::POST,
+        "/v1/collections/docs/records",
+        None,
+        &[file("avatar", "o.png", PNG)],
+    )
+    .await;
+    let theirs = other.body["avatar"].as_str().unwrap();
+    let r = app
+        .json(Method::PATCH, &rec, json!({"avatar": theirs}))
+        .await;
+    assert_eq!(
+        r.body["errors"]["avatar"]["code"], "unknown_file",
+        "{}",
+        r.text
+    );
+    // Deleting the record removes its files.
+    let r = app.json(Method::DELETE, &rec, json!(null)).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    assert_eq!(eventually_stored(&app, (1, 0)).await, (1, 0));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_appends_to_one_record_keep_every_file() {
+    let app = TestApp::spawn().await;
+    docs(&app, "", false).await;
+    let r = send_parts(
+        &app,
+        Method::POST,
+        "/v1/collections/docs/records",
+        None,
+        &[text("title", "t")],
+    )
+    .await;
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let rec = format!("/v1/collections/docs/records/{id}");
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (ct, body) = multipart(&[file(
+            "attachments+",
+            "part.txt",
+            format!("file number {i}").as_bytes(),
+        )]);
+        let req = app
+            .req(Method::PATCH, &rec)
+            .header("content-type", ct)
+            .body(body);
+        tasks.push(tokio::spawn(
+            async move { req.send().await.unwrap().status() },
+        ));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    let r = app.json(Method::GET, &rec, json!(null)).await;
+    let names: Vec<String> = serde_json::from_value(r.body["attachments"].clone()).unwrap();
+    assert_eq!(names.len(), 8, "{}", r.text);
+    let mut bodies = Vec::new();
+    for n in &names {
+        let (status, _, body) = fetch(&app, &format!("/v1/files/docs/{id}/{n}"), &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        bodies.push(String::from_utf8(body).unwrap());
+    }
+    bodies.sort();
+    assert_eq!(bodies.len(), 8);
+    bodies.dedup();
+    assert_eq!(bodies.len(), 8, "every upload is its own file");
+    assert_eq!(stored(&app), (8, 0));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn private_files_need_a_caller_or_a_file_token() {
+    let app = TestApp::spawn_clocked(|_| {}).await;
+    docs(&app, "", true).await;
+    signup(&app, "ann@example.com").await;
+    let token = access(&login(&app, "ann@example.com").await);
+    let r = send_parts(
+        &app,
+        Method::POST,
+        "/v1/collections/docs/records",
+        Some(&token),
+        &[file("avatar", "me.png", PNG)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let id = r.body["id"].as_str().unwrap();
+    let path = format!("/v1/files/docs/{id}/{}", r.body["avatar"].as_str().unwrap());
+    // Public view rule, private field: no file for the unidentified.
+    let (status, _, body) = fetch(&app, &path, &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(String::from_utf8_lossy(&body).contains("file_token_required"));
+    let (status, headers, body) = fetch(
+        &app,
+        &path,
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, PNG);
+    assert!(h(&headers, "cache-control").starts_with("private"));
+    // A file token for links.
+    let t = bearer(&app, &token, Method::POST, "/v1/files/token", None).await;
+    assert_eq!(t.status, StatusCode::OK, "{}", t.text);
+    assert_eq!(t.body["expiresIn"], 120);
+    let ft = t.body["token"].as_str().unwrap().to_owned();
+    let (status, _, body) = fetch(&app, &format!("{path}?token={ft}"), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, PNG);
+    // It is no access token.
+    let r = bearer(&app, &ft, Method::GET, "/v1/auth/me", None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+    // Nor is an access token a file token.
+    let (status, _, _) = fetch(&app, &format!("{path}?token={token}"), &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Anonymous callers get none.
+    let r = app.json(Method::POST, "/v1/files/token", json!(null)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+    // Expired.
+    app.advance(Duration::from_secs(121));
+    let (status, _, body) = fetch(&app, &format!("{path}?token={ft}"), &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(String::from_utf8_lossy(&body).contains("invalid_file_token"));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_view_rule_applies_to_downloads() {
+    let app = TestApp::spawn().await;
+    docs(&app, "owner = @request.auth.id", false).await;
+    let ann = signup(&app, "ann@example.com").await;
+    let ann_token = access(&login(&app, "ann@example.com").await);
+    signup(&app, "bob@example.com").await;
+    let bob_token = access(&login(&app, "bob@example.com").await);
+    let r = send_parts(
+        &app,
+        Method::POST,
+        "/v1/collections/docs/records",
+        Some(&ann_token),
+        &[
+            text("owner", ann["id"].as_str().unwrap()),
+            file("avatar", "me.png", PNG),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let path = format!(
+        "/v1/files/docs/{}/{}",
+        r.body["id"].as_str().unwrap(),
+        r.body["avatar"].as_str().unwrap()
+    );
+    let (status, _, _) = fetch(
+        &app,
+        &path,
+        &[("authorization", &format!("Bearer {ann_token}"))],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = fetch(
+        &app,
+        &path,
+        &[("authorization", &format!("Bearer {bob_token}"))],
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = fetch(&app, &path, &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Bob's file token stands for Bob: still no.
+    let t = bearer(&app, &bob_token, Method::POST, "/v1/files/token", None).await;
+    let ft = t.body["token"].as_str().unwrap();
+    let (status, _, _) = fetch(&app, &format!("{path}?token={ft}"), &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Bob cannot upload into Ann's record either.
+    let rec = format!(
+        "/v1/collections/docs/records/{}",
+        r.body["id"].as_str().unwrap()
+    );
+    let r = send_parts(
+        &app,
+        Method::PATCH,
+        &rec,
+        Some(&bob_token),
+        &[file("avatar", "x.png", PNG)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    assert_eq!(stored(&app), (1, 0));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn file_field_options_are_checked() {
+    let app = TestApp::spawn().await;
+    let bad = [
+        json!({"name": "f", "type": "file", "maxCount": 0}),
+        json!({"name": "f", "type": "file", "mimeTypes": ["not a type"]}),
+        json!({"name": "f", "type": "file", "thumbs": ["100"]}),
+        json!({"name": "f", "type": "file", "unique": true}),
+        json!({"name": "f", "type": "text", "maxSize": 10}),
+    ];
+    for f in bad {
+        let r = app
+            .json(
+                Method::POST,
+                "/v1/collections",
+                json!({"name": "c", "fields": [f]}),
+            )
+            .await;
+        // The admin token is needed to create collections; anonymous gets 401, so use it.
+        let r = if r.status == StatusCode::UNAUTHORIZED || r.status == StatusCode::FORBIDDEN {
+            app.admin(
+                Method::POST,
+                "/v1/collections",
+                Some(json!({"name": "c", "fields": [f]})),
+            )
+            .await
+        } else {
+            r
+        };
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{f}: {}", r.text);
+    }
+    let r = app
+        .admin(
+            Method::POST,
+            "/v1/collections",
+            Some(json!({"name": "c", "fields": [{"name": "f", "type": "file", "maxCount": 3, "thumbs": ["100x100", "0x300"]}]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    app.shutdown().await;
+}
