@@ -314,9 +314,7 @@ pub async fn start_on(
         let disk = tokio::task::spawn_blocking(move || crate::files::blob::LocalDisk::open(&dir))
             .await?
             .context("opening the files folder")?;
-        crate::files::FilesRuntime {
-            blobs: Arc::new(disk),
-        }
+        crate::files::FilesRuntime::new(Arc::new(disk))
     };
     let store_for_auth = store.clone();
     let trusted_proxies = crate::http::client_ip::parse_all(&config.http.trusted_proxies)?;

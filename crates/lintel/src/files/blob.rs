@@ -21,8 +21,27 @@ pub trait Blobs: Send + Sync {
     async fn keep(&self, staged: &Path, key: &str) -> std::io::Result<()>;
     /// Reads `len` bytes from `offset`.
     async fn read(&self, key: &str, offset: u64, len: u64) -> std::io::Result<Reader>;
-    /// Removes a blob; a missing one is no error.
+    /// Removes a blob and the thumbnails kept beside it (`<key>t...`); a missing one is
+    /// no error.
     async fn remove(&self, key: &str) -> std::io::Result<()>;
+    /// A blob's size, or `None` when there is none under `key`.
+    async fn size(&self, key: &str) -> std::io::Result<Option<u64>>;
+    /// Keeps `bytes` under `key` (through the staging folder: readers never see half).
+    async fn put(&self, key: &str, bytes: &[u8]) -> std::io::Result<()> {
+        let staged = self.staging().join(format!(
+            "{}{}",
+            crate::ids::record_id(),
+            crate::ids::record_id()
+        ));
+        tokio::fs::write(&staged, bytes).await?;
+        match self.keep(&staged, key).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&staged).await;
+                Err(e)
+            }
+        }
+    }
     /// Removes staged files last written before `before_ms` (uploads a crash or a
     /// dropped request left behind); returns how many.
     async fn clean_staging(&self, before_ms: i64) -> std::io::Result<u64>;
@@ -85,9 +104,32 @@ impl Blobs for LocalDisk {
     }
 
     async fn remove(&self, key: &str) -> std::io::Result<()> {
-        match tokio::fs::remove_file(self.path(key)?).await {
+        let path = self.path(key)?;
+        // Thumbnails share the shard folder and the key as a prefix.
+        if let Some(dir) = path.parent()
+            && let Ok(mut entries) = tokio::fs::read_dir(dir).await
+        {
+            let prefix = format!("{key}t");
+            while let Ok(Some(e)) = entries.next_entry().await {
+                if e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(&prefix))
+                {
+                    let _ = tokio::fs::remove_file(e.path()).await;
+                }
+            }
+        }
+        match tokio::fs::remove_file(path).await {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             other => other,
+        }
+    }
+
+    async fn size(&self, key: &str) -> std::io::Result<Option<u64>> {
+        match tokio::fs::metadata(self.path(key)?).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
         }
     }
 

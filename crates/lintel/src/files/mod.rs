@@ -17,6 +17,7 @@ pub mod error;
 pub mod names;
 pub mod reaper;
 pub mod routes;
+pub mod thumbs;
 pub mod upload;
 
 use std::collections::HashSet;
@@ -39,6 +40,17 @@ pub const GRACE_MS: i64 = 3_600_000;
 /// The files part of the runtime.
 pub struct FilesRuntime {
     pub blobs: Arc<dyn blob::Blobs>,
+    /// Thumbnails made at once (decoding is CPU and memory; the rest wait).
+    pub thumb_permits: tokio::sync::Semaphore,
+}
+
+impl FilesRuntime {
+    pub fn new(blobs: Arc<dyn blob::Blobs>) -> Self {
+        Self {
+            blobs,
+            thumb_permits: tokio::sync::Semaphore::new(2),
+        }
+    }
 }
 
 /// The files a record write just uploaded: their names (which the record may now

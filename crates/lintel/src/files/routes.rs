@@ -214,28 +214,40 @@ async fn download(
     if field.private && caller.is_anonymous() {
         return Err(FileError::NeedsCaller.into());
     }
-    if let Some(t) = params.thumb.as_deref() {
-        let listed = field
-            .thumbs
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .any(|s| s == t);
-        if !listed {
-            return Err(FileError::BadThumb(t.to_owned()).into());
+    let thumb = match params.thumb.as_deref() {
+        None => None,
+        Some(t) => {
+            let listed = field
+                .thumbs
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .any(|s| s == t);
+            match crate::schema::kinds::thumb_size(t) {
+                Some(size) if listed => Some(size),
+                _ => return Err(FileError::BadThumb(t.to_owned()).into()),
+            }
         }
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "thumbs_not_available",
-            "This server does not make thumbnails yet; fetch the file itself.",
-        ));
-    }
+    };
     let m = meta(&state, &filename)
         .await
         .map_err(ApiError::from)?
         .filter(|m| m.collection == coll.name() && m.record == record.id && m.field == field.name)
         .ok_or(FileError::NotFound)?;
-    let etag = etag_of(&m);
+    // What is served: the file, or its thumbnail when one can be made (otherwise the
+    // file itself, as PocketBase does).
+    let mut blob = m.blob.clone();
+    let mut size = m.size;
+    let mut mime = m.mime.clone();
+    let mut etag = etag_of(&m);
+    if let Some((w, h)) = thumb
+        && let Some((key, len, media)) = thumbnail(&state, &m, w, h).await
+    {
+        blob = key;
+        size = len;
+        mime = media.to_owned();
+        etag = format!("\"{}-{w}x{h}\"", etag.trim_matches('"'));
+    }
     let created_ts = crate::clock::format_ms(m.created);
     let last_modified = crate::clock::http_date(&created_ts).unwrap_or_default();
     let attachment = m.detected_active()
@@ -280,7 +292,7 @@ async fn download(
         return Ok(res);
     }
     let mut range = header_str(&headers, header::RANGE)
-        .map(|r| one_range(r, m.size))
+        .map(|r| one_range(r, size))
         .transpose();
     // If-Range: the range holds only while the file is the one the client has.
     if let Some(ir) = header_str(&headers, header::IF_RANGE) {
@@ -297,7 +309,7 @@ async fn download(
         Ok(r) => r.flatten(),
         Err(e) => {
             let mut res = ApiError::from(e).into_response();
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", m.size)) {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                 res.headers_mut().insert(header::CONTENT_RANGE, v);
             }
             return Ok(res);
@@ -305,19 +317,19 @@ async fn download(
     };
     let (status, offset, len) = match range {
         Some((s, e)) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
-        None => (StatusCode::OK, 0, m.size),
+        None => (StatusCode::OK, 0, size),
     };
     let reader = state
         .files
         .blobs
-        .read(&m.blob, offset, len)
+        .read(&blob, offset, len)
         .await
         .map_err(|e| ApiError::internal(format!("reading file {}: {e}", m.name)))?;
     let mut res = Response::new(Body::from_stream(tokio_util::io::ReaderStream::new(reader)));
     *res.status_mut() = status;
     let h = res.headers_mut();
     h.extend(common);
-    if let Ok(v) = HeaderValue::from_str(&m.mime) {
+    if let Ok(v) = HeaderValue::from_str(&mime) {
         h.insert(header::CONTENT_TYPE, v);
     }
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
@@ -331,6 +343,56 @@ async fn download(
         h.insert(header::CONTENT_RANGE, v);
     }
     Ok(res)
+}
+
+/// The thumbnail of a file at `w` x `h`: made and kept on first request. `None`
+/// serves the file itself: not an image this server decodes, too large a source, a
+/// bomb, or bytes that do not decode.
+async fn thumbnail(
+    state: &AppState,
+    m: &FileMeta,
+    w: u32,
+    h: u32,
+) -> Option<(String, u64, &'static str)> {
+    use crate::files::thumbs;
+    if !thumbs::supported(&m.mime) || m.size > thumbs::MAX_SOURCE_BYTES {
+        return None;
+    }
+    let key = thumbs::key(&m.blob, w, h);
+    let media = if m.mime == "image/jpeg" {
+        "image/jpeg"
+    } else {
+        "image/png"
+    };
+    if let Ok(Some(len)) = state.files.blobs.size(&key).await {
+        return Some((key, len, media));
+    }
+    let _permit = state.files.thumb_permits.acquire().await.ok()?;
+    // Made by a request that held the permit before this one.
+    if let Ok(Some(len)) = state.files.blobs.size(&key).await {
+        return Some((key, len, media));
+    }
+    let mut reader = state.files.blobs.read(&m.blob, 0, m.size).await.ok()?;
+    let mut bytes = Vec::with_capacity(usize::try_from(m.size).unwrap_or(0));
+    tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut bytes)
+        .await
+        .ok()?;
+    let mime = m.mime.clone();
+    let made = tokio::task::spawn_blocking(move || thumbs::make(&bytes, &mime, w, h))
+        .await
+        .ok()?;
+    let (out, media) = match made {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::info!(file = %m.name, error = ?e, "no thumbnail; serving the file");
+            return None;
+        }
+    };
+    if let Err(e) = state.files.blobs.put(&key, &out).await {
+        tracing::warn!(file = %m.name, error = %e, "keeping a thumbnail failed");
+        return None;
+    }
+    Some((key, out.len() as u64, media))
 }
 
 #[cfg(test)]

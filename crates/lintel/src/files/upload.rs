@@ -219,6 +219,22 @@ async fn read_into(
                     ),
                 ));
             }
+            // A field that makes thumbnails refuses images it would never decode.
+            if f.thumbs.is_some()
+                && crate::files::thumbs::supported(d.mime)
+                && let Some((w, h)) = crate::files::thumbs::dimensions(&head)
+                && !crate::files::thumbs::decodable(w, h)
+            {
+                return Err(FileError::field(
+                    &name,
+                    "image_too_large",
+                    format!(
+                        "the image declares {w} x {h} pixels; at most {} pixels and {} a side",
+                        crate::files::thumbs::MAX_PIXELS,
+                        crate::files::thumbs::MAX_SIDE
+                    ),
+                ));
+            }
             if !d.text && scan.found {
                 return Err(FileError::field(
                     &name,

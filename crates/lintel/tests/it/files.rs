@@ -662,3 +662,106 @@ async fn file_field_options_are_checked() {
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     app.shutdown().await;
 }
+
+fn png_of(w: u32, h: u32) -> Vec<u8> {
+    let img = image::DynamicImage::new_rgb8(w, h);
+    let mut buf = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut buf), image::ImageFormat::Png)
+        .unwrap();
+    buf
+}
+
+/// A PNG signature and IHDR chunk declaring `w` x `h` pixels, and no pixels.
+fn png_bomb(w: u32, h: u32) -> Vec<u8> {
+    let mut chunk = b"IHDR".to_vec();
+    chunk.extend_from_slice(&w.to_be_bytes());
+    chunk.extend_from_slice(&h.to_be_bytes());
+    chunk.extend_from_slice(b"\x08\x02\0\0\0");
+    let mut crc = 0xffff_ffffu32;
+    for b in &chunk {
+        crc ^= u32::from(*b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    let mut out = b"\x89PNG\r\n\x1a\n\0\0\0\r".to_vec();
+    out.extend_from_slice(&chunk);
+    out.extend_from_slice(&(!crc).to_be_bytes());
+    out
+}
+
+#[tokio::test]
+async fn thumbnails_are_made_once_and_bombs_are_refused() {
+    let app = TestApp::spawn().await;
+    app.collection(json!({
+        "name": "pics",
+        "fields": [{"name": "photo", "type": "file", "mimeTypes": ["image/*"], "thumbs": ["100x100", "50x0", "0x40"]}],
+    }))
+    .await;
+    let r = send_parts(
+        &app,
+        Method::POST,
+        "/v1/collections/pics/records",
+        None,
+        &[file("photo", "wide.png", &png_of(400, 200))],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let path = format!(
+        "/v1/files/pics/{}/{}",
+        r.body["id"].as_str().unwrap(),
+        r.body["photo"].as_str().unwrap()
+    );
+    let dims = |b: &[u8]| {
+        image::ImageReader::new(std::io::Cursor::new(b))
+            .with_guessed_format()
+            .unwrap()
+            .into_dimensions()
+            .unwrap()
+    };
+    for (size, want) in [
+        ("100x100", (100, 100)),
+        ("50x0", (50, 25)),
+        ("0x40", (80, 40)),
+    ] {
+        let (status, headers, body) = fetch(&app, &format!("{path}?thumb={size}"), &[]).await;
+        assert_eq!(status, StatusCode::OK, "{size}");
+        assert_eq!(h(&headers, "content-type"), "image/png");
+        assert_eq!(dims(&body), want, "{size}");
+        assert!(h(&headers, "etag").contains(size));
+    }
+    assert_eq!(stored(&app), (4, 0), "the original and three thumbnails");
+    // Made once: asked again, nothing new is stored and the bytes are the same.
+    let (_, _, first) = fetch(&app, &format!("{path}?thumb=100x100"), &[]).await;
+    let (_, _, again) = fetch(&app, &format!("{path}?thumb=100x100"), &[]).await;
+    assert_eq!(first, again);
+    assert_eq!(stored(&app), (4, 0));
+    // A size the field does not list.
+    let (status, _, body) = fetch(&app, &format!("{path}?thumb=30x30"), &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&body).contains("invalid_thumb"));
+    // A decompression bomb is refused before anything decodes it.
+    let r = send_parts(
+        &app,
+        Method::POST,
+        "/v1/collections/pics/records",
+        None,
+        &[file("photo", "bomb.png", &png_bomb(100_000, 100_000))],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    assert_eq!(r.body["errors"]["photo"]["code"], "image_too_large");
+    // Deleting the record takes its thumbnails too.
+    let rec = format!(
+        "/v1/collections/pics/records/{}",
+        path.split('/').nth(4).unwrap()
+    );
+    let d = app.json(Method::DELETE, &rec, json!(null)).await;
+    assert_eq!(d.status, StatusCode::NO_CONTENT, "{}", d.text);
+    assert_eq!(eventually_stored(&app, (0, 0)).await, (0, 0));
+    app.shutdown().await;
+}
