@@ -311,10 +311,15 @@ pub async fn start_on(
         .context("configuring outbound requests")?;
     let files = {
         let dir = config.data_dir.join("files");
-        let disk = tokio::task::spawn_blocking(move || crate::files::blob::LocalDisk::open(&dir))
-            .await?
-            .context("opening the files folder")?;
-        crate::files::FilesRuntime::new(Arc::new(disk))
+        let uploads = dir.join("uploads");
+        let made = uploads.clone();
+        let disk = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&made)?;
+            crate::files::blob::LocalDisk::open(&dir)
+        })
+        .await?
+        .context("opening the files folder")?;
+        crate::files::FilesRuntime::new(Arc::new(disk), uploads)
     };
     let store_for_auth = store.clone();
     let trusted_proxies = crate::http::client_ip::parse_all(&config.http.trusted_proxies)?;

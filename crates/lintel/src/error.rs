@@ -403,6 +403,23 @@ impl From<crate::files::FileError> for ApiError {
                 err.extra.insert("size".into(), Value::from(size));
                 err
             }
+            FileError::TooManyUploads => ApiError::conflict(
+                "too_many_uploads",
+                format!(
+                    "You hold {} unattached uploads; attach or delete some first.",
+                    crate::files::tus::MAX_PER_OWNER
+                ),
+            ),
+            FileError::Locked => ApiError::new(
+                StatusCode::LOCKED,
+                "upload_locked",
+                "Another request is appending to this upload; retry when it ends.",
+            ),
+            FileError::OffsetMismatch { offset } => ApiError::conflict(
+                "offset_mismatch",
+                format!("Upload-Offset must be the upload's offset, {offset}."),
+            )
+            .with_extra("offset", Value::from(offset)),
             FileError::Io(m) => ApiError::internal(format!("file bytes: {m}")),
             FileError::Store(e) => ApiError::from(e),
         }

@@ -19,6 +19,9 @@ pub type Reader = Pin<Box<dyn AsyncRead + Send>>;
 pub trait Blobs: Send + Sync {
     /// Keeps a staged file (a path under [`Blobs::staging`]) under `key`.
     async fn keep(&self, staged: &Path, key: &str) -> std::io::Result<()>;
+    /// Moves a kept blob back to a path it was kept from (a write that kept it failed
+    /// and its bytes belong to a resumable upload again).
+    async fn take_back(&self, key: &str, to: &Path) -> std::io::Result<()>;
     /// Reads `len` bytes from `offset`.
     async fn read(&self, key: &str, offset: u64, len: u64) -> std::io::Result<Reader>;
     /// Removes a blob and the thumbnails kept beside it (`<key>t...`); a missing one is
@@ -93,6 +96,10 @@ impl Blobs for LocalDisk {
             tokio::fs::create_dir_all(dir).await?;
         }
         tokio::fs::rename(staged, &path).await
+    }
+
+    async fn take_back(&self, key: &str, to: &Path) -> std::io::Result<()> {
+        tokio::fs::rename(self.path(key)?, to).await
     }
 
     async fn read(&self, key: &str, offset: u64, len: u64) -> std::io::Result<Reader> {

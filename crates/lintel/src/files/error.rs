@@ -24,6 +24,12 @@ pub enum FileError {
     BadThumb(String),
     /// The range asked for lies outside the file (416).
     Unsatisfiable { size: u64 },
+    /// The caller holds the most unattached uploads it may (409 `too_many_uploads`).
+    TooManyUploads,
+    /// Another request is appending to the upload now (423 `upload_locked`).
+    Locked,
+    /// A PATCH whose `Upload-Offset` is not the upload's (409 `offset_mismatch`).
+    OffsetMismatch { offset: u64 },
     /// Reading or writing bytes failed.
     Io(String),
     /// The store failed.
@@ -61,6 +67,9 @@ impl std::fmt::Display for FileError {
             FileError::BadToken => write!(f, "bad file token"),
             FileError::BadThumb(t) => write!(f, "thumb {t} is not listed"),
             FileError::Unsatisfiable { size } => write!(f, "range outside {size} bytes"),
+            FileError::TooManyUploads => write!(f, "too many uploads"),
+            FileError::Locked => write!(f, "upload busy"),
+            FileError::OffsetMismatch { offset } => write!(f, "the upload is at {offset}"),
             FileError::Io(e) => write!(f, "io: {e}"),
             FileError::Store(e) => write!(f, "{e}"),
         }

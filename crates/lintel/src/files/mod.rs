@@ -18,6 +18,7 @@ pub mod names;
 pub mod reaper;
 pub mod routes;
 pub mod thumbs;
+pub mod tus;
 pub mod upload;
 
 use std::collections::HashSet;
@@ -42,13 +43,19 @@ pub struct FilesRuntime {
     pub blobs: Arc<dyn blob::Blobs>,
     /// Thumbnails made at once (decoding is CPU and memory; the rest wait).
     pub thumb_permits: tokio::sync::Semaphore,
+    /// Where resumable uploads grow (on the same disk as the blobs: kept by a rename).
+    pub uploads: std::path::PathBuf,
+    /// Uploads a request is appending to now.
+    pub busy: std::sync::Mutex<HashSet<String>>,
 }
 
 impl FilesRuntime {
-    pub fn new(blobs: Arc<dyn blob::Blobs>) -> Self {
+    pub fn new(blobs: Arc<dyn blob::Blobs>, uploads: std::path::PathBuf) -> Self {
         Self {
             blobs,
             thumb_permits: tokio::sync::Semaphore::new(2),
+            uploads,
+            busy: std::sync::Mutex::new(HashSet::new()),
         }
     }
 }
@@ -294,6 +301,56 @@ pub async fn keep(
     Ok(())
 }
 
+/// Undoes [`keep`] after the record write failed: files from resumable uploads go back
+/// to their uploads (released, to be attached again), the others are removed.
+pub async fn unkeep(rt: &Runtime, caller: &crate::access::Caller, files: &[Staged]) {
+    let mut gone = Vec::new();
+    let mut back = Vec::new();
+    for s in files {
+        match &s.upload {
+            Some(_) => match rt.files.blobs.take_back(&s.key, &s.path).await {
+                Ok(()) => back.push(s),
+                Err(e) => {
+                    tracing::warn!(file = %s.name, error = %e, "returning an upload failed");
+                    gone.push(s.name.clone());
+                }
+            },
+            None => gone.push(s.name.clone()),
+        }
+    }
+    forget(rt, &gone).await;
+    if !back.is_empty() {
+        let mut sql = Sql::new(rt.store.dialect());
+        sql.push("DELETE FROM _lintel_files WHERE name IN (");
+        sql.bind_all(back.iter().map(|s| SqlValue::Text(s.name.clone())));
+        sql.push(")");
+        if let Err(e) = rt
+            .store
+            .write(vec![WriteOp::System { sql, expect: None }])
+            .await
+        {
+            tracing::warn!(error = %e.error, "removing returned uploads' rows failed");
+        }
+        let back: Vec<Staged> = back.into_iter().map(clone_staged).collect();
+        tus::release(rt, caller, &back).await;
+    }
+}
+
+fn clone_staged(s: &Staged) -> Staged {
+    Staged {
+        field: s.field.clone(),
+        append: s.append,
+        key: s.key.clone(),
+        path: s.path.clone(),
+        name: s.name.clone(),
+        original: s.original.clone(),
+        size: s.size,
+        detected: s.detected,
+        sha256: s.sha256.clone(),
+        upload: s.upload.clone(),
+    }
+}
+
 /// Removes files by name: each blob, then the rows. Failures are logged (the sweep
 /// retries what is left).
 pub async fn forget(rt: &Runtime, names: &[String]) {
@@ -443,5 +500,6 @@ pub async fn sweep(rt: &Runtime) -> Value {
             Err(e) => tracing::warn!(error = %e, "sweeping file rows failed"),
         }
     }
-    json!({ "unnamedFiles": removed, "stagedUploads": staged })
+    let expired = tus::sweep(rt).await;
+    json!({ "unnamedFiles": removed, "stagedUploads": staged, "expiredUploads": expired })
 }

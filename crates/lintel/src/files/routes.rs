@@ -22,6 +22,272 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(file_token))
         .routes(routes!(download))
+        .routes(routes!(tus_options, tus_create))
+        .routes(routes!(tus_head, tus_patch, tus_delete))
+}
+
+/// The tus protocol version served.
+const TUS: &str = "1.0.0";
+
+fn tus_headers(res: &mut Response, up: Option<&crate::files::tus::Upload>) {
+    let h = res.headers_mut();
+    h.insert("tus-resumable", HeaderValue::from_static(TUS));
+    if let Some(up) = up {
+        h.insert("upload-offset", HeaderValue::from(up.received));
+        h.insert("upload-length", HeaderValue::from(up.length));
+        if let Some(d) = crate::clock::http_date(&crate::clock::format_ms(up.expires))
+            && let Ok(v) = HeaderValue::from_str(&d)
+        {
+            h.insert("upload-expires", v);
+        }
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+}
+
+/// A tus answer: the error's problem, with the protocol's header.
+fn tus_err(e: impl Into<ApiError>) -> Response {
+    let mut res = e.into().into_response();
+    tus_headers(&mut res, None);
+    res
+}
+
+/// The caller an upload belongs to; API keys are refused (uploads are a signed-in
+/// caller's, as file tokens are).
+fn tus_owner(caller: &Caller, headers: &HeaderMap) -> Result<String, Response> {
+    if header_str(headers, header::HeaderName::from_static("tus-resumable")) != Some(TUS) {
+        let mut res = ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            "tus_version",
+            "Send Tus-Resumable: 1.0.0 (the tus version this server speaks).",
+        )
+        .into_response();
+        res.headers_mut()
+            .insert("tus-version", HeaderValue::from_static(TUS));
+        return Err(res);
+    }
+    if matches!(caller.via, Via::ApiKey { .. }) {
+        return Err(tus_err(ApiError::forbidden(
+            "api_key_not_allowed",
+            "Resumable uploads belong to a signed-in caller; an API key cannot make one.",
+        )));
+    }
+    crate::files::tus::owner_of(caller)
+        .ok_or_else(|| tus_err(ApiError::unauthorized("Sign in to upload.")))
+}
+
+#[utoipa::path(
+    options,
+    path = "/v1/uploads",
+    tag = "files",
+    summary = "What the tus server supports",
+    responses((status = 204, description = "Tus-Version, Tus-Extension (creation, expiration, termination), Tus-Max-Size"))
+)]
+async fn tus_options(State(state): State<AppState>) -> Response {
+    let mut res = StatusCode::NO_CONTENT.into_response();
+    tus_headers(&mut res, None);
+    let h = res.headers_mut();
+    h.insert("tus-version", HeaderValue::from_static(TUS));
+    h.insert(
+        "tus-extension",
+        HeaderValue::from_static("creation,expiration,termination"),
+    );
+    h.insert(
+        "tus-max-size",
+        HeaderValue::from(state.config.files.max_upload_bytes),
+    );
+    res
+}
+
+/// `Upload-Metadata`: comma-separated `key base64value` pairs.
+fn upload_filename(headers: &HeaderMap) -> Option<String> {
+    use base64::Engine;
+    let meta = header_str(headers, header::HeaderName::from_static("upload-metadata"))?;
+    meta.split(',').find_map(|pair| {
+        let (key, value) = pair.trim().split_once(' ')?;
+        if key != "filename" && key != "name" {
+            return None;
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(value.trim())
+            .ok()?;
+        String::from_utf8(bytes).ok()
+    })
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/uploads",
+    tag = "files",
+    summary = "Create a resumable upload (tus creation)",
+    description = "Needs a signed-in caller (bearer token or cookie) or the admin token; `Tus-Resumable: 1.0.0` and `Upload-Length` (at most `files.max_upload_bytes`); `Upload-Metadata` may carry `filename`. The upload expires unattached after 24 hours (`Upload-Expires`); attach it once with `\"field\": {\"upload\": \"<id>\"}` in a record write. At most 50 unattached uploads a caller.",
+    responses(
+        (status = 201, description = "Location: /v1/uploads/{id}"),
+        (status = 400, description = "No or a bad Upload-Length", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Not signed in", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "Too many unattached uploads", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 412, description = "Not Tus-Resumable: 1.0.0", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 413, description = "Upload-Length over files.max_upload_bytes", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+async fn tus_create(State(state): State<AppState>, caller: Caller, headers: HeaderMap) -> Response {
+    let owner = match tus_owner(&caller, &headers) {
+        Ok(o) => o,
+        Err(res) => return res,
+    };
+    let Some(length) = header_str(&headers, header::HeaderName::from_static("upload-length"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    else {
+        return tus_err(ApiError::field(
+            "Upload-Length",
+            "invalid",
+            "required: the upload's size in bytes (deferred lengths are not supported)",
+        ));
+    };
+    let max = state.config.files.max_upload_bytes;
+    if length > max {
+        return tus_err(FileError::TooLarge {
+            field: "Upload-Length".into(),
+            limit: max,
+        });
+    }
+    match crate::files::tus::create(&state, &owner, length, upload_filename(&headers)).await {
+        Ok(up) => {
+            let mut res = StatusCode::CREATED.into_response();
+            tus_headers(&mut res, Some(&up));
+            if let Ok(v) = HeaderValue::from_str(&format!("/v1/uploads/{}", up.id)) {
+                res.headers_mut().insert(header::LOCATION, v);
+            }
+            res
+        }
+        Err(e) => tus_err(e),
+    }
+}
+
+#[utoipa::path(
+    head,
+    path = "/v1/uploads/{id}",
+    tag = "files",
+    summary = "An upload's offset (tus)",
+    params(("id" = String, Path, description = "Upload id")),
+    responses(
+        (status = 200, description = "Upload-Offset, Upload-Length, Upload-Expires"),
+        (status = 404, description = "No such upload of the caller's (or expired, or attached)"),
+    )
+)]
+async fn tus_head(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let owner = match tus_owner(&caller, &headers) {
+        Ok(o) => o,
+        Err(res) => return res,
+    };
+    match crate::files::tus::get(&state, &owner, &id).await {
+        Ok(up) => {
+            let mut res = StatusCode::OK.into_response();
+            tus_headers(&mut res, Some(&up));
+            res
+        }
+        Err(e) => tus_err(e),
+    }
+}
+
+#[utoipa::path(
+    patch,
+    path = "/v1/uploads/{id}",
+    tag = "files",
+    summary = "Append bytes to an upload (tus)",
+    description = "`Content-Type: application/offset+octet-stream`, `Upload-Offset` equal to the upload's offset. Bytes received before an interruption are kept.",
+    params(("id" = String, Path, description = "Upload id")),
+    responses(
+        (status = 204, description = "Appended; Upload-Offset is the new offset"),
+        (status = 404, description = "No such upload of the caller's", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "Upload-Offset is not the upload's (`offset_mismatch`)", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 413, description = "More bytes than Upload-Length", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/offset+octet-stream", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 423, description = "Another request is appending (`upload_locked`)", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+async fn tus_patch(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let owner = match tus_owner(&caller, &headers) {
+        Ok(o) => o,
+        Err(res) => return res,
+    };
+    if header_str(&headers, header::CONTENT_TYPE).is_none_or(|ct| {
+        !ct.trim()
+            .eq_ignore_ascii_case("application/offset+octet-stream")
+    }) {
+        return tus_err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "A tus PATCH is Content-Type: application/offset+octet-stream.",
+        ));
+    }
+    let Some(offset) = header_str(&headers, header::HeaderName::from_static("upload-offset"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    else {
+        return tus_err(ApiError::field(
+            "Upload-Offset",
+            "invalid",
+            "required: the offset the bytes start at",
+        ));
+    };
+    let up = match crate::files::tus::get(&state, &owner, &id).await {
+        Ok(up) => up,
+        Err(e) => return tus_err(e),
+    };
+    match crate::files::tus::append(&state, &up, offset, body).await {
+        Ok(at) => {
+            let mut res = StatusCode::NO_CONTENT.into_response();
+            let now = crate::files::tus::Upload { received: at, ..up };
+            tus_headers(&mut res, Some(&now));
+            res
+        }
+        Err(e) => tus_err(e),
+    }
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/uploads/{id}",
+    tag = "files",
+    summary = "End an upload and drop its bytes (tus termination)",
+    params(("id" = String, Path, description = "Upload id")),
+    responses(
+        (status = 204, description = "Gone"),
+        (status = 404, description = "No such upload of the caller's", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+async fn tus_delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let owner = match tus_owner(&caller, &headers) {
+        Ok(o) => o,
+        Err(res) => return res,
+    };
+    let up = match crate::files::tus::get(&state, &owner, &id).await {
+        Ok(up) => up,
+        Err(e) => return tus_err(e),
+    };
+    match crate::files::tus::delete(&state, &up).await {
+        Ok(()) => {
+            let mut res = StatusCode::NO_CONTENT.into_response();
+            tus_headers(&mut res, None);
+            res
+        }
+        Err(e) => tus_err(e),
+    }
 }
 
 #[utoipa::path(

@@ -37,6 +37,8 @@ pub struct Staged {
     pub size: u64,
     pub detected: Detected,
     pub sha256: String,
+    /// The resumable upload the bytes came from (they stay the upload's until kept).
+    pub upload: Option<String>,
 }
 
 /// A multipart record write: its fields and its staged files.
@@ -48,7 +50,7 @@ pub struct Upload {
 
 /// Removes staged files that will not be kept.
 pub async fn discard(files: &[Staged]) {
-    for f in files {
+    for f in files.iter().filter(|f| f.upload.is_none()) {
         if let Err(e) = tokio::fs::remove_file(&f.path).await
             && e.kind() != std::io::ErrorKind::NotFound
         {
@@ -112,6 +114,56 @@ fn convert(coll: &Collection, name: &str, text: String) -> Result<Value, FileErr
     })
 }
 
+/// The checks of a received file against its field, once its bytes are in: the type
+/// detected from `head` against `mimeTypes`, images a field with thumbnails would
+/// never decode, and markup inside a binary file (`markup`: what [`MarkupScan`] found).
+pub fn check(
+    f: &FieldSpec,
+    key: &str,
+    d: &Detected,
+    head: &[u8],
+    markup: bool,
+) -> Result<(), FileError> {
+    if !detect::allowed(f.mime_types.as_deref(), d) {
+        return Err(FileError::field(
+            key,
+            "invalid_type",
+            format!(
+                "the content is {}, which this field does not accept ({})",
+                d.mime,
+                f.mime_types.as_deref().unwrap_or_default().join(", ")
+            ),
+        ));
+    }
+    // A field that makes thumbnails refuses images it would never decode.
+    if f.thumbs.is_some()
+        && crate::files::thumbs::supported(d.mime)
+        && let Some((w, h)) = crate::files::thumbs::dimensions(head)
+        && !crate::files::thumbs::decodable(w, h)
+    {
+        return Err(FileError::field(
+            key,
+            "image_too_large",
+            format!(
+                "the image declares {w} x {h} pixels; at most {} pixels and {} a side",
+                crate::files::thumbs::MAX_PIXELS,
+                crate::files::thumbs::MAX_SIDE
+            ),
+        ));
+    }
+    if !d.text && markup {
+        return Err(FileError::field(
+            key,
+            "polyglot",
+            format!(
+                "the content is {} but also holds markup a browser would run",
+                d.mime
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Reads a multipart body for a record of `coll`. On failure every staged file is
 /// already removed.
 pub async fn read(rt: &Runtime, coll: &Collection, mut mp: Multipart) -> Result<Upload, FileError> {
@@ -168,6 +220,7 @@ async fn read_into(
                 size: 0,
                 detected: detect::OCTET_STREAM,
                 sha256: String::new(),
+                upload: None,
             };
             let mut hash = Sha256::new();
             let mut head: Vec<u8> = Vec::with_capacity(detect::HEAD);
@@ -207,44 +260,8 @@ async fn read_into(
             };
             staged.sha256 = hex(&hash.finalize());
             staged.detected = detect::detect(&head);
+            check(f, &name, &staged.detected, &head, scan.found)?;
             let d = staged.detected;
-            if !detect::allowed(f.mime_types.as_deref(), &d) {
-                return Err(FileError::field(
-                    &name,
-                    "invalid_type",
-                    format!(
-                        "the content is {}, which this field does not accept ({})",
-                        d.mime,
-                        f.mime_types.as_deref().unwrap_or_default().join(", ")
-                    ),
-                ));
-            }
-            // A field that makes thumbnails refuses images it would never decode.
-            if f.thumbs.is_some()
-                && crate::files::thumbs::supported(d.mime)
-                && let Some((w, h)) = crate::files::thumbs::dimensions(&head)
-                && !crate::files::thumbs::decodable(w, h)
-            {
-                return Err(FileError::field(
-                    &name,
-                    "image_too_large",
-                    format!(
-                        "the image declares {w} x {h} pixels; at most {} pixels and {} a side",
-                        crate::files::thumbs::MAX_PIXELS,
-                        crate::files::thumbs::MAX_SIDE
-                    ),
-                ));
-            }
-            if !d.text && scan.found {
-                return Err(FileError::field(
-                    &name,
-                    "polyglot",
-                    format!(
-                        "the content is {} but also holds markup a browser would run",
-                        d.mime
-                    ),
-                ));
-            }
             staged.name = names::stored_name(
                 &staged.original,
                 &crate::ids::record_id().to_ascii_lowercase(),
@@ -302,7 +319,7 @@ async fn read_into(
     Ok(())
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes.iter().fold(String::with_capacity(64), |mut s, b| {
         let _ = write!(s, "{b:02x}");

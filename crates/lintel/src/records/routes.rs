@@ -35,6 +35,37 @@ pub fn router() -> OpenApiRouter<AppState> {
         .layer(axum::extract::DefaultBodyLimit::disable())
 }
 
+/// Claims the resumable uploads a write attaches (`{"upload": id}`); on failure the
+/// files read so far are discarded.
+async fn attach_uploads(
+    state: &AppState,
+    caller: &crate::access::Caller,
+    coll: &crate::schema::Collection,
+    input: &mut Map<String, Value>,
+    staged: &mut Vec<crate::files::Staged>,
+) -> Result<(), ApiError> {
+    match crate::files::tus::attach(state, caller, coll, input).await {
+        Ok(more) => {
+            staged.extend(more);
+            Ok(())
+        }
+        Err(e) => {
+            crate::files::upload::discard(staged).await;
+            Err(e.into())
+        }
+    }
+}
+
+/// A write refused before its files were kept: staged bytes go, uploads are released.
+async fn give_back(
+    state: &AppState,
+    caller: &crate::access::Caller,
+    staged: &[crate::files::Staged],
+) {
+    crate::files::upload::discard(staged).await;
+    crate::files::tus::release(state, caller, staged).await;
+}
+
 /// Reads a multipart record write: its fields, with the names of the files it
 /// uploaded put under their field (`avatar`) or add-to-field key (`docs+`).
 async fn read_upload(
@@ -231,7 +262,7 @@ async fn create_record(
     body: RecordBody,
 ) -> Result<Response, ApiError> {
     let coll = service::collection(&state, &collection)?;
-    let (input, staged) = match body {
+    let (mut input, mut staged) = match body {
         RecordBody::Json(input) => (input, Vec::new()),
         RecordBody::Multipart(mp) => {
             // What needs no body is refused before a byte is stored.
@@ -239,6 +270,7 @@ async fn create_record(
             read_upload(&state, &coll, mp).await?
         }
     };
+    attach_uploads(&state, &caller, &coll, &mut input, &mut staged).await?;
     let fresh = crate::files::Fresh {
         id: (!staged.is_empty()).then(crate::ids::record_id),
         names: staged.iter().map(|s| s.name.clone()).collect(),
@@ -246,7 +278,7 @@ async fn create_record(
     let prepared = match service::prepare_create(&state, &caller, &coll, input, &fresh).await {
         Ok(p) => p,
         Err(e) => {
-            crate::files::upload::discard(&staged).await;
+            give_back(&state, &caller, &staged).await;
             return Err(e.into());
         }
     };
@@ -270,10 +302,11 @@ async fn create_record(
     let (written, record) = match written {
         Ok(w) => w,
         Err(e) => {
-            crate::files::forget(&state, &fresh.names).await;
+            crate::files::unkeep(&state, &caller, &staged).await;
             return Err(e);
         }
     };
+    crate::files::tus::finish(&state, &staged).await;
     Ok(record_response(
         StatusCode::CREATED,
         &coll,
@@ -384,7 +417,7 @@ async fn update(
 ) -> Result<Response, ApiError> {
     let coll = service::collection(&state, &collection)?;
     let if_match = if_match(&headers)?;
-    let (input, staged) = match body {
+    let (mut input, mut staged) = match body {
         RecordBody::Json(input) => (input, Vec::new()),
         RecordBody::Multipart(mp) => {
             // A record the caller cannot see is 404 before a byte is stored.
@@ -392,6 +425,12 @@ async fn update(
             read_upload(&state, &coll, mp).await?
         }
     };
+    if !staged.is_empty() || input.values().any(|v| v.is_object() || v.is_array()) {
+        if staged.is_empty() {
+            service::get_visible(&state, &caller, &coll, &id).await?;
+        }
+        attach_uploads(&state, &caller, &coll, &mut input, &mut staged).await?;
+    }
     let fresh = crate::files::Fresh {
         id: None,
         names: staged.iter().map(|s| s.name.clone()).collect(),
@@ -413,10 +452,11 @@ async fn update(
     {
         Ok(r) => r,
         Err(e) => {
-            crate::files::forget(&state, &fresh.names).await;
+            crate::files::unkeep(&state, &caller, &staged).await;
             return Err(e.into());
         }
     };
+    crate::files::tus::finish(&state, &staged).await;
     let written = written.ok_or_else(|| ApiError::internal("update granted no response"))?;
     Ok(record_response(
         StatusCode::OK,

@@ -745,6 +745,7 @@ pub(crate) const SYSTEM_MIGRATIONS: &[SystemMigration] = &[
         crate::store::webhooks::DELIVERY_INDEXES,
     ),
     SystemMigration::same(12, "files", crate::store::files::TABLES),
+    SystemMigration::same(13, "uploads", crate::store::files::UPLOADS_TABLE),
 ];
 
 /// Brings Lintel's own tables up to date, in the caller's transaction (which the
@@ -1002,6 +1003,6 @@ mod tests {
             assert_eq!(checksum(m.sql(d).as_bytes()), sum, "{version} {d:?}");
         }
         let versions: Vec<i64> = SYSTEM_MIGRATIONS.iter().map(|m| m.version).collect();
-        assert_eq!(versions, (1..=12).collect::<Vec<i64>>());
+        assert_eq!(versions, (1..=13).collect::<Vec<i64>>());
     }
 }

@@ -22,3 +22,18 @@ pub const TABLES: &str = "CREATE TABLE _lintel_files (
             seq BIGINT NOT NULL
         );
         INSERT INTO _lintel_files_cursor (id, seq) VALUES (1, 0);";
+
+/// Resumable uploads (system migration 13): one row per tus upload, its owner, its
+/// declared and received lengths, the client's metadata, and when it expires.
+pub const UPLOADS_TABLE: &str = "CREATE TABLE _lintel_uploads (
+            id TEXT PRIMARY KEY NOT NULL,
+            owner TEXT NOT NULL,
+            length BIGINT NOT NULL,
+            received BIGINT NOT NULL,
+            filename TEXT,
+            created BIGINT NOT NULL,
+            expires BIGINT NOT NULL,
+            attached BIGINT NOT NULL
+        );
+        CREATE INDEX _lintel_uploads_owner ON _lintel_uploads (owner);
+        CREATE INDEX _lintel_uploads_expires ON _lintel_uploads (expires);";
