@@ -1139,3 +1139,170 @@ async fn tus_js_client_uploads_in_interrupted_chunks() {
     assert!(h(&headers, "content-disposition").contains("movie%20clip.bin"));
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_sweep_removes_files_no_record_names_after_an_hour() {
+    let app = TestApp::spawn_clocked(|_| {}).await;
+    docs(&app, "", false).await;
+    let kept = send_parts(
+        &app,
+        Method::POST,
+        "/v1/collections/docs/records",
+        None,
+        &[file("avatar", "kept.png", PNG)],
+    )
+    .await;
+    assert_eq!(kept.status, StatusCode::CREATED, "{}", kept.text);
+    let lost = send_parts(
+        &app,
+        Method::POST,
+        "/v1/collections/docs/records",
+        None,
+        &[file("avatar", "lost.png", PNG)],
+    )
+    .await;
+    assert_eq!(stored(&app), (2, 0));
+    // A crash after a file was kept but before its record committed leaves a row and
+    // bytes that no record names: the same as unnaming a file behind the log's back.
+    let state = &app.running().state;
+    let mut sql = lintel::store::Sql::new(state.store.dialect());
+    sql.push("UPDATE docs SET avatar = NULL WHERE id = ")
+        .bind(lintel::store::SqlValue::Text(
+            lost.body["id"].as_str().unwrap().to_owned(),
+        ));
+    state
+        .store
+        .write(vec![lintel::store::WriteOp::System {
+            sql,
+            expect: Some(1),
+        }])
+        .await
+        .unwrap();
+    // Within the hour it may be an upload about to commit: left alone.
+    let report = lintel::files::sweep(state).await;
+    assert_eq!(report["unnamedFiles"], 0, "{report}");
+    assert_eq!(stored(&app), (2, 0));
+    app.advance(Duration::from_secs(3601));
+    let report = lintel::files::sweep(state).await;
+    assert_eq!(report["unnamedFiles"], 1, "{report}");
+    assert_eq!(stored(&app), (1, 0), "only the named file is left");
+    let path = format!(
+        "/v1/files/docs/{}/{}",
+        kept.body["id"].as_str().unwrap(),
+        kept.body["avatar"].as_str().unwrap()
+    );
+    let (status, _, body) = fetch(&app, &path, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, PNG);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn kill_9_mid_upload_keeps_no_record_and_housekeeping_clears_the_rest() {
+    use tokio::io::AsyncWriteExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut env = vec![
+        ("LINTEL_ADMIN_TOKEN", crate::common::ADMIN_TOKEN.to_owned()),
+        ("LINTEL_STORE__PURGE_INTERVAL_SECS", "1".to_owned()),
+        ("LINTEL_JOBS__POLL_MS", "50".to_owned()),
+    ];
+    let db_dir = tempfile::tempdir().unwrap();
+    if crate::common::postgres_url().is_some() {
+        let url = crate::common::config(db_dir.path()).await.database_url.0;
+        env.push(("LINTEL_DATABASE_URL", url));
+    }
+    let served = crate::hygiene::serve(&data, &env)
+        .await
+        .unwrap_or_else(|(c, l)| panic!("{c:?} {l:#?}"));
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::new();
+    let base = format!("http://{}", served.addr);
+    let r = client
+        .post(format!("{base}/v1/collections"))
+        .bearer_auth(crate::common::ADMIN_TOKEN)
+        .json(&json!({"name": "docs", "rules": {"create": "", "list": "", "view": ""}, "fields": [{"name": "title", "type": "text"}, {"name": "attachments", "type": "file", "maxCount": 5}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    // A multipart create whose file is half sent when the process dies.
+    let boundary = "kill9boundary";
+    let head = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nhalf\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"attachments\"; filename=\"big.bin\"\r\n\r\n"
+    );
+    let total = head.len() + 4_000_000;
+    let mut s = tokio::net::TcpStream::connect(served.addr.as_str())
+        .await
+        .unwrap();
+    s.write_all(
+        format!(
+            "POST /v1/collections/docs/records HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {total}\r\n\r\n{head}"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    s.write_all(&vec![b'z'; 1_000_000]).await.unwrap();
+    s.flush().await.unwrap();
+    let staging = data.join("files").join("tmp");
+    let mut staged = Vec::new();
+    for _ in 0..200 {
+        staged = std::fs::read_dir(&staging)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        if staged
+            .first()
+            .is_some_and(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(staged.len(), 1, "the upload is being staged");
+    let mut child = served.child;
+    child.kill().await.unwrap();
+    let _ = child.wait().await;
+    drop(s);
+    // The leftover is an hour old by the time housekeeping judges it.
+    let old = std::process::Command::new("touch")
+        .args(["-d", "2 hours ago"])
+        .arg(&staged[0])
+        .status()
+        .unwrap();
+    assert!(old.success());
+    let served = crate::hygiene::serve(&data, &env)
+        .await
+        .unwrap_or_else(|(c, l)| panic!("{c:?} {l:#?}"));
+    let base = format!("http://{}", served.addr);
+    let list: Value = client
+        .get(format!("{base}/v1/collections/docs/records"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        list["totalItems"], 0,
+        "no record of the killed request: {list}"
+    );
+    let mut left = 1;
+    for _ in 0..400 {
+        left = std::fs::read_dir(&staging).unwrap().count();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(left, 0, "housekeeping removed the staged leftover");
+    let blobs = std::fs::read_dir(data.join("files").join("blobs"))
+        .unwrap()
+        .count();
+    assert_eq!(blobs, 0, "nothing was kept");
+    let mut child = served.child;
+    let _ = child.kill().await;
+    crate::common::drop_database(db_dir.path()).await;
+}
