@@ -312,14 +312,10 @@ pub async fn start_on(
     let files = {
         let dir = config.data_dir.join("files");
         let uploads = dir.join("uploads");
+        let cfg = config.files.clone();
         let made = uploads.clone();
-        let disk = tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&made)?;
-            crate::files::blob::LocalDisk::open(&dir)
-        })
-        .await?
-        .context("opening the files folder")?;
-        crate::files::FilesRuntime::new(Arc::new(disk), uploads)
+        let blobs = tokio::task::spawn_blocking(move || open_blobs(&cfg, &dir, &made)).await??;
+        crate::files::FilesRuntime::new(blobs, uploads)
     };
     let store_for_auth = store.clone();
     let trusted_proxies = crate::http::client_ip::parse_all(&config.http.trusted_proxies)?;
@@ -730,6 +726,29 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => tracing::info!("Ctrl-C received"),
         _ = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// The blob store `files.backend` names, with the uploads folder made. Blocking.
+fn open_blobs(
+    cfg: &crate::config::FilesConfig,
+    dir: &std::path::Path,
+    uploads: &std::path::Path,
+) -> anyhow::Result<Arc<dyn crate::files::blob::Blobs>> {
+    std::fs::create_dir_all(uploads).context("making the uploads folder")?;
+    match cfg.backend.as_str() {
+        "local" | "" => Ok(Arc::new(
+            crate::files::blob::LocalDisk::open(dir).context("opening the files folder")?,
+        )),
+        #[cfg(feature = "s3")]
+        "s3" => Ok(Arc::new(
+            crate::files::s3::S3::open(&cfg.s3, dir).context("opening the files bucket")?,
+        )),
+        #[cfg(not(feature = "s3"))]
+        "s3" => anyhow::bail!(
+            "files.backend = \"s3\" needs a build with the s3 feature (cargo build --features s3)"
+        ),
+        other => anyhow::bail!("files.backend must be \"local\" or \"s3\", not {other:?}"),
     }
 }
 

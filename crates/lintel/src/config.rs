@@ -453,6 +453,10 @@ pub struct FilesConfig {
     pub max_upload_bytes: u64,
     /// How long a file token (`POST /v1/files/token`) is accepted.
     pub token_ttl_seconds: u64,
+    /// Where files' bytes live: `local` (under the data folder) or `s3` (a build with
+    /// the `s3` feature).
+    pub backend: String,
+    pub s3: S3Config,
 }
 
 impl Default for FilesConfig {
@@ -460,8 +464,30 @@ impl Default for FilesConfig {
         Self {
             max_upload_bytes: 2 * 1024 * 1024 * 1024,
             token_ttl_seconds: 120,
+            backend: "local".into(),
+            s3: S3Config::default(),
         }
     }
+}
+
+/// An S3-compatible bucket for files (`files.backend = "s3"`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Default `us-east-1`.
+    pub region: String,
+    /// For S3-compatible servers (MinIO, Ceph, R2, moto): their URL; objects are then
+    /// addressed by path. Empty = AWS.
+    pub endpoint: String,
+    /// Empty = credentials from the environment's usual AWS variables are not read:
+    /// set both here (or `LINTEL_FILES__S3__ACCESS_KEY_ID` / `..._SECRET_ACCESS_KEY`).
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    /// Objects' key prefix (a folder in the bucket).
+    pub prefix: String,
+    /// Allow a plain-http endpoint (test servers).
+    pub allow_http: bool,
 }
 
 /// Outgoing mail (verification, password reset, email change).

@@ -24,7 +24,7 @@ pub trait Blobs: Send + Sync {
     async fn take_back(&self, key: &str, to: &Path) -> std::io::Result<()>;
     /// Reads `len` bytes from `offset`.
     async fn read(&self, key: &str, offset: u64, len: u64) -> std::io::Result<Reader>;
-    /// Removes a blob and the thumbnails kept beside it (`<key>t...`); a missing one is
+    /// Removes a blob and the thumbnails kept beside it (`<key>-...`); a missing one is
     /// no error.
     async fn remove(&self, key: &str) -> std::io::Result<()>;
     /// A blob's size, or `None` when there is none under `key`.
@@ -116,7 +116,7 @@ impl Blobs for LocalDisk {
         if let Some(dir) = path.parent()
             && let Ok(mut entries) = tokio::fs::read_dir(dir).await
         {
-            let prefix = format!("{key}t");
+            let prefix = format!("{key}-");
             while let Ok(Some(e)) = entries.next_entry().await {
                 if e.file_name()
                     .to_str()
@@ -141,27 +141,31 @@ impl Blobs for LocalDisk {
     }
 
     async fn clean_staging(&self, before_ms: i64) -> std::io::Result<u64> {
-        let tmp = self.tmp.clone();
-        tokio::task::spawn_blocking(move || {
-            let cutoff = std::time::UNIX_EPOCH
-                + std::time::Duration::from_millis(u64::try_from(before_ms).unwrap_or(0));
-            let mut n = 0;
-            for f in std::fs::read_dir(&tmp)?.flatten() {
-                let old = f
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|t| t < cutoff);
-                if old && std::fs::remove_file(f.path()).is_ok() {
-                    n += 1;
-                }
-            }
-            Ok(n)
-        })
-        .await
-        .map_err(std::io::Error::other)?
+        clean_folder(self.tmp.clone(), before_ms).await
     }
 
     fn staging(&self) -> &Path {
         &self.tmp
     }
+}
+
+/// Removes the files of a flat folder last written before `before_ms` (wall clock).
+pub async fn clean_folder(dir: PathBuf, before_ms: i64) -> std::io::Result<u64> {
+    tokio::task::spawn_blocking(move || {
+        let cutoff = std::time::UNIX_EPOCH
+            + std::time::Duration::from_millis(u64::try_from(before_ms).unwrap_or(0));
+        let mut n = 0;
+        for f in std::fs::read_dir(&dir)?.flatten() {
+            let old = f
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t < cutoff);
+            if old && std::fs::remove_file(f.path()).is_ok() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }

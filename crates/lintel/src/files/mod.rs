@@ -17,6 +17,8 @@ pub mod error;
 pub mod names;
 pub mod reaper;
 pub mod routes;
+#[cfg(feature = "s3")]
+pub mod s3;
 pub mod thumbs;
 pub mod tus;
 pub mod upload;

@@ -591,7 +591,9 @@ async fn download(
         .read(&blob, offset, len)
         .await
         .map_err(|e| ApiError::internal(format!("reading file {}: {e}", m.name)))?;
-    let mut res = Response::new(Body::from_stream(tokio_util::io::ReaderStream::new(reader)));
+    let mut res = Response::new(Body::from_stream(
+        tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024),
+    ));
     *res.status_mut() = status;
     let h = res.headers_mut();
     h.extend(common);

@@ -1,6 +1,6 @@
 //! Thumbnails of image files: `WxH` crops to exactly that size, `Wx0` and `0xH` fit
 //! one side and keep the ratio; never larger than the original. Made once, on first
-//! request, and kept beside the original (`<key>t<W>x<H>`). The declared dimensions
+//! request, and kept beside the original (`<key>-t<W>x<H>`). The declared dimensions
 //! are read before anything is decoded, and images over [`MAX_PIXELS`] or
 //! [`MAX_SIDE`] are never decoded (decompression bombs); fields with `thumbs` refuse
 //! such uploads outright.
@@ -24,9 +24,10 @@ pub fn supported(mime: &str) -> bool {
     )
 }
 
-/// The key a thumbnail of `blob` is kept under.
+/// The key a thumbnail of `blob` is kept under (blob keys have no `-`: the blob store
+/// tells thumbnails by it).
 pub fn key(blob: &str, w: u32, h: u32) -> String {
-    format!("{blob}t{w}x{h}")
+    format!("{blob}-t{w}x{h}")
 }
 
 /// Why no thumbnail.

@@ -1306,3 +1306,112 @@ async fn kill_9_mid_upload_keeps_no_record_and_housekeeping_clears_the_rest() {
     let _ = child.kill().await;
     crate::common::drop_database(db_dir.path()).await;
 }
+
+/// The blob key of a kept file, read from its metadata row.
+async fn blob_key(app: &TestApp, name: &str) -> String {
+    let state = &app.running().state;
+    let mut sql = lintel::store::Sql::new(state.store.dialect());
+    sql.push("SELECT blob FROM _lintel_files WHERE name = ")
+        .bind(lintel::store::SqlValue::Text(name.to_owned()));
+    let rows = state.store.query_rows(sql).await.unwrap();
+    rows[0][0].as_str().unwrap().to_owned()
+}
+
+/// Files in S3-compatible storage: a real S3 server (moto, from PyPI, started by
+/// `.ci/run`) at `LINTEL_TEST_S3_ENDPOINT` with the bucket `lintel-test`; each run
+/// keeps its objects under its own prefix. Built with `--features s3`.
+#[cfg(feature = "s3")]
+#[tokio::test]
+#[ignore = "needs an S3-compatible server (LINTEL_TEST_S3_ENDPOINT) and --features s3"]
+async fn s3_backend_keeps_serves_thumbnails_and_removes_files() {
+    let endpoint = std::env::var("LINTEL_TEST_S3_ENDPOINT")
+        .expect("LINTEL_TEST_S3_ENDPOINT names the S3-compatible server");
+    let prefix = format!("run-{}", lintel::ids::record_id());
+    let app = TestApp::spawn_with(move |c| {
+        c.files.backend = "s3".into();
+        c.files.s3.bucket = "lintel-test".into();
+        c.files.s3.endpoint = endpoint;
+        c.files.s3.allow_http = true;
+        c.files.s3.access_key_id = "test".into();
+        c.files.s3.secret_access_key = lintel::config::Secret("test".into());
+        c.files.s3.prefix = prefix;
+    })
+    .await;
+    app.collection(json!({
+        "name": "pics",
+        "fields": [{"name": "photo", "type": "file", "thumbs": ["50x50"]}, {"name": "docs", "type": "file", "maxCount": 5}],
+    }))
+    .await;
+    let big: Vec<u8> = (0..12_000_000u32).map(|i| (i % 253) as u8).collect();
+    let r = send_parts(
+        &app,
+        Method::POST,
+        "/v1/collections/pics/records",
+        None,
+        &[
+            file("photo", "p.png", &png_of(200, 100)),
+            file("docs", "big.bin", &big),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let photo = r.body["photo"].as_str().unwrap().to_owned();
+    let doc = r.body["docs"][0].as_str().unwrap().to_owned();
+    assert_eq!(stored(&app), (0, 0), "nothing on the local disk");
+    let (status, _, body) = fetch(&app, &format!("/v1/files/pics/{id}/{doc}"), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body == big,
+        "the 12 MB file comes back whole (a multipart upload to S3)"
+    );
+    let (status, headers, body) = fetch(
+        &app,
+        &format!("/v1/files/pics/{id}/{doc}"),
+        &[("range", "bytes=1000-1999")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body, &big[1000..2000]);
+    assert_eq!(
+        h(&headers, "content-range"),
+        format!("bytes 1000-1999/{}", big.len())
+    );
+    let (status, _, body) = fetch(
+        &app,
+        &format!("/v1/files/pics/{id}/{photo}?thumb=50x50"),
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(image::load_from_memory(&body).unwrap().width(), 50);
+    let state = &app.running().state;
+    let photo_key = blob_key(&app, &photo).await;
+    let doc_key = blob_key(&app, &doc).await;
+    let thumb_key = lintel::files::thumbs::key(&photo_key, 50, 50);
+    assert!(state.files.blobs.size(&thumb_key).await.unwrap().is_some());
+    // Deleting the record removes its objects and the thumbnail's.
+    let d = app
+        .json(
+            Method::DELETE,
+            &format!("/v1/collections/pics/records/{id}"),
+            json!(null),
+        )
+        .await;
+    assert_eq!(d.status, StatusCode::NO_CONTENT);
+    let mut left = 3;
+    for _ in 0..200 {
+        left = 0;
+        for k in [&photo_key, &doc_key, &thumb_key] {
+            if state.files.blobs.size(k).await.unwrap().is_some() {
+                left += 1;
+            }
+        }
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(left, 0, "objects removed after the commit");
+    app.shutdown().await;
+}
