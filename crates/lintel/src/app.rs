@@ -315,7 +315,8 @@ pub async fn start_on(
         let cfg = config.files.clone();
         let made = uploads.clone();
         let blobs = tokio::task::spawn_blocking(move || open_blobs(&cfg, &dir, &made)).await??;
-        crate::files::FilesRuntime::new(blobs, uploads)
+        let keys = crate::files::crypt::MasterKeys::from_config(&config.files.encryption_keys)?;
+        crate::files::FilesRuntime::new(blobs, uploads, keys)
     };
     let store_for_auth = store.clone();
     let trusted_proxies = crate::http::client_ip::parse_all(&config.http.trusted_proxies)?;

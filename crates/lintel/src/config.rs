@@ -457,6 +457,10 @@ pub struct FilesConfig {
     /// the `s3` feature).
     pub backend: String,
     pub s3: S3Config,
+    /// Encryption at rest: master keys (base64 of 32 random bytes), the first wrapping
+    /// new files' keys, the others only opening what they wrapped (rotation). Empty =
+    /// files are kept in the clear.
+    pub encryption_keys: Vec<Secret>,
 }
 
 impl Default for FilesConfig {
@@ -466,6 +470,7 @@ impl Default for FilesConfig {
             token_ttl_seconds: 120,
             backend: "local".into(),
             s3: S3Config::default(),
+            encryption_keys: Vec::new(),
         }
     }
 }

@@ -56,8 +56,9 @@ pub struct NewKey {
 
 /// Admin areas a superuser's key can be scoped to (`<area>:read`, `<area>:write` or
 /// `<area>:*`); see `http::extract::admin_scope`.
-pub const ADMIN_AREAS: [&str; 7] = [
+pub const ADMIN_AREAS: [&str; 8] = [
     "collections",
+    "files",
     "audit",
     "metrics",
     "events",

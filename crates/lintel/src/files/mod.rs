@@ -12,6 +12,7 @@
 //! and stale staged uploads.
 
 pub mod blob;
+pub mod crypt;
 pub mod detect;
 pub mod error;
 pub mod names;
@@ -49,16 +50,38 @@ pub struct FilesRuntime {
     pub uploads: std::path::PathBuf,
     /// Uploads a request is appending to now.
     pub busy: std::sync::Mutex<HashSet<String>>,
+    /// The master keys of encryption at rest (`files.encryption_keys`), if any.
+    pub keys: Option<crypt::MasterKeys>,
 }
 
 impl FilesRuntime {
-    pub fn new(blobs: Arc<dyn blob::Blobs>, uploads: std::path::PathBuf) -> Self {
+    pub fn new(
+        blobs: Arc<dyn blob::Blobs>,
+        uploads: std::path::PathBuf,
+        keys: Option<crypt::MasterKeys>,
+    ) -> Self {
         Self {
             blobs,
             thumb_permits: tokio::sync::Semaphore::new(2),
             uploads,
             busy: std::sync::Mutex::new(HashSet::new()),
+            keys,
         }
+    }
+
+    /// The key of an encrypted file (`dek`: its wrapped key); `Ok(None)` for a file
+    /// kept in the clear, an error when no configured master key opens it.
+    pub fn file_key(&self, dek: Option<&str>) -> Result<Option<crypt::FileKey>, FileError> {
+        let Some(wrapped) = dek else {
+            return Ok(None);
+        };
+        self.keys
+            .as_ref()
+            .and_then(|k| k.unwrap(wrapped))
+            .map(Some)
+            .ok_or_else(|| {
+                FileError::Io("no configured files.encryption_keys opens this file's key".into())
+            })
     }
 }
 
@@ -83,6 +106,8 @@ pub struct FileMeta {
     pub mime: String,
     pub sha256: String,
     pub created: i64,
+    /// The file's own key, wrapped by a master key (encrypted at rest), or none.
+    pub dek: Option<String>,
 }
 
 impl FileMeta {
@@ -102,7 +127,8 @@ impl FileMeta {
     }
 }
 
-const COLS: &str = "name, collection, record, field, blob, original, size, type, sha256, created";
+const COLS: &str =
+    "name, collection, record, field, blob, original, size, type, sha256, created, dek";
 
 fn decode(row: &[Value]) -> Option<FileMeta> {
     let s = |i: usize| row.get(i).and_then(Value::as_str).map(str::to_owned);
@@ -118,6 +144,7 @@ fn decode(row: &[Value]) -> Option<FileMeta> {
         mime: s(7)?,
         sha256: s(8)?,
         created: n(9)?,
+        dek: s(10),
     })
 }
 
@@ -244,9 +271,10 @@ fn insert_sql(
     uploader: Option<&str>,
     s: &Staged,
     now: i64,
+    dek: Option<&str>,
 ) -> Sql {
     let mut sql = Sql::new(d);
-    sql.push("INSERT INTO _lintel_files (name, collection, record, field, blob, original, size, type, sha256, uploader, created) VALUES (");
+    sql.push("INSERT INTO _lintel_files (name, collection, record, field, blob, original, size, type, sha256, uploader, created, dek) VALUES (");
     sql.bind_all([
         SqlValue::Text(s.name.clone()),
         SqlValue::Text(coll.to_owned()),
@@ -259,13 +287,15 @@ fn insert_sql(
         SqlValue::Text(s.sha256.clone()),
         uploader.map_or(SqlValue::Null, |u| SqlValue::Text(u.to_owned())),
         SqlValue::Int(now),
+        dek.map_or(SqlValue::Null, |k| SqlValue::Text(k.to_owned())),
     ]);
     sql.push(")");
     sql
 }
 
 /// Keeps staged files for a record about to be written: their rows commit first, then
-/// their bytes move into the blob store. On failure nothing of them is left.
+/// their bytes move into the blob store (sealed first, with encryption at rest). On
+/// failure nothing of them is left.
 pub async fn keep(
     rt: &Runtime,
     coll: &str,
@@ -278,10 +308,33 @@ pub async fn keep(
     }
     let d = rt.store.dialect();
     let now = rt.clock.now_ms();
+    let mut sealed: Vec<Option<(crypt::FileKey, String)>> = Vec::with_capacity(files.len());
+    for _ in files {
+        sealed.push(match &rt.files.keys {
+            Some(mk) => {
+                let fk = crypt::FileKey::random()
+                    .map_err(|_| FileError::Io("no random file key".into()))?;
+                let wrapped = mk
+                    .wrap(&fk)
+                    .map_err(|_| FileError::Io("wrapping a file key failed".into()))?;
+                Some((fk, wrapped))
+            }
+            None => None,
+        });
+    }
     let ops = files
         .iter()
-        .map(|s| WriteOp::System {
-            sql: insert_sql(d, coll, record, uploader, s, now),
+        .zip(&sealed)
+        .map(|(s, k)| WriteOp::System {
+            sql: insert_sql(
+                d,
+                coll,
+                record,
+                uploader,
+                s,
+                now,
+                k.as_ref().map(|k| k.1.as_str()),
+            ),
             expect: Some(1),
         })
         .collect();
@@ -290,7 +343,7 @@ pub async fn keep(
         return Err(error.into());
     }
     for (i, s) in files.iter().enumerate() {
-        if let Err(e) = rt.files.blobs.keep(&s.path, &s.key).await {
+        if let Err(e) = keep_one(rt, s, sealed[i].as_ref().map(|k| &k.0)).await {
             upload::discard(&files[i..]).await;
             forget(
                 rt,
@@ -303,6 +356,24 @@ pub async fn keep(
     Ok(())
 }
 
+/// Moves one staged file into the blob store, sealing it on the way with a key.
+async fn keep_one(rt: &Runtime, s: &Staged, fk: Option<&crypt::FileKey>) -> std::io::Result<()> {
+    let Some(fk) = fk else {
+        return rt.files.blobs.keep(&s.path, &s.key).await;
+    };
+    let sealed_path = s.path.with_extension("sealed");
+    let (src, dst, key) = (s.path.clone(), sealed_path.clone(), fk.clone());
+    tokio::task::spawn_blocking(move || crypt::seal_file(&key, &src, &dst))
+        .await
+        .map_err(std::io::Error::other)??;
+    if let Err(e) = rt.files.blobs.keep(&sealed_path, &s.key).await {
+        let _ = tokio::fs::remove_file(&sealed_path).await;
+        return Err(e);
+    }
+    // The clear bytes go (an upload's are restored from the sealed ones if needed).
+    tokio::fs::remove_file(&s.path).await
+}
+
 /// Undoes [`keep`] after the record write failed: files from resumable uploads go back
 /// to their uploads (released, to be attached again), the others are removed.
 pub async fn unkeep(rt: &Runtime, caller: &crate::access::Caller, files: &[Staged]) {
@@ -310,7 +381,7 @@ pub async fn unkeep(rt: &Runtime, caller: &crate::access::Caller, files: &[Stage
     let mut back = Vec::new();
     for s in files {
         match &s.upload {
-            Some(_) => match rt.files.blobs.take_back(&s.key, &s.path).await {
+            Some(_) => match restore_upload(rt, s).await {
                 Ok(()) => back.push(s),
                 Err(e) => {
                     tracing::warn!(file = %s.name, error = %e, "returning an upload failed");
@@ -335,6 +406,83 @@ pub async fn unkeep(rt: &Runtime, caller: &crate::access::Caller, files: &[Stage
         }
         let back: Vec<Staged> = back.into_iter().map(clone_staged).collect();
         tus::release(rt, caller, &back).await;
+    }
+}
+
+/// Gives a kept file's bytes back to the upload they came from (opened again when they
+/// were sealed).
+async fn restore_upload(rt: &Runtime, s: &Staged) -> std::io::Result<()> {
+    if rt.files.keys.is_none() {
+        return rt.files.blobs.take_back(&s.key, &s.path).await;
+    }
+    let meta = by_names(rt, std::slice::from_ref(&s.name))
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+        .pop()
+        .ok_or_else(|| std::io::Error::other("the file's row is gone"))?;
+    let fk = rt
+        .files
+        .file_key(meta.dek.as_deref())
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut stream = plain_stream(rt.files.blobs.clone(), s.key.clone(), fk, s.size, 0, s.size);
+    let mut out = tokio::fs::File::create(&s.path).await?;
+    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+        tokio::io::AsyncWriteExt::write_all(&mut out, &chunk?).await?;
+    }
+    tokio::io::AsyncWriteExt::flush(&mut out).await?;
+    rt.files.blobs.remove(&s.key).await
+}
+
+/// Re-wraps every file key an older master key wrapped with the current one (after a
+/// rotation: the new key first in `files.encryption_keys`). Files' bytes are not
+/// touched. Returns how many keys it re-wrapped.
+pub async fn rewrap(rt: &Runtime) -> Result<u64, StoreError> {
+    let Some(mk) = &rt.files.keys else {
+        return Ok(0);
+    };
+    let mut done = 0;
+    loop {
+        let mut sql = Sql::new(rt.store.dialect());
+        sql.push("SELECT name, dek FROM _lintel_files WHERE dek IS NOT NULL AND dek NOT LIKE ")
+            .bind(SqlValue::Text(format!("{}:%", mk.current())))
+            .push(" ORDER BY name LIMIT 500");
+        let rows = rt.store.query_rows(sql).await?;
+        let mut moved = 0;
+        for r in &rows {
+            let (Some(name), Some(old)) = (
+                r.first().and_then(Value::as_str),
+                r.get(1).and_then(Value::as_str),
+            ) else {
+                continue;
+            };
+            let Some(new) = mk.unwrap(old).and_then(|fk| mk.wrap(&fk).ok()) else {
+                tracing::warn!(
+                    file = name,
+                    "no configured master key opens this file's key"
+                );
+                continue;
+            };
+            let mut up = Sql::new(rt.store.dialect());
+            up.push("UPDATE _lintel_files SET dek = ")
+                .bind(SqlValue::Text(new))
+                .push(" WHERE name = ")
+                .bind(SqlValue::Text(name.to_owned()))
+                .push(" AND dek = ")
+                .bind(SqlValue::Text(old.to_owned()));
+            rt.store
+                .write(vec![WriteOp::System {
+                    sql: up,
+                    expect: None,
+                }])
+                .await
+                .map_err(|e| e.error)?;
+            moved += 1;
+        }
+        done += moved;
+        // A page of keys no master key opens would come back forever.
+        if rows.len() < 500 || moved == 0 {
+            return Ok(done);
+        }
     }
 }
 
@@ -503,5 +651,65 @@ pub async fn sweep(rt: &Runtime) -> Value {
         }
     }
     let expired = tus::sweep(rt).await;
-    json!({ "unnamedFiles": removed, "stagedUploads": staged, "expiredUploads": expired })
+    let rewrapped = rewrap(rt).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "re-wrapping file keys failed");
+        0
+    });
+    json!({ "unnamedFiles": removed, "stagedUploads": staged, "expiredUploads": expired, "rewrappedKeys": rewrapped })
+}
+
+/// A stream of the plain bytes `offset..offset + len` of a blob: as stored, or, with a
+/// file key, opened chunk by chunk (only the chunks the range touches are read).
+pub fn plain_stream(
+    blobs: Arc<dyn blob::Blobs>,
+    key: String,
+    fk: Option<crypt::FileKey>,
+    size: u64,
+    offset: u64,
+    len: u64,
+) -> futures_util::stream::BoxStream<'static, std::io::Result<bytes::Bytes>> {
+    use futures_util::StreamExt;
+    let Some(fk) = fk else {
+        return futures_util::stream::once(async move { blobs.read(&key, offset, len).await })
+            .map(|r| {
+                r.map(|reader| tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024))
+            })
+            .map(|r| match r {
+                Ok(s) => s.boxed(),
+                Err(e) => futures_util::stream::once(async move { Err(e) }).boxed(),
+            })
+            .flatten()
+            .boxed();
+    };
+    if len == 0 {
+        return futures_util::stream::empty().boxed();
+    }
+    let first = offset / crypt::CHUNK;
+    let last = (offset + len - 1) / crypt::CHUNK;
+    futures_util::stream::unfold(first, move |i| {
+        let blobs = blobs.clone();
+        let key = key.clone();
+        let fk = fk.clone();
+        async move {
+            if i > last {
+                return None;
+            }
+            let item = async {
+                let (at, span) = crypt::chunk_span(size, i);
+                let mut reader = blobs.read(&key, at, span).await?;
+                let mut sealed = Vec::with_capacity(span as usize);
+                tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut sealed).await?;
+                let plain = crypt::open_chunk(&fk, size, i, &mut sealed).ok_or_else(|| {
+                    std::io::Error::other("a chunk of an encrypted file does not open")
+                })?;
+                let start = i * crypt::CHUNK;
+                let from = offset.saturating_sub(start) as usize;
+                let to = ((offset + len).min(start + plain.len() as u64) - start) as usize;
+                Ok(plain.slice(from..to))
+            }
+            .await;
+            Some((item, i + 1))
+        }
+    })
+    .boxed()
 }

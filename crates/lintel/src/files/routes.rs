@@ -24,6 +24,27 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(download))
         .routes(routes!(tus_options, tus_create))
         .routes(routes!(tus_head, tus_patch, tus_delete))
+        .routes(routes!(rewrap_keys))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/files/rewrap-keys",
+    tag = "files",
+    summary = "Re-wrap file keys with the current master key (after a rotation)",
+    description = "Superusers (API keys: `files:write`). Every file key an older master key of `files.encryption_keys` wrapped is wrapped again with the first; no file's bytes are read or rewritten. Housekeeping does the same on its own. Answers `{rewrapped}`.",
+    responses(
+        (status = 200, description = "`{rewrapped}`: how many keys moved", body = serde_json::Value),
+        (status = 401, description = "Not signed in", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Not a superuser", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+async fn rewrap_keys(
+    State(state): State<AppState>,
+    _: crate::http::extract::Admin,
+) -> Result<Response, ApiError> {
+    let n = crate::files::rewrap(&state).await.map_err(ApiError::from)?;
+    Ok(axum::Json(json!({ "rewrapped": n })).into_response())
 }
 
 /// The tus protocol version served.
@@ -502,17 +523,20 @@ async fn download(
         .ok_or(FileError::NotFound)?;
     // What is served: the file, or its thumbnail when one can be made (otherwise the
     // file itself, as PocketBase does).
+    let file_key = state.files.file_key(m.dek.as_deref())?;
     let mut blob = m.blob.clone();
     let mut size = m.size;
     let mut mime = m.mime.clone();
     let mut etag = etag_of(&m);
+    let mut serve_key = file_key.clone();
     if let Some((w, h)) = thumb
-        && let Some((key, len, media)) = thumbnail(&state, &m, w, h).await
+        && let Some((key, len, media)) = thumbnail(&state, &m, file_key.as_ref(), w, h).await
     {
         blob = key;
         size = len;
         mime = media.to_owned();
         etag = format!("\"{}-{w}x{h}\"", etag.trim_matches('"'));
+        serve_key = file_key.map(|k| k.for_thumb(w, h));
     }
     let created_ts = crate::clock::format_ms(m.created);
     let last_modified = crate::clock::http_date(&created_ts).unwrap_or_default();
@@ -585,15 +609,15 @@ async fn download(
         Some((s, e)) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
         None => (StatusCode::OK, 0, size),
     };
-    let reader = state
-        .files
-        .blobs
-        .read(&blob, offset, len)
-        .await
-        .map_err(|e| ApiError::internal(format!("reading file {}: {e}", m.name)))?;
-    let mut res = Response::new(Body::from_stream(
-        tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024),
-    ));
+    // Large reads: a file is streamed in 256 KiB (or sealed 64 KiB) chunks.
+    let mut res = Response::new(Body::from_stream(crate::files::plain_stream(
+        state.files.blobs.clone(),
+        blob,
+        serve_key,
+        size,
+        offset,
+        len,
+    )));
     *res.status_mut() = status;
     let h = res.headers_mut();
     h.extend(common);
@@ -619,9 +643,11 @@ async fn download(
 async fn thumbnail(
     state: &AppState,
     m: &FileMeta,
+    file_key: Option<&crate::files::crypt::FileKey>,
     w: u32,
     h: u32,
 ) -> Option<(String, u64, &'static str)> {
+    use crate::files::crypt;
     use crate::files::thumbs;
     if !thumbs::supported(&m.mime) || m.size > thumbs::MAX_SOURCE_BYTES {
         return None;
@@ -632,19 +658,34 @@ async fn thumbnail(
     } else {
         "image/png"
     };
+    // A sealed thumbnail is longer than its plain bytes by its chunks' tags.
+    let plain = |stored: u64| {
+        if file_key.is_some() {
+            crypt::plain_size(stored)
+        } else {
+            stored
+        }
+    };
     if let Ok(Some(len)) = state.files.blobs.size(&key).await {
-        return Some((key, len, media));
+        return Some((key, plain(len), media));
     }
     let _permit = state.files.thumb_permits.acquire().await.ok()?;
     // Made by a request that held the permit before this one.
     if let Ok(Some(len)) = state.files.blobs.size(&key).await {
-        return Some((key, len, media));
+        return Some((key, plain(len), media));
     }
-    let mut reader = state.files.blobs.read(&m.blob, 0, m.size).await.ok()?;
+    let mut stream = crate::files::plain_stream(
+        state.files.blobs.clone(),
+        m.blob.clone(),
+        file_key.cloned(),
+        m.size,
+        0,
+        m.size,
+    );
     let mut bytes = Vec::with_capacity(usize::try_from(m.size).unwrap_or(0));
-    tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut bytes)
-        .await
-        .ok()?;
+    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+        bytes.extend_from_slice(&chunk.ok()?);
+    }
     let mime = m.mime.clone();
     let made = tokio::task::spawn_blocking(move || thumbs::make(&bytes, &mime, w, h))
         .await
@@ -656,7 +697,11 @@ async fn thumbnail(
             return None;
         }
     };
-    if let Err(e) = state.files.blobs.put(&key, &out).await {
+    let stored = match file_key {
+        Some(k) => crypt::seal(&k.for_thumb(w, h), &out)?,
+        None => out.clone(),
+    };
+    if let Err(e) = state.files.blobs.put(&key, &stored).await {
         tracing::warn!(file = %m.name, error = %e, "keeping a thumbnail failed");
         return None;
     }

@@ -37,3 +37,6 @@ pub const UPLOADS_TABLE: &str = "CREATE TABLE _lintel_uploads (
         );
         CREATE INDEX _lintel_uploads_owner ON _lintel_uploads (owner);
         CREATE INDEX _lintel_uploads_expires ON _lintel_uploads (expires);";
+
+/// Encryption at rest (system migration 14): a file's own key, wrapped by a master key.
+pub const FILE_KEYS: &str = "ALTER TABLE _lintel_files ADD COLUMN dek TEXT;";

@@ -1206,6 +1206,8 @@ async fn kill_9_mid_upload_keeps_no_record_and_housekeeping_clears_the_rest() {
         ("LINTEL_ADMIN_TOKEN", crate::common::ADMIN_TOKEN.to_owned()),
         ("LINTEL_STORE__PURGE_INTERVAL_SECS", "1".to_owned()),
         ("LINTEL_JOBS__POLL_MS", "50".to_owned()),
+        // A housekeeping job the killed process held comes back soon.
+        ("LINTEL_JOBS__LEASE_SECONDS", "2".to_owned()),
     ];
     let db_dir = tempfile::tempdir().unwrap();
     if crate::common::postgres_url().is_some() {
@@ -1290,7 +1292,7 @@ async fn kill_9_mid_upload_keeps_no_record_and_housekeeping_clears_the_rest() {
         "no record of the killed request: {list}"
     );
     let mut left = 1;
-    for _ in 0..400 {
+    for _ in 0..600 {
         left = std::fs::read_dir(&staging).unwrap().count();
         if left == 0 {
             break;
@@ -1413,5 +1415,217 @@ async fn s3_backend_keeps_serves_thumbnails_and_removes_files() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(left, 0, "objects removed after the commit");
+    app.shutdown().await;
+}
+
+const KEY_A: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const KEY_B: &str = "Hx4dHBsaGRgXFhUUExIREA8ODQwLCgkIBwYFBAMCAQA=";
+
+fn keys(list: &[&str]) -> Vec<lintel::config::Secret> {
+    list.iter()
+        .map(|k| lintel::config::Secret((*k).to_owned()))
+        .collect()
+}
+
+/// Every blob on disk, read whole.
+fn blobs_on_disk(app: &TestApp) -> Vec<Vec<u8>> {
+    fn walk(p: &std::path::Path, out: &mut Vec<Vec<u8>>) {
+        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                walk(&e.path(), out);
+            } else {
+                out.push(std::fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&app.dir.path().join("files").join("blobs"), &mut out);
+    out
+}
+
+#[tokio::test]
+async fn files_are_encrypted_at_rest_and_keys_rotate_without_rewriting() {
+    let app = TestApp::spawn_with(|c| c.files.encryption_keys = keys(&[KEY_A])).await;
+    app.collection(json!({
+        "name": "vault",
+        "fields": [{"name": "doc", "type": "file"}, {"name": "pic", "type": "file", "thumbs": ["40x40"]}],
+    }))
+    .await;
+    let secret: Vec<u8> = b"TOP SECRET PAYLOAD "
+        .iter()
+        .copied()
+        .cycle()
+        .take(200_000)
+        .collect();
+    let r = send_parts(
+        &app,
+        Method::POST,
+        "/v1/collections/vault/records",
+        None,
+        &[
+            file("doc", "plans.txt", &secret),
+            file("pic", "p.png", &png_of(120, 80)),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let doc = format!("/v1/files/vault/{id}/{}", r.body["doc"].as_str().unwrap());
+    let pic = format!("/v1/files/vault/{id}/{}", r.body["pic"].as_str().unwrap());
+    // On disk: sealed bytes, nothing of the plain text.
+    let on_disk = blobs_on_disk(&app);
+    assert_eq!(on_disk.len(), 2);
+    for b in &on_disk {
+        assert!(
+            !b.windows(10).any(|w| w == b"TOP SECRET"),
+            "a blob holds plain text"
+        );
+    }
+    assert!(
+        on_disk.iter().any(|b| b.len() == 200_000 + 4 * 16),
+        "four sealed 64 KiB chunks with tags"
+    );
+    // Served plain, whole and by ranges across chunk edges.
+    let (status, _, body) = fetch(&app, &doc, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body == secret);
+    for (range, from, to) in [
+        ("bytes=65530-65545", 65530, 65546),
+        ("bytes=131000-140000", 131_000, 140_001),
+        ("bytes=-10", 199_990, 200_000),
+    ] {
+        let (status, headers, body) = fetch(&app, &doc, &[("range", range)]).await;
+        assert_eq!(status, StatusCode::PARTIAL_CONTENT, "{range}");
+        assert_eq!(body, &secret[from..to], "{range}");
+        assert_eq!(h(&headers, "content-length"), (to - from).to_string());
+    }
+    let (status, _, body) = fetch(&app, &format!("{pic}?thumb=40x40"), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(image::load_from_memory(&body).unwrap().width(), 40);
+    let (_, _, again) = fetch(&app, &format!("{pic}?thumb=40x40"), &[]).await;
+    assert_eq!(
+        body, again,
+        "the kept (sealed) thumbnail opens to the same bytes"
+    );
+    // Rotation: B first, A still opens; re-wrapping touches no file's bytes.
+    let before = blobs_on_disk(&app);
+    let dir = app.stop_keep_dir().await;
+    let mut cfg = crate::common::config(dir.path()).await;
+    cfg.files.encryption_keys = keys(&[KEY_B, KEY_A]);
+    let app = TestApp::start_in(dir, cfg).await;
+    let (_, _, body) = fetch(&app, &doc, &[]).await;
+    assert!(body == secret, "the old key still opens");
+    let r = app.admin(Method::POST, "/v1/files/rewrap-keys", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["rewrapped"], 2);
+    let r = app.admin(Method::POST, "/v1/files/rewrap-keys", None).await;
+    assert_eq!(r.body["rewrapped"], 0, "nothing left to move");
+    let mut after = blobs_on_disk(&app);
+    let mut before = before;
+    before.sort();
+    after.sort();
+    assert!(before == after, "no file was rewritten");
+    // A alone is retired: B opens everything.
+    let dir = app.stop_keep_dir().await;
+    let mut cfg = crate::common::config(dir.path()).await;
+    cfg.files.encryption_keys = keys(&[KEY_B]);
+    let app = TestApp::start_in(dir, cfg).await;
+    let (status, _, body) = fetch(&app, &doc, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body == secret);
+    let (status, _, _) = fetch(&app, &format!("{pic}?thumb=40x40"), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    // Without the key, a sealed file is an error, never its sealed bytes.
+    let dir = app.stop_keep_dir().await;
+    let cfg = crate::common::config(dir.path()).await;
+    let app = TestApp::start_in(dir, cfg).await;
+    let (status, _, body) = fetch(&app, &doc, &[]).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(!body.windows(10).any(|w| w == b"TOP SECRET"));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_resumable_upload_given_back_after_a_failed_write_is_plain_again() {
+    let app = TestApp::spawn_with(|c| c.files.encryption_keys = keys(&[KEY_A])).await;
+    app.collection(json!({
+        "name": "vault",
+        "fields": [{"name": "title", "type": "text", "unique": true}, {"name": "doc", "type": "file"}],
+        "rules": {"create": "", "update": "", "view": "", "list": ""},
+    }))
+    .await;
+    signup(&app, "ann@example.com").await;
+    let ann = access(&login(&app, "ann@example.com").await);
+    let data: Vec<u8> = b"plain upload bytes "
+        .iter()
+        .copied()
+        .cycle()
+        .take(70_000)
+        .collect();
+    let r = tus(
+        &app,
+        Method::POST,
+        "/v1/uploads",
+        Some(&ann),
+        &[("upload-length", data.len().to_string())],
+        vec![],
+    )
+    .await;
+    let at = r.header("location").unwrap().to_owned();
+    let id = at.rsplit('/').next().unwrap().to_owned();
+    let r = tus(
+        &app,
+        Method::PATCH,
+        &at,
+        Some(&ann),
+        &[
+            ("content-type", "application/offset+octet-stream".into()),
+            ("upload-offset", "0".into()),
+        ],
+        data.clone(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    bearer(
+        &app,
+        &ann,
+        Method::POST,
+        "/v1/collections/vault/records",
+        Some(json!({"title": "taken"})),
+    )
+    .await;
+    // The write fails at commit (a unique title) after the upload was kept and sealed.
+    let r = bearer(
+        &app,
+        &ann,
+        Method::POST,
+        "/v1/collections/vault/records",
+        Some(json!({"title": "taken", "doc": {"upload": id}})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    let back = std::fs::read(app.dir.path().join("files").join("uploads").join(&id)).unwrap();
+    assert!(back == data, "the upload holds its plain bytes again");
+    let r = bearer(
+        &app,
+        &ann,
+        Method::POST,
+        "/v1/collections/vault/records",
+        Some(json!({"title": "free", "doc": {"upload": id}})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let (_, _, body) = fetch(
+        &app,
+        &format!(
+            "/v1/files/vault/{}/{}",
+            r.body["id"].as_str().unwrap(),
+            r.body["doc"].as_str().unwrap()
+        ),
+        &[],
+    )
+    .await;
+    assert!(body == data);
+    assert_eq!(blobs_on_disk(&app).len(), 1);
     app.shutdown().await;
 }
