@@ -350,6 +350,10 @@ impl From<crate::webhooks::WebhookError> for ApiError {
                 "delivery_in_flight",
                 "An attempt of this delivery is running; retry once it ends.",
             ),
+            WebhookError::Waiting => ApiError::conflict(
+                "delivery_waiting",
+                "This delivery of an ordered webhook waits its turn; it goes when the ones before it end.",
+            ),
             WebhookError::Store(e) => ApiError::from(e),
         }
     }

@@ -36,7 +36,10 @@ pub trait Blobs: Send + Sync {
             crate::ids::record_id(),
             crate::ids::record_id()
         ));
-        tokio::fs::write(&staged, bytes).await?;
+        let mut f = tokio::fs::File::create(&staged).await?;
+        tokio::io::AsyncWriteExt::write_all(&mut f, bytes).await?;
+        f.sync_data().await?;
+        drop(f);
         match self.keep(&staged, key).await {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -92,10 +95,23 @@ impl LocalDisk {
 impl Blobs for LocalDisk {
     async fn keep(&self, staged: &Path, key: &str) -> std::io::Result<()> {
         let path = self.path(key)?;
-        if let Some(dir) = path.parent() {
-            tokio::fs::create_dir_all(dir).await?;
-        }
-        tokio::fs::rename(staged, &path).await
+        let dir = path
+            .parent()
+            .ok_or_else(|| std::io::Error::other("a blob path has no folder"))?
+            .to_owned();
+        tokio::fs::create_dir_all(&dir).await?;
+        tokio::fs::rename(staged, &path).await?;
+        // The rename (and a new shard folder) must outlast a power cut that the
+        // record's commit outlasts.
+        tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&dir)?.sync_all()?;
+            match dir.parent() {
+                Some(up) => std::fs::File::open(up)?.sync_all(),
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(std::io::Error::other)?
     }
 
     async fn take_back(&self, key: &str, to: &Path) -> std::io::Result<()> {

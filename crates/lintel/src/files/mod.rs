@@ -344,6 +344,13 @@ pub async fn keep(
     }
     for (i, s) in files.iter().enumerate() {
         if let Err(e) = keep_one(rt, s, sealed[i].as_ref().map(|k| &k.0)).await {
+            // Uploads already kept go back to their uploads (the caller releases
+            // them); the rest is removed, rows last.
+            for s in files[..i].iter().filter(|s| s.upload.is_some()) {
+                if let Err(e) = restore_upload(rt, s).await {
+                    tracing::warn!(file = %s.name, error = %e, "returning an upload failed");
+                }
+            }
             upload::discard(&files[i..]).await;
             forget(
                 rt,
@@ -363,9 +370,14 @@ async fn keep_one(rt: &Runtime, s: &Staged, fk: Option<&crypt::FileKey>) -> std:
     };
     let sealed_path = s.path.with_extension("sealed");
     let (src, dst, key) = (s.path.clone(), sealed_path.clone(), fk.clone());
-    tokio::task::spawn_blocking(move || crypt::seal_file(&key, &src, &dst))
+    let sealing = tokio::task::spawn_blocking(move || crypt::seal_file(&key, &src, &dst))
         .await
-        .map_err(std::io::Error::other)??;
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+    if let Err(e) = sealing {
+        let _ = tokio::fs::remove_file(&sealed_path).await;
+        return Err(e);
+    }
     if let Err(e) = rt.files.blobs.keep(&sealed_path, &s.key).await {
         let _ = tokio::fs::remove_file(&sealed_path).await;
         return Err(e);
@@ -519,6 +531,30 @@ pub async fn forget(rt: &Runtime, names: &[String]) {
     }
 }
 
+/// Removes files a record dropped, given as (collection, record, name): only rows that
+/// belong to that record go, whatever a name in the log says.
+pub async fn forget_of(rt: &Runtime, dropped: &[(String, String, String)]) {
+    for chunk in dropped.chunks(200) {
+        let names: Vec<String> = chunk.iter().map(|d| d.2.clone()).collect();
+        let metas = match by_names(rt, &names).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading file rows to remove failed");
+                return;
+            }
+        };
+        let owned: Vec<FileMeta> = metas
+            .into_iter()
+            .filter(|m| {
+                chunk
+                    .iter()
+                    .any(|(c, r, n)| *n == m.name && *c == m.collection && *r == m.record)
+            })
+            .collect();
+        remove_all(rt, &owned).await;
+    }
+}
+
 /// Removes the blobs, then the rows, of these files.
 pub async fn remove_all(rt: &Runtime, metas: &[FileMeta]) {
     let mut gone = Vec::with_capacity(metas.len());
@@ -594,51 +630,50 @@ pub async fn sweep(rt: &Runtime) -> Value {
     let mut removed = 0usize;
     let catalog = rt.catalog();
     let d = rt.store.dialect();
-    // Rows whose collection or field is no file field any more.
-    let mut pairs = Sql::new(d);
-    pairs.push("SELECT DISTINCT collection, field FROM _lintel_files");
-    let pairs = rt.store.query_rows(pairs).await.unwrap_or_default();
-    for p in pairs {
-        let (Some(c), Some(fname)) = (
-            p.first().and_then(Value::as_str),
-            p.get(1).and_then(Value::as_str),
-        ) else {
-            continue;
-        };
-        let field = catalog
-            .get(c)
-            .and_then(|coll| coll.field(fname).cloned().map(|f| (coll, f)));
+    // Per collection: rows no file field of their record names (whatever field the
+    // row says: a renamed field keeps its files), or every row of a collection that is
+    // gone or holds no files any more.
+    let mut colls = Sql::new(d);
+    colls.push("SELECT DISTINCT collection FROM _lintel_files");
+    let colls = rt.store.query_rows(colls).await.unwrap_or_default();
+    for c in colls
+        .iter()
+        .filter_map(|r| r.first().and_then(Value::as_str))
+    {
         let mut sql = Sql::new(d);
         sql.push("SELECT ")
             .push(COLS)
             .push(" FROM _lintel_files f WHERE f.collection = ")
             .bind(SqlValue::Text(c.to_owned()))
-            .push(" AND f.field = ")
-            .bind(SqlValue::Text(fname.to_owned()))
             .push(" AND f.created < ")
             .bind(SqlValue::Int(before));
-        match field {
-            Some((coll, f)) if f.field_type == FieldType::File => {
+        if let Some(coll) = catalog.get(c) {
+            let fields: Vec<&FieldSpec> = file_fields(&coll).collect();
+            if !fields.is_empty() {
                 sql.push(" AND NOT EXISTS (SELECT 1 FROM ")
                     .ident(coll.name())
-                    .push(" r WHERE r.id = f.record AND ");
-                match (f.multiple, d) {
-                    (false, _) => {
-                        sql.column("r", &f.name).push(" = f.name");
+                    .push(" r WHERE r.id = f.record AND (");
+                for (i, f) in fields.iter().enumerate() {
+                    if i > 0 {
+                        sql.push(" OR ");
                     }
-                    (true, Dialect::Sqlite) => {
-                        sql.push("EXISTS (SELECT 1 FROM json_each(")
-                            .column("r", &f.name)
-                            .push(") j WHERE j.value = f.name)");
-                    }
-                    (true, Dialect::Postgres) => {
-                        sql.column("r", &f.name)
-                            .push(" @> jsonb_build_array(f.name)");
+                    match (f.multiple, d) {
+                        (false, _) => {
+                            sql.column("r", &f.name).push(" = f.name");
+                        }
+                        (true, Dialect::Sqlite) => {
+                            sql.push("EXISTS (SELECT 1 FROM json_each(")
+                                .column("r", &f.name)
+                                .push(") j WHERE j.value = f.name)");
+                        }
+                        (true, Dialect::Postgres) => {
+                            sql.column("r", &f.name)
+                                .push(" @> jsonb_build_array(f.name)");
+                        }
                     }
                 }
-                sql.push(")");
+                sql.push("))");
             }
-            _ => {}
         }
         sql.push(" LIMIT 500");
         match rt.store.query_rows(sql).await {

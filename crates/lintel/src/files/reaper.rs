@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::files::{file_fields, forget, names_in};
+use crate::files::{file_fields, forget_of, names_in};
 use crate::runtime::Runtime;
 use crate::store::events::EventQuery;
 use crate::store::{Sql, SqlValue, StoreError, WriteOp};
@@ -65,8 +65,8 @@ async fn move_to(rt: &Runtime, from: i64, to: i64) -> Result<(), StoreError> {
     }
 }
 
-/// The names an event's write dropped.
-pub fn dropped(rt: &Runtime, ev: &Value) -> Vec<String> {
+/// The names an event's write dropped, with the record they belonged to.
+pub fn dropped(rt: &Runtime, ev: &Value) -> Vec<(String, String, String)> {
     let kind = ev["type"].as_str().unwrap_or_default();
     if kind != "record.updated" && kind != "record.deleted" {
         return Vec::new();
@@ -74,11 +74,17 @@ pub fn dropped(rt: &Runtime, ev: &Value) -> Vec<String> {
     let Some(coll) = ev["collection"].as_str().and_then(|c| rt.catalog().get(c)) else {
         return Vec::new();
     };
+    let record = ev["recordId"].as_str().unwrap_or_default().to_owned();
     let mut out = Vec::new();
     for f in file_fields(&coll) {
         let before = names_in(ev["previous"].get(&f.name));
         let after = names_in(ev["record"].get(&f.name));
-        out.extend(before.into_iter().filter(|n| !after.contains(n)));
+        out.extend(
+            before
+                .into_iter()
+                .filter(|n| !after.contains(n))
+                .map(|n| (coll.name().to_owned(), record.clone(), n)),
+        );
     }
     out
 }
@@ -115,8 +121,9 @@ pub async fn pass(rt: &Runtime) -> Result<usize, StoreError> {
     if page.items.is_empty() {
         return Ok(0);
     }
-    let names: Vec<String> = page.items.iter().flat_map(|ev| dropped(rt, ev)).collect();
-    forget(rt, &names).await;
+    let dropped: Vec<(String, String, String)> =
+        page.items.iter().flat_map(|ev| dropped(rt, ev)).collect();
+    forget_of(rt, &dropped).await;
     move_to(rt, from, page.next_after).await?;
     Ok(page.items.len())
 }

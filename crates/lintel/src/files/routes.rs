@@ -519,7 +519,7 @@ async fn download(
     let m = meta(&state, &filename)
         .await
         .map_err(ApiError::from)?
-        .filter(|m| m.collection == coll.name() && m.record == record.id && m.field == field.name)
+        .filter(|m| m.collection == coll.name() && m.record == record.id)
         .ok_or(FileError::NotFound)?;
     // What is served: the file, or its thumbnail when one can be made (otherwise the
     // file itself, as PocketBase does).
@@ -609,6 +609,12 @@ async fn download(
         Some((s, e)) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
         None => (StatusCode::OK, 0, size),
     };
+    // A missing blob is a 500 now, not a 200 cut short later.
+    match state.files.blobs.size(&blob).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return Err(ApiError::internal(format!("file {} has no bytes", m.name))),
+        Err(e) => return Err(ApiError::internal(format!("file {}: {e}", m.name))),
+    }
     // Large reads: a file is streamed in 256 KiB (or sealed 64 KiB) chunks.
     let mut res = Response::new(Body::from_stream(crate::files::plain_stream(
         state.files.blobs.clone(),
@@ -630,7 +636,7 @@ async fn download(
     }
     if status == StatusCode::PARTIAL_CONTENT
         && let Ok(v) =
-            HeaderValue::from_str(&format!("bytes {}-{}/{}", offset, offset + len - 1, m.size))
+            HeaderValue::from_str(&format!("bytes {}-{}/{}", offset, offset + len - 1, size))
     {
         h.insert(header::CONTENT_RANGE, v);
     }

@@ -20,6 +20,8 @@ use crate::schema::{Collection, FieldSpec, FieldType};
 
 /// The most file parts one request may carry.
 const MAX_PARTS: usize = 100;
+/// The most parts of any kind one request may carry.
+const MAX_ALL_PARTS: usize = 1000;
 
 /// A file received and staged, not yet kept.
 #[derive(Debug)]
@@ -189,8 +191,25 @@ async fn read_into(
     let mut file_bytes = 0u64;
     let mut json_body: Option<Map<String, Value>> = None;
     let mut texts: Vec<(String, Value)> = Vec::new();
+    let mut parts = 0usize;
     while let Some(mut part) = mp.next_field().await.map_err(bad)? {
         let name = part.name().unwrap_or_default().to_owned();
+        parts += 1;
+        if parts > MAX_ALL_PARTS {
+            return Err(FileError::field(
+                &name,
+                "too_many",
+                format!("at most {MAX_ALL_PARTS} parts a request"),
+            ));
+        }
+        // Part names (and file names) count with the text: many empty parts cost too.
+        text_bytes += (name.len() + part.file_name().map_or(0, str::len) + 64) as u64;
+        if text_bytes > text_cap {
+            return Err(FileError::TooLarge {
+                field: name,
+                limit: text_cap,
+            });
+        }
         if let Some(file_name) = part.file_name().map(str::to_owned) {
             let Some((f, append)) = file_field(coll, &name) else {
                 return Err(FileError::field(

@@ -56,6 +56,21 @@ async fn attach_uploads(
     }
 }
 
+/// A record write that failed after its files were kept. Refused (4xx): nothing
+/// committed, so the files go (uploads back to their owners). After a 5xx the write
+/// may have committed (a connection lost after COMMIT): the files stay, and the sweep
+/// removes them within the hour if no record names them.
+async fn undo_keep(
+    state: &AppState,
+    caller: &crate::access::Caller,
+    staged: &[crate::files::Staged],
+    e: &ApiError,
+) {
+    if e.status.is_client_error() {
+        crate::files::unkeep(state, caller, staged).await;
+    }
+}
+
 /// A write refused before its files were kept: staged bytes go, uploads are released.
 async fn give_back(
     state: &AppState,
@@ -282,8 +297,12 @@ async fn create_record(
             return Err(e.into());
         }
     };
-    if let Some(id) = &fresh.id {
-        crate::files::keep(&state, coll.name(), id, Some(&caller.actor()), &staged).await?;
+    if let Some(id) = &fresh.id
+        && let Err(e) =
+            crate::files::keep(&state, coll.name(), id, Some(&caller.actor()), &staged).await
+    {
+        crate::files::tus::release(&state, &caller, &staged).await;
+        return Err(e.into());
     }
     let written = async {
         let ready = service::finish(&state, &caller, vec![prepared])
@@ -302,7 +321,7 @@ async fn create_record(
     let (written, record) = match written {
         Ok(w) => w,
         Err(e) => {
-            crate::files::unkeep(&state, &caller, &staged).await;
+            undo_keep(&state, &caller, &staged, &e).await;
             return Err(e);
         }
     };
@@ -420,14 +439,15 @@ async fn update(
     let (mut input, mut staged) = match body {
         RecordBody::Json(input) => (input, Vec::new()),
         RecordBody::Multipart(mp) => {
-            // A record the caller cannot see is 404 before a byte is stored.
-            service::get_visible(&state, &caller, &coll, &id).await?;
+            // What needs no body (a record the caller cannot see is 404) is refused
+            // before a byte is stored.
+            service::may_update(&state, &caller, &coll, &id).await?;
             read_upload(&state, &coll, mp).await?
         }
     };
     if !staged.is_empty() || input.values().any(|v| v.is_object() || v.is_array()) {
         if staged.is_empty() {
-            service::get_visible(&state, &caller, &coll, &id).await?;
+            service::may_update(&state, &caller, &coll, &id).await?;
         }
         attach_uploads(&state, &caller, &coll, &mut input, &mut staged).await?;
     }
@@ -435,7 +455,12 @@ async fn update(
         id: None,
         names: staged.iter().map(|s| s.name.clone()).collect(),
     };
-    crate::files::keep(&state, coll.name(), &id, Some(&caller.actor()), &staged).await?;
+    if let Err(e) =
+        crate::files::keep(&state, coll.name(), &id, Some(&caller.actor()), &staged).await
+    {
+        crate::files::tus::release(&state, &caller, &staged).await;
+        return Err(e.into());
+    }
     let (record, written) = match service::update(
         &state,
         &caller,
@@ -452,8 +477,9 @@ async fn update(
     {
         Ok(r) => r,
         Err(e) => {
-            crate::files::unkeep(&state, &caller, &staged).await;
-            return Err(e.into());
+            let e = ApiError::from(e);
+            undo_keep(&state, &caller, &staged, &e).await;
+            return Err(e);
         }
     };
     crate::files::tus::finish(&state, &staged).await;

@@ -182,7 +182,8 @@ pub async fn run(rt: &Runtime, job: &Job) -> Result<Value, Failed> {
     if col(3) != "pending" {
         return Ok(json!({ "delivery": did, "status": col(3) }));
     }
-    let in_order = row.get(4).is_some_and(|v| !v.is_null());
+    // Only an ordered webhook's deliveries start the next one when they end.
+    let in_order = w.ordered && row.get(4).is_some_and(|v| !v.is_null());
     if !w.enabled {
         let now = rt.clock.now_ms();
         let mut off = Sql::new(rt.store.dialect());

@@ -287,6 +287,54 @@ pub fn advance_ops(rt: &Runtime, wid: &str, now: i64, lock: bool) -> Vec<WriteOp
     ops
 }
 
+/// Gives every delivery of webhook `wid` still waiting its turn a job of its own (the
+/// webhook stopped being ordered): they go in parallel from now on.
+pub async fn release_waiting(rt: &Runtime, wid: &str) -> Result<usize, WebhookError> {
+    let d = rt.store.dialect();
+    let mut done = 0;
+    loop {
+        let mut sql = Sql::new(d);
+        sql.push("SELECT id FROM _lintel_webhook_deliveries WHERE webhook = ")
+            .bind(SqlValue::Text(wid.to_owned()))
+            .push(" AND job IS NULL AND status = 'pending' ORDER BY seq LIMIT 200");
+        let rows = rt.store.query_rows(sql).await?;
+        if rows.is_empty() {
+            return Ok(done);
+        }
+        let now = rt.clock.now_ms();
+        let mut ops = Vec::new();
+        for id in rows
+            .iter()
+            .filter_map(|r| r.first().and_then(Value::as_str))
+        {
+            let job_id = crate::ids::record_id();
+            let mut mark = Sql::new(d);
+            mark.push("UPDATE _lintel_webhook_deliveries SET job = ")
+                .bind(SqlValue::Text(job_id.clone()))
+                .push(", next_attempt_at = ")
+                .bind(SqlValue::Int(now))
+                .push(" WHERE id = ")
+                .bind(SqlValue::Text(id.to_owned()))
+                .push(" AND job IS NULL");
+            ops.push(WriteOp::System {
+                sql: mark,
+                expect: None,
+            });
+            let job = delivery_job(json!({ "webhook": wid, "delivery": id }), MAX_ATTEMPTS);
+            ops.extend(crate::jobs::service::enqueue_ops_as(d, &job_id, &job, now));
+        }
+        done += rows.len();
+        rt.store
+            .write(ops)
+            .await
+            .map_err(|WriteError { error, .. }| WebhookError::Store(error))?;
+        rt.jobs.wake.notify_one();
+        if rows.len() < 200 {
+            return Ok(done);
+        }
+    }
+}
+
 /// The job of one delivery's attempts.
 pub fn delivery_job(payload: Value, max_attempts: i64) -> NewJob {
     let mut job = NewJob::of("webhook", payload);

@@ -13,6 +13,9 @@ pub enum WebhookError {
     NotFound,
     /// An attempt of the delivery is running now (409 `delivery_in_flight`).
     InFlight,
+    /// The delivery waits its turn behind an ordered webhook's head (409
+    /// `delivery_waiting`).
+    Waiting,
     /// The store failed.
     Store(StoreError),
 }
@@ -47,6 +50,7 @@ impl std::fmt::Display for WebhookError {
             WebhookError::Invalid(e) => write!(f, "invalid: {e:?}"),
             WebhookError::NotFound => write!(f, "not found"),
             WebhookError::InFlight => write!(f, "an attempt is in flight"),
+            WebhookError::Waiting => write!(f, "the delivery waits its turn"),
             WebhookError::Store(e) => write!(f, "{e}"),
         }
     }

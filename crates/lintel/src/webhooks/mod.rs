@@ -503,6 +503,9 @@ pub async fn patch(rt: &Runtime, id: &str, input: &WebhookInput) -> Result<Webho
             StoreError::NotFound => WebhookError::NotFound,
             e => WebhookError::Store(e),
         })?;
+    if current.ordered && !w.ordered {
+        dispatch::release_waiting(rt, id).await?;
+    }
     get(rt, id).await
 }
 

@@ -266,7 +266,7 @@ async fn retry_delivery(
     hooks::get(&state, &id).await?;
     let d = state.store.dialect();
     let mut sql = Sql::new(d);
-    sql.push("SELECT job FROM _lintel_webhook_deliveries WHERE id = ")
+    sql.push("SELECT job, status FROM _lintel_webhook_deliveries WHERE id = ")
         .bind(SqlValue::Text(delivery.clone()))
         .push(" AND webhook = ")
         .bind(SqlValue::Text(id.clone()));
@@ -274,6 +274,12 @@ async fn retry_delivery(
     let Some(row) = rows.first() else {
         return Err(WebhookError::NotFound.into());
     };
+    // Waiting behind an ordered webhook's head: sending it now would break the order.
+    if row.first().is_some_and(Value::is_null)
+        && row.get(1).and_then(Value::as_str) == Some("pending")
+    {
+        return Err(WebhookError::Waiting.into());
+    }
     if let Some(job) = row.first().and_then(Value::as_str)
         && let Ok(j) = crate::jobs::service::get(&state, job).await
         && matches!(

@@ -770,6 +770,25 @@ async fn ordered_deliveries_go_in_seq_order_behind_a_failing_head() {
         .filter(|d| d["attempts"].as_array().unwrap().is_empty())
         .count();
     assert_eq!(waiting, 3, "{log}");
+    // A waiting delivery cannot jump the queue by hand.
+    let behind = log["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["attempts"].as_array().unwrap().is_empty())
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = app
+        .admin(
+            Method::POST,
+            &format!("/v1/webhooks/{id}/deliveries/{behind}/retry"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    assert_eq!(r.problem_code(), "delivery_waiting");
     app.advance(Duration::from_secs(1));
     wait_for(&got, 2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -34,7 +34,7 @@ pub use delete::prepare_delete;
 pub use expand::render_many;
 pub use list::{ListPage, list, list_body};
 pub use read::{get, get_visible};
-pub use update::{KEEP_API_KEYS, UpdateHow, prepare_update, update};
+pub use update::{KEEP_API_KEYS, UpdateHow, may_update, prepare_update, update};
 pub use write::{Prepared, Ready, apply_writes, finish, write_one};
 use write::{check_protected, check_relation_access, take_password};
 

@@ -12,6 +12,22 @@ pub struct UpdateHow<'a> {
     pub fresh: &'a crate::files::Fresh,
 }
 
+/// The refusals of an update that need no body (the key's scope, an update rule this
+/// caller can never pass, a record it cannot see): checked before an upload is read.
+pub async fn may_update(
+    state: &Runtime,
+    caller: &Caller,
+    coll: &Arc<Collection>,
+    id: &str,
+) -> Result<(), RecordError> {
+    caller.require_scope(coll.name(), Action::Update)?;
+    get_visible(state, caller, coll, id).await?;
+    if rules::is_denied_outright(caller, coll, Action::Update) {
+        return Err(denied(state, caller, coll, Action::Update));
+    }
+    Ok(())
+}
+
 /// An update of a stored record: PUT (`Mode::Replace`) or PATCH (`Mode::Patch`).
 /// A record the caller cannot view is 404; one it can view but not update is 403.
 pub async fn prepare_update(
