@@ -62,7 +62,7 @@ pub struct LocalDisk {
 }
 
 /// Whether `key` is a key this module makes (no separators, no dots).
-fn valid_key(key: &str) -> bool {
+pub fn valid_key(key: &str) -> bool {
     key.len() >= 4
         && key.len() <= 64
         && key

@@ -416,7 +416,7 @@ pub async fn unkeep(rt: &Runtime, caller: &crate::access::Caller, files: &[Stage
         {
             tracing::warn!(error = %e.error, "removing returned uploads' rows failed");
         }
-        let back: Vec<Staged> = back.into_iter().map(clone_staged).collect();
+        let back: Vec<Staged> = back.into_iter().cloned().collect();
         tus::release(rt, caller, &back).await;
     }
 }
@@ -495,21 +495,6 @@ pub async fn rewrap(rt: &Runtime) -> Result<u64, StoreError> {
         if rows.len() < 500 || moved == 0 {
             return Ok(done);
         }
-    }
-}
-
-fn clone_staged(s: &Staged) -> Staged {
-    Staged {
-        field: s.field.clone(),
-        append: s.append,
-        key: s.key.clone(),
-        path: s.path.clone(),
-        name: s.name.clone(),
-        original: s.original.clone(),
-        size: s.size,
-        detected: s.detected,
-        sha256: s.sha256.clone(),
-        upload: s.upload.clone(),
     }
 }
 

@@ -73,12 +73,7 @@ impl S3 {
     /// blob's own folder, `<prefix>/<key>.t/<size>`, so a blob's thumbnails are listed
     /// and removed without listing the bucket.
     fn path(&self, key: &str) -> std::io::Result<ObjectPath> {
-        let valid = key.len() >= 4
-            && key.len() <= 64
-            && key
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if !valid {
+        if !crate::files::blob::valid_key(key) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 "not a blob key",

@@ -24,7 +24,7 @@ const MAX_PARTS: usize = 100;
 const MAX_ALL_PARTS: usize = 1000;
 
 /// A file received and staged, not yet kept.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Staged {
     /// The file field it is for.
     pub field: String,

@@ -445,11 +445,18 @@ async fn update(
             read_upload(&state, &coll, mp).await?
         }
     };
-    if !staged.is_empty() || input.values().any(|v| v.is_object() || v.is_array()) {
-        if staged.is_empty() {
-            service::may_update(&state, &caller, &coll, &id).await?;
-        }
+    // Only collections with file fields can attach uploads (no extra work otherwise).
+    if crate::files::file_fields(&coll).next().is_some() {
+        let uploaded = staged.len();
         attach_uploads(&state, &caller, &coll, &mut input, &mut staged).await?;
+        // A JSON write that claimed uploads: refused early if the caller cannot update.
+        if uploaded == 0
+            && !staged.is_empty()
+            && let Err(e) = service::may_update(&state, &caller, &coll, &id).await
+        {
+            give_back(&state, &caller, &staged).await;
+            return Err(e.into());
+        }
     }
     let fresh = crate::files::Fresh {
         id: None,
