@@ -24,6 +24,9 @@ pub const MAX_ATTEMPTS: i64 = 8;
 /// pass reads it again meanwhile): writes a webhook does not want cost no write here.
 const IDLE_MOVE: Duration = Duration::from_secs(5);
 
+/// How often deliveries whose job ended unlogged are looked for.
+const UNSTICK_EVERY: Duration = Duration::from_secs(2);
+
 /// What a pass did.
 pub enum Pass {
     /// The position moved past this many events.
@@ -49,7 +52,14 @@ pub fn catch_up_op(rt: &Runtime, last: i64) -> WriteOp {
 pub async fn run(rt: Runtime, mut shutdown: watch::Receiver<bool>) {
     let mut ends = rt.events.bus.subscribe();
     let mut last_move = std::time::Instant::now();
+    let mut last_unstick = std::time::Instant::now();
     loop {
+        if last_unstick.elapsed() >= UNSTICK_EVERY {
+            last_unstick = std::time::Instant::now();
+            if let Err(e) = unstick(&rt).await {
+                tracing::warn!(error = %e, "failing deliveries whose job ended failed");
+            }
+        }
         let idle_move = last_move.elapsed() >= IDLE_MOVE;
         let more = match fan_out(&rt, idle_move).await {
             Ok(Pass::Moved(n)) => {
@@ -333,6 +343,48 @@ pub async fn release_waiting(rt: &Runtime, wid: &str) -> Result<usize, WebhookEr
             return Ok(done);
         }
     }
+}
+
+/// Deliveries logged `pending` whose job ended without logging them (its lease was
+/// reaped to `dead`, or it was cancelled or deleted): marked `failed`, and an ordered
+/// webhook's next delivery starts. Runs on the fan-out's loop every few seconds.
+pub async fn unstick(rt: &Runtime) -> Result<usize, WebhookError> {
+    let d = rt.store.dialect();
+    let mut sql = Sql::new(d);
+    sql.push("SELECT s.id, s.webhook, s.job FROM _lintel_webhook_deliveries s LEFT JOIN _lintel_jobs j ON j.id = s.job WHERE s.status = 'pending' AND s.job IS NOT NULL AND (j.id IS NULL OR j.status NOT IN ")
+        .push(crate::jobs::store::ACTIVE)
+        .push(") LIMIT 100");
+    let rows = rt.store.query_rows(sql).await?;
+    let now = rt.clock.now_ms();
+    let mut n = 0;
+    for r in &rows {
+        let col = |i: usize| {
+            r.get(i)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let (id, wid, job) = (col(0), col(1), col(2));
+        let mut fail = Sql::new(d);
+        fail.push("UPDATE _lintel_webhook_deliveries SET status = 'failed', next_attempt_at = NULL WHERE id = ")
+            .bind(SqlValue::Text(id))
+            .push(" AND status = 'pending' AND job = ")
+            .bind(SqlValue::Text(job));
+        let mut ops = vec![WriteOp::System {
+            sql: fail,
+            expect: None,
+        }];
+        ops.extend(advance_ops(rt, &wid, now, true));
+        rt.store
+            .write(ops)
+            .await
+            .map_err(|WriteError { error, .. }| WebhookError::Store(error))?;
+        n += 1;
+    }
+    if n > 0 {
+        rt.jobs.wake.notify_one();
+    }
+    Ok(n)
 }
 
 /// The job of one delivery's attempts.

@@ -1310,6 +1310,7 @@ async fn kill_9_mid_upload_keeps_no_record_and_housekeeping_clears_the_rest() {
 }
 
 /// The blob key of a kept file, read from its metadata row.
+#[cfg(feature = "s3")]
 async fn blob_key(app: &TestApp, name: &str) -> String {
     let state = &app.running().state;
     let mut sql = lintel::store::Sql::new(state.store.dialect());

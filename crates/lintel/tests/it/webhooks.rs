@@ -948,3 +948,66 @@ async fn retry_after_replaces_the_next_step_clamped_to_a_day() {
     assert_eq!(wait_for(&got, 2).await.len(), 2);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_cancelled_head_fails_and_the_next_ordered_delivery_goes() {
+    let (url, got) = receiver(vec![500; 3]).await;
+    let app = TestApp::spawn_clocked(allow_local).await;
+    notes(&app).await;
+    let r = app
+        .admin(
+            Method::POST,
+            "/v1/webhooks",
+            Some(json!({"url": url, "events": ["record.created"], "ordered": true})),
+        )
+        .await;
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    for n in 0..2 {
+        app.create("notes", json!({"title": "x", "n": n})).await;
+    }
+    wait_for(&got, 1).await;
+    // The head failed and waits for its retry; an admin cancels its job.
+    let head = log_when(&app, &id, |l| {
+        l["items"].as_array().is_some_and(|i| {
+            i.iter()
+                .any(|d| !d["attempts"].as_array().unwrap().is_empty())
+        })
+    })
+    .await;
+    let head_id = head["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| !d["attempts"].as_array().unwrap().is_empty())
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let jobs = app
+        .admin(Method::GET, "/v1/jobs?kind=webhook&status=retrying", None)
+        .await;
+    let job = jobs.body["items"][0]["id"].as_str().unwrap().to_owned();
+    let c = app
+        .admin(Method::POST, &format!("/v1/jobs/{job}/cancel"), None)
+        .await;
+    assert_eq!(c.status, StatusCode::OK, "{}", c.text);
+    // The next delivery goes (its first attempt, answered 500 again) without waiting.
+    let seen = wait_for(&got, 2).await;
+    assert_eq!(seen.len(), 2, "the queue moved on");
+    let log = log_when(&app, &id, |l| {
+        l["items"].as_array().is_some_and(|i| {
+            i.iter()
+                .any(|d| d["id"] == head_id.as_str() && d["status"] == "failed")
+        })
+    })
+    .await;
+    assert!(
+        log["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["id"] == head_id.as_str() && d["status"] == "failed"),
+        "{log}"
+    );
+    app.shutdown().await;
+}
