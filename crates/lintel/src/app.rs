@@ -371,6 +371,7 @@ pub async fn start_on(
         events: crate::events::EventsRuntime::new(),
         jobs,
         files,
+        realtime: Default::default(),
     }));
     let state = AppState(Arc::new(Inner {
         rt,
@@ -473,6 +474,10 @@ pub async fn start_on(
             Runtime::clone(&task_state),
             rx.clone(),
         ));
+        let realtime = tokio::spawn(crate::realtime::run(
+            Runtime::clone(&task_state),
+            rx.clone(),
+        ));
         let sequencer = tokio::spawn(crate::events::run_sequencer(
             Runtime::clone(&task_state),
             Duration::from_millis(task_state.config.events.poll_ms.max(10)),
@@ -562,6 +567,7 @@ pub async fn start_on(
         sequencer.abort();
         fan_out.abort();
         reaper.abort();
+        realtime.abort();
         task_state.store.close().await;
         tracing::info!("store closed; stopped");
     });

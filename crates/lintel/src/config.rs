@@ -62,6 +62,7 @@ pub struct Config {
     pub jobs: JobsConfig,
     pub outbound: OutboundConfig,
     pub files: FilesConfig,
+    pub realtime: RealtimeConfig,
     pub metrics: MetricsConfig,
     pub mail: MailConfig,
     pub tls: TlsConfig,
@@ -475,6 +476,31 @@ impl Default for FilesConfig {
     }
 }
 
+/// Live subscriptions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RealtimeConfig {
+    /// Subscriptions one connection may hold.
+    pub max_subscriptions: usize,
+    /// Open streams one account may hold.
+    pub max_connections_per_user: usize,
+    /// Open streams one client address may hold.
+    pub max_connections_per_address: usize,
+    /// Seconds between heartbeats (and checks that the caller's session stands).
+    pub heartbeat_secs: u64,
+}
+
+impl Default for RealtimeConfig {
+    fn default() -> Self {
+        Self {
+            max_subscriptions: 1000,
+            max_connections_per_user: 100,
+            max_connections_per_address: 1000,
+            heartbeat_secs: 15,
+        }
+    }
+}
+
 /// An S3-compatible bucket for files (`files.backend = "s3"`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -698,6 +724,7 @@ impl Default for Config {
             jobs: JobsConfig::default(),
             outbound: OutboundConfig::default(),
             files: FilesConfig::default(),
+            realtime: RealtimeConfig::default(),
             metrics: MetricsConfig::default(),
             mail: MailConfig::default(),
             tls: TlsConfig {

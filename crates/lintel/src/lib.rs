@@ -29,6 +29,7 @@ pub mod jobs;
 pub mod migrations;
 pub mod outbound;
 pub mod ratelimit;
+pub mod realtime;
 pub mod records;
 pub mod runtime;
 pub mod schema;

@@ -56,6 +56,8 @@ pub struct RuntimeInner {
     pub jobs: crate::jobs::JobsRuntime,
     /// Where uploaded files' bytes live.
     pub files: crate::files::FilesRuntime,
+    /// Live subscriptions' clients.
+    pub realtime: crate::realtime::RealtimeRuntime,
 }
 
 impl Deref for Runtime {

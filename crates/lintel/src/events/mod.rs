@@ -233,3 +233,26 @@ pub async fn run_sequencer(
         }
     }
 }
+
+/// A record as an event carries it (`record` or `previous`), back as a [`Record`]:
+/// the system fields out of the data. `None` for anything but a record object.
+pub fn record_from_json(r: &Value) -> Option<crate::store::Record> {
+    let o = r.as_object()?;
+    let mut data = o.clone();
+    for k in ["id", "created", "updated", "version"] {
+        data.remove(k);
+    }
+    let text = |k: &str| {
+        o.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    Some(crate::store::Record {
+        id: o.get("id")?.as_str()?.to_owned(),
+        created: text("created"),
+        updated: text("updated"),
+        version: o.get("version").and_then(Value::as_i64).unwrap_or(0),
+        data,
+    })
+}

@@ -42,6 +42,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(crate::jobs::routes::transfer_router())
         .merge(crate::webhooks::router())
         .merge(crate::files::routes::router())
+        .merge(crate::realtime::routes::router())
         .split_for_parts()
 }
 

@@ -104,33 +104,15 @@ fn advance(rt: &Runtime, from: i64, to: i64) -> WriteOp {
     }
 }
 
-/// The record an event is about, for the webhook's filter.
+/// The record an event is about, for the webhook's filter: after the change, or
+/// before it for a delete.
 fn record_of(ev: &Value) -> Option<Record> {
     let r = if ev["record"].is_object() {
         &ev["record"]
     } else {
         &ev["previous"]
     };
-    let o = r.as_object()?;
-    let mut data: Map<String, Value> = o.clone();
-    for k in ["id", "created", "updated", "version"] {
-        data.remove(k);
-    }
-    Some(Record {
-        id: o.get("id")?.as_str()?.to_owned(),
-        created: o
-            .get("created")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned(),
-        updated: o
-            .get("updated")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned(),
-        version: o.get("version").and_then(Value::as_i64).unwrap_or(0),
-        data,
-    })
+    crate::events::record_from_json(r)
 }
 
 /// Whether `w` wants event `ev` (its type, collection and filter).

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 /// The layer of a source file (path under `src/`) or of a module path under `crate::`.
 fn layer(path: &str) -> Option<u8> {
-    const LAYERS: [(&str, u8); 38] = [
+    const LAYERS: [(&str, u8); 40] = [
         ("clock", 0),
         ("ids", 0),
         ("config", 0),
@@ -30,6 +30,7 @@ fn layer(path: &str) -> Option<u8> {
         ("jobs/routes", 5),
         ("webhooks/routes", 5),
         ("files/routes", 5),
+        ("realtime/routes", 5),
         // Resolving the caller from a request (the extractor, the session-cookie
         // middleware) is the edge's work.
         ("auth/caller", 5),
@@ -41,6 +42,7 @@ fn layer(path: &str) -> Option<u8> {
         ("outbound", 4),
         ("webhooks", 4),
         ("files", 4),
+        ("realtime", 4),
         ("ratelimit", 4),
         ("cache", 4),
         ("tasks", 4),

@@ -24,6 +24,7 @@ mod oidc;
 mod openapi;
 mod postgres;
 mod protect;
+mod realtime;
 mod records;
 mod rejections;
 mod security;

@@ -1,0 +1,544 @@
+//! Live subscriptions (server-sent events): a client connects, gets a `clientId`, and
+//! sets its subscriptions (`posts`, `posts/RECORD_ID`, `posts?filter=...`). One task
+//! follows the event log and hands each event to every subscriber that may see it:
+//! the view rule decides per subscriber and per event, before and after the change,
+//! so a record that leaves a subscriber's view (or filter) arrives as a `delete` and
+//! one that enters it as a `create`. Each client has a bounded queue; a client that
+//! cannot keep up is dropped (`too_slow`), and writers never wait for readers. A
+//! reconnecting client names the last event it saw (`Last-Event-ID`) and is replayed
+//! what it missed from the log before it goes live, with no gap and no duplicate.
+
+pub mod routes;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+
+use crate::access::permit;
+use crate::access::render::render;
+use crate::access::{Caller, rules};
+use crate::events::{EventsError, record_from_json};
+use crate::runtime::Runtime;
+use crate::schema::{Action, Collection};
+use crate::store::events::EventQuery;
+use crate::store::{Record, StoreError};
+use crate::validation::{FieldErrors, push_field_error};
+
+/// Events read from the log at a time.
+const PAGE: i64 = 500;
+/// Messages a client's queue holds before it counts as too slow.
+pub const QUEUE: usize = 1024;
+
+/// What a client is sent.
+#[derive(Debug)]
+pub enum Out {
+    Event {
+        seq: i64,
+        topic: String,
+        data: Value,
+    },
+    /// The position asked for is past retention: reload and go on from `seq`.
+    Reset { seq: i64 },
+}
+
+/// One subscription, as written and as understood.
+#[derive(Debug, Clone)]
+pub struct Sub {
+    pub topic: String,
+    pub collection: String,
+    pub record: Option<String>,
+    pub filter: Option<lintel_filter::Expr>,
+}
+
+struct Client {
+    owner: String,
+    ip: Option<String>,
+    caller: Caller,
+    subs: Vec<Sub>,
+    tx: mpsc::Sender<Out>,
+    /// The last event considered for this client.
+    cursor: i64,
+    /// Set by a reconnect (`Last-Event-ID`): replayed from here once subscribed.
+    resume: Option<i64>,
+    /// Being replayed: the live feed leaves it alone meanwhile.
+    replaying: bool,
+    slow: Arc<AtomicBool>,
+}
+
+/// The connected clients and the feed's position.
+#[derive(Default)]
+pub struct RealtimeRuntime {
+    hub: Mutex<Hub>,
+}
+
+#[derive(Default)]
+struct Hub {
+    clients: HashMap<String, Client>,
+    /// The last event the feed has handed out.
+    last: i64,
+}
+
+/// Why a realtime request is refused.
+#[derive(Debug)]
+pub enum RealtimeError {
+    /// Bad topics or filters (400 `validation_failed`).
+    Invalid(FieldErrors),
+    /// No such client (404).
+    UnknownClient,
+    /// Another caller's client, or a collection whose list rule refuses this caller
+    /// outright (403 `forbidden`).
+    Forbidden(String),
+    /// Over a connection limit (429 `too_many_connections`).
+    TooMany(String),
+    Store(StoreError),
+}
+
+impl From<StoreError> for RealtimeError {
+    fn from(e: StoreError) -> Self {
+        RealtimeError::Store(e)
+    }
+}
+
+/// Who a client belongs to: an account, a key, or anonymous.
+fn owner_of(caller: &Caller) -> String {
+    match caller.account() {
+        Some((c, id)) => format!("{c}/{id}"),
+        None => caller.actor(),
+    }
+}
+
+/// A new connection: its client id, and the receiving end of its queue with the flag
+/// that says it was dropped for being slow. `last_event` resumes after that event.
+pub fn connect(
+    rt: &Runtime,
+    caller: Caller,
+    last_event: Option<i64>,
+) -> Result<(String, mpsc::Receiver<Out>, Arc<AtomicBool>), RealtimeError> {
+    let cfg = &rt.config.realtime;
+    let owner = owner_of(&caller);
+    let mut hub = rt
+        .realtime
+        .hub
+        .lock()
+        .map_err(|_| RealtimeError::Store(StoreError::Internal("realtime lock".into())))?;
+    if !caller.is_anonymous()
+        && hub.clients.values().filter(|c| c.owner == owner).count() >= cfg.max_connections_per_user
+    {
+        return Err(RealtimeError::TooMany(format!(
+            "at most {} connections per account",
+            cfg.max_connections_per_user
+        )));
+    }
+    if caller.ip.is_some()
+        && hub.clients.values().filter(|c| c.ip == caller.ip).count()
+            >= cfg.max_connections_per_address
+    {
+        return Err(RealtimeError::TooMany(format!(
+            "at most {} connections per address",
+            cfg.max_connections_per_address
+        )));
+    }
+    let id = crate::ids::record_id();
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let slow = Arc::new(AtomicBool::new(false));
+    let cursor = hub.last;
+    hub.clients.insert(
+        id.clone(),
+        Client {
+            owner,
+            ip: caller.ip.clone(),
+            caller,
+            subs: Vec::new(),
+            tx,
+            cursor,
+            resume: last_event,
+            replaying: false,
+            slow: slow.clone(),
+        },
+    );
+    Ok((id, rx, slow))
+}
+
+/// A connection ended.
+pub fn disconnect(rt: &Runtime, id: &str) {
+    if let Ok(mut hub) = rt.realtime.hub.lock() {
+        hub.clients.remove(id);
+    }
+}
+
+/// Parses and checks subscriptions for `caller`.
+fn parse(rt: &Runtime, caller: &Caller, topics: &[String]) -> Result<Vec<Sub>, RealtimeError> {
+    let max = rt.config.realtime.max_subscriptions;
+    if topics.len() > max {
+        let mut errors = FieldErrors::new();
+        push_field_error(
+            &mut errors,
+            "subscriptions",
+            "too_many",
+            format!("at most {max} subscriptions per connection"),
+        );
+        return Err(RealtimeError::Invalid(errors));
+    }
+    let catalog = rt.catalog();
+    let mut errors = FieldErrors::new();
+    let mut subs = Vec::with_capacity(topics.len());
+    for (i, topic) in topics.iter().enumerate() {
+        let key = format!("subscriptions[{i}]");
+        let (path, filter) = match topic.split_once("?filter=") {
+            Some((p, f)) => (p, Some(f)),
+            None => (topic.as_str(), None),
+        };
+        let (name, record) = match path.split_once('/') {
+            Some((c, r)) => (c, Some(r)),
+            None => (path, None),
+        };
+        let Some(coll) = catalog.get(name) else {
+            push_field_error(
+                &mut errors,
+                key,
+                "unknown_collection",
+                format!("no collection '{name}'"),
+            );
+            continue;
+        };
+        if let Some(r) = record
+            && !crate::schema::kinds::is_record_id(r)
+        {
+            push_field_error(
+                &mut errors,
+                key,
+                "invalid_topic",
+                "not a record id after the collection",
+            );
+            continue;
+        }
+        if !caller.scope_allows(coll.name(), Action::List)
+            || rules::is_denied_outright(caller, &coll, Action::List)
+        {
+            return Err(RealtimeError::Forbidden(format!(
+                "the list rule of '{name}' admits no event for this caller"
+            )));
+        }
+        let expr = match filter {
+            None => None,
+            Some(f) => {
+                if let Err(e) = crate::store::filter::check(&coll, f) {
+                    push_field_error(
+                        &mut errors,
+                        key,
+                        e.code,
+                        format!("{} (at position {})", e.message, e.position),
+                    );
+                    continue;
+                }
+                match lintel_filter::parse(f) {
+                    Ok(x) => Some(x),
+                    Err(e) => {
+                        push_field_error(&mut errors, key, "invalid_filter", e.message);
+                        continue;
+                    }
+                }
+            }
+        };
+        subs.push(Sub {
+            topic: topic.clone(),
+            collection: coll.name().to_owned(),
+            record: record.map(str::to_owned),
+            filter: expr,
+        });
+    }
+    if errors.is_empty() {
+        Ok(subs)
+    } else {
+        Err(RealtimeError::Invalid(errors))
+    }
+}
+
+/// Sets a client's subscriptions (replacing them) and answers once they are live: a
+/// resumed client is first replayed what it missed.
+pub async fn subscribe(
+    rt: &Runtime,
+    caller: &Caller,
+    client_id: &str,
+    topics: &[String],
+) -> Result<Vec<String>, RealtimeError> {
+    let subs = parse(rt, caller, topics)?;
+    let resume = {
+        let mut hub = rt
+            .realtime
+            .hub
+            .lock()
+            .map_err(|_| RealtimeError::Store(StoreError::Internal("realtime lock".into())))?;
+        let last = hub.last;
+        let client = hub
+            .clients
+            .get_mut(client_id)
+            .ok_or(RealtimeError::UnknownClient)?;
+        if client.owner != owner_of(caller) {
+            return Err(RealtimeError::Forbidden(
+                "this client belongs to another caller".into(),
+            ));
+        }
+        client.subs = subs;
+        match client.resume.take() {
+            Some(after) => {
+                client.cursor = after;
+                client.replaying = true;
+                true
+            }
+            None => {
+                // Subscriptions apply to what commits from now on.
+                client.cursor = client.cursor.max(last);
+                false
+            }
+        }
+    };
+    if resume {
+        replay(rt, client_id).await?;
+    }
+    Ok(topics.to_vec())
+}
+
+/// Hands a resumed client the events after its cursor, page by page, until it has
+/// caught up with the feed; then the feed takes over (it skipped the client meanwhile).
+async fn replay(rt: &Runtime, id: &str) -> Result<(), RealtimeError> {
+    loop {
+        let Some(cursor) = with_client(rt, id, |c, _| c.cursor) else {
+            return Ok(());
+        };
+        let page = match crate::events::page(
+            rt.store.as_ref(),
+            Some(cursor),
+            EventQuery {
+                limit: PAGE,
+                ..EventQuery::default()
+            },
+        )
+        .await
+        {
+            Ok(p) => p,
+            Err(EventsError::Purged { .. }) => {
+                with_client(rt, id, |c, last| {
+                    let _ = c.tx.try_send(Out::Reset { seq: last });
+                    c.cursor = last;
+                    c.replaying = false;
+                });
+                return Ok(());
+            }
+            Err(EventsError::Store(e)) => return Err(e.into()),
+        };
+        if page.items.is_empty() {
+            let done = with_client(rt, id, |c, last| {
+                if last <= c.cursor {
+                    c.replaying = false;
+                    true
+                } else {
+                    false
+                }
+            });
+            if done != Some(false) {
+                return Ok(());
+            }
+            // The feed moved on meanwhile: those events are in the log by now.
+            tokio::task::yield_now().await;
+            continue;
+        }
+        let now = rt.clock.now();
+        let catalog = rt.catalog();
+        let full = with_client(rt, id, |c, _| {
+            for ev in &page.items {
+                let seq = ev["seq"].as_i64().unwrap_or(0);
+                if seq <= c.cursor {
+                    continue;
+                }
+                if send(c, ev, &catalog, &now).is_err() {
+                    return true;
+                }
+                c.cursor = seq;
+            }
+            false
+        });
+        if full == Some(true) {
+            drop_slow(rt, id);
+            return Ok(());
+        }
+    }
+}
+
+/// Runs `f` on client `id` (and the feed's position) under the hub's lock.
+fn with_client<T>(rt: &Runtime, id: &str, f: impl FnOnce(&mut Client, i64) -> T) -> Option<T> {
+    let mut hub = rt.realtime.hub.lock().ok()?;
+    let last = hub.last;
+    hub.clients.get_mut(id).map(|c| f(c, last))
+}
+
+fn drop_slow(rt: &Runtime, id: &str) {
+    if let Ok(mut hub) = rt.realtime.hub.lock()
+        && let Some(c) = hub.clients.remove(id)
+    {
+        c.slow.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Whether `record` is one the client sees through `sub`: the view rule, the record
+/// the topic names, and the subscription's filter.
+fn sees(caller: &Caller, coll: &Collection, sub: &Sub, record: &Record, now: &str) -> bool {
+    if sub.record.as_deref().is_some_and(|r| r != record.id) {
+        return false;
+    }
+    if permit::view(caller, coll, record, now).is_none() {
+        return false;
+    }
+    let Some(expr) = &sub.filter else {
+        return true;
+    };
+    let auth = caller.auth_fields();
+    let env = crate::store::filter::Env {
+        now,
+        auth: auth.as_ref(),
+        body: None,
+    };
+    rules::eval(expr, coll, record, &env).unwrap_or(false)
+}
+
+/// Queues what `ev` means to client `c`, for each of its subscriptions; `Err` when
+/// its queue is full.
+fn send(c: &Client, ev: &Value, catalog: &crate::schema::Catalog, now: &str) -> Result<(), ()> {
+    let kind = ev["type"].as_str().unwrap_or_default();
+    if !matches!(kind, "record.created" | "record.updated" | "record.deleted") {
+        return Ok(());
+    }
+    let Some(name) = ev["collection"].as_str() else {
+        return Ok(());
+    };
+    let Some(coll) = catalog.get(name) else {
+        return Ok(());
+    };
+    let seq = ev["seq"].as_i64().unwrap_or(0);
+    let before = record_from_json(&ev["previous"]);
+    let after = record_from_json(&ev["record"]);
+    for sub in c.subs.iter().filter(|s| s.collection == name) {
+        let was = before
+            .as_ref()
+            .is_some_and(|r| sees(&c.caller, &coll, sub, r, now));
+        let is = after
+            .as_ref()
+            .is_some_and(|r| sees(&c.caller, &coll, sub, r, now));
+        let (action, record) = match (was, is) {
+            (false, true) => ("create", after.as_ref()),
+            (true, true) => ("update", after.as_ref()),
+            (true, false) => ("delete", before.as_ref()),
+            (false, false) => continue,
+        };
+        let Some(record) = record else { continue };
+        let Some(visible) = permit::view(&c.caller, &coll, record, now) else {
+            continue;
+        };
+        let data = json!({
+            "action": action,
+            "collection": name,
+            "record": Value::Object(render(&coll, visible, None)),
+        });
+        c.tx.try_send(Out::Event {
+            seq,
+            topic: sub.topic.clone(),
+            data,
+        })
+        .map_err(|_| ())?;
+    }
+    Ok(())
+}
+
+/// Follows the event log and hands each event to the clients that may see it, until
+/// `shutdown` fires.
+pub async fn run(rt: Runtime, mut shutdown: watch::Receiver<bool>) {
+    let mut ends = rt.events.bus.subscribe();
+    let start = match rt.store.sequence_events().await {
+        Ok(m) => m.last,
+        Err(e) => {
+            tracing::warn!(error = %e, "realtime: reading the log's end failed");
+            0
+        }
+    };
+    if let Ok(mut hub) = rt.realtime.hub.lock() {
+        hub.last = start;
+        for c in hub.clients.values_mut() {
+            c.cursor = c.cursor.max(start);
+        }
+    }
+    loop {
+        let last = rt.realtime.hub.lock().map(|h| h.last).unwrap_or(start);
+        let more = match crate::events::page(
+            rt.store.as_ref(),
+            Some(last),
+            EventQuery {
+                limit: PAGE,
+                ..EventQuery::default()
+            },
+        )
+        .await
+        {
+            Ok(page) => {
+                let n = page.items.len();
+                feed(&rt, &page.items);
+                n >= PAGE as usize
+            }
+            Err(EventsError::Purged { oldest }) => {
+                if let Ok(mut hub) = rt.realtime.hub.lock() {
+                    hub.last = oldest - 1;
+                }
+                true
+            }
+            Err(EventsError::Store(e)) => {
+                tracing::warn!(error = %e, "realtime: reading the log failed");
+                false
+            }
+        };
+        if more {
+            continue;
+        }
+        tokio::select! {
+            _ = ends.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+    }
+}
+
+/// Hands a page of events to every live client, in order.
+fn feed(rt: &Runtime, items: &[Value]) {
+    if items.is_empty() {
+        return;
+    }
+    let now = rt.clock.now();
+    let catalog = rt.catalog();
+    let Ok(mut hub) = rt.realtime.hub.lock() else {
+        return;
+    };
+    let mut slow = Vec::new();
+    for ev in items {
+        let seq = ev["seq"].as_i64().unwrap_or(0);
+        for (id, c) in hub.clients.iter_mut() {
+            if c.replaying || c.resume.is_some() || seq <= c.cursor {
+                continue;
+            }
+            if send(c, ev, &catalog, &now).is_err() {
+                slow.push(id.clone());
+            }
+            c.cursor = seq;
+        }
+        hub.last = hub.last.max(seq);
+    }
+    for id in slow {
+        if let Some(c) = hub.clients.remove(&id) {
+            c.slow.store(true, Ordering::SeqCst);
+        }
+    }
+}
