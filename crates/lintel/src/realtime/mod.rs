@@ -471,31 +471,44 @@ pub async fn run(rt: Runtime, mut shutdown: watch::Receiver<bool>) {
         }
     }
     loop {
-        let last = rt.realtime.hub.lock().map(|h| h.last).unwrap_or(start);
-        let more = match crate::events::page(
-            rt.store.as_ref(),
-            Some(last),
-            EventQuery {
-                limit: PAGE,
-                ..EventQuery::default()
-            },
-        )
-        .await
-        {
-            Ok(page) => {
-                let n = page.items.len();
-                feed(&rt, &page.items);
-                n >= PAGE as usize
-            }
-            Err(EventsError::Purged { oldest }) => {
-                if let Ok(mut hub) = rt.realtime.hub.lock() {
-                    hub.last = oldest - 1;
-                }
+        // Nobody listening: no read of the log; the position just follows its end.
+        let idle = match rt.realtime.hub.lock() {
+            Ok(mut hub) if hub.clients.is_empty() => {
+                let end = *ends.borrow();
+                hub.last = hub.last.max(end);
                 true
             }
-            Err(EventsError::Store(e)) => {
-                tracing::warn!(error = %e, "realtime: reading the log failed");
-                false
+            _ => false,
+        };
+        let last = rt.realtime.hub.lock().map(|h| h.last).unwrap_or(start);
+        let more = if idle {
+            false
+        } else {
+            match crate::events::page(
+                rt.store.as_ref(),
+                Some(last),
+                EventQuery {
+                    limit: PAGE,
+                    ..EventQuery::default()
+                },
+            )
+            .await
+            {
+                Ok(page) => {
+                    let n = page.items.len();
+                    feed(&rt, &page.items);
+                    n >= PAGE as usize
+                }
+                Err(EventsError::Purged { oldest }) => {
+                    if let Ok(mut hub) = rt.realtime.hub.lock() {
+                        hub.last = oldest - 1;
+                    }
+                    true
+                }
+                Err(EventsError::Store(e)) => {
+                    tracing::warn!(error = %e, "realtime: reading the log failed");
+                    false
+                }
             }
         };
         if more {
