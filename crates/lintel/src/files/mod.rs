@@ -459,7 +459,7 @@ pub async fn rewrap(rt: &Runtime) -> Result<u64, StoreError> {
             .bind(SqlValue::Text(format!("{}:%", mk.current())))
             .push(" ORDER BY name LIMIT 500");
         let rows = rt.store.query_rows(sql).await?;
-        let mut moved = 0;
+        let mut handled = 0;
         for r in &rows {
             let (Some(name), Some(old)) = (
                 r.first().and_then(Value::as_str),
@@ -481,18 +481,23 @@ pub async fn rewrap(rt: &Runtime) -> Result<u64, StoreError> {
                 .bind(SqlValue::Text(name.to_owned()))
                 .push(" AND dek = ")
                 .bind(SqlValue::Text(old.to_owned()));
-            rt.store
+            let out = rt
+                .store
                 .write(vec![WriteOp::System {
                     sql: up,
                     expect: None,
                 }])
                 .await
                 .map_err(|e| e.error)?;
-            moved += 1;
+            handled += 1;
+            // Counted only when this call moved it (another instance, or housekeeping
+            // beside a request, may have got there first).
+            if matches!(out.first(), Some(crate::store::WriteOutcome::Affected(n)) if *n > 0) {
+                done += 1;
+            }
         }
-        done += moved;
         // A page of keys no master key opens would come back forever.
-        if rows.len() < 500 || moved == 0 {
+        if rows.len() < 500 || handled == 0 {
             return Ok(done);
         }
     }

@@ -1446,7 +1446,12 @@ fn blobs_on_disk(app: &TestApp) -> Vec<Vec<u8>> {
 
 #[tokio::test]
 async fn files_are_encrypted_at_rest_and_keys_rotate_without_rewriting() {
-    let app = TestApp::spawn_with(|c| c.files.encryption_keys = keys(&[KEY_A])).await;
+    // No housekeeping job: it re-wraps keys on its own, racing the counts below.
+    let app = TestApp::spawn_with(|c| {
+        c.files.encryption_keys = keys(&[KEY_A]);
+        c.store.purge_interval_secs = 0;
+    })
+    .await;
     app.collection(json!({
         "name": "vault",
         "fields": [{"name": "doc", "type": "file"}, {"name": "pic", "type": "file", "thumbs": ["40x40"]}],
@@ -1513,6 +1518,7 @@ async fn files_are_encrypted_at_rest_and_keys_rotate_without_rewriting() {
     let dir = app.stop_keep_dir().await;
     let mut cfg = crate::common::config(dir.path()).await;
     cfg.files.encryption_keys = keys(&[KEY_B, KEY_A]);
+    cfg.store.purge_interval_secs = 0;
     let app = TestApp::start_in(dir, cfg).await;
     let (_, _, body) = fetch(&app, &doc, &[]).await;
     assert!(body == secret, "the old key still opens");
@@ -1530,6 +1536,7 @@ async fn files_are_encrypted_at_rest_and_keys_rotate_without_rewriting() {
     let dir = app.stop_keep_dir().await;
     let mut cfg = crate::common::config(dir.path()).await;
     cfg.files.encryption_keys = keys(&[KEY_B]);
+    cfg.store.purge_interval_secs = 0;
     let app = TestApp::start_in(dir, cfg).await;
     let (status, _, body) = fetch(&app, &doc, &[]).await;
     assert_eq!(status, StatusCode::OK);
@@ -1538,7 +1545,8 @@ async fn files_are_encrypted_at_rest_and_keys_rotate_without_rewriting() {
     assert_eq!(status, StatusCode::OK);
     // Without the key, a sealed file is an error, never its sealed bytes.
     let dir = app.stop_keep_dir().await;
-    let cfg = crate::common::config(dir.path()).await;
+    let mut cfg = crate::common::config(dir.path()).await;
+    cfg.store.purge_interval_secs = 0;
     let app = TestApp::start_in(dir, cfg).await;
     let (status, _, body) = fetch(&app, &doc, &[]).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
