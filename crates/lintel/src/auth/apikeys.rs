@@ -166,6 +166,24 @@ pub(crate) fn key_json(row: &[Value]) -> Value {
     })
 }
 
+/// Whether the API key `id` still stands (neither expired nor revoked): long-lived
+/// connections opened with it check at each heartbeat.
+pub async fn still_valid(state: &Runtime, id: &str) -> Result<bool, AuthError> {
+    let mut sql = Sql::new(state.store.dialect());
+    sql.push("SELECT expires, revoked FROM _lintel_api_keys WHERE id = ")
+        .bind(SqlValue::Text(id.to_owned()));
+    let rows = state.store.query_rows(sql).await?;
+    let now = state.clock.now_ms();
+    Ok(rows.first().is_some_and(|row| {
+        let expired = row
+            .first()
+            .and_then(Value::as_i64)
+            .is_some_and(|e| e <= now);
+        let revoked = row.get(1).and_then(Value::as_i64).is_some();
+        !expired && !revoked
+    }))
+}
+
 /// The caller an API key stands for; None when it is unknown, wrong, expired or revoked.
 pub async fn authenticate(state: &Runtime, key: &str) -> Result<Option<Caller>, AuthError> {
     let Some((id, secret)) = key

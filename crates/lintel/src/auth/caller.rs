@@ -292,3 +292,33 @@ fn origin_of(url: &str) -> String {
 }
 
 pub use sessions::Session;
+
+/// `?token=` on a connection: a realtime token (POST /v1/realtime/token).
+#[derive(Debug, serde::Deserialize)]
+pub struct TokenQuery {
+    pub token: Option<String>,
+}
+
+/// The caller of a connection: the realtime token's (`?token=`, keeping the request's
+/// address), or whoever the request's own credentials say.
+pub async fn connection_caller(
+    state: &crate::state::AppState,
+    caller: Caller,
+    token: Option<&str>,
+) -> Result<Caller, ApiError> {
+    let Some(token) = token else {
+        return Ok(caller);
+    };
+    match crate::auth::purpose::caller_of(state, crate::auth::tokens::REALTIME_AUDIENCE, token)
+        .await?
+    {
+        Some(mut c) => {
+            c.ip = caller.ip;
+            c.tls = caller.tls;
+            Ok(c)
+        }
+        None => Err(ApiError::unauthorized(
+            "The realtime token is wrong, expired, or its session ended.",
+        )),
+    }
+}

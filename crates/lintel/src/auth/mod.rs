@@ -12,6 +12,7 @@ pub mod mail;
 pub mod mfa;
 pub mod oidc;
 pub mod password;
+pub mod purpose;
 pub mod routes;
 pub mod sessions;
 pub mod signin;

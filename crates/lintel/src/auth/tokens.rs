@@ -24,13 +24,16 @@ pub struct Claims {
     pub iss: String,
     pub iat: i64,
     pub exp: i64,
-    /// Set only on file tokens ([`FILE_AUDIENCE`]), which are never access tokens.
+    /// Set only on file and realtime tokens ([`FILE_AUDIENCE`], [`REALTIME_AUDIENCE`]),
+    /// which are never access tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<String>,
 }
 
 /// The audience of file tokens: they open file downloads and nothing else.
 pub const FILE_AUDIENCE: &str = "lintel-files";
+/// The audience of realtime tokens: they open realtime and Yjs connections only.
+pub const REALTIME_AUDIENCE: &str = "lintel-realtime";
 
 /// The keys tokens are signed and checked with.
 pub struct Keys {
@@ -125,9 +128,11 @@ impl Keys {
         encode(&Header::new(self.algorithm), &claims, &self.encoding).context("signing a token")
     }
 
-    /// Signs a file token for an account and session (or `admin`), valid `ttl_secs`.
-    pub fn issue_file(
+    /// Signs a token for one purpose (`audience`) for an account and session (or
+    /// `admin`), valid `ttl_secs`.
+    pub fn issue_for(
         &self,
+        audience: &str,
         collection: &str,
         id: &str,
         session: &str,
@@ -142,18 +147,18 @@ impl Keys {
             iss: self.issuer.clone(),
             iat: now,
             exp: now + i64::try_from(ttl_secs).unwrap_or(i64::MAX / 2),
-            aud: Some(FILE_AUDIENCE.into()),
+            aud: Some(audience.into()),
         };
         encode(&Header::new(self.algorithm), &claims, &self.encoding)
-            .context("signing a file token")
+            .context("signing a purpose token")
     }
 
-    /// Checks a file token: signature, issuer, audience and expiry (no leeway).
-    pub fn verify_file(&self, token: &str, now_ms: i64) -> Option<Claims> {
+    /// Checks a purpose token: signature, issuer, audience and expiry (no leeway).
+    pub fn verify_for(&self, audience: &str, token: &str, now_ms: i64) -> Option<Claims> {
         decode::<Claims>(token, &self.decoding, &self.validation)
             .ok()
             .map(|d| d.claims)
-            .filter(|c| c.aud.as_deref() == Some(FILE_AUDIENCE))
+            .filter(|c| c.aud.as_deref() == Some(audience))
             .filter(|c| c.exp > now_ms.div_euclid(1000))
     }
 
@@ -163,7 +168,7 @@ impl Keys {
         decode::<Claims>(token, &self.decoding, &self.validation)
             .ok()
             .map(|d| d.claims)
-            // A file token is no access token.
+            // A file or realtime token is no access token.
             .filter(|c| c.aud.is_none())
             .filter(|c| c.exp + EXPIRY_LEEWAY_SECS >= now_ms.div_euclid(1000))
     }

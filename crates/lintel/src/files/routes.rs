@@ -11,7 +11,8 @@ use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::access::{Caller, Principal, Via};
+use crate::access::{Caller, Via};
+use crate::auth::tokens::FILE_AUDIENCE;
 use crate::error::ApiError;
 use crate::files::{FileError, FileMeta, field_holding, meta, names};
 use crate::http::openapi::ProblemDoc;
@@ -324,28 +325,21 @@ async fn tus_delete(
     )
 )]
 async fn file_token(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
-    let (col, id, sid) = match (&caller.via, &caller.principal) {
-        (Via::AdminToken, _) => ("_admin".to_owned(), "admin".to_owned(), "admin".to_owned()),
-        (Via::Token { session } | Via::Cookie { session }, _) => {
-            let Some((col, id)) = caller.account() else {
-                return Err(ApiError::unauthorized("Sign in to get a file token."));
-            };
-            (col.to_owned(), id.to_owned(), session.clone())
-        }
-        (Via::ApiKey { .. }, _) => {
-            return Err(ApiError::forbidden(
-                "api_key_not_allowed",
-                "A file token stands for a signed-in caller; with an API key, send the key.",
-            ));
-        }
-        _ => return Err(ApiError::unauthorized("Sign in to get a file token.")),
-    };
+    use crate::auth::purpose::{self, Refusal};
     let ttl = state.config.files.token_ttl_seconds;
-    let token = state
-        .auth
-        .keys
-        .issue_file(&col, &id, &sid, state.clock.now_ms(), ttl)
-        .map_err(ApiError::internal)?;
+    let token =
+        match purpose::issue(&state, &caller, FILE_AUDIENCE, ttl).map_err(ApiError::internal)? {
+            Ok(t) => t,
+            Err(Refusal::ApiKey) => {
+                return Err(ApiError::forbidden(
+                    "api_key_not_allowed",
+                    "A file token stands for a signed-in caller; with an API key, send the key.",
+                ));
+            }
+            Err(Refusal::NotSignedIn) => {
+                return Err(ApiError::unauthorized("Sign in to get a file token."));
+            }
+        };
     let mut res = axum::Json(json!({ "token": token, "expiresIn": ttl })).into_response();
     crate::http::no_store(&mut res);
     Ok(res)
@@ -353,43 +347,9 @@ async fn file_token(State(state): State<AppState>, caller: Caller) -> Result<Res
 
 /// The caller a file token stands for, if it is still good.
 async fn token_caller(state: &AppState, token: &str) -> Result<Caller, FileError> {
-    let now = state.clock.now_ms();
-    let claims = state
-        .auth
-        .keys
-        .verify_file(token, now)
-        .ok_or(FileError::BadToken)?;
-    if claims.col == "_admin" && claims.sid == "admin" {
-        return Ok(Caller {
-            principal: Principal::Superuser {
-                id: "admin".into(),
-                email: String::new(),
-            },
-            via: Via::AdminToken,
-            ip: None,
-            tls: false,
-        });
-    }
-    let session = state
-        .auth
-        .sessions
-        .get(&claims.sid)
+    crate::auth::purpose::caller_of(state, FILE_AUDIENCE, token)
         .await?
-        .filter(|s| s.active(now) && s.collection == claims.col && s.user_id == claims.sub)
-        .ok_or(FileError::BadToken)?;
-    let principal =
-        crate::auth::accounts::load_principal(state, &session.collection, &session.user_id)
-            .await
-            .map_err(|_| FileError::BadToken)?
-            .ok_or(FileError::BadToken)?;
-    Ok(Caller {
-        principal,
-        via: Via::Token {
-            session: session.id,
-        },
-        ip: None,
-        tls: false,
-    })
+        .ok_or(FileError::BadToken)
 }
 
 #[derive(Debug, Deserialize)]
