@@ -372,6 +372,7 @@ pub async fn start_on(
         jobs,
         files,
         realtime: Default::default(),
+        yjs: Default::default(),
     }));
     let state = AppState(Arc::new(Inner {
         rt,
@@ -478,6 +479,7 @@ pub async fn start_on(
             Runtime::clone(&task_state),
             rx.clone(),
         ));
+        let yjs = tokio::spawn(crate::yjs::run(Runtime::clone(&task_state), rx.clone()));
         let sequencer = tokio::spawn(crate::events::run_sequencer(
             Runtime::clone(&task_state),
             Duration::from_millis(task_state.config.events.poll_ms.max(10)),
@@ -543,6 +545,10 @@ pub async fn start_on(
             if tokio::time::timeout(left, &mut p).await.is_err() {
                 p.abort();
             }
+        }
+        // Open documents write their JSON and close their rooms.
+        if tokio::time::timeout(left, yjs).await.is_err() {
+            tracing::warn!("documents still closing after the grace period");
         }
         task_state
             .tasks

@@ -39,6 +39,7 @@ pub mod tasks;
 pub mod telemetry;
 pub mod validation;
 pub mod webhooks;
+pub mod yjs;
 
 pub use app::{Running, start, start_on, start_with};
 pub use config::Config;

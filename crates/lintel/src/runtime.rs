@@ -58,6 +58,7 @@ pub struct RuntimeInner {
     pub files: crate::files::FilesRuntime,
     /// Live subscriptions' clients.
     pub realtime: crate::realtime::RealtimeRuntime,
+    pub yjs: crate::yjs::YjsRuntime,
 }
 
 impl Deref for Runtime {

@@ -641,6 +641,9 @@ fn add_collection(doc: &mut Value, coll: &Collection, password_min: usize) -> Bo
         let mut uprops = Map::new();
         let mut crequired = Vec::new();
         for f in &visible {
+            if f.field_type == kinds::FieldType::Yjs {
+                continue;
+            }
             // A missing field takes its default, so only a required one without a
             // default must be sent.
             let must = f.required && f.default.as_ref().is_none_or(Value::is_null);

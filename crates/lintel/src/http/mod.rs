@@ -43,6 +43,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(crate::webhooks::router())
         .merge(crate::files::routes::router())
         .merge(crate::realtime::routes::router())
+        .merge(crate::yjs::routes::router())
         .split_for_parts()
 }
 

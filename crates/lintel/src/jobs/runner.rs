@@ -305,6 +305,10 @@ async fn run_kind(rt: &Runtime, job: &Job) -> Ended {
                 Ok(r) => Ended::Done(json!({
                     "files": crate::jobs::transfer::sweep_files(rt).await,
                     "recordFiles": crate::files::sweep(rt).await,
+                    "documents": crate::yjs::sweep(rt).await.unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "sweeping documents failed");
+                        0
+                    }),
                     "oauthStates": r.oauth_states,
                     "authTokens": r.auth_tokens,
                     "sessions": r.sessions,

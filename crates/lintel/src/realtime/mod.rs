@@ -43,15 +43,21 @@ pub enum Out {
     },
     /// The position asked for is past retention: reload and go on from `seq`.
     Reset { seq: i64 },
+    /// A WebSocket protocol message (`subscribed`, `error`), in order with the events.
+    Message(Value),
 }
 
 /// One subscription, as written and as understood.
 #[derive(Debug, Clone)]
 pub struct Sub {
+    /// What its events are labelled with: the topic as written (SSE) or the
+    /// subscription's id (WebSocket).
     pub topic: String,
     pub collection: String,
     pub record: Option<String>,
     pub filter: Option<lintel_filter::Expr>,
+    /// Events up to this one are not for it (it began, or resumed, after them).
+    pub from: i64,
 }
 
 struct Client {
@@ -249,6 +255,7 @@ fn parse(rt: &Runtime, caller: &Caller, topics: &[String]) -> Result<Vec<Sub>, R
             collection: coll.name().to_owned(),
             record: record.map(str::to_owned),
             filter: expr,
+            from: 0,
         });
     }
     if errors.is_empty() {
@@ -266,7 +273,7 @@ pub async fn subscribe(
     client_id: &str,
     topics: &[String],
 ) -> Result<Vec<String>, RealtimeError> {
-    let subs = parse(rt, caller, topics)?;
+    let mut subs = parse(rt, caller, topics)?;
     let resume = {
         let mut hub = rt
             .realtime
@@ -283,8 +290,7 @@ pub async fn subscribe(
                 "this client belongs to another caller".into(),
             ));
         }
-        client.subs = subs;
-        match client.resume.take() {
+        let resume = match client.resume.take() {
             Some(after) => {
                 client.cursor = after;
                 client.replaying = true;
@@ -295,12 +301,151 @@ pub async fn subscribe(
                 client.cursor = client.cursor.max(last);
                 false
             }
+        };
+        for sub in &mut subs {
+            sub.from = client.cursor;
         }
+        client.subs = subs;
+        resume
     };
     if resume {
         replay(rt, client_id).await?;
     }
     Ok(topics.to_vec())
+}
+
+/// One WebSocket subscription: `id` names it in its events; `after` replays the
+/// events after that one first. Answers once it is live (the `subscribed` message is
+/// queued after the replayed events).
+pub async fn subscribe_one(
+    rt: &Runtime,
+    caller: &Caller,
+    client_id: &str,
+    id: &str,
+    topic: &str,
+    filter: Option<&str>,
+    after: Option<i64>,
+) -> Result<(), RealtimeError> {
+    let invalid = |code: &'static str, why: String| {
+        let mut errors = FieldErrors::new();
+        push_field_error(&mut errors, "id", code, why);
+        RealtimeError::Invalid(errors)
+    };
+    if id.is_empty() || id.len() > 128 {
+        return Err(invalid("invalid", "must be 1 to 128 characters".into()));
+    }
+    if topic.contains('?') {
+        let mut errors = FieldErrors::new();
+        push_field_error(
+            &mut errors,
+            "topic",
+            "invalid_topic",
+            "a collection or collection/RECORD_ID; the filter goes in `filter`",
+        );
+        return Err(RealtimeError::Invalid(errors));
+    }
+    let written = match filter {
+        Some(f) => format!("{topic}?filter={f}"),
+        None => topic.to_owned(),
+    };
+    let mut sub = match parse(rt, caller, std::slice::from_ref(&written)) {
+        Ok(mut v) => v
+            .pop()
+            .ok_or_else(|| invalid("invalid", "no topic".into()))?,
+        // Field names of the WebSocket message, not of the SSE body.
+        Err(RealtimeError::Invalid(e)) => {
+            let mut errors = FieldErrors::new();
+            for (_, item) in e {
+                let field = if filter.is_some()
+                    && !item.code.contains("topic")
+                    && item.code != "unknown_collection"
+                {
+                    "filter"
+                } else {
+                    "topic"
+                };
+                push_field_error(&mut errors, field, &item.code, item.message);
+            }
+            return Err(RealtimeError::Invalid(errors));
+        }
+        Err(e) => return Err(e),
+    };
+    sub.topic = id.to_owned();
+    let replay_now = {
+        let mut hub = rt
+            .realtime
+            .hub
+            .lock()
+            .map_err(|_| RealtimeError::Store(StoreError::Internal("realtime lock".into())))?;
+        let last = hub.last;
+        let max = rt.config.realtime.max_subscriptions;
+        let client = hub
+            .clients
+            .get_mut(client_id)
+            .ok_or(RealtimeError::UnknownClient)?;
+        if client.subs.iter().any(|s| s.topic == id) {
+            return Err(invalid(
+                "duplicate",
+                "a subscription with this id is live; unsubscribe it first".into(),
+            ));
+        }
+        if client.subs.len() >= max {
+            return Err(invalid(
+                "too_many",
+                format!("at most {max} subscriptions per connection"),
+            ));
+        }
+        let live = client.cursor.max(last);
+        match after {
+            Some(a) if a < live => {
+                sub.from = a.max(0);
+                client.subs.push(sub);
+                if !client.replaying {
+                    client.cursor = client.cursor.min(a.max(0));
+                    client.replaying = true;
+                }
+                true
+            }
+            _ => {
+                sub.from = live;
+                client.cursor = live;
+                client.subs.push(sub);
+                false
+            }
+        }
+    };
+    if replay_now {
+        replay(rt, client_id).await?;
+    }
+    with_client(rt, client_id, |c, _| {
+        c.tx.try_send(Out::Message(json!({"type": "subscribed", "id": id})))
+    })
+    .ok_or(RealtimeError::UnknownClient)?
+    .map_err(|_| {
+        drop_slow(rt, client_id);
+        RealtimeError::UnknownClient
+    })
+}
+
+/// Ends a WebSocket subscription; false when there was none by that id.
+pub fn unsubscribe_one(rt: &Runtime, client_id: &str, id: &str) -> bool {
+    with_client(rt, client_id, |c, _| {
+        let before = c.subs.len();
+        c.subs.retain(|s| s.topic != id);
+        c.subs.len() != before
+    })
+    .unwrap_or(false)
+}
+
+/// Queues a protocol message for a client; false when it is gone or too slow.
+pub fn message(rt: &Runtime, client_id: &str, msg: Value) -> bool {
+    let sent = with_client(rt, client_id, |c, _| {
+        c.tx.try_send(Out::Message(msg)).is_ok()
+    });
+    if sent == Some(false) {
+        drop_slow(rt, client_id);
+    }
+    sent == Some(true)
 }
 
 /// Hands a resumed client the events after its cursor, page by page, until it has
@@ -421,7 +566,11 @@ fn send(c: &Client, ev: &Value, catalog: &crate::schema::Catalog, now: &str) -> 
     let seq = ev["seq"].as_i64().unwrap_or(0);
     let before = record_from_json(&ev["previous"]);
     let after = record_from_json(&ev["record"]);
-    for sub in c.subs.iter().filter(|s| s.collection == name) {
+    for sub in c
+        .subs
+        .iter()
+        .filter(|s| s.collection == name && seq > s.from)
+    {
         let was = before
             .as_ref()
             .is_some_and(|r| sees(&c.caller, &coll, sub, r, now));
@@ -517,9 +666,14 @@ pub async fn run(rt: Runtime, mut shutdown: watch::Receiver<bool>) {
         tokio::select! {
             _ = ends.changed() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => {}
         }
         if *shutdown.borrow() {
+            // Every stream and socket ends now (their queues close), so connections
+            // drain instead of waiting out the grace period.
+            if let Ok(mut hub) = rt.realtime.hub.lock() {
+                hub.clients.clear();
+            }
             return;
         }
     }

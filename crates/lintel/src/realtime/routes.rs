@@ -1,12 +1,16 @@
 //! `/v1/realtime`: the server-sent events stream (`GET`) and setting its subscriptions
-//! (`POST`). The caller is whoever the request authenticates as; a stream whose
-//! session ends (sign-out, revocation, expiry) is closed at the next heartbeat.
+//! (`POST`), the WebSocket protocol (`/v1/realtime/ws`), and realtime tokens
+//! (`POST /v1/realtime/token`) for browsers, which cannot set headers on EventSource or
+//! WebSocket. The caller is whoever the request authenticates as, or the one a
+//! realtime token (`?token=`) stands for; a stream whose session ends (sign-out,
+//! revocation, expiry) or whose API key is revoked is closed at the next heartbeat.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -17,6 +21,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::access::Caller;
+use crate::auth::tokens::REALTIME_AUDIENCE;
 use crate::error::ApiError;
 use crate::http::extract::JsonBody;
 use crate::http::openapi::ProblemDoc;
@@ -24,8 +29,17 @@ use crate::realtime::{self as rt_, Out, RealtimeError};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(stream, set_subscriptions))
+    OpenApiRouter::new()
+        .routes(routes!(stream, set_subscriptions))
+        .routes(routes!(realtime_token))
+        .routes(routes!(ws))
 }
+
+/// Seconds a realtime token may be used to open a connection.
+pub const TOKEN_TTL_SECS: u64 = 60;
+
+/// Most bytes of one WebSocket message from a client.
+const WS_MAX_MESSAGE: usize = 64 * 1024;
 
 impl From<RealtimeError> for ApiError {
     fn from(e: RealtimeError) -> Self {
@@ -59,15 +73,6 @@ impl Drop for Streaming {
     }
 }
 
-/// Whether the caller's session (if it has one) still stands.
-async fn session_alive(state: &AppState, caller: &Caller) -> bool {
-    let Some(id) = caller.session() else {
-        return true;
-    };
-    let now = state.clock.now_ms();
-    matches!(state.auth.sessions.get(id).await, Ok(Some(s)) if s.active(now))
-}
-
 fn problem_event(code: &str, detail: &str) -> Event {
     Event::default()
         .event("error")
@@ -80,16 +85,20 @@ fn problem_event(code: &str, detail: &str) -> Event {
     tag = "realtime",
     summary = "Open a server-sent events stream of record changes",
     description = "The first event is `connect` with `{clientId}`; set subscriptions with POST /v1/realtime. Events: `id: <seq>`, `event: <subscription as written>`, `data: {action, collection, record}`. `Last-Event-ID` resumes after that event once the subscriptions are set again. A heartbeat comment every 15 s; a client that falls behind gets an `error` event `too_slow` and is closed.",
+    params(("token" = Option<String>, Query, description = "A realtime token (POST /v1/realtime/token), for browsers' EventSource")),
     responses(
         (status = 200, description = "text/event-stream"),
+        (status = 401, description = "A bad realtime token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 429, description = "Too many connections for this account or address", body = ProblemDoc, content_type = "application/problem+json"),
     )
 )]
 async fn stream(
     State(state): State<AppState>,
     caller: Caller,
+    Query(q): Query<crate::auth::caller::TokenQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let caller = crate::auth::caller::connection_caller(&state, caller, q.token.as_deref()).await?;
     let last_event = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -130,6 +139,8 @@ async fn stream(
                             .id(seq.to_string())
                             .event("reset")
                             .data(json!({ "seq": seq, "detail": "the events after Last-Event-ID are past retention: reload, then go on from here" }).to_string()),
+                        // WebSocket protocol messages: none are queued for a stream.
+                        Some(Out::Message(_)) => continue,
                         None => {
                             s.ended = true;
                             if s.slow.load(Ordering::SeqCst) {
@@ -142,7 +153,7 @@ async fn stream(
                     return Some((Ok(e), s));
                 }
                 _ = s.check.tick() => {
-                    if !session_alive(&s.state, &s.caller).await {
+                    if !crate::auth::purpose::still_stands(&s.state, &s.caller).await {
                         s.ended = true;
                         return Some((Ok(problem_event("session_ended", "the caller's session ended")), s));
                     }
@@ -186,4 +197,250 @@ async fn set_subscriptions(
 ) -> Result<Response, ApiError> {
     let subs = rt_::subscribe(&state, &caller, &input.client_id, &input.subscriptions).await?;
     Ok(axum::Json(json!({ "clientId": input.client_id, "subscriptions": subs })).into_response())
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/realtime/token",
+    tag = "realtime",
+    summary = "A short-lived token that opens realtime and Yjs connections as the caller",
+    description = "For signed-in callers (bearer token or session cookie) and the admin token; an API key is refused (send the key itself). Pass it as `?token=` on GET /v1/realtime, /v1/realtime/ws and /v1/yjs/...; it opens connections for 60 s and stands for its session, so a connection ends when the session does. It is never an access token.",
+    responses(
+        (status = 200, description = "`{token, expiresIn}`", body = serde_json::Value),
+        (status = 401, description = "Not signed in", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "An API key", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+async fn realtime_token(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    use crate::auth::purpose::{self, Refusal};
+    let token = match purpose::issue(&state, &caller, REALTIME_AUDIENCE, TOKEN_TTL_SECS)
+        .map_err(ApiError::internal)?
+    {
+        Ok(t) => t,
+        Err(Refusal::ApiKey) => {
+            return Err(ApiError::forbidden(
+                "api_key_not_allowed",
+                "A realtime token stands for a signed-in caller; with an API key, send the key.",
+            ));
+        }
+        Err(Refusal::NotSignedIn) => {
+            return Err(ApiError::unauthorized("Sign in to get a realtime token."));
+        }
+    };
+    let mut res =
+        axum::Json(json!({ "token": token, "expiresIn": TOKEN_TTL_SECS })).into_response();
+    crate::http::no_store(&mut res);
+    Ok(res)
+}
+
+/// Leaves the hub when the connection ends, or when the upgrade never happens.
+struct Registered {
+    state: AppState,
+    id: String,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        rt_::disconnect(&self.state, &self.id);
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/realtime/ws",
+    tag = "realtime",
+    summary = "Subscriptions over a WebSocket",
+    description = "Client messages: `{\"type\": \"subscribe\", \"id\", \"topic\", \"filter\"?, \"after\"?}` and `{\"type\": \"unsubscribe\", \"id\"}`. Server messages: `{\"type\": \"subscribed\", \"id\"}` once live (after replaying the events after `after`), `{\"type\": \"event\", \"subscription\", \"seq\", \"action\", \"collection\", \"record\"}`, `{\"type\": \"reset\", \"seq\"}` when `after` is past retention, and `{\"type\": \"error\", \"id\"?, \"problem\"}`. Ping frames every heartbeat; a client that answers none for two is closed, as is one that falls behind (`too_slow`) or whose session ends (`session_ended`). Messages are at most 64 KiB.",
+    params(("token" = Option<String>, Query, description = "A realtime token (POST /v1/realtime/token)")),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 401, description = "A bad realtime token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Too many connections for this account or address", body = ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+async fn ws(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<crate::auth::caller::TokenQuery>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let caller = crate::auth::caller::connection_caller(&state, caller, q.token.as_deref()).await?;
+    let (id, rx, slow) = rt_::connect(&state, caller.clone(), None)?;
+    let registered = Registered {
+        state: state.clone(),
+        id,
+    };
+    Ok(upgrade
+        .max_message_size(WS_MAX_MESSAGE)
+        .max_frame_size(WS_MAX_MESSAGE)
+        .on_upgrade(move |socket| run_ws(socket, registered, caller, rx, slow)))
+}
+
+/// A WebSocket protocol error message.
+fn ws_error(id: Option<&str>, err: ApiError) -> serde_json::Value {
+    let problem = serde_json::to_value(err.problem()).unwrap_or_default();
+    match id {
+        Some(id) => json!({"type": "error", "id": id, "problem": problem}),
+        None => json!({"type": "error", "problem": problem}),
+    }
+}
+
+/// What a client may send.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
+enum ClientMessage {
+    Subscribe {
+        id: String,
+        topic: String,
+        #[serde(default)]
+        filter: Option<String>,
+        #[serde(default)]
+        after: Option<i64>,
+    },
+    Unsubscribe {
+        id: String,
+    },
+}
+
+/// Handles one text message from the client; answers go through its queue, in order
+/// with its events.
+async fn ws_message(state: &AppState, caller: &Caller, client: &str, text: &str) {
+    let msg = match serde_json::from_str::<ClientMessage>(text) {
+        Ok(m) => m,
+        Err(e) => {
+            let id = serde_json::from_str::<serde_json::Value>(text)
+                .ok()
+                .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_owned));
+            let err = ApiError::bad_request(
+                "invalid_message",
+                format!("not a subscribe or unsubscribe message: {e}"),
+            );
+            rt_::message(state, client, ws_error(id.as_deref(), err));
+            return;
+        }
+    };
+    match msg {
+        ClientMessage::Subscribe {
+            id,
+            topic,
+            filter,
+            after,
+        } => {
+            let done =
+                rt_::subscribe_one(state, caller, client, &id, &topic, filter.as_deref(), after)
+                    .await;
+            if let Err(e) = done {
+                if matches!(e, RealtimeError::UnknownClient) {
+                    return;
+                }
+                rt_::message(state, client, ws_error(Some(&id), ApiError::from(e)));
+            }
+        }
+        ClientMessage::Unsubscribe { id } => {
+            let msg = if rt_::unsubscribe_one(state, client, &id) {
+                json!({"type": "unsubscribed", "id": id})
+            } else {
+                ws_error(
+                    Some(&id),
+                    ApiError::not_found("No subscription with that id."),
+                )
+            };
+            rt_::message(state, client, msg);
+        }
+    }
+}
+
+/// The text frame of a queued message.
+fn ws_frame(out: Out) -> serde_json::Value {
+    match out {
+        Out::Event { seq, topic, data } => {
+            let mut m = serde_json::Map::new();
+            m.insert("type".into(), json!("event"));
+            m.insert("subscription".into(), json!(topic));
+            m.insert("seq".into(), json!(seq));
+            if let serde_json::Value::Object(d) = data {
+                m.extend(d);
+            }
+            serde_json::Value::Object(m)
+        }
+        Out::Reset { seq } => json!({
+            "type": "reset", "seq": seq,
+            "detail": "the events after `after` are past retention: reload, then subscribe again without it",
+        }),
+        Out::Message(v) => v,
+    }
+}
+
+async fn run_ws(
+    socket: WebSocket,
+    registered: Registered,
+    caller: Caller,
+    mut rx: mpsc::Receiver<Out>,
+    slow: Arc<AtomicBool>,
+) {
+    use futures_util::{SinkExt, StreamExt};
+    let state = registered.state.clone();
+    let client = registered.id.clone();
+    let (mut sink, mut incoming) = socket.split();
+    let beat = Duration::from_secs(state.config.realtime.heartbeat_secs.max(1));
+    // Pings answered since the last one was sent.
+    let answered = AtomicBool::new(true);
+    let reader = async {
+        while let Some(Ok(msg)) = incoming.next().await {
+            match msg {
+                Message::Text(t) => ws_message(&state, &caller, &client, t.as_str()).await,
+                Message::Binary(_) => {
+                    let err = ApiError::bad_request("invalid_message", "messages are JSON text");
+                    rt_::message(&state, &client, ws_error(None, err));
+                }
+                Message::Pong(_) => answered.store(true, Ordering::SeqCst),
+                Message::Ping(_) => {}
+                Message::Close(_) => break,
+            }
+        }
+    };
+    let writer = async {
+        let mut tick = tokio::time::interval(beat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                out = rx.recv() => {
+                    let Some(out) = out else {
+                        if slow.load(Ordering::SeqCst) {
+                            let err = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_slow", "the client fell behind and was dropped; reconnect and subscribe with `after`");
+                            let _ = sink.send(Message::Text(ws_error(None, err).to_string().into())).await;
+                        }
+                        break;
+                    };
+                    if sink.send(Message::Text(ws_frame(out).to_string().into())).await.is_err() {
+                        break;
+                    }
+                }
+                _ = tick.tick() => {
+                    if !answered.swap(false, Ordering::SeqCst) {
+                        tracing::debug!(client = %client, "realtime: no pong; closing");
+                        break;
+                    }
+                    if !crate::auth::purpose::still_stands(&state, &caller).await {
+                        let err = ApiError::new(StatusCode::UNAUTHORIZED, "session_ended", "the caller's session ended");
+                        let _ = sink.send(Message::Text(ws_error(None, err).to_string().into())).await;
+                        break;
+                    }
+                    if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = sink.close().await;
+    };
+    tokio::select! {
+        _ = reader => {}
+        _ = writer => {}
+    }
+    drop(registered);
 }

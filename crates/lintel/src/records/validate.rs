@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::schema::kinds::{check_value, contains_nul, empty_value, is_empty};
+use crate::schema::kinds::{FieldType, check_value, contains_nul, empty_value, is_empty};
 use crate::schema::{Collection, SYSTEM_FIELDS};
 use crate::validation::{FieldErrors, push_field_error};
 
@@ -52,6 +52,23 @@ pub fn validate_table(
     let mut out = Map::new();
     for f in coll.fields() {
         let given = input.get(&f.name);
+        // A collaborative document changes only through /v1/yjs; a new record starts
+        // with an empty one, and other writes keep what is stored.
+        if f.field_type == FieldType::Yjs {
+            match (given, mode) {
+                (Some(_), _) => push_field_error(
+                    &mut errors,
+                    f.name.as_str(),
+                    "read_only",
+                    "a yjs field is edited through /v1/yjs/{collection}/{id}/{field}",
+                ),
+                (None, Mode::Create) => {
+                    out.insert(f.name.clone(), Value::Object(Map::new()));
+                }
+                (None, _) => {}
+            }
+            continue;
+        }
         let value = match (given, mode) {
             (None, Mode::Patch) => continue,
             (None, _) => f.default.clone().unwrap_or(Value::Null),

@@ -32,6 +32,8 @@ pub enum FieldType {
     GeoPoint,
     /// Uploaded files: one stored name, or a list of them (`maxCount` above 1).
     File,
+    /// A collaborative document (Yjs): edited through `/v1/yjs`, shown as its JSON.
+    Yjs,
 }
 
 /// How a kind's values sit in the store. The store maps each class to a column type
@@ -74,7 +76,7 @@ const LON_RANGE: (f64, f64) = (-180.0, 180.0);
 
 impl FieldType {
     /// Every kind, in the order the API documents them.
-    pub const ALL: [FieldType; 12] = [
+    pub const ALL: [FieldType; 13] = [
         FieldType::Text,
         FieldType::Number,
         FieldType::Integer,
@@ -87,6 +89,7 @@ impl FieldType {
         FieldType::Relation,
         FieldType::GeoPoint,
         FieldType::File,
+        FieldType::Yjs,
     ];
 
     /// The name clients use in a field's `type`.
@@ -104,6 +107,7 @@ impl FieldType {
             FieldType::Relation => "relation",
             FieldType::GeoPoint => "geoPoint",
             FieldType::File => "file",
+            FieldType::Yjs => "yjs",
         }
     }
 
@@ -114,7 +118,7 @@ impl FieldType {
             FieldType::Integer => Storage::Integer,
             FieldType::Bool => Storage::Bool,
             FieldType::Datetime => Storage::Timestamp,
-            FieldType::Json | FieldType::GeoPoint => Storage::Json,
+            FieldType::Json | FieldType::GeoPoint | FieldType::Yjs => Storage::Json,
             FieldType::Relation | FieldType::File if multiple => Storage::Json,
             FieldType::Text
             | FieldType::Email
@@ -131,7 +135,7 @@ impl FieldType {
             FieldType::Number | FieldType::Integer => FilterKind::Number,
             FieldType::Bool => FilterKind::Bool,
             FieldType::Datetime => FilterKind::Timestamp,
-            FieldType::Json | FieldType::GeoPoint => FilterKind::Json,
+            FieldType::Json | FieldType::GeoPoint | FieldType::Yjs => FilterKind::Json,
             FieldType::Relation | FieldType::File if multiple => FilterKind::IdList,
             FieldType::Text
             | FieldType::Email
@@ -144,7 +148,7 @@ impl FieldType {
 
     /// Whether a filter path continues into the value (`meta.tags`, `place.lat`).
     pub fn has_members(self) -> bool {
-        matches!(self, FieldType::Json | FieldType::GeoPoint)
+        matches!(self, FieldType::Json | FieldType::GeoPoint | FieldType::Yjs)
     }
 
     /// Whether lists sort by it (JSON values have no order).
@@ -186,7 +190,7 @@ impl FieldType {
 
     /// Whether a `default` applies.
     pub fn takes_default(self) -> bool {
-        !matches!(self, FieldType::Relation | FieldType::File)
+        !matches!(self, FieldType::Relation | FieldType::File | FieldType::Yjs)
     }
 
     /// The label of `min` and `max` in generated docs ("" when `min` does not apply).
@@ -202,7 +206,7 @@ impl FieldType {
     /// Whether a response may hold `null` for it (JSON and multiple relations hold
     /// `null`/`[]` as values instead).
     pub fn nullable_in_responses(self, multiple: bool) -> bool {
-        !(self == FieldType::Json
+        !(matches!(self, FieldType::Json | FieldType::Yjs)
             || (matches!(self, FieldType::Relation | FieldType::File) && multiple))
     }
 }
@@ -343,6 +347,10 @@ pub fn check_value(f: &FieldSpec, pattern: Option<&Regex>, value: &Value) -> Che
         FieldType::Relation => check_relation(f, value),
         FieldType::GeoPoint => check_geo_point(value),
         FieldType::File => check_file_names(f, value),
+        FieldType::Yjs => Err((
+            "read_only",
+            "a yjs field is edited through /v1/yjs/{collection}/{id}/{field}".into(),
+        )),
     }
 }
 
@@ -569,6 +577,13 @@ pub fn check_options(f: &FieldSpec) -> Vec<(&'static str, &'static str, String)>
             }
         }
     }
+    if t == FieldType::Yjs && f.required {
+        out.push((
+            "required",
+            "not_allowed",
+            "a yjs field always has a value (an empty document at first)".to_owned(),
+        ));
+    }
     if f.multiple && !matches!(t, FieldType::Relation | FieldType::File) {
         out.push((
             "multiple",
@@ -736,6 +751,9 @@ pub fn input_schema(f: &FieldSpec, min_len: Option<u64>, ids: &IdPatterns) -> Va
         }
         FieldType::GeoPoint => geo_point_schema(),
         FieldType::File => file_schema(f),
+        FieldType::Yjs => {
+            json!({"not": {}, "description": "Read-only in record writes: edit through /v1/yjs."})
+        }
     }
 }
 
@@ -788,6 +806,9 @@ pub fn output_schema(f: &FieldSpec, record_id: &str) -> Value {
         FieldType::Integer => json!({"type": "integer"}),
         FieldType::Bool => json!({"type": "boolean"}),
         FieldType::Json => json!({}),
+        FieldType::Yjs => {
+            json!({"type": "object", "description": "The collaborative document's JSON: each root by name (a Y.Text as a string, a Y.Map as an object, a Y.Array as an array). Read-only here: edit through /v1/yjs."})
+        }
         FieldType::Relation if f.multiple => {
             json!({"type": "array", "items": {"type": "string", "pattern": record_id}})
         }
@@ -879,6 +900,7 @@ pub fn spec_options(t: FieldType) -> Option<Vec<(&'static str, Value)>> {
                 json!({"type": "array", "maxItems": 20, "items": {"type": "string", "pattern": "^[0-9]{1,4}x[0-9]{1,4}$"}, "description": "Thumbnail sizes that may be asked for (WxH; 0 keeps the ratio)."}),
             ),
         ],
+        FieldType::Yjs => vec![],
         FieldType::Relation => return None,
     })
 }
@@ -892,6 +914,7 @@ pub fn ts_type(f: &FieldSpec) -> String {
         FieldType::Number | FieldType::Integer => "number".into(),
         FieldType::Bool => "boolean".into(),
         FieldType::Json => "unknown".into(),
+        FieldType::Yjs => "Record<string, unknown>".into(),
         FieldType::Select => {
             let values = f.values.as_deref().unwrap_or_default();
             if values.is_empty() {
@@ -927,6 +950,7 @@ pub fn ts_note(f: &FieldSpec) -> Option<String> {
             "stored file name{}; download at /v1/files/<collection>/<id>/<name>",
             if f.multiple { "s" } else { "" }
         )),
+        FieldType::Yjs => Some("collaborative document; edit through /v1/yjs".into()),
         FieldType::Text
         | FieldType::Number
         | FieldType::Bool

@@ -298,6 +298,10 @@ fn alter_collection(
         if f.unique {
             statements.push(unique_field_index(&spec.name, &f.name));
         }
+        // Existing records start with an empty collaborative document.
+        if f.field_type == crate::schema::kinds::FieldType::Yjs {
+            statements.push(format!("UPDATE {t} SET {} = '{{}}'", quote_ident(&f.name)));
+        }
         spec.fields.push(f.clone());
     }
 

@@ -19,6 +19,7 @@ pub mod sql;
 pub mod sqlite;
 pub mod webhooks;
 pub mod write;
+pub mod yjs;
 
 use std::sync::Arc;
 

@@ -31,3 +31,4 @@ mod security;
 mod tls;
 mod transfer;
 mod webhooks;
+mod yjs;

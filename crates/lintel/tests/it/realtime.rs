@@ -421,3 +421,230 @@ async fn a_stream_ends_with_its_session() {
     );
     app.shutdown().await;
 }
+
+/// A realtime WebSocket client.
+struct Ws {
+    socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl Ws {
+    async fn open(app: &TestApp, bearer_token: Option<&str>, query: &str) -> Ws {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!("ws://{}/v1/realtime/ws{query}", app.addr);
+        let mut req = url.into_client_request().unwrap();
+        if let Some(t) = bearer_token {
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        let (socket, res) = tokio_tungstenite::connect_async(req).await.unwrap();
+        assert_eq!(res.status(), 101);
+        Ws { socket }
+    }
+
+    async fn send(&mut self, v: Value) {
+        use futures::SinkExt;
+        self.socket
+            .send(tokio_tungstenite::tungstenite::Message::Text(
+                v.to_string().into(),
+            ))
+            .await
+            .unwrap();
+    }
+
+    /// The next JSON message within `wait`; `None` on silence or close.
+    async fn next(&mut self, wait: Duration) -> Option<Value> {
+        use tokio_tungstenite::tungstenite::Message;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.socket.next())
+                .await
+                .ok()??
+                .ok()?;
+            match msg {
+                Message::Text(t) => return serde_json::from_str(t.as_str()).ok(),
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    async fn drain(&mut self, quiet: Duration) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Some(v) = self.next(quiet).await {
+            out.push(v);
+        }
+        out
+    }
+}
+
+async fn realtime_token(app: &TestApp, access_token: &str) -> String {
+    let r = bearer(app, access_token, Method::POST, "/v1/realtime/token", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["expiresIn"], 60);
+    r.body["token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn websocket_subscriptions_follow_the_rules_and_resume_with_after() {
+    let app = TestApp::spawn().await;
+    notes(&app, "owner = @request.auth.id").await;
+    let a = signup(&app, "ann@example.com").await;
+    signup(&app, "bob@example.com").await;
+    let ann = access(&login(&app, "ann@example.com").await);
+    let bob = access(&login(&app, "bob@example.com").await);
+    let ann_id = a["id"].as_str().unwrap().to_owned();
+    let mut wa = Ws::open(&app, Some(&ann), "").await;
+    let mut wb = Ws::open(&app, Some(&bob), "").await;
+    let mut anon = Ws::open(&app, None, "").await;
+    for w in [&mut wa, &mut wb, &mut anon] {
+        w.send(json!({"type": "subscribe", "id": "s1", "topic": "notes"}))
+            .await;
+        let m = w.next(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(m, json!({"type": "subscribed", "id": "s1"}));
+    }
+    app.create("notes", json!({"title": "ann's", "owner": ann_id}))
+        .await;
+    let m = wa.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(m["type"], "event");
+    assert_eq!(m["subscription"], "s1");
+    assert_eq!(m["action"], "create");
+    assert_eq!(m["collection"], "notes");
+    assert_eq!(m["record"]["title"], "ann's");
+    let seen = m["seq"].as_i64().unwrap();
+    assert!(wb.drain(QUIET).await.is_empty(), "bob may not view it");
+    assert!(anon.drain(QUIET).await.is_empty(), "nor may anonymous");
+    // A filter, bad input, unsubscribe.
+    wa.send(json!({"type": "subscribe", "id": "big", "topic": "notes", "filter": "n > 10"}))
+        .await;
+    assert_eq!(
+        wa.next(Duration::from_secs(5)).await.unwrap()["type"],
+        "subscribed"
+    );
+    wa.send(json!({"type": "subscribe", "id": "bad", "topic": "notes", "filter": "n >"}))
+        .await;
+    let e = wa.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(e["type"], "error");
+    assert_eq!(e["id"], "bad");
+    assert_eq!(e["problem"]["status"], 400);
+    assert!(e["problem"]["errors"]["filter"].is_object(), "{e}");
+    wa.send(json!({"type": "subscribe", "id": "x", "topic": "nope"}))
+        .await;
+    let e = wa.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        e["problem"]["errors"]["topic"]["code"],
+        "unknown_collection"
+    );
+    wa.send(json!({"type": "subscribe", "id": "s1", "topic": "notes"}))
+        .await;
+    let e = wa.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(e["problem"]["errors"]["id"]["code"], "duplicate");
+    wa.send(json!({"type": "hello"})).await;
+    let e = wa.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(e["problem"]["code"], "invalid_message");
+    app.create("notes", json!({"title": "big", "n": 50, "owner": ann_id}))
+        .await;
+    let got = wa.drain(QUIET).await;
+    let subs: Vec<&str> = got
+        .iter()
+        .map(|m| m["subscription"].as_str().unwrap())
+        .collect();
+    assert_eq!(subs.len(), 2, "{got:?}");
+    assert!(subs.contains(&"s1") && subs.contains(&"big"));
+    wa.send(json!({"type": "unsubscribe", "id": "big"})).await;
+    assert_eq!(
+        wa.next(Duration::from_secs(5)).await.unwrap(),
+        json!({"type": "unsubscribed", "id": "big"})
+    );
+    // A new socket resumes after the first event: no gap, no duplicate.
+    drop(wa);
+    let mut again = Ws::open(&app, Some(&ann), "").await;
+    again
+        .send(json!({"type": "subscribe", "id": "r", "topic": "notes", "after": seen}))
+        .await;
+    let got = again.drain(QUIET).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0]["record"]["title"], "big");
+    assert_eq!(got[1], json!({"type": "subscribed", "id": "r"}));
+    // A collection whose list rule refuses outright is 403.
+    let r = app
+        .admin(
+            Method::POST,
+            "/v1/collections",
+            Some(json!({"name": "secret", "fields": [{"name": "t", "type": "text"}]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    again
+        .send(json!({"type": "subscribe", "id": "s", "topic": "secret"}))
+        .await;
+    let e = again.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(e["problem"]["status"], 403, "{e}");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn realtime_tokens_open_connections_and_are_no_access_tokens() {
+    let app = TestApp::spawn_with(|c| c.realtime.heartbeat_secs = 1).await;
+    notes(&app, "@request.auth.id != \"\"").await;
+    signup(&app, "ann@example.com").await;
+    let ann = access(&login(&app, "ann@example.com").await);
+    // Anonymous callers and API keys get none.
+    let r = app.send(app.req(Method::POST, "/v1/realtime/token")).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let rt = realtime_token(&app, &ann).await;
+    // Not an access token, and not a file token.
+    let r = bearer(
+        &app,
+        &rt,
+        Method::GET,
+        "/v1/collections/notes/records",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+    let r = app
+        .send(app.req(Method::GET, &format!("/v1/files/notes/x/y.png?token={rt}")))
+        .await;
+    assert_ne!(r.status, StatusCode::OK);
+    let r = app
+        .send(app.req(Method::GET, "/v1/realtime?token=nonsense"))
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // An EventSource-style stream with ?token= is the account's.
+    let res = app
+        .req(Method::GET, &format!("/v1/realtime?token={rt}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    drop(res);
+    // A WebSocket with ?token= too; it ends when the session does.
+    let mut w = Ws::open(&app, None, &format!("?token={rt}")).await;
+    w.send(json!({"type": "subscribe", "id": "n", "topic": "notes"}))
+        .await;
+    assert_eq!(
+        w.next(Duration::from_secs(5)).await.unwrap()["type"],
+        "subscribed"
+    );
+    app.create("notes", json!({"title": "hi"})).await;
+    assert_eq!(
+        w.next(Duration::from_secs(5)).await.unwrap()["action"],
+        "create"
+    );
+    let r = bearer(&app, &ann, Method::POST, "/v1/auth/logout", None).await;
+    assert!(r.status.is_success(), "{}", r.text);
+    let e = w
+        .next(Duration::from_secs(5))
+        .await
+        .expect("an end message");
+    assert_eq!(e["problem"]["code"], "session_ended");
+    assert!(w.next(Duration::from_secs(3)).await.is_none(), "closed");
+    // The token's session is gone: it opens nothing more.
+    let r = app
+        .send(app.req(Method::GET, &format!("/v1/realtime?token={rt}")))
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    app.shutdown().await;
+}
