@@ -398,6 +398,11 @@ pub async fn subscribe_one(
         let live = client.cursor.max(last);
         match after {
             Some(a) if a < live => {
+                // The others already had what comes before the cursor.
+                let cursor = client.cursor;
+                for s in &mut client.subs {
+                    s.from = s.from.max(cursor);
+                }
                 sub.from = a.max(0);
                 client.subs.push(sub);
                 if !client.replaying {

@@ -362,20 +362,23 @@ async fn append(rt: &Runtime, key: &DocKey, update: &[u8], after: i64) -> Result
             .await
         {
             Ok(_) => return Ok(seq),
-            // Another instance appended to this document: go after its update.
-            Err(e) if matches!(e.error, StoreError::Constraint(_)) => {
+            Err(e) => {
+                // Another instance appended to this document (the key is taken): go
+                // after its update. Any other failure is the store's.
                 let mut q = Sql::new(rt.store.dialect());
                 q.push("SELECT MAX(seq) FROM _lintel_yjs WHERE");
                 key_sql(&mut q, key);
                 let rows = rt.store.query_rows(q).await?;
-                seq = rows
+                let max = rows
                     .first()
                     .and_then(|r| r.first())
                     .and_then(Value::as_i64)
-                    .unwrap_or(seq)
-                    + 1;
+                    .unwrap_or(0);
+                if max < seq {
+                    return Err(e.error);
+                }
+                seq = max + 1;
             }
-            Err(e) => return Err(e.error),
         }
     }
     Err(StoreError::Internal(
@@ -576,17 +579,12 @@ impl Room {
         if update.is_empty() {
             return Ok(());
         }
-        // An update of deletions only leaves the state vector as it was.
-        let deletes = !update.delete_set().is_empty();
-        let before = self.awareness.doc().transact().state_vector();
+        // Every non-empty update is kept, even one that changes nothing yet: it may
+        // wait for missing parents, and updates are idempotent.
         {
             let mut txn = self.awareness.doc().transact_mut();
             txn.apply_update(update)
                 .map_err(|e| YjsError::InvalidUpdate(e.to_string()))?;
-        }
-        let after = self.awareness.doc().transact().state_vector();
-        if before == after && !deletes {
-            return Ok(());
         }
         match append(&self.rt, &self.key, &bytes, self.last_seq).await {
             Ok(seq) => self.last_seq = seq,
@@ -661,6 +659,9 @@ impl Room {
                     return;
                 }
             };
+            if !self.peers.contains_key(&peer) {
+                return;
+            }
             match msg {
                 Message::Sync(SyncMessage::SyncStep1(sv)) => {
                     let update = self
@@ -777,7 +778,10 @@ async fn run_room(rt: Runtime, key: DocKey, number: u64, mut rx: mpsc::Receiver<
                         clients: HashSet::new(),
                     },
                 );
-                let _ = reply.send(());
+                // The connection gave up waiting: it never becomes a peer.
+                if reply.send(()).is_err() {
+                    room.peers.remove(&peer);
+                }
             }
             Some(Cmd::Frame { peer, data }) => room.frame(peer, data).await,
             Some(Cmd::Leave { peer }) => {
@@ -834,7 +838,8 @@ async fn run_room(rt: Runtime, key: DocKey, number: u64, mut rx: mpsc::Receiver<
         if room.dirty.is_some() {
             room.flush(false).await;
         }
-        if room.appended > 0 {
+        // Stale JSON keeps its appended updates, so start-up repair finds it.
+        if room.appended > 0 && room.dirty.is_none() {
             room.compact().await;
         }
     }

@@ -63,18 +63,23 @@ async fn authorize(
     field: &str,
 ) -> Result<(DocKey, bool), ApiError> {
     let coll = service::collection(state, collection)?;
-    if coll
-        .field(field)
-        .is_none_or(|f| f.field_type != FieldType::Yjs)
-    {
+    let Some(spec) = coll.field(field).filter(|f| f.field_type == FieldType::Yjs) else {
+        return Err(ApiError::not_found(format!(
+            "Collection '{collection}' has no yjs field '{field}'."
+        )));
+    };
+    // A hidden field is for superusers only; a protected one is written by them only.
+    if spec.hidden && !caller.is_superuser() {
         return Err(ApiError::not_found(format!(
             "Collection '{collection}' has no yjs field '{field}'."
         )));
     }
+    let protected = spec.protected && !caller.is_superuser();
     let record = service::get_visible(state, caller, &coll, id).await?;
     let now = state.clock.now();
     let body = Map::new();
-    let writer = caller.scope_allows(coll.name(), Action::Update)
+    let writer = !protected
+        && caller.scope_allows(coll.name(), Action::Update)
         && permit::write(
             caller,
             &coll,

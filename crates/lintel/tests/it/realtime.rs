@@ -335,6 +335,20 @@ async fn a_position_past_retention_gets_a_reset() {
     let seen = s.next(Duration::from_secs(5)).await.unwrap().id.unwrap();
     drop(s);
     app.create("notes", json!({"title": "gone"})).await;
+    // On PostgreSQL the sequencer numbers events a moment after their commit: the
+    // purge must see this one numbered.
+    for _ in 0..100 {
+        let r = app
+            .admin(Method::GET, "/v1/events?types=record.created", None)
+            .await;
+        if r.body["items"]
+            .as_array()
+            .is_some_and(|i| i.iter().any(|e| e["record"]["title"] == "gone"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     app.advance(Duration::from_secs(3 * 24 * 3600));
     let state = &app.running().state;
     let policy = lintel::store::purge::PurgePolicy::from_config(&state.config);
