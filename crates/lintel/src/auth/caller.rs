@@ -168,6 +168,21 @@ async fn resolve(state: &AppState, parts: &Parts) -> Result<Caller, ApiError> {
         };
         if !is_safe(&parts.method) {
             check_csrf(state, parts, session.csrf.as_deref().unwrap_or("")).await?;
+        } else if is_websocket_upgrade(parts) && !origin_allowed(state, &parts.headers) {
+            // A WebSocket carries the cookie from any page that opens one: only the
+            // allowed origins may (cross-site WebSocket hijacking).
+            audit::record(
+                state,
+                audit::Event::new("csrf_rejected", "denied").detail(serde_json::json!({
+                    "reason": "cross-site Origin on a WebSocket",
+                    "path": parts.uri.path(),
+                })),
+            );
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "csrf_failed",
+                "A WebSocket opened with the session cookie must come from an allowed origin.",
+            ));
         }
         if now - session.last_seen > 60_000 {
             // Used again: the cookie lives as long as the session now can.
@@ -224,8 +239,18 @@ fn is_safe(m: &Method) -> bool {
 
 /// A cookie-authenticated unsafe request must come from an allowed origin (when the
 /// browser says where it comes from) and carry the session's CSRF token.
-async fn check_csrf(state: &AppState, parts: &Parts, expected: &str) -> Result<(), ApiError> {
-    let h = &parts.headers;
+/// Whether the request asks to become a WebSocket.
+fn is_websocket_upgrade(parts: &Parts) -> bool {
+    parts
+        .headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// Whether the request's Origin (or Referer) is this server's own or an allowed one;
+/// a request that names none passes (not a browser's cross-site request).
+fn origin_allowed(state: &AppState, h: &axum::http::HeaderMap) -> bool {
     let origin = h
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())
@@ -234,7 +259,7 @@ async fn check_csrf(state: &AppState, parts: &Parts, expected: &str) -> Result<(
                 .and_then(|v| v.to_str().ok())
                 .filter(|r| r.starts_with("http"))
         });
-    let origin_ok = match origin {
+    match origin {
         None => true,
         Some(o) => {
             let o = origin_of(o);
@@ -250,7 +275,12 @@ async fn check_csrf(state: &AppState, parts: &Parts, expected: &str) -> Result<(
                     .iter()
                     .any(|a| a.trim_end_matches('/') == o)
         }
-    };
+    }
+}
+
+async fn check_csrf(state: &AppState, parts: &Parts, expected: &str) -> Result<(), ApiError> {
+    let h = &parts.headers;
+    let origin_ok = origin_allowed(state, h);
     let token = h
         .get(CSRF_HEADER)
         .and_then(|v| v.to_str().ok())

@@ -72,6 +72,8 @@ struct Client {
     resume: Option<i64>,
     /// Being replayed: the live feed leaves it alone meanwhile.
     replaying: bool,
+    /// Where the cursor stood before a WebSocket `after` rewound it for a replay.
+    rewound_from: Option<i64>,
     slow: Arc<AtomicBool>,
 }
 
@@ -163,6 +165,7 @@ pub fn connect(
             cursor,
             resume: last_event,
             replaying: false,
+            rewound_from: None,
             slow: slow.clone(),
         },
     );
@@ -309,7 +312,7 @@ pub async fn subscribe(
         resume
     };
     if resume {
-        replay(rt, client_id).await?;
+        replay(rt, client_id, None).await?;
     }
     Ok(topics.to_vec())
 }
@@ -405,31 +408,36 @@ pub async fn subscribe_one(
                 }
                 sub.from = a.max(0);
                 client.subs.push(sub);
-                if !client.replaying {
-                    client.cursor = client.cursor.min(a.max(0));
-                    client.replaying = true;
-                }
+                client.rewound_from = Some(cursor);
+                client.cursor = cursor.min(a.max(0));
+                client.replaying = true;
                 true
             }
             _ => {
                 sub.from = live;
                 client.cursor = live;
                 client.subs.push(sub);
+                // Queued with the subscription made live: nothing of it comes first.
+                if client.tx.try_send(subscribed(id)).is_err() {
+                    drop(hub);
+                    drop_slow(rt, client_id);
+                    return Err(RealtimeError::UnknownClient);
+                }
                 false
             }
         }
     };
-    if replay_now {
-        replay(rt, client_id).await?;
+    if replay_now && let Err(e) = replay(rt, client_id, Some(subscribed(id))).await {
+        // The connection cannot be brought up to date: it ends (the client
+        // reconnects and subscribes again).
+        disconnect(rt, client_id);
+        return Err(e);
     }
-    with_client(rt, client_id, |c, _| {
-        c.tx.try_send(Out::Message(json!({"type": "subscribed", "id": id})))
-    })
-    .ok_or(RealtimeError::UnknownClient)?
-    .map_err(|_| {
-        drop_slow(rt, client_id);
-        RealtimeError::UnknownClient
-    })
+    Ok(())
+}
+
+fn subscribed(id: &str) -> Out {
+    Out::Message(json!({"type": "subscribed", "id": id}))
 }
 
 /// Ends a WebSocket subscription; false when there was none by that id.
@@ -455,7 +463,9 @@ pub fn message(rt: &Runtime, client_id: &str, msg: Value) -> bool {
 
 /// Hands a resumed client the events after its cursor, page by page, until it has
 /// caught up with the feed; then the feed takes over (it skipped the client meanwhile).
-async fn replay(rt: &Runtime, id: &str) -> Result<(), RealtimeError> {
+/// `done` is queued as the replay ends, in the same step that makes the client live.
+async fn replay(rt: &Runtime, id: &str, done: Option<Out>) -> Result<(), RealtimeError> {
+    let mut done = done;
     loop {
         let Some(cursor) = with_client(rt, id, |c, _| c.cursor) else {
             return Ok(());
@@ -471,26 +481,57 @@ async fn replay(rt: &Runtime, id: &str) -> Result<(), RealtimeError> {
         .await
         {
             Ok(p) => p,
-            Err(EventsError::Purged { .. }) => {
-                with_client(rt, id, |c, last| {
-                    let _ = c.tx.try_send(Out::Reset { seq: last });
-                    c.cursor = last;
-                    c.replaying = false;
+            Err(EventsError::Purged { oldest }) => {
+                // Subscriptions that began before what the log keeps get a reset
+                // (reload, then go on from the feed's position); the others carry on
+                // from where they stood.
+                let again = with_client(rt, id, |c, last| {
+                    let mut reset = false;
+                    for s in &mut c.subs {
+                        if s.from < oldest - 1 {
+                            s.from = last;
+                            reset = true;
+                        }
+                    }
+                    if reset {
+                        let _ = c.tx.try_send(Out::Reset { seq: last });
+                    }
+                    match c.rewound_from.take() {
+                        Some(back) if back >= oldest - 1 && back < last => {
+                            c.cursor = back;
+                            true
+                        }
+                        _ => {
+                            c.cursor = last;
+                            c.replaying = false;
+                            if let Some(m) = done.take() {
+                                let _ = c.tx.try_send(m);
+                            }
+                            false
+                        }
+                    }
                 });
+                if again == Some(true) {
+                    continue;
+                }
                 return Ok(());
             }
             Err(EventsError::Store(e)) => return Err(e.into()),
         };
         if page.items.is_empty() {
-            let done = with_client(rt, id, |c, last| {
+            let finished = with_client(rt, id, |c, last| {
                 if last <= c.cursor {
                     c.replaying = false;
+                    c.rewound_from = None;
+                    if let Some(m) = done.take() {
+                        let _ = c.tx.try_send(m);
+                    }
                     true
                 } else {
                     false
                 }
             });
-            if done != Some(false) {
+            if finished != Some(false) {
                 return Ok(());
             }
             // The feed moved on meanwhile: those events are in the log by now.
@@ -516,6 +557,8 @@ async fn replay(rt: &Runtime, id: &str) -> Result<(), RealtimeError> {
             drop_slow(rt, id);
             return Ok(());
         }
+        // A long replay does not hold a worker thread for its whole length.
+        tokio::task::yield_now().await;
     }
 }
 

@@ -388,10 +388,23 @@ async fn run_ws(
     let beat = Duration::from_secs(state.config.realtime.heartbeat_secs.max(1));
     // Pings answered since the last one was sent.
     let answered = AtomicBool::new(true);
+    // Messages are handled in order, apart from reading: a long replay does not keep
+    // the socket's pongs unread.
+    let (texts, mut to_handle) = mpsc::channel::<axum::extract::ws::Utf8Bytes>(16);
+    let handler = async {
+        while let Some(t) = to_handle.recv().await {
+            ws_message(&state, &caller, &client, t.as_str()).await;
+        }
+        std::future::pending::<()>().await;
+    };
     let reader = async {
         while let Some(Ok(msg)) = incoming.next().await {
             match msg {
-                Message::Text(t) => ws_message(&state, &caller, &client, t.as_str()).await,
+                Message::Text(t) => {
+                    if texts.send(t).await.is_err() {
+                        break;
+                    }
+                }
                 Message::Binary(_) => {
                     let err = ApiError::bad_request("invalid_message", "messages are JSON text");
                     rt_::message(&state, &client, ws_error(None, err));
@@ -441,6 +454,7 @@ async fn run_ws(
     tokio::select! {
         _ = reader => {}
         _ = writer => {}
+        _ = handler => {}
     }
     drop(registered);
 }

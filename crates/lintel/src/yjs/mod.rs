@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use bytes::Bytes;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 use yrs::sync::{Awareness, Message, MessageReader, SyncMessage};
@@ -31,8 +32,13 @@ use crate::store::{Sql, SqlValue, StoreError, WriteOp};
 pub const MAX_MESSAGE: usize = 1024 * 1024;
 /// Appended updates that trigger a compaction into one state.
 const COMPACT_AFTER: usize = 200;
-/// Frames a peer's queue holds before it counts as too slow and is dropped.
-const PEER_QUEUE: usize = 512;
+/// Frames a peer's queue holds before it counts as too slow and is dropped (frames
+/// are shared between peers, not copied).
+const PEER_QUEUE: usize = 256;
+/// Commands a room's inbox holds; senders wait beyond that.
+const INBOX: usize = 128;
+/// Protocol messages one frame may pack.
+const MESSAGES_PER_FRAME: usize = 64;
 /// A room without peers closes after this long.
 const IDLE: Duration = Duration::from_secs(10);
 /// The record's JSON is written this long after the last edit...
@@ -82,7 +88,7 @@ pub struct YjsRuntime {
 enum Cmd {
     Join {
         peer: u64,
-        out: mpsc::Sender<Vec<u8>>,
+        out: mpsc::Sender<Bytes>,
         writer: bool,
         actor: Option<Value>,
         reply: oneshot::Sender<()>,
@@ -93,6 +99,11 @@ enum Cmd {
     },
     Leave {
         peer: u64,
+    },
+    /// The peer's caller may (no longer) write: the rules changed since it joined.
+    Role {
+        peer: u64,
+        writer: bool,
     },
     Apply {
         update: Vec<u8>,
@@ -115,6 +126,17 @@ pub struct Peer {
 }
 
 impl Peer {
+    /// Makes the peer a writer or a reader.
+    pub async fn set_writer(&self, writer: bool) {
+        let _ = self
+            .room
+            .send(Cmd::Role {
+                peer: self.id,
+                writer,
+            })
+            .await;
+    }
+
     /// Hands a client's binary message to the room; false when the room is gone.
     pub async fn frame(&self, data: Vec<u8>) -> bool {
         self.room
@@ -148,10 +170,12 @@ fn room(rt: &Runtime, key: &DocKey) -> Result<mpsc::Sender<Cmd>, YjsError> {
     {
         return Ok(tx.clone());
     }
-    let (tx, rx) = mpsc::channel(1024);
+    let (tx, rx) = mpsc::channel(INBOX);
     let number = rt.yjs.next_peer.fetch_add(1, Ordering::Relaxed);
     rooms.insert(name, (number, tx.clone()));
-    tokio::spawn(run_room(rt.clone(), key.clone(), number, rx));
+    // Tracked, so shutdown waits for rooms to store what they hold.
+    rt.tasks
+        .spawn(run_room(rt.clone(), key.clone(), number, rx));
     Ok(tx)
 }
 
@@ -184,7 +208,7 @@ pub async fn join(
     key: &DocKey,
     writer: bool,
     actor: Option<Value>,
-) -> Result<(Peer, mpsc::Receiver<Vec<u8>>), YjsError> {
+) -> Result<(Peer, mpsc::Receiver<Bytes>), YjsError> {
     for _ in 0..3 {
         let id = rt.yjs.next_peer.fetch_add(1, Ordering::Relaxed);
         let tx = room(rt, key)?;
@@ -501,7 +525,7 @@ async fn write_json(rt: &Runtime, key: &DocKey, json: &Value, actor: Option<Valu
 }
 
 struct Slot {
-    out: mpsc::Sender<Vec<u8>>,
+    out: mpsc::Sender<Bytes>,
     writer: bool,
     actor: Option<Value>,
     /// Awareness clients this peer announced (removed when it leaves).
@@ -523,12 +547,12 @@ struct Room {
     broken: bool,
 }
 
-fn encode(msg: &Message) -> Vec<u8> {
-    msg.encode_v1()
+fn encode(msg: &Message) -> Bytes {
+    Bytes::from(msg.encode_v1())
 }
 
 impl Room {
-    fn send(&mut self, peer: u64, frame: Vec<u8>) {
+    fn send(&mut self, peer: u64, frame: Bytes) {
         let full = self
             .peers
             .get(&peer)
@@ -538,10 +562,10 @@ impl Room {
         }
     }
 
-    fn broadcast(&mut self, from: Option<u64>, frame: &[u8]) {
+    fn broadcast(&mut self, from: Option<u64>, frame: Bytes) {
         let mut slow = Vec::new();
         for (id, p) in &self.peers {
-            if Some(*id) != from && p.out.try_send(frame.to_vec()).is_err() {
+            if Some(*id) != from && p.out.try_send(frame.clone()).is_err() {
                 slow.push(*id);
             }
         }
@@ -563,7 +587,7 @@ impl Room {
         }
         if let Ok(update) = self.awareness.update_with_clients(slot.clients) {
             let frame = encode(&Message::Awareness(update));
-            self.broadcast(None, &frame);
+            self.broadcast(None, frame);
         }
     }
 
@@ -601,7 +625,7 @@ impl Room {
             self.actor = actor;
         }
         let frame = encode(&Message::Sync(SyncMessage::Update(bytes)));
-        self.broadcast(from, &frame);
+        self.broadcast(from, frame);
         if self.appended >= COMPACT_AFTER {
             self.compact().await;
         }
@@ -649,7 +673,14 @@ impl Room {
             return;
         };
         let mut decoder = DecoderV1::from(data.as_slice());
-        let messages: Vec<_> = MessageReader::new(&mut decoder).collect();
+        let messages: Vec<_> = MessageReader::new(&mut decoder)
+            .take(MESSAGES_PER_FRAME + 1)
+            .collect();
+        if messages.len() > MESSAGES_PER_FRAME {
+            tracing::debug!(doc = %self.key.name(), "a frame packing too many messages; dropping the peer");
+            self.drop_peer(peer);
+            return;
+        }
         for msg in messages {
             let msg = match msg {
                 Ok(m) => m,
@@ -696,7 +727,7 @@ impl Room {
                     }
                     let frame = encode(&Message::Awareness(update.clone()));
                     let _ = self.awareness.apply_update(update);
-                    self.broadcast(Some(peer), &frame);
+                    self.broadcast(Some(peer), frame);
                 }
                 Message::AwarenessQuery => {
                     if let Ok(u) = self.awareness.update() {
@@ -784,6 +815,11 @@ async fn run_room(rt: Runtime, key: DocKey, number: u64, mut rx: mpsc::Receiver<
                 }
             }
             Some(Cmd::Frame { peer, data }) => room.frame(peer, data).await,
+            Some(Cmd::Role { peer, writer }) => {
+                if let Some(p) = room.peers.get_mut(&peer) {
+                    p.writer = writer;
+                }
+            }
             Some(Cmd::Leave { peer }) => {
                 room.drop_peer(peer);
                 if room.peers.is_empty() {
@@ -939,5 +975,12 @@ pub async fn run(rt: Runtime, mut shutdown: watch::Receiver<bool>) {
     };
     for tx in rooms {
         let _ = tx.send(Cmd::Close).await;
+    }
+    // Rooms store what they hold, then leave the registry.
+    for _ in 0..250 {
+        if rt.yjs.rooms.lock().map(|r| r.is_empty()).unwrap_or(true) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -139,11 +139,24 @@ async fn open_doc(
         let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &state)
             .await
             .map_err(|e| ApiError::bad_request("invalid_upgrade", e.body_text()))?;
+        // A document connection counts against the realtime connection limits.
+        let (client, _events, _slow) = crate::realtime::connect(&state, caller.clone(), None)?;
+        let registered = Registered {
+            state: state.clone(),
+            client,
+        };
         let (peer, rx) = yjs::join(&state, &key, writer, Some(caller.event_actor())).await?;
+        let conn = Conn {
+            state,
+            caller,
+            key,
+            writer,
+            _registered: registered,
+        };
         return Ok(upgrade
             .max_message_size(yjs::MAX_MESSAGE)
             .max_frame_size(yjs::MAX_MESSAGE)
-            .on_upgrade(move |socket| run(socket, state, caller, peer, rx)));
+            .on_upgrade(move |socket| run(socket, conn, peer, rx)));
     }
     let (update, json) = yjs::state(&state, &key).await?;
     let mut res = match q.format.as_deref() {
@@ -212,16 +225,44 @@ async fn post_update(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// One y-websocket connection: binary frames to the room and back, pings, and the
-/// caller's session checked at each heartbeat.
-async fn run(
-    socket: WebSocket,
+/// Leaves the realtime hub (where the connection is counted) when it ends.
+struct Registered {
+    state: AppState,
+    client: String,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        crate::realtime::disconnect(&self.state, &self.client);
+    }
+}
+
+/// What a document connection knows of itself.
+struct Conn {
     state: AppState,
     caller: Caller,
+    key: DocKey,
+    writer: bool,
+    _registered: Registered,
+}
+
+/// One y-websocket connection: binary frames to the room and back, pings, and at
+/// each heartbeat the caller's session and the record's rules checked again (a
+/// caller who may no longer view is closed; one who may no longer write reads on).
+async fn run(
+    socket: WebSocket,
+    conn: Conn,
     peer: Peer,
-    mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
 ) {
     use futures_util::{SinkExt, StreamExt};
+    let Conn {
+        state,
+        caller,
+        key,
+        mut writer,
+        _registered,
+    } = conn;
     let (mut sink, mut incoming) = socket.split();
     let beat = Duration::from_secs(state.config.realtime.heartbeat_secs.max(1));
     let answered = AtomicBool::new(true);
@@ -249,7 +290,7 @@ async fn run(
                     // None: dropped for being slow, or the room closed (restart,
                     // deleted record); the client reconnects and syncs again.
                     let Some(frame) = frame else { break };
-                    if sink.send(Message::Binary(frame.into())).await.is_err() {
+                    if sink.send(Message::Binary(frame)).await.is_err() {
                         break;
                     }
                 }
@@ -258,6 +299,17 @@ async fn run(
                         || !crate::auth::purpose::still_stands(&state, &caller).await
                     {
                         break;
+                    }
+                    match authorize(&state, &caller, &key.collection, &key.record, &key.field).await {
+                        Ok((_, now_writer)) => {
+                            if now_writer != writer {
+                                writer = now_writer;
+                                peer.set_writer(writer).await;
+                            }
+                        }
+                        Err(e) if e.status.is_client_error() => break,
+                        // A store error: the next beat asks again.
+                        Err(_) => {}
                     }
                     if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
                         break;

@@ -581,6 +581,23 @@ async fn websocket_subscriptions_follow_the_rules_and_resume_with_after() {
     assert_eq!(got.len(), 2, "{got:?}");
     assert_eq!(got[0]["record"]["title"], "big");
     assert_eq!(got[1], json!({"type": "subscribed", "id": "r"}));
+    // A second subscription replaying the same span: the first gets nothing twice.
+    again
+        .send(json!({"type": "subscribe", "id": "r2", "topic": "notes", "after": seen}))
+        .await;
+    let got = again.drain(QUIET).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0]["subscription"], "r2");
+    assert_eq!(got[1], json!({"type": "subscribed", "id": "r2"}));
+    app.create("notes", json!({"title": "live", "owner": ann_id}))
+        .await;
+    let got = again.drain(QUIET).await;
+    let subs: Vec<&str> = got
+        .iter()
+        .map(|m| m["subscription"].as_str().unwrap())
+        .collect();
+    assert_eq!(subs.len(), 2, "{got:?}");
+    assert!(subs.contains(&"r") && subs.contains(&"r2"));
     // A collection whose list rule refuses outright is 403.
     let r = app
         .admin(

@@ -399,3 +399,89 @@ async fn npm_yjs_clients_converge() {
     assert_eq!(record_doc(&app, &id, &want).await, want);
     app.shutdown().await;
 }
+
+/// Opens a WebSocket with extra headers; the HTTP status when it is refused.
+async fn ws_status(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> u16 {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{}{path}", app.addr)
+        .into_client_request()
+        .unwrap();
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((_, res)) => res.status().as_u16(),
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => res.status().as_u16(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test]
+async fn a_cookie_opens_sockets_only_from_allowed_origins_and_rules_are_rechecked() {
+    let app = TestApp::spawn_with(|c| {
+        c.realtime.heartbeat_secs = 1;
+        c.realtime.max_connections_per_user = 2;
+    })
+    .await;
+    let (id, ann, _) = pages(&app).await;
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/auth/login",
+            json!({"email": "ann@example.com", "password": crate::common::PW, "mode": "cookie"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let cookie = r
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .find(|c| c.starts_with("lintel_session="))
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let path = format!("/v1/yjs/pages/{id}/doc");
+    let host = app.addr.to_string();
+    let own = format!("http://{host}");
+    // Cross-site WebSocket hijacking: another origin's page carries the cookie too.
+    for p in [path.as_str(), "/v1/realtime/ws"] {
+        let status = ws_status(
+            &app,
+            p,
+            &[("cookie", &cookie), ("origin", "https://evil.example")],
+        )
+        .await;
+        assert_eq!(status, 403, "{p}");
+        let status = ws_status(&app, p, &[("cookie", &cookie), ("origin", &own)]).await;
+        assert_eq!(status, 101, "{p}");
+    }
+    // Connections count against the realtime limits (2 an account here).
+    let mut a = Client::connect(&app, &path, Some(&ann)).await;
+    let _b = Client::connect(&app, &path, Some(&ann)).await;
+    assert_eq!(
+        ws_status(&app, &path, &[("authorization", &format!("Bearer {ann}"))]).await,
+        429
+    );
+    // The record changes hands: ann's open socket may no longer write.
+    a.pump(QUIET).await;
+    let r = app
+        .admin(
+            Method::PATCH,
+            &format!("/v1/collections/pages/records/{id}"),
+            Some(json!({"owner": "someone-else"})),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    a.type_text("too late").await;
+    tokio::time::sleep(QUIET).await;
+    let r = app.send(app.req(Method::GET, &path)).await;
+    assert_eq!(r.body, json!({}), "the edit was refused: {}", r.text);
+    app.shutdown().await;
+}
