@@ -39,7 +39,8 @@ pub enum Out {
     Event {
         seq: i64,
         topic: String,
-        data: Value,
+        /// `{"action", "collection", "record"}`, serialised once for every client.
+        data: Arc<str>,
     },
     /// The position asked for is past retention: reload and go on from `seq`.
     Reset { seq: i64 },
@@ -546,7 +547,9 @@ async fn replay(rt: &Runtime, id: &str, done: Option<Out>) -> Result<(), Realtim
                 if seq <= c.cursor {
                     continue;
                 }
-                if send(c, ev, &catalog, &now).is_err() {
+                if let Some(p) = Prepared::new(ev, &catalog)
+                    && send(c, &p, &now).is_err()
+                {
                     return true;
                 }
                 c.cursor = seq;
@@ -598,50 +601,80 @@ fn sees(caller: &Caller, coll: &Collection, sub: &Sub, record: &Record, now: &st
     rules::eval(expr, coll, record, &env).unwrap_or(false)
 }
 
-/// Queues what `ev` means to client `c`, for each of its subscriptions; `Err` when
-/// its queue is full.
-fn send(c: &Client, ev: &Value, catalog: &crate::schema::Catalog, now: &str) -> Result<(), ()> {
-    let kind = ev["type"].as_str().unwrap_or_default();
-    if !matches!(kind, "record.created" | "record.updated" | "record.deleted") {
-        return Ok(());
+/// A record event as every client needs it: decoded once, and its rendering (the
+/// same for every caller who may see it: hidden fields never leave) serialised once
+/// per action (`memo`: create, update, delete).
+struct Prepared {
+    seq: i64,
+    coll: Arc<Collection>,
+    before: Option<Record>,
+    after: Option<Record>,
+    memo: std::cell::RefCell<[Option<Arc<str>>; 3]>,
+}
+
+impl Prepared {
+    /// `None` for events that are not record changes of a known collection.
+    fn new(ev: &Value, catalog: &crate::schema::Catalog) -> Option<Prepared> {
+        let kind = ev["type"].as_str().unwrap_or_default();
+        if !matches!(kind, "record.created" | "record.updated" | "record.deleted") {
+            return None;
+        }
+        let coll = catalog.get(ev["collection"].as_str()?)?;
+        Some(Prepared {
+            seq: ev["seq"].as_i64().unwrap_or(0),
+            coll,
+            before: record_from_json(&ev["previous"]),
+            after: record_from_json(&ev["record"]),
+            memo: Default::default(),
+        })
     }
-    let Some(name) = ev["collection"].as_str() else {
-        return Ok(());
-    };
-    let Some(coll) = catalog.get(name) else {
-        return Ok(());
-    };
-    let seq = ev["seq"].as_i64().unwrap_or(0);
-    let before = record_from_json(&ev["previous"]);
-    let after = record_from_json(&ev["record"]);
+
+    fn rendered(&self, action: usize, visible: permit::Visible<'_>) -> Arc<str> {
+        if let Some(r) = &self.memo.borrow()[action] {
+            return r.clone();
+        }
+        let name = ["create", "update", "delete"][action];
+        let data = json!({
+            "action": name,
+            "collection": self.coll.name(),
+            "record": Value::Object(render(&self.coll, visible, None)),
+        });
+        let r: Arc<str> = Arc::from(data.to_string());
+        self.memo.borrow_mut()[action] = Some(r.clone());
+        r
+    }
+}
+
+/// Queues what the event means to client `c`, for each of its subscriptions; `Err`
+/// when its queue is full.
+fn send(c: &Client, ev: &Prepared, now: &str) -> Result<(), ()> {
+    let coll = &ev.coll;
     for sub in c
         .subs
         .iter()
-        .filter(|s| s.collection == name && seq > s.from)
+        .filter(|s| s.collection == coll.name() && ev.seq > s.from)
     {
-        let was = before
+        let was = ev
+            .before
             .as_ref()
-            .is_some_and(|r| sees(&c.caller, &coll, sub, r, now));
-        let is = after
+            .is_some_and(|r| sees(&c.caller, coll, sub, r, now));
+        let is = ev
+            .after
             .as_ref()
-            .is_some_and(|r| sees(&c.caller, &coll, sub, r, now));
+            .is_some_and(|r| sees(&c.caller, coll, sub, r, now));
         let (action, record) = match (was, is) {
-            (false, true) => ("create", after.as_ref()),
-            (true, true) => ("update", after.as_ref()),
-            (true, false) => ("delete", before.as_ref()),
+            (false, true) => (0, ev.after.as_ref()),
+            (true, true) => (1, ev.after.as_ref()),
+            (true, false) => (2, ev.before.as_ref()),
             (false, false) => continue,
         };
         let Some(record) = record else { continue };
-        let Some(visible) = permit::view(&c.caller, &coll, record, now) else {
+        let Some(visible) = permit::view(&c.caller, coll, record, now) else {
             continue;
         };
-        let data = json!({
-            "action": action,
-            "collection": name,
-            "record": Value::Object(render(&coll, visible, None)),
-        });
+        let data = ev.rendered(action, visible);
         c.tx.try_send(Out::Event {
-            seq,
+            seq: ev.seq,
             topic: sub.topic.clone(),
             data,
         })
@@ -740,11 +773,14 @@ fn feed(rt: &Runtime, items: &[Value]) {
     let mut slow = Vec::new();
     for ev in items {
         let seq = ev["seq"].as_i64().unwrap_or(0);
+        let prepared = Prepared::new(ev, &catalog);
         for (id, c) in hub.clients.iter_mut() {
             if c.replaying || c.resume.is_some() || seq <= c.cursor {
                 continue;
             }
-            if send(c, ev, &catalog, &now).is_err() {
+            if let Some(p) = prepared.as_ref()
+                && send(c, p, &now).is_err()
+            {
                 slow.push(id.clone());
             }
             c.cursor = seq;

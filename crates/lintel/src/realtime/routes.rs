@@ -134,7 +134,7 @@ async fn stream(
                         Some(Out::Event { seq, topic, data }) => Event::default()
                             .id(seq.to_string())
                             .event(topic)
-                            .data(data.to_string()),
+                            .data(&*data),
                         Some(Out::Reset { seq }) => Event::default()
                             .id(seq.to_string())
                             .event("reset")
@@ -276,6 +276,9 @@ async fn ws(
     Ok(upgrade
         .max_message_size(WS_MAX_MESSAGE)
         .max_frame_size(WS_MAX_MESSAGE)
+        // Small buffers: thousands of mostly idle sockets (128 KiB each by default).
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(8 * 1024)
         .on_upgrade(move |socket| run_ws(socket, registered, caller, rx, slow)))
 }
 
@@ -353,24 +356,29 @@ async fn ws_message(state: &AppState, caller: &Caller, client: &str, text: &str)
     }
 }
 
-/// The text frame of a queued message.
-fn ws_frame(out: Out) -> serde_json::Value {
+/// The text frame of a queued message. An event's shared rendering is spliced in
+/// after the frame's own members, not parsed again.
+fn ws_frame(out: Out) -> String {
     match out {
         Out::Event { seq, topic, data } => {
-            let mut m = serde_json::Map::new();
-            m.insert("type".into(), json!("event"));
-            m.insert("subscription".into(), json!(topic));
-            m.insert("seq".into(), json!(seq));
-            if let serde_json::Value::Object(d) = data {
-                m.extend(d);
+            let head = json!({"type": "event", "subscription": topic, "seq": seq}).to_string();
+            let mut frame = String::with_capacity(head.len() + data.len());
+            frame.push_str(&head[..head.len() - 1]);
+            match data.strip_prefix('{') {
+                Some(rest) if rest.len() > 1 => {
+                    frame.push(',');
+                    frame.push_str(rest);
+                }
+                _ => frame.push('}'),
             }
-            serde_json::Value::Object(m)
+            frame
         }
         Out::Reset { seq } => json!({
             "type": "reset", "seq": seq,
             "detail": "the events after `after` are past retention: reload, then subscribe again without it",
-        }),
-        Out::Message(v) => v,
+        })
+        .to_string(),
+        Out::Message(v) => v.to_string(),
     }
 }
 
@@ -429,7 +437,19 @@ async fn run_ws(
                         }
                         break;
                     };
-                    if sink.send(Message::Text(ws_frame(out).to_string().into())).await.is_err() {
+                    // What is already queued goes out in one flush.
+                    if sink.feed(Message::Text(ws_frame(out).into())).await.is_err() {
+                        break;
+                    }
+                    let mut ok = true;
+                    for _ in 0..64 {
+                        let Ok(more) = rx.try_recv() else { break };
+                        if sink.feed(Message::Text(ws_frame(more).into())).await.is_err() {
+                            ok = false;
+                            break;
+                        }
+                    }
+                    if !ok || sink.flush().await.is_err() {
                         break;
                     }
                 }

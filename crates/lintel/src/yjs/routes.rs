@@ -156,6 +156,9 @@ async fn open_doc(
         return Ok(upgrade
             .max_message_size(yjs::MAX_MESSAGE)
             .max_frame_size(yjs::MAX_MESSAGE)
+            // Small buffers: thousands of mostly idle sockets (128 KiB each by default).
+            .read_buffer_size(8 * 1024)
+            .write_buffer_size(8 * 1024)
             .on_upgrade(move |socket| run(socket, conn, peer, rx)));
     }
     let (update, json) = yjs::state(&state, &key).await?;
@@ -290,7 +293,19 @@ async fn run(
                     // None: dropped for being slow, or the room closed (restart,
                     // deleted record); the client reconnects and syncs again.
                     let Some(frame) = frame else { break };
-                    if sink.send(Message::Binary(frame)).await.is_err() {
+                    // What is already queued goes out in one flush.
+                    if sink.feed(Message::Binary(frame)).await.is_err() {
+                        break;
+                    }
+                    let mut ok = true;
+                    for _ in 0..64 {
+                        let Ok(more) = rx.try_recv() else { break };
+                        if sink.feed(Message::Binary(more)).await.is_err() {
+                            ok = false;
+                            break;
+                        }
+                    }
+                    if !ok || sink.flush().await.is_err() {
                         break;
                     }
                 }
