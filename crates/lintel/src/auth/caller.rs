@@ -168,7 +168,10 @@ async fn resolve(state: &AppState, parts: &Parts) -> Result<Caller, ApiError> {
         };
         if !is_safe(&parts.method) {
             check_csrf(state, parts, session.csrf.as_deref().unwrap_or("")).await?;
-        } else if is_websocket_upgrade(parts) && !origin_allowed(state, &parts.headers) {
+        } else if is_websocket_upgrade(parts)
+            && !has_token_query(parts)
+            && !origin_allowed(state, &parts.headers)
+        {
             // A WebSocket carries the cookie from any page that opens one: only the
             // allowed origins may (cross-site WebSocket hijacking).
             audit::record(
@@ -239,6 +242,15 @@ fn is_safe(m: &Method) -> bool {
 
 /// A cookie-authenticated unsafe request must come from an allowed origin (when the
 /// browser says where it comes from) and carry the session's CSRF token.
+/// Whether the request carries `?token=` (a realtime token, which stands for the
+/// connection instead of the cookie).
+fn has_token_query(parts: &Parts) -> bool {
+    parts
+        .uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p.starts_with("token=")))
+}
+
 /// Whether the request asks to become a WebSocket.
 fn is_websocket_upgrade(parts: &Parts) -> bool {
     parts

@@ -42,8 +42,9 @@ pub enum Out {
         /// `{"action", "collection", "record"}`, serialised once for every client.
         data: Arc<str>,
     },
-    /// The position asked for is past retention: reload and go on from `seq`.
-    Reset { seq: i64 },
+    /// The position asked for is past retention: reload and go on from `seq`. `ids`:
+    /// the subscriptions concerned (all of a resumed SSE stream's).
+    Reset { seq: i64, ids: Vec<String> },
     /// A WebSocket protocol message (`subscribed`, `error`), in order with the events.
     Message(Value),
 }
@@ -198,6 +199,16 @@ fn parse(rt: &Runtime, caller: &Caller, topics: &[String]) -> Result<Vec<Sub>, R
     let mut subs = Vec::with_capacity(topics.len());
     for (i, topic) in topics.iter().enumerate() {
         let key = format!("subscriptions[{i}]");
+        // A topic names SSE events: no line breaks or other control characters.
+        if topic.chars().any(char::is_control) || topic.len() > 2048 {
+            push_field_error(
+                &mut errors,
+                key,
+                "invalid_topic",
+                "at most 2048 bytes, without control characters",
+            );
+            continue;
+        }
         let (path, filter) = match topic.split_once("?filter=") {
             Some((p, f)) => (p, Some(f)),
             None => (topic.as_str(), None),
@@ -486,54 +497,59 @@ async fn replay(rt: &Runtime, id: &str, done: Option<Out>) -> Result<(), Realtim
                 // Subscriptions that began before what the log keeps get a reset
                 // (reload, then go on from the feed's position); the others carry on
                 // from where they stood.
-                let again = with_client(rt, id, |c, last| {
-                    let mut reset = false;
+                // (again, a queue that overflowed)
+                let step = with_client(rt, id, |c, last| {
+                    let mut ids = Vec::new();
                     for s in &mut c.subs {
                         if s.from < oldest - 1 {
                             s.from = last;
-                            reset = true;
+                            ids.push(s.topic.clone());
                         }
                     }
-                    if reset {
-                        let _ = c.tx.try_send(Out::Reset { seq: last });
+                    if !ids.is_empty() && c.tx.try_send(Out::Reset { seq: last, ids }).is_err() {
+                        return (false, true);
                     }
                     match c.rewound_from.take() {
                         Some(back) if back >= oldest - 1 && back < last => {
                             c.cursor = back;
-                            true
+                            (true, false)
                         }
                         _ => {
                             c.cursor = last;
                             c.replaying = false;
-                            if let Some(m) = done.take() {
-                                let _ = c.tx.try_send(m);
-                            }
-                            false
+                            let full = done.take().is_some_and(|m| c.tx.try_send(m).is_err());
+                            (false, full)
                         }
                     }
                 });
-                if again == Some(true) {
-                    continue;
+                match step {
+                    Some((true, _)) => continue,
+                    Some((_, true)) => drop_slow(rt, id),
+                    _ => {}
                 }
                 return Ok(());
             }
             Err(EventsError::Store(e)) => return Err(e.into()),
         };
         if page.items.is_empty() {
+            // (finished, a queue that overflowed)
             let finished = with_client(rt, id, |c, last| {
                 if last <= c.cursor {
                     c.replaying = false;
                     c.rewound_from = None;
-                    if let Some(m) = done.take() {
-                        let _ = c.tx.try_send(m);
-                    }
-                    true
+                    let full = done.take().is_some_and(|m| c.tx.try_send(m).is_err());
+                    (true, full)
                 } else {
-                    false
+                    (false, false)
                 }
             });
-            if finished != Some(false) {
-                return Ok(());
+            match finished {
+                Some((_, true)) => {
+                    drop_slow(rt, id);
+                    return Ok(());
+                }
+                Some((false, _)) => {}
+                _ => return Ok(()),
             }
             // The feed moved on meanwhile: those events are in the log by now.
             tokio::task::yield_now().await;
@@ -703,7 +719,7 @@ pub async fn run(rt: Runtime, mut shutdown: watch::Receiver<bool>) {
     loop {
         // Nobody listening: no read of the log; the position just follows its end.
         let idle = match rt.realtime.hub.lock() {
-            Ok(mut hub) if hub.clients.is_empty() => {
+            Ok(mut hub) if hub.clients.values().all(|c| c.subs.is_empty()) => {
                 let end = *ends.borrow();
                 hub.last = hub.last.max(end);
                 true

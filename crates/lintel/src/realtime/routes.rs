@@ -135,7 +135,7 @@ async fn stream(
                             .id(seq.to_string())
                             .event(topic)
                             .data(&*data),
-                        Some(Out::Reset { seq }) => Event::default()
+                        Some(Out::Reset { seq, .. }) => Event::default()
                             .id(seq.to_string())
                             .event("reset")
                             .data(json!({ "seq": seq, "detail": "the events after Last-Event-ID are past retention: reload, then go on from here" }).to_string()),
@@ -373,9 +373,9 @@ fn ws_frame(out: Out) -> String {
             }
             frame
         }
-        Out::Reset { seq } => json!({
-            "type": "reset", "seq": seq,
-            "detail": "the events after `after` are past retention: reload, then subscribe again without it",
+        Out::Reset { seq, ids } => json!({
+            "type": "reset", "seq": seq, "subscriptions": ids,
+            "detail": "the events after `after` are past retention: reload; events go on from seq",
         })
         .to_string(),
         Out::Message(v) => v.to_string(),
@@ -409,8 +409,19 @@ async fn run_ws(
         while let Some(Ok(msg)) = incoming.next().await {
             match msg {
                 Message::Text(t) => {
-                    if texts.send(t).await.is_err() {
-                        break;
+                    // A client may not pile up messages while one is being handled
+                    // (a long replay): the reader never waits, so pongs are read.
+                    match texts.try_send(t) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            let err = ApiError::new(
+                                StatusCode::TOO_MANY_REQUESTS,
+                                "too_many_messages",
+                                "more than 16 messages waiting; wait for the answers",
+                            );
+                            rt_::message(&state, &client, ws_error(None, err));
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => break,
                     }
                 }
                 Message::Binary(_) => {

@@ -261,7 +261,7 @@ async fn run(
     use futures_util::{SinkExt, StreamExt};
     let Conn {
         state,
-        caller,
+        mut caller,
         key,
         mut writer,
         _registered,
@@ -314,6 +314,14 @@ async fn run(
                         || !crate::auth::purpose::still_stands(&state, &caller).await
                     {
                         break;
+                    }
+                    // The account as it is now (a role in its fields may have changed).
+                    if let Some((col, id)) = caller.account() {
+                        match crate::auth::accounts::load_principal(&state, col, id).await {
+                            Ok(Some(p)) => caller.principal = p,
+                            Ok(None) => break,
+                            Err(_) => {}
+                        }
                     }
                     match authorize(&state, &caller, &key.collection, &key.record, &key.field).await {
                         Ok((_, now_writer)) => {

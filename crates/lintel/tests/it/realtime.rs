@@ -554,6 +554,13 @@ async fn websocket_subscriptions_follow_the_rules_and_resume_with_after() {
         .await;
     let e = wa.next(Duration::from_secs(5)).await.unwrap();
     assert_eq!(e["problem"]["errors"]["id"]["code"], "duplicate");
+    wa.send(json!({"type": "subscribe", "id": "nl", "topic": "notes", "filter": "n > 1\n"}))
+        .await;
+    let e = wa.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        e["problem"]["errors"]["topic"]["code"], "invalid_topic",
+        "{e}"
+    );
     wa.send(json!({"type": "hello"})).await;
     let e = wa.next(Duration::from_secs(5)).await.unwrap();
     assert_eq!(e["problem"]["code"], "invalid_message");
