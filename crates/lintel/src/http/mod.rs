@@ -19,6 +19,7 @@ pub mod security;
 pub mod serve;
 pub mod system;
 pub mod typescript;
+pub mod ws;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;

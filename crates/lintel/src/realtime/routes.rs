@@ -448,19 +448,8 @@ async fn run_ws(
                         }
                         break;
                     };
-                    // What is already queued goes out in one flush.
-                    if sink.feed(Message::Text(ws_frame(out).into())).await.is_err() {
-                        break;
-                    }
-                    let mut ok = true;
-                    for _ in 0..64 {
-                        let Ok(more) = rx.try_recv() else { break };
-                        if sink.feed(Message::Text(ws_frame(more).into())).await.is_err() {
-                            ok = false;
-                            break;
-                        }
-                    }
-                    if !ok || sink.flush().await.is_err() {
+                    let text = |o: Out| Message::Text(ws_frame(o).into());
+                    if !crate::http::ws::send_queued(&mut sink, out, &mut rx, text).await {
                         break;
                     }
                 }

@@ -293,19 +293,7 @@ async fn run(
                     // None: dropped for being slow, or the room closed (restart,
                     // deleted record); the client reconnects and syncs again.
                     let Some(frame) = frame else { break };
-                    // What is already queued goes out in one flush.
-                    if sink.feed(Message::Binary(frame)).await.is_err() {
-                        break;
-                    }
-                    let mut ok = true;
-                    for _ in 0..64 {
-                        let Ok(more) = rx.try_recv() else { break };
-                        if sink.feed(Message::Binary(more)).await.is_err() {
-                            ok = false;
-                            break;
-                        }
-                    }
-                    if !ok || sink.flush().await.is_err() {
+                    if !crate::http::ws::send_queued(&mut sink, frame, &mut rx, Message::Binary).await {
                         break;
                     }
                 }
