@@ -364,3 +364,35 @@ pub async fn connection_caller(
         )),
     }
 }
+
+/// The answer to `POST /v1/files/token` and `POST /v1/realtime/token`: a purpose
+/// token for the caller (`what` names it in refusals), `{token, expiresIn}`, never
+/// cached.
+pub fn purpose_token(
+    state: &AppState,
+    caller: &Caller,
+    audience: &str,
+    ttl_secs: u64,
+    what: &str,
+) -> Result<axum::response::Response, ApiError> {
+    use crate::auth::purpose::{self, Refusal};
+    use axum::response::IntoResponse;
+    let token = match purpose::issue(state, caller, audience, ttl_secs)
+        .map_err(ApiError::internal)?
+    {
+        Ok(t) => t,
+        Err(Refusal::ApiKey) => {
+            return Err(ApiError::forbidden(
+                "api_key_not_allowed",
+                format!("A {what} stands for a signed-in caller; with an API key, send the key."),
+            ));
+        }
+        Err(Refusal::NotSignedIn) => {
+            return Err(ApiError::unauthorized(format!("Sign in to get a {what}.")));
+        }
+    };
+    let mut res =
+        axum::Json(serde_json::json!({ "token": token, "expiresIn": ttl_secs })).into_response();
+    crate::http::no_store(&mut res);
+    Ok(res)
+}

@@ -325,24 +325,8 @@ async fn tus_delete(
     )
 )]
 async fn file_token(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
-    use crate::auth::purpose::{self, Refusal};
     let ttl = state.config.files.token_ttl_seconds;
-    let token =
-        match purpose::issue(&state, &caller, FILE_AUDIENCE, ttl).map_err(ApiError::internal)? {
-            Ok(t) => t,
-            Err(Refusal::ApiKey) => {
-                return Err(ApiError::forbidden(
-                    "api_key_not_allowed",
-                    "A file token stands for a signed-in caller; with an API key, send the key.",
-                ));
-            }
-            Err(Refusal::NotSignedIn) => {
-                return Err(ApiError::unauthorized("Sign in to get a file token."));
-            }
-        };
-    let mut res = axum::Json(json!({ "token": token, "expiresIn": ttl })).into_response();
-    crate::http::no_store(&mut res);
-    Ok(res)
+    crate::auth::caller::purpose_token(&state, &caller, FILE_AUDIENCE, ttl, "file token")
 }
 
 /// The caller a file token stands for, if it is still good.

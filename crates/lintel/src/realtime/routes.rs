@@ -215,25 +215,13 @@ async fn realtime_token(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
-    use crate::auth::purpose::{self, Refusal};
-    let token = match purpose::issue(&state, &caller, REALTIME_AUDIENCE, TOKEN_TTL_SECS)
-        .map_err(ApiError::internal)?
-    {
-        Ok(t) => t,
-        Err(Refusal::ApiKey) => {
-            return Err(ApiError::forbidden(
-                "api_key_not_allowed",
-                "A realtime token stands for a signed-in caller; with an API key, send the key.",
-            ));
-        }
-        Err(Refusal::NotSignedIn) => {
-            return Err(ApiError::unauthorized("Sign in to get a realtime token."));
-        }
-    };
-    let mut res =
-        axum::Json(json!({ "token": token, "expiresIn": TOKEN_TTL_SECS })).into_response();
-    crate::http::no_store(&mut res);
-    Ok(res)
+    crate::auth::caller::purpose_token(
+        &state,
+        &caller,
+        REALTIME_AUDIENCE,
+        TOKEN_TTL_SECS,
+        "realtime token",
+    )
 }
 
 /// Leaves the hub when the connection ends, or when the upgrade never happens.
@@ -253,7 +241,7 @@ impl Drop for Registered {
     path = "/v1/realtime/ws",
     tag = "realtime",
     summary = "Subscriptions over a WebSocket",
-    description = "Client messages: `{\"type\": \"subscribe\", \"id\", \"topic\", \"filter\"?, \"after\"?}` and `{\"type\": \"unsubscribe\", \"id\"}`. Server messages: `{\"type\": \"subscribed\", \"id\"}` once live (after replaying the events after `after`), `{\"type\": \"event\", \"subscription\", \"seq\", \"action\", \"collection\", \"record\"}`, `{\"type\": \"reset\", \"seq\"}` when `after` is past retention, and `{\"type\": \"error\", \"id\"?, \"problem\"}`. Ping frames every heartbeat; a client that answers none for two is closed, as is one that falls behind (`too_slow`) or whose session ends (`session_ended`). Messages are at most 64 KiB.",
+    description = "Client messages: `{\"type\": \"subscribe\", \"id\", \"topic\", \"filter\"?, \"after\"?}` and `{\"type\": \"unsubscribe\", \"id\"}`. Server messages: `{\"type\": \"subscribed\", \"id\"}` once live (after replaying the events after `after`), `{\"type\": \"event\", \"subscription\", \"seq\", \"action\", \"collection\", \"record\"}`, `{\"type\": \"reset\", \"seq\", \"subscriptions\"}` when `after` is past retention, and `{\"type\": \"error\", \"id\"?, \"problem\"}`. Ping frames every heartbeat; a client that answers none for two is closed, as is one that falls behind (`too_slow`) or whose session ends (`session_ended`). Messages are at most 64 KiB.",
     params(("token" = Option<String>, Query, description = "A realtime token (POST /v1/realtime/token)")),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),

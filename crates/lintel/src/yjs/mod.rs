@@ -244,6 +244,7 @@ pub async fn apply(
     update: Vec<u8>,
     actor: Option<Value>,
 ) -> Result<(), YjsError> {
+    // Refused before a room is opened (and its document read) for it.
     Update::decode_v1(&update).map_err(|e| YjsError::InvalidUpdate(e.to_string()))?;
     ask(rt, key, |reply| Cmd::Apply {
         update: update.clone(),
