@@ -246,7 +246,24 @@ impl From<crate::records::query::QueryError> for ApiError {
                 }
                 err.with_extra("position", Value::from(e.position))
             }
+            QueryError::Search(e) => ApiError::invalid_search("search", &e),
         }
+    }
+}
+
+impl ApiError {
+    /// A search query that does not parse: `400 invalid_search` with the position,
+    /// also under `errors.<param>`.
+    pub fn invalid_search(param: &str, e: &crate::schema::search::SearchError) -> Self {
+        let mut err = ApiError::bad_request(
+            "invalid_search",
+            format!("{param}: {} (at position {})", e.message, e.position),
+        );
+        push_field_error(&mut err.errors, param, "invalid_search", e.message.clone());
+        if let Some(fe) = err.errors.get_mut(param) {
+            fe.position = Some(e.position);
+        }
+        err.with_extra("position", Value::from(e.position))
     }
 }
 

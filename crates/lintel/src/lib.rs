@@ -33,6 +33,7 @@ pub mod realtime;
 pub mod records;
 pub mod runtime;
 pub mod schema;
+pub mod search;
 pub mod state;
 pub mod store;
 pub mod tasks;

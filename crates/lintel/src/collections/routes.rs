@@ -16,7 +16,9 @@ use utoipa_axum::routes;
 use crate::error::{ApiError, FieldErrors, push_field_error};
 use crate::http::extract::{Admin, JsonBody};
 use crate::http::openapi::ProblemDoc;
-use crate::migrations::{AlterCollection, Migration, PendingFile, RenameField, SchemaOp};
+use crate::migrations::{
+    AlterCollection, FieldUpdate, Migration, PendingFile, RenameField, SchemaOp,
+};
 use crate::schema::{
     Collection, CollectionSpec, FieldSpec, IndexSpec, Rules, index_name, normalize_spec,
 };
@@ -53,6 +55,13 @@ pub struct CollectionPatch {
     /// New access rules (all five at once; a missing one means superusers only).
     #[serde(default)]
     pub rules: Option<Rules>,
+    /// New search options of existing fields (`searchable`, `weight`, `language`).
+    #[serde(default)]
+    pub update_fields: Vec<FieldUpdate>,
+    /// The collection's search language (`null`: back to `english`).
+    #[serde(default, deserialize_with = "crate::migrations::present_or_null")]
+    #[schema(value_type = Option<String>)]
+    pub search_language: Option<Option<String>>,
 }
 
 /// `Some(value)` whenever the member is present, even when it is `null`.
@@ -275,12 +284,13 @@ async fn get_collection(
     path = "/v1/collections/{name}",
     tag = "collections",
     summary = "Alter a collection (admin)",
-    description = "Add, rename or drop fields; add or drop indexes; replace a document collection's JSON Schema.",
+    description = "Add, rename or drop fields; add or drop indexes; replace a document collection's JSON Schema; change fields' search options (`updateFields`) or the `searchLanguage`. When the records already there must be indexed again, the answer is 202 with `Location: /v1/jobs/{id}` (the rebuild job, also under `job`); reads and writes go on meanwhile.",
     security(("admin" = [])),
     params(("name" = String, Path, description = "Collection name")),
     request_body = CollectionPatch,
     responses(
         (status = 200, description = "The altered collection", body = Value),
+        (status = 202, description = "Altered; the search index of its records is being rebuilt by the job in `Location`", body = Value),
         (status = 400, description = "Invalid change", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong admin token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such collection", body = ProblemDoc, content_type = "application/problem+json"),
@@ -309,6 +319,8 @@ async fn patch_collection(
         add_indexes: add_indexes.clone(),
         schema: patch.schema.clone(),
         rules: patch.rules.clone(),
+        update_fields: patch.update_fields.clone(),
+        search_language: patch.search_language.clone(),
     };
 
     // Check the change against the live schema first, so a bad change gets a 400 and
@@ -376,7 +388,15 @@ async fn patch_collection(
             .as_ref()
             .map(|_| old.schema.clone().unwrap_or(Value::Null)),
         rules: patch.rules.as_ref().map(|_| old.rules.clone()),
+        update_fields: undo_updates(&old, &patch),
+        search_language: patch
+            .search_language
+            .as_ref()
+            .map(|_| old.search_language.clone()),
     };
+    let may_rebuild = !patch.update_fields.is_empty()
+        || patch.search_language.is_some()
+        || !patch.drop_fields.is_empty();
     apply_change(
         &state,
         caller.write_meta(state.clock.now_ms()),
@@ -387,7 +407,95 @@ async fn patch_collection(
     .await?;
     admin_audit(&state, &caller, "collection_altered", &name);
     let coll = crate::records::service::collection(&state, &name)?;
+    // Records already there are indexed again by a job when the change touched what
+    // they hold in the index.
+    if may_rebuild && index_changed(&old, &coll.spec, &patch) && has_records(&state, &coll).await? {
+        let (job, _) = crate::jobs::service::enqueue(
+            &state,
+            &crate::search::rebuild::job(coll.name()),
+            caller.write_meta(state.clock.now_ms()),
+        )
+        .await?;
+        let mut body = collection_json(&coll);
+        body["job"] = job.to_json(false);
+        let mut res = (StatusCode::ACCEPTED, axum::Json(body)).into_response();
+        if let Ok(v) = HeaderValue::from_str(&crate::jobs::model::job_href(&job.id)) {
+            res.headers_mut().insert(header::LOCATION, v);
+        }
+        return Ok(no_store(res));
+    }
     Ok(no_store(axum::Json(collection_json(&coll)).into_response()))
+}
+
+/// The updates that put back the search options a patch changes (fields added by the
+/// same patch are dropped by the inverse and need none).
+fn undo_updates(old: &CollectionSpec, patch: &CollectionPatch) -> Vec<FieldUpdate> {
+    patch
+        .update_fields
+        .iter()
+        .filter(|u| !patch.add_fields.iter().any(|f| f.name == u.name))
+        .filter_map(|u| {
+            // The inverse renames back first, so it names the field as it was.
+            let mut name = u.name.clone();
+            for r in patch.rename_fields.iter().rev() {
+                if r.to == name {
+                    name = r.from.clone();
+                }
+            }
+            let f = old.fields.iter().find(|f| f.name == name)?;
+            Some(FieldUpdate {
+                name,
+                searchable: Some(f.searchable),
+                weight: Some(f.weight.clone()),
+                language: Some(f.language.clone()),
+            })
+        })
+        .collect()
+}
+
+/// Whether the index of the records already there no longer matches the settings:
+/// a searchable field dropped, or one kept whose weight or language changed, or that
+/// became searchable. Fields added by the patch are empty in old records.
+fn index_changed(old: &CollectionSpec, new: &CollectionSpec, patch: &CollectionPatch) -> bool {
+    use crate::schema::search::SearchConfig;
+    let Some(new_cfg) = SearchConfig::of(new) else {
+        return false;
+    };
+    let rename = |name: &str| {
+        let mut n = name.to_owned();
+        for r in &patch.rename_fields {
+            if r.from == n {
+                n = r.to.clone();
+            }
+        }
+        n
+    };
+    let old_cfg = SearchConfig::of(old).map(|c| c.fields).unwrap_or_default();
+    if old_cfg.iter().any(|f| patch.drop_fields.contains(&f.name)) {
+        return true;
+    }
+    let mut before: Vec<(String, usize, &str)> = old_cfg
+        .iter()
+        .map(|f| (rename(&f.name), f.class, f.language.as_str()))
+        .collect();
+    let mut after: Vec<(String, usize, &str)> = new_cfg
+        .fields
+        .iter()
+        .filter(|f| !patch.add_fields.iter().any(|a| a.name == f.name))
+        .map(|f| (f.name.clone(), f.class, f.language.as_str()))
+        .collect();
+    before.sort();
+    after.sort();
+    before != after
+}
+
+async fn has_records(state: &AppState, coll: &Collection) -> Result<bool, ApiError> {
+    let mut sql = crate::store::Sql::new(state.store.dialect());
+    sql.push("SELECT COUNT(*) FROM (SELECT 1 FROM ")
+        .ident(coll.name())
+        .push(" LIMIT 1) AS one");
+    let n = state.store.query_count(sql).await.map_err(ApiError::from)?;
+    Ok(n > 0)
 }
 
 #[utoipa::path(
@@ -474,6 +582,7 @@ pub async fn ensure_users(state: &AppState) -> anyhow::Result<()> {
             update: own.clone(),
             delete: own,
         },
+        search_language: None,
     };
     normalize_spec(&mut spec);
     let result = apply_change(

@@ -482,6 +482,8 @@ fn tighten_static(doc: &mut Value, names: &[&str], auth_names: &[&str], password
                 {"required": ["dropIndexes"], "properties": {"dropIndexes": {"minItems": 1}}},
                 {"required": ["schema"]},
                 {"required": ["rules"]},
+                {"required": ["updateFields"], "properties": {"updateFields": {"minItems": 1}}},
+                {"required": ["searchLanguage"]},
             ],
         }),
     );

@@ -45,6 +45,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(crate::files::routes::router())
         .merge(crate::realtime::routes::router())
         .merge(crate::yjs::routes::router())
+        .merge(crate::search::routes::router())
         .split_for_parts()
 }
 
@@ -55,6 +56,42 @@ pub fn no_store(res: &mut axum::response::Response) {
         axum::http::HeaderValue::from_static("no-store"),
     );
 }
+
+/// A JSON body with a weak ETag of its bytes, `304` when `If-None-Match` names it,
+/// and `Cache-Control: private, no-cache` (per caller; revalidate every time).
+pub fn etagged_json(bytes: Vec<u8>, headers: &axum::http::HeaderMap) -> axum::response::Response {
+    use axum::http::{HeaderValue, StatusCode, header};
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(&bytes);
+    let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
+    let tag = format!("W/\"{hex}\"");
+    let not_modified = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|h| h.split(',').any(|t| t.trim() == tag || t.trim() == "*"));
+    let mut res = if not_modified {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let mut r = bytes.into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        r
+    };
+    let h = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&tag) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(PER_CALLER_CACHE),
+    );
+    res
+}
+
+/// Answers that depend on who asks: kept by the caller's own cache only, revalidated.
+pub const PER_CALLER_CACHE: &str = "private, no-cache";
 
 async fn no_route() -> impl IntoResponse {
     ApiError::new(

@@ -8,17 +8,25 @@ use crate::clock::format_ms;
 use crate::validation::{FieldErrors, push_field_error};
 
 /// Kinds Lintel runs itself; an external worker claims them only by naming them.
-pub const BUILTIN_KINDS: [&str; 6] = [
+pub const BUILTIN_KINDS: [&str; 7] = [
     "http",
     "mail",
     "webhook",
     "import",
     "export",
     "housekeeping",
+    "search_rebuild",
 ];
 /// Kinds only the server enqueues (through their own endpoints, its mail flows or its
 /// own schedule).
-pub const RESERVED_KINDS: [&str; 5] = ["mail", "webhook", "import", "export", "housekeeping"];
+pub const RESERVED_KINDS: [&str; 6] = [
+    "mail",
+    "webhook",
+    "import",
+    "export",
+    "housekeeping",
+    "search_rebuild",
+];
 
 pub const DEFAULT_QUEUE: &str = "default";
 pub const DEFAULT_MAX_ATTEMPTS: i64 = 25;

@@ -19,7 +19,7 @@ use crate::jobs::{JobError, schedules};
 use crate::runtime::Runtime;
 
 /// The kinds this instance's workers run.
-pub const RUNS: [&str; 4] = ["http", "mail", "webhook", "housekeeping"];
+pub const RUNS: [&str; 5] = ["http", "mail", "webhook", "housekeeping", "search_rebuild"];
 /// The kinds whose files are on one instance: claimed from its own queue only.
 pub const LOCAL: [&str; 2] = ["import", "export"];
 
@@ -329,6 +329,13 @@ async fn run_kind(rt: &Runtime, job: &Job) -> Ended {
             Ok(v) => Ended::Done(v),
             Err(f) => Ended::Failed(f),
         },
+        "search_rebuild" => {
+            let lease = job.lease_id.clone().unwrap_or_default();
+            match crate::search::rebuild::run(rt, job, &lease).await {
+                Ok(v) => Ended::Done(v),
+                Err(f) => Ended::Failed(f),
+            }
+        }
         "import" | "export" => {
             let lease = job.lease_id.clone().unwrap_or_default();
             let r = if job.kind == "import" {

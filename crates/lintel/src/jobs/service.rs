@@ -495,3 +495,19 @@ pub async fn release(rt: &Runtime, id: &str, lease: &str) -> Result<(), JobError
         .map_err(|WriteError { error, .. }| error)?;
     Ok(())
 }
+
+/// The statement that records a job's progress, only while `lease` holds it.
+pub fn progress_op(rt: &Runtime, job: &Job, lease: &str, progress: &Value) -> WriteOp {
+    let mut sql = Sql::new(rt.store.dialect());
+    sql.push("UPDATE _lintel_jobs SET progress = ")
+        .bind(crate::store::sql::SqlValue::Text(progress.to_string()))
+        .push(" WHERE id = ")
+        .bind(crate::store::sql::SqlValue::Text(job.id.clone()))
+        .push(" AND lease_id = ")
+        .bind(crate::store::sql::SqlValue::Text(lease.to_owned()))
+        .push(" AND status = 'running'");
+    WriteOp::System {
+        sql,
+        expect: Some(1),
+    }
+}

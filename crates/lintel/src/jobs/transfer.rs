@@ -374,22 +374,6 @@ fn row_errors(e: crate::records::error::RecordError) -> Value {
     }
 }
 
-/// The statement that records an import's progress, only while `lease` holds the job.
-fn progress_op(rt: &Runtime, job: &Job, lease: &str, progress: &Value) -> WriteOp {
-    let mut sql = Sql::new(rt.store.dialect());
-    sql.push("UPDATE _lintel_jobs SET progress = ")
-        .bind(SqlValue::Text(progress.to_string()))
-        .push(" WHERE id = ")
-        .bind(SqlValue::Text(job.id.clone()))
-        .push(" AND lease_id = ")
-        .bind(SqlValue::Text(lease.to_owned()))
-        .push(" AND status = 'running'");
-    WriteOp::System {
-        sql,
-        expect: Some(1),
-    }
-}
-
 /// Runs an `import` job.
 pub async fn run_import(rt: &Runtime, job: &Job, lease: &str) -> Result<Value, Failed> {
     let final_ = |m: String| Failed {
@@ -534,7 +518,7 @@ pub async fn run_import(rt: &Runtime, job: &Job, lease: &str) -> Result<Value, F
         tally.imported = n;
         let mut progress = tally.progress();
         progress["committed"] = json!(true);
-        ops.push(progress_op(rt, job, lease, &progress));
+        ops.push(crate::jobs::service::progress_op(rt, job, lease, &progress));
         match service::apply_writes(rt, ops, meta).await {
             Ok(_) => {}
             // Only a constraint names its row; anything else (busy, a failed commit,
@@ -581,7 +565,7 @@ async fn write_partial(
         let mut batch: Vec<WriteOp> = ops.iter().map(|(_, op)| op.clone()).collect();
         let mut progress = tally.progress();
         progress["imported"] = json!(tally.imported + n);
-        batch.push(progress_op(rt, job, lease, &progress));
+        batch.push(crate::jobs::service::progress_op(rt, job, lease, &progress));
         match service::apply_writes(rt, batch, meta.clone()).await {
             Ok(_) => {
                 tally.imported += n;

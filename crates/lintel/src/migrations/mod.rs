@@ -62,6 +62,51 @@ pub struct AlterCollection {
     /// Replaces the access rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<crate::schema::Rules>,
+    /// Changes options of existing fields (applied after `addFields`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub update_fields: Vec<FieldUpdate>,
+    /// Replaces the collection's search language (`null` goes back to the default).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present_or_null"
+    )]
+    pub search_language: Option<Option<String>>,
+}
+
+/// New options for an existing field: the full-text search ones. A member left out
+/// keeps its value; `null` unsets `weight` or `language`. Turning `searchable` off
+/// unsets both unless they are given.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FieldUpdate {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub searchable: Option<bool>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present_or_null"
+    )]
+    #[schema(value_type = Option<String>)]
+    pub weight: Option<Option<String>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present_or_null"
+    )]
+    #[schema(value_type = Option<String>)]
+    pub language: Option<Option<String>>,
+}
+
+/// `Some(None)` for an explicit `null`, `Some(Some(v))` for a value (a missing member
+/// is `None` through `default`).
+pub fn present_or_null<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]

@@ -7,6 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 
 use crate::schema::kinds::Storage;
+use crate::schema::search::{Analyzed, SCORE, TSVECTOR_COLUMN, WEIGHTS, fts_table};
 use crate::schema::{Collection, FieldType, SYSTEM_FIELDS, is_identifier};
 use crate::store::Record;
 use crate::store::filter::{Env, FilterError, compile};
@@ -29,6 +30,8 @@ pub struct ListParams {
     pub expand: Option<String>,
     pub skip_total: Option<String>,
     pub cursor: Option<String>,
+    pub search: Option<String>,
+    pub highlight: Option<String>,
 }
 
 impl ListParams {
@@ -45,6 +48,8 @@ impl ListParams {
                 "expand" => p.expand = v,
                 "skipTotal" => p.skip_total = v,
                 "cursor" => p.cursor = v,
+                "search" => p.search = v,
+                "highlight" => p.highlight = v,
                 _ => {}
             }
         }
@@ -98,6 +103,15 @@ pub struct ListPlan {
     pub sort_text: String,
     pub fields: Option<Vec<String>>,
     pub expand: Vec<String>,
+    /// A full-text search: the analyzed query and whether to highlight.
+    pub search: Option<SearchPlan>,
+}
+
+/// The search part of a list.
+#[derive(Debug)]
+pub struct SearchPlan {
+    pub query: crate::schema::search::Analyzed,
+    pub highlight: bool,
 }
 
 /// Why a list query is refused (400 either way; the edge gives the problem its shape).
@@ -108,6 +122,8 @@ pub enum QueryError {
     Params(FieldErrors),
     /// A filter that does not parse or compile (`invalid_filter`, with the position).
     Filter(FilterError),
+    /// A search query that does not parse (`invalid_search`, with the position).
+    Search(crate::schema::search::SearchError),
 }
 
 fn filter_error(e: FilterError) -> QueryError {
@@ -154,7 +170,29 @@ pub fn plan(
         },
     };
     let skip_total = matches!(params.skip_total.as_deref(), Some("1" | "true"));
-    let sort_text = params.sort.clone().unwrap_or_else(|| "-created".into());
+    let search_text = params.search.as_deref().filter(|s| !s.trim().is_empty());
+    let search_cfg = match (search_text, coll.search()) {
+        (Some(_), None) => {
+            push_field_error(
+                &mut errors,
+                "search",
+                "not_searchable",
+                format!("collection '{}' has no searchable fields", coll.name()),
+            );
+            None
+        }
+        (Some(_), cfg) => cfg,
+        (None, _) => None,
+    };
+    // With a search and no sort, the most relevant come first.
+    let by_relevance = search_text.is_some() && params.sort.is_none();
+    let sort_text = params.sort.clone().unwrap_or_else(|| {
+        if by_relevance {
+            String::new()
+        } else {
+            "-created".into()
+        }
+    });
     let sort = match parse_sort(coll, &sort_text) {
         Ok(s) => s,
         Err(msg) => {
@@ -209,6 +247,14 @@ pub fn plan(
             }
         },
     };
+    if by_relevance && params.cursor.is_some() {
+        push_field_error(
+            &mut errors,
+            "cursor",
+            "invalid_cursor",
+            "results ordered by relevance are paged with page, not cursor (or give a sort)",
+        );
+    }
     if params.cursor.is_some() && params.page.is_some() {
         push_field_error(
             &mut errors,
@@ -221,6 +267,16 @@ pub fn plan(
         return Err(QueryError::Params(errors));
     }
 
+    let search = match (search_text, search_cfg) {
+        (Some(text), Some(cfg)) => {
+            let parsed = crate::schema::search::parse(text).map_err(QueryError::Search)?;
+            Some(SearchPlan {
+                query: parsed.analyze(&cfg.languages()),
+                highlight: matches!(params.highlight.as_deref(), Some("1" | "true")),
+            })
+        }
+        _ => None,
+    };
     let expr = match params.filter.as_deref() {
         None => None,
         Some(f) if f.trim().is_empty() => None,
@@ -238,8 +294,13 @@ pub fn plan(
     // sees the rows the rule permits.
     let condition = |sql: &mut Sql| -> Result<bool, QueryError> {
         let mut any = false;
+        if let Some(s) = &search {
+            sql.push(" WHERE ");
+            search_match(sql, t, &s.query);
+            any = true;
+        }
         if let Some(rule) = rule {
-            sql.push(" WHERE (");
+            sql.push(if any { " AND (" } else { " WHERE (" });
             let mut part = Sql::new(dialect);
             part.params = std::mem::take(&mut sql.params);
             let before = part.params.len();
@@ -271,6 +332,9 @@ pub fn plan(
     } else {
         let mut c = Sql::new(dialect);
         c.push("SELECT COUNT(*) FROM ").ident(t);
+        if search.is_some() {
+            search_join(&mut c, t);
+        }
         condition(&mut c)?;
         Some(c)
     };
@@ -278,13 +342,24 @@ pub fn plan(
     let mut select = Sql::new(dialect);
     select.push("SELECT ");
     record_columns(&mut select, coll);
+    if let Some(s) = &search {
+        select.push(", ");
+        search_score(&mut select, t, &s.query);
+        select.push(" AS ").ident(SCORE);
+    }
     select.push(" FROM ").ident(t);
+    if search.is_some() {
+        search_join(&mut select, t);
+    }
     let has_where = condition(&mut select)?;
     if let PageMode::Cursor { after: Some(cur) } = &mode {
         select.push(if has_where { " AND " } else { " WHERE " });
         keyset_condition(&mut select, t, &sort, &cur.k);
     }
     select.push(" ORDER BY ");
+    if by_relevance {
+        select.ident(SCORE).push(" DESC, ");
+    }
     for (i, key) in sort.iter().enumerate() {
         if i > 0 {
             select.push(", ");
@@ -318,7 +393,61 @@ pub fn plan(
         sort_text,
         fields,
         expand,
+        search,
     })
+}
+
+/// The join that a search on SQLite needs: the FTS5 table, row for row.
+fn search_join(sql: &mut Sql, t: &str) {
+    if sql.dialect == Dialect::Sqlite {
+        let fts = fts_table(t);
+        sql.push(" JOIN ").ident(&fts).push(" ON ");
+        sql.column(&fts, "rowid").push(" = ");
+        sql.column(t, "rowid");
+    }
+}
+
+/// The condition that a record matches the query (nothing, for a query of stop words).
+fn search_match(sql: &mut Sql, t: &str, q: &Analyzed) {
+    if q.matches_nothing() {
+        sql.push("1 = 0");
+        return;
+    }
+    match sql.dialect {
+        Dialect::Sqlite => {
+            sql.ident(&fts_table(t)).push(" MATCH ");
+            sql.bind(SqlValue::Text(q.fts5()));
+        }
+        Dialect::Postgres => {
+            sql.column(t, TSVECTOR_COLUMN).push(" @@ ");
+            sql.bind(SqlValue::Text(q.tsquery()))
+                .push("::text::tsquery");
+        }
+    }
+}
+
+/// A record's relevance, higher is better: FTS5's BM25 (negated) or `ts_rank_cd`, both
+/// with the weights of the classes A–D.
+fn search_score(sql: &mut Sql, t: &str, q: &Analyzed) {
+    if q.matches_nothing() {
+        sql.push("0.0");
+        return;
+    }
+    let [a, b, c, d] = WEIGHTS;
+    match sql.dialect {
+        Dialect::Sqlite => {
+            sql.push("-bm25(").ident(&fts_table(t));
+            sql.push(&format!(", {a:.1}, {b:.1}, {c:.1}, {d:.1})"));
+        }
+        Dialect::Postgres => {
+            sql.push(&format!(
+                "ts_rank_cd('{{{d:.1},{c:.1},{b:.1},{a:.1}}}'::float4[], "
+            ));
+            sql.column(t, TSVECTOR_COLUMN).push(", ");
+            sql.bind(SqlValue::Text(q.tsquery()))
+                .push("::text::tsquery)::float8");
+        }
+    }
 }
 
 fn write_sort_target(sql: &mut Sql, table: &str, t: &SortTarget) {

@@ -6,7 +6,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
+
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -111,7 +111,7 @@ async fn read_upload(
     Ok((input, up.files))
 }
 
-const RECORD_CACHE_CONTROL: &str = "private, no-cache";
+const RECORD_CACHE_CONTROL: &str = crate::http::PER_CALLER_CACHE;
 
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
@@ -186,6 +186,8 @@ fn record_response(
         ("fields" = Option<String>, Query, description = "Fields to return"),
         ("expand" = Option<String>, Query, description = "Relation fields to expand"),
         ("skipTotal" = Option<bool>, Query, description = "Skip counting the total"),
+        ("search" = Option<String>, Query, description = "Full-text search over the searchable fields (see docs/search.md); sorted by relevance unless `sort` is given; each item gains `_score`"),
+        ("highlight" = Option<bool>, Query, description = "With `search`: add `_highlight`, snippets of the matching fields with `<mark>` around matched words"),
     ),
     responses(
         (status = 200, description = "A page of records", body = Value),
@@ -205,46 +207,23 @@ async fn list_records(
     let query = query.unwrap_or_default();
     let params = ListParams::from_query(&query);
     let page = service::list(&state, &caller, &coll, &params).await?;
-    let items = render_many(
+    let visible = page.records();
+    let mut items = render_many(
         &state,
         &caller,
         &coll,
-        &page.records(),
+        &visible,
         page.plan.fields.as_deref(),
         &page.plan.expand,
     )
     .await?;
+    if let Some(search) = &page.plan.search {
+        service::add_search_members(&coll, search, &visible, &mut items);
+    }
     let (body, links) = service::list_body(coll.name(), &page, items, &query);
     let bytes = serde_json::to_vec(&body).map_err(ApiError::internal)?;
-    let digest = Sha256::digest(&bytes);
-    let tag = format!(
-        "W/\"{}\"",
-        digest
-            .iter()
-            .take(12)
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    );
-    let not_modified = header_str(&headers, header::IF_NONE_MATCH)
-        .is_some_and(|h| h.split(',').any(|t| t.trim() == tag || t.trim() == "*"));
-    let mut res = if not_modified {
-        StatusCode::NOT_MODIFIED.into_response()
-    } else {
-        let mut r = bytes.into_response();
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        r
-    };
+    let mut res = crate::http::etagged_json(bytes, &headers);
     let h = res.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&tag) {
-        h.insert(header::ETAG, v);
-    }
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static(RECORD_CACHE_CONTROL),
-    );
     let link = links
         .iter()
         .map(|(rel, href)| format!("<{href}>; rel=\"{rel}\""))

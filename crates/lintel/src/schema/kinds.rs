@@ -577,6 +577,7 @@ pub fn check_options(f: &FieldSpec) -> Vec<(&'static str, &'static str, String)>
             }
         }
     }
+    check_search_options(f, &mut out);
     if t == FieldType::Yjs && f.required {
         out.push((
             "required",
@@ -606,6 +607,55 @@ pub fn check_options(f: &FieldSpec) -> Vec<(&'static str, &'static str, String)>
         ));
     }
     out
+}
+
+/// The full-text search options: only text fields are searchable (never hidden ones,
+/// whose words a search would reveal); a weight A–D and a known language.
+fn check_search_options(f: &FieldSpec, out: &mut Vec<(&'static str, &'static str, String)>) {
+    use crate::schema::search::{Language, can_search, weight_class};
+    if f.searchable && !can_search(f) {
+        out.push((
+            "searchable",
+            "not_allowed",
+            format!(
+                "only text fields can be searchable, not {}",
+                f.field_type.as_str()
+            ),
+        ));
+    }
+    if f.searchable && f.hidden {
+        out.push((
+            "searchable",
+            "not_allowed",
+            "a hidden field cannot be searchable (a search would reveal its words)".to_owned(),
+        ));
+    }
+    for (opt, set) in [
+        ("weight", f.weight.is_some()),
+        ("language", f.language.is_some()),
+    ] {
+        if set && !f.searchable {
+            out.push((
+                opt,
+                "not_allowed",
+                format!("only searchable fields take {opt}"),
+            ));
+        }
+    }
+    if let Some(w) = &f.weight
+        && weight_class(w).is_none()
+    {
+        out.push(("weight", "invalid", "must be A, B, C or D".to_owned()));
+    }
+    if let Some(l) = &f.language
+        && Language::parse(l).is_none()
+    {
+        out.push((
+            "language",
+            "invalid",
+            format!("unknown language; one of {}", Language::names()),
+        ));
+    }
 }
 
 /// The options of a file field.

@@ -14,6 +14,7 @@ use utoipa::ToSchema;
 use crate::validation::{FieldErrors, push_field_error};
 
 pub mod kinds;
+pub mod search;
 pub use kinds::FieldType;
 
 /// System fields every record has; clients cannot set them.
@@ -125,6 +126,16 @@ pub struct FieldSpec {
     /// Files: the thumbnail sizes that may be asked for (`100x100`, `0x300`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thumbs: Option<Vec<String>>,
+    /// Text: indexed for full-text search (`?search=`, `/v1/search`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub searchable: bool,
+    /// Searchable fields: the weight class, `A` (highest) to `D` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<String>,
+    /// Searchable fields: the language for stemming and stop words (default: the
+    /// collection's `searchLanguage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
 }
 
 /// The relation fields of a catalog by target collection: (referring collection,
@@ -168,6 +179,9 @@ impl FieldSpec {
             mime_types: None,
             private: false,
             thumbs: None,
+            searchable: false,
+            weight: None,
+            language: None,
         }
     }
 
@@ -216,6 +230,10 @@ pub struct CollectionSpec {
     /// an empty one means anyone.
     #[serde(default, skip_serializing_if = "Rules::is_unset")]
     pub rules: Rules,
+    /// The language of searchable fields that name none (default `english`; `simple`
+    /// for no stemming and no stop words).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search_language: Option<String>,
 }
 
 /// The access rules of a collection (see docs/auth.md).
@@ -285,6 +303,7 @@ pub struct Collection {
     patterns: Vec<Option<Regex>>,
     validator: Option<jsonschema::Validator>,
     rules: [Rule; 5],
+    search: Option<search::SearchConfig>,
 }
 
 /// What a collection operation is.
@@ -351,6 +370,7 @@ impl Collection {
             compile_rule(&r.update)?,
             compile_rule(&r.delete)?,
         ];
+        let search = search::SearchConfig::of(&spec);
         Ok(Self {
             spec,
             created,
@@ -359,7 +379,13 @@ impl Collection {
             patterns,
             validator,
             rules,
+            search,
         })
+    }
+
+    /// The searchable fields, when there are any.
+    pub fn search(&self) -> Option<&search::SearchConfig> {
+        self.search.as_ref()
     }
 
     pub fn name(&self) -> &str {
@@ -648,6 +674,17 @@ pub fn validate_spec(spec: &CollectionSpec, existing: &[String], altering: bool)
                 );
             }
         }
+    }
+
+    if let Some(l) = &spec.search_language
+        && search::Language::parse(l).is_none()
+    {
+        push_field_error(
+            &mut errors,
+            "searchLanguage",
+            "invalid",
+            format!("unknown language; one of {}", search::Language::names()),
+        );
     }
 
     let mut seen = HashSet::new();

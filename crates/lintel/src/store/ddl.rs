@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::migrations::{AlterCollection, SchemaOp};
+use crate::schema::search::{SearchConfig, TSVECTOR_COLUMN, fts_table};
 use crate::schema::{
     CollectionKind, CollectionSpec, FieldType, IndexSpec, SYSTEM_FIELDS, index_name, normalize_spec,
 };
@@ -41,7 +42,7 @@ pub fn plan(
         steps.push(match op {
             SchemaOp::CreateCollection { collection } => create(dialect, collection, specs)?,
             SchemaOp::AlterCollection(alter) => alter_collection(dialect, alter, specs)?,
-            SchemaOp::DropCollection { name } => drop(name, specs)?,
+            SchemaOp::DropCollection { name } => drop(dialect, name, specs)?,
             SchemaOp::Sql { sql } => Step {
                 statements: vec![sql.clone()],
                 catalog: CatalogChange::None,
@@ -155,11 +156,119 @@ fn create(
     for idx in &spec.indexes {
         statements.push(create_index(dialect, &spec, idx));
     }
+    if let Some(cfg) = SearchConfig::of(&spec) {
+        statements.extend(create_search(dialect, &spec.name, &cfg));
+    }
     specs.insert(spec.name.clone(), spec.clone());
     Ok(Step {
         statements,
         catalog: CatalogChange::Upsert(Box::new(spec)),
     })
+}
+
+/// The search index of a collection, made from nothing: on SQLite an FTS5 table with
+/// one column per weight class, fed by triggers so every write path keeps it in step;
+/// on PostgreSQL a `tsvector` column and its GIN index, written with each row. Rows
+/// already there are indexed by a rebuild job (`search::rebuild`).
+fn create_search(dialect: Dialect, table: &str, cfg: &SearchConfig) -> Vec<String> {
+    match dialect {
+        Dialect::Sqlite => {
+            let mut out = vec![format!(
+                "CREATE VIRTUAL TABLE {} USING fts5(a, b, c, d, content='', contentless_delete=1, \
+                 tokenize='unicode61 remove_diacritics 0')",
+                quote_ident(&fts_table(table))
+            )];
+            out.extend(sqlite_triggers(table, cfg));
+            out
+        }
+        Dialect::Postgres => vec![
+            format!(
+                "ALTER TABLE {} ADD COLUMN {} tsvector",
+                quote_ident(table),
+                quote_ident(TSVECTOR_COLUMN)
+            ),
+            format!(
+                "CREATE INDEX {} ON {} USING GIN ({})",
+                quote_ident(&format!("_lintel_search_{table}")),
+                quote_ident(table),
+                quote_ident(TSVECTOR_COLUMN)
+            ),
+        ],
+    }
+}
+
+fn drop_search(dialect: Dialect, table: &str) -> Vec<String> {
+    match dialect {
+        Dialect::Sqlite => {
+            let mut out = drop_sqlite_triggers(table);
+            out.push(format!("DROP TABLE {}", quote_ident(&fts_table(table))));
+            out
+        }
+        Dialect::Postgres => vec![format!(
+            "ALTER TABLE {} DROP COLUMN {}",
+            quote_ident(table),
+            quote_ident(TSVECTOR_COLUMN)
+        )],
+    }
+}
+
+/// The FTS5 row of a record, as SQL over `row` (`new` or the table): per weight
+/// class, `lintel_search_text(language, text, ...)` of its fields (a function each
+/// SQLite connection of Lintel registers).
+pub fn sqlite_search_values(row: &str, cfg: &SearchConfig) -> String {
+    (0..4)
+        .map(|class| {
+            let args: Vec<String> = cfg
+                .fields
+                .iter()
+                .filter(|f| f.class == class)
+                .map(|f| format!("'{}', {row}.{}", f.language.as_str(), quote_ident(&f.name)))
+                .collect();
+            if args.is_empty() {
+                "''".to_owned()
+            } else {
+                format!("lintel_search_text({})", args.join(", "))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn sqlite_triggers(table: &str, cfg: &SearchConfig) -> Vec<String> {
+    let fts = quote_ident(&fts_table(table));
+    let t = quote_ident(table);
+    let name = |suffix: &str| quote_ident(&format!("{}_{suffix}", fts_table(table)));
+    let insert = format!(
+        "INSERT INTO {fts} (rowid, a, b, c, d) VALUES (new.rowid, {})",
+        sqlite_search_values("new", cfg)
+    );
+    let delete = format!("DELETE FROM {fts} WHERE rowid = old.rowid");
+    vec![
+        format!(
+            "CREATE TRIGGER {} AFTER INSERT ON {t} BEGIN {insert}; END",
+            name("ai")
+        ),
+        format!(
+            "CREATE TRIGGER {} AFTER DELETE ON {t} BEGIN {delete}; END",
+            name("ad")
+        ),
+        format!(
+            "CREATE TRIGGER {} AFTER UPDATE ON {t} BEGIN {delete}; {insert}; END",
+            name("au")
+        ),
+    ]
+}
+
+fn drop_sqlite_triggers(table: &str) -> Vec<String> {
+    ["ai", "ad", "au"]
+        .iter()
+        .map(|s| {
+            format!(
+                "DROP TRIGGER IF EXISTS {}",
+                quote_ident(&format!("{}_{s}", fts_table(table)))
+            )
+        })
+        .collect()
 }
 
 fn unique_field_index(table: &str, field: &str) -> String {
@@ -218,6 +327,11 @@ fn alter_collection(
     let mut spec = old.clone();
     let t = quote_ident(&spec.name);
     let mut statements = Vec::new();
+    let old_search = SearchConfig::of(&old);
+    // Triggers name the columns: they go first and come back for the new fields.
+    if dialect == Dialect::Sqlite && old_search.is_some() {
+        statements.extend(drop_sqlite_triggers(&spec.name));
+    }
 
     for name in &alter.drop_indexes {
         let Some(pos) = spec
@@ -305,6 +419,35 @@ fn alter_collection(
         spec.fields.push(f.clone());
     }
 
+    for u in &alter.update_fields {
+        let Some(f) = spec.fields.iter_mut().find(|f| f.name == u.name) else {
+            return Err(format!(
+                "collection '{}' has no field '{}'",
+                spec.name, u.name
+            ));
+        };
+        if u.searchable.is_none() && u.weight.is_none() && u.language.is_none() {
+            return Err(format!("nothing to change in field '{}'", u.name));
+        }
+        if let Some(on) = u.searchable {
+            f.searchable = on;
+            if !on {
+                f.weight = None;
+                f.language = None;
+            }
+        }
+        if let Some(w) = &u.weight {
+            f.weight = w.clone();
+        }
+        if let Some(l) = &u.language {
+            f.language = l.clone();
+        }
+    }
+
+    if let Some(l) = &alter.search_language {
+        spec.search_language = l.clone();
+    }
+
     let mut added = Vec::new();
     for idx in &alter.add_indexes {
         let mut idx = idx.clone();
@@ -343,11 +486,21 @@ fn alter_collection(
         && alter.drop_indexes.is_empty()
         && alter.schema.is_none()
         && alter.rules.is_none()
+        && alter.update_fields.is_empty()
+        && alter.search_language.is_none()
     {
         return Err(format!("nothing to change in collection '{}'", spec.name));
     }
     for idx in &added {
         statements.push(create_index(dialect, &spec, idx));
+    }
+    match (old_search, SearchConfig::of(&spec)) {
+        (None, Some(cfg)) => statements.extend(create_search(dialect, &spec.name, &cfg)),
+        (Some(_), None) => statements.extend(drop_search(dialect, &spec.name)),
+        (Some(_), Some(cfg)) if dialect == Dialect::Sqlite => {
+            statements.extend(sqlite_triggers(&spec.name, &cfg));
+        }
+        _ => {}
     }
     specs.insert(spec.name.clone(), spec.clone());
     Ok(Step {
@@ -356,7 +509,11 @@ fn alter_collection(
     })
 }
 
-fn drop(name: &str, specs: &mut BTreeMap<String, CollectionSpec>) -> Result<Step, String> {
+fn drop(
+    dialect: Dialect,
+    name: &str,
+    specs: &mut BTreeMap<String, CollectionSpec>,
+) -> Result<Step, String> {
     if !specs.contains_key(name) {
         return Err(format!("no collection '{name}'"));
     }
@@ -376,9 +533,16 @@ fn drop(name: &str, specs: &mut BTreeMap<String, CollectionSpec>) -> Result<Step
             referrers.join(", ")
         ));
     }
-    specs.remove(name);
+    let mut statements = Vec::new();
+    if let Some(spec) = specs.remove(name)
+        && dialect == Dialect::Sqlite
+        && SearchConfig::of(&spec).is_some()
+    {
+        statements.push(format!("DROP TABLE {}", quote_ident(&fts_table(name))));
+    }
+    statements.push(format!("DROP TABLE {}", quote_ident(name)));
     Ok(Step {
-        statements: vec![format!("DROP TABLE {}", quote_ident(name))],
+        statements,
         catalog: CatalogChange::Delete(name.to_owned()),
     })
 }
@@ -402,6 +566,7 @@ mod tests {
             indexes: vec![],
             schema: None,
             rules: Default::default(),
+            search_language: None,
         };
         let steps = plan(
             Dialect::Sqlite,

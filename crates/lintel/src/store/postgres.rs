@@ -352,6 +352,20 @@ fn decode_record(coll: &Collection, row: &Row) -> Result<Record, StoreError> {
             data.insert(f.name.clone(), v);
         }
     }
+    // A search adds its relevance after the record's columns.
+    let columns = 4 + if coll.is_document() {
+        1
+    } else {
+        coll.fields().len()
+    };
+    if row.len() > columns
+        && let Some(n) = row
+            .try_get::<_, Option<f64>>(columns)
+            .map_err(bad)?
+            .and_then(Number::from_f64)
+    {
+        data.insert(crate::schema::search::SCORE.into(), Value::Number(n));
+    }
     Ok(Record {
         id: row.try_get(0).map_err(bad)?,
         created: row.try_get(1).map_err(bad)?,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::schema::search::TSVECTOR_COLUMN;
 use crate::schema::{Collection, FieldSpec, FieldType};
 use crate::store::sql::{Dialect, Sql, SqlValue, field_value};
 use crate::store::{Record, StoreError};
@@ -126,6 +127,10 @@ pub fn insert_sql(dialect: Dialect, coll: &Collection, record: &Record) -> Sql {
     for c in data_columns(coll) {
         sql.push(", ").ident(c);
     }
+    let tsvector = search_vector(dialect, coll, record);
+    if tsvector.is_some() {
+        sql.push(", ").ident(TSVECTOR_COLUMN);
+    }
     sql.push(") VALUES (");
     sql.bind(SqlValue::Text(record.id.clone())).push(", ");
     sql.bind(SqlValue::Text(record.created.clone())).push(", ");
@@ -134,8 +139,20 @@ pub fn insert_sql(dialect: Dialect, coll: &Collection, record: &Record) -> Sql {
     for v in record_values(coll, record) {
         sql.push(", ").bind(v);
     }
+    if let Some(v) = tsvector {
+        sql.push(", ")
+            .bind(SqlValue::Text(v))
+            .push("::text::tsvector");
+    }
     sql.push(")");
     sql
+}
+
+/// On PostgreSQL, the `tsvector` a searchable collection's row carries (SQLite's FTS5
+/// table follows the rows through triggers instead).
+fn search_vector(dialect: Dialect, coll: &Collection, record: &Record) -> Option<String> {
+    let cfg = coll.search().filter(|_| dialect == Dialect::Postgres)?;
+    Some(cfg.tsvector(|name| record.data.get(name).and_then(Value::as_str)))
 }
 
 pub fn update_sql(dialect: Dialect, coll: &Collection, record: &Record, expected: i64) -> Sql {
@@ -151,6 +168,13 @@ pub fn update_sql(dialect: Dialect, coll: &Collection, record: &Record, expected
         .zip(record_values(coll, record))
     {
         sql.push(", ").ident(c).push(" = ").bind(v);
+    }
+    if let Some(v) = search_vector(dialect, coll, record) {
+        sql.push(", ")
+            .ident(TSVECTOR_COLUMN)
+            .push(" = ")
+            .bind(SqlValue::Text(v))
+            .push("::text::tsvector");
     }
     sql.push(" WHERE \"id\" = ")
         .bind(SqlValue::Text(record.id.clone()));

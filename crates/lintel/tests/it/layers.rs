@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 /// The layer of a source file (path under `src/`) or of a module path under `crate::`.
 fn layer(path: &str) -> Option<u8> {
-    const LAYERS: [(&str, u8); 42] = [
+    const LAYERS: [(&str, u8); 44] = [
         ("clock", 0),
         ("ids", 0),
         ("config", 0),
@@ -32,6 +32,7 @@ fn layer(path: &str) -> Option<u8> {
         ("files/routes", 5),
         ("realtime/routes", 5),
         ("yjs/routes", 5),
+        ("search/routes", 5),
         // Resolving the caller from a request (the extractor, the session-cookie
         // middleware) is the edge's work.
         ("auth/caller", 5),
@@ -45,6 +46,7 @@ fn layer(path: &str) -> Option<u8> {
         ("files", 4),
         ("realtime", 4),
         ("yjs", 4),
+        ("search", 4),
         ("ratelimit", 4),
         ("cache", 4),
         ("tasks", 4),

@@ -27,6 +27,7 @@ mod protect;
 mod realtime;
 mod records;
 mod rejections;
+mod search;
 mod security;
 mod tls;
 mod transfer;

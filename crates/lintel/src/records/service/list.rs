@@ -51,7 +51,17 @@ pub async fn list(
     // One stamp, taken before any read, guards both cached parts.
     let before = state.cache.stamp(coll.name());
     let page_key = format!("{}\u{0}{:?}", plan.select.text, plan.select.params);
+    // A shared store's search index is rebuilt by jobs that no change feed reports:
+    // its search pages are not kept.
+    let cacheable = plan.search.is_none() || state.store.dialect() == crate::store::Dialect::Sqlite;
     let rows = async {
+        if !cacheable {
+            let rows = state
+                .store
+                .query_records(coll.clone(), plan.select.clone())
+                .await?;
+            return Ok(Arc::new(rows));
+        }
         if let Some(rows) = state.cache.page(coll.name(), &page_key) {
             return Ok(rows);
         }
@@ -69,7 +79,7 @@ pub async fn list(
     let (rows, total) = match &plan.count {
         Some(c) => {
             let key = format!("{}\u{0}{:?}", c.text, c.params);
-            match state.cache.count(coll.name(), &key) {
+            match state.cache.count(coll.name(), &key).filter(|_| cacheable) {
                 Some(n) => (rows.await.map_err(store_error)?, Some(n)),
                 None => {
                     let (rows, total) = tokio::join!(rows, state.store.query_count(c.clone()));
@@ -89,6 +99,40 @@ pub async fn list(
         has_more,
         permit,
     })
+}
+
+/// A search's additions to each item: `_score`, and with `highlight=1` the
+/// `_highlight` snippets of the searchable fields that matched.
+pub fn add_search_members(
+    coll: &Collection,
+    search: &crate::records::query::SearchPlan,
+    records: &[Visible<'_>],
+    items: &mut [Value],
+) {
+    use crate::schema::search::{SCORE, highlight};
+    for (item, visible) in items.iter_mut().zip(records.iter()) {
+        let record = visible.record();
+        let Value::Object(map) = item else { continue };
+        map.insert(
+            SCORE.into(),
+            record.data.get(SCORE).cloned().unwrap_or(Value::from(0.0)),
+        );
+        if search.highlight {
+            let mut marks = Map::new();
+            for f in coll
+                .search()
+                .map(|c| c.fields.as_slice())
+                .unwrap_or_default()
+            {
+                if let Some(text) = record.data.get(&f.name).and_then(Value::as_str)
+                    && let Some(h) = highlight(text, f.language, &search.query)
+                {
+                    marks.insert(f.name.clone(), Value::String(h));
+                }
+            }
+            map.insert("_highlight".into(), Value::Object(marks));
+        }
+    }
 }
 
 /// The list response body and its links.

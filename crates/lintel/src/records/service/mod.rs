@@ -32,7 +32,7 @@ mod write;
 pub use create::{may_create, prepare_create};
 pub use delete::prepare_delete;
 pub use expand::render_many;
-pub use list::{ListPage, list, list_body};
+pub use list::{ListPage, add_search_members, list, list_body};
 pub use read::{get, get_visible};
 pub use update::{KEEP_API_KEYS, UpdateHow, may_update, prepare_update, update};
 pub use write::{Prepared, Ready, apply_writes, finish, write_one};

@@ -62,6 +62,18 @@ pub fn decode_record(coll: &Collection, row: &rusqlite::Row<'_>) -> rusqlite::Re
             data.insert(f.name.clone(), v);
         }
     }
+    // A search adds its relevance after the record's columns.
+    let columns = 4 + if coll.is_document() {
+        1
+    } else {
+        coll.fields().len()
+    };
+    if row.as_ref().column_count() > columns
+        && let ValueRef::Real(score) = row.get_ref(columns)?
+        && let Some(n) = Number::from_f64(score)
+    {
+        data.insert(crate::schema::search::SCORE.into(), Value::Number(n));
+    }
     Ok(Record {
         id: row.get(0)?,
         created: row.get(1)?,

@@ -154,9 +154,35 @@ fn apply_pragmas(conn: &Connection, cfg: &StoreConfig, writer: bool) -> rusqlite
 
 /// SQL functions Lintel's statements use that SQLite lacks (PostgreSQL gets them from
 /// a system migration): `lintel_geo_distance(latA, lonA, latB, lonB)` in kilometres,
-/// NULL when any coordinate is NULL.
+/// NULL when any coordinate is NULL; `lintel_search_text(language, text, ...)`, the
+/// index terms of texts for full-text search (the search triggers call it).
 fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
     use rusqlite::functions::FunctionFlags;
+    conn.create_scalar_function(
+        "lintel_search_text",
+        -1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            use crate::schema::search::{Language, MAX_POSITIONS, index_text};
+            let mut out = String::new();
+            let mut budget = MAX_POSITIONS;
+            let mut i = 0;
+            let text_at = |i: usize| match ctx.get_raw(i) {
+                rusqlite::types::ValueRef::Text(b) => Some(String::from_utf8_lossy(b)),
+                _ => None,
+            };
+            while i + 1 < ctx.len() {
+                let lang = text_at(i)
+                    .and_then(|l| Language::parse(&l))
+                    .unwrap_or(crate::schema::search::DEFAULT_LANGUAGE);
+                if let Some(text) = text_at(i + 1) {
+                    index_text(lang, &text, &mut out, &mut budget);
+                }
+                i += 2;
+            }
+            Ok(out)
+        },
+    )?;
     conn.create_scalar_function(
         "lintel_geo_distance",
         4,
