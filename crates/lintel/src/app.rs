@@ -290,9 +290,8 @@ pub async fn start_on(
         config.cache.clone()
     } else {
         crate::config::CacheConfig {
-            records: 0,
-            counts: 0,
-            page_bytes: 0,
+            max_bytes: 0,
+            ..config.cache.clone()
         }
     };
     // One TLS implementation for the whole process (ring); installing it twice (a
@@ -353,12 +352,7 @@ pub async fn start_on(
         catalog: RwLock::new((catalog.0, Arc::new(catalog.1), 0)),
         reload_tickets: std::sync::atomic::AtomicU64::new(0),
         versions,
-        cache: crate::cache::ReadCache::new(
-            config_cache.records,
-            config_cache.counts,
-            config_cache.page_bytes,
-        )
-        .with_metrics(&metrics),
+        cache: crate::cache::ReadCache::with_metrics(&config_cache, &metrics),
         metrics,
         auth: crate::auth::AuthRuntime::new(keys, hasher, store_for_auth),
         mailer: crate::auth::mail::Mailer::from_config(&mailer_cfg)?.map(Arc::new),
@@ -602,7 +596,7 @@ async fn follow_changes(
         match notice {
             None => return,
             Some(ChangeNotice::Record { collection, id }) => {
-                state.cache.written(&collection, &id, None)
+                state.cache.written(&collection, &id, None).await
             }
             Some(ChangeNotice::All) => state.cache.clear(),
             Some(ChangeNotice::Jobs) => state.jobs.wake.notify_one(),

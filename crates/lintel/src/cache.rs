@@ -1,87 +1,84 @@
-//! The in-process read cache of the embedded store: records by id and list counts.
+//! The in-process read cache: records by id, list pages and list counts, in one
+//! `moka` cache bounded by bytes (`cache.max_bytes`), with TinyLFU admission or plain
+//! LRU (`cache.policy`) and an optional time to live (`cache.ttl_seconds`).
 //!
-//! Correctness rule: a reader may only insert what it read if no write to that
-//! collection happened since it started reading. Every collection has a generation,
-//! bumped by each write under the same lock that the write-through update of the cache
-//! takes; a reader notes the generation before reading and inserts only if it is
-//! unchanged, in one critical section. So a value read before a write can never land
-//! after that write's update. Writes update records in place (write-through) so reads
-//! of other records stay cached; counts are dropped by any write to their collection.
-//! A schema change clears everything (a new epoch).
+//! Correctness rule: an entry is served only while nothing it depends on was written
+//! since the read that made it began. Every entry carries the stamp noted before that
+//! read: for list pages and counts the collection's generation (bumped by every write
+//! to it), for records the generation of the record's stripe (one of 4,096 counters
+//! that the writes of the records hashing to it bump). A stale entry is never served;
+//! it is dropped when met. So a value read before a write can never be served after
+//! that write's report, whatever order the read and the report's updates run in.
+//! Writes update records in place (write-through); a schema change starts a new epoch.
+//!
+//! Concurrent misses for one key cause one store read (single-flight, moka's
+//! `try_get_with`); a caller that joins a read which then turns out stale reads the
+//! store itself.
 //!
 //! The cache is per process: it is correct as long as this process sees every write,
-//! which holds for the embedded store. Records and counts are bounded by entry counts,
-//! list pages by their estimated size in bytes (a page holds up to 501 records of any
-//! size); when full, an arbitrary entry is evicted (random eviction; stale pages go
-//! first). No lock is held across an await.
+//! which holds for the embedded store, and for a shared store while its change feed
+//! is up (otherwise the cache is suspended). No lock is held across an await.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use crate::store::Record;
+use moka::future::Cache;
+use moka::notification::RemovalCause;
+use moka::policy::EvictionPolicy;
 
-/// A point in a collection's write history: (epoch, generation).
+use crate::config::{CacheConfig, CachePolicy};
+use crate::store::{Record, StoreError};
+
+/// What an entry holds; its index names it in metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Record = 0,
+    Count = 1,
+    Page = 2,
+}
+
+const KINDS: [&str; 3] = ["record", "count", "page"];
+const STRIPES: usize = 4096;
+
+/// A point in a key's write history: (epoch, generation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp(u64, u64);
 
-/// (collection, key) -> the stamp it was read at and the value.
-type Entries<V> = HashMap<(String, String), (Stamp, V)>;
-
-#[derive(Default)]
-struct Inner {
-    /// While set (the change feed of a shared store is down), nothing is served or kept.
-    suspended: bool,
-    epoch: u64,
-    generations: HashMap<String, u64>,
-    records: HashMap<(String, String), Arc<Record>>,
-    counts: Entries<i64>,
-    /// Pages with their estimated size.
-    pages: Entries<(usize, Arc<Vec<Record>>)>,
-    /// The sum of the pages' estimated sizes.
-    page_bytes: usize,
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    kind: Kind,
+    coll: Box<str>,
+    key: Box<str>,
 }
 
-impl Inner {
-    fn stamp(&self, coll: &str) -> Stamp {
-        Stamp(self.epoch, self.generations.get(coll).copied().unwrap_or(0))
-    }
-
-    fn clear_pages(&mut self) {
-        self.pages.clear();
-        self.page_bytes = 0;
-    }
-
-    /// Evicts pages until `room` more bytes fit in `budget`: pages no read can hit
-    /// any more (their collection was written since) first, then arbitrary ones.
-    fn make_room(&mut self, room: usize, budget: usize) {
-        if self.page_bytes + room <= budget {
-            return;
-        }
-        let stale: Vec<(String, String)> = self
-            .pages
-            .iter()
-            .filter(|((coll, _), (stamp, _))| *stamp != self.stamp(coll))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in stale {
-            if let Some((_, (size, _))) = self.pages.remove(&k) {
-                self.page_bytes -= size;
-            }
-        }
-        while self.page_bytes + room > budget {
-            let Some(k) = self.pages.keys().next().cloned() else {
-                break;
-            };
-            if let Some((_, (size, _))) = self.pages.remove(&k) {
-                self.page_bytes -= size;
-            }
-        }
-    }
+/// A cached value.
+#[derive(Debug, Clone)]
+pub enum Value {
+    Record(Arc<Record>),
+    Count(i64),
+    Page(Arc<Vec<Record>>),
 }
 
-/// Roughly how many bytes a page of records takes in memory (the records, their maps
-/// and strings, and the key), for the page budget. An estimate, on the high side.
-pub fn estimate_page_bytes(key: &str, records: &[Record]) -> usize {
+#[derive(Debug, Clone)]
+struct Entry {
+    stamp: Stamp,
+    weight: u32,
+    value: Value,
+}
+
+/// Why a shared read produced nothing to keep.
+#[derive(Debug)]
+enum Miss {
+    Absent,
+    Store(StoreError),
+}
+
+/// Roughly how many bytes a record takes in memory (its maps and strings).
+pub fn estimate_record_bytes(r: &Record) -> usize {
     fn value(v: &serde_json::Value) -> usize {
         use serde_json::Value;
         // A `Value` is 32 bytes wherever it lives; what it points to comes on top.
@@ -93,234 +90,347 @@ pub fn estimate_page_bytes(key: &str, records: &[Record]) -> usize {
             Value::Object(m) => m.iter().map(|(k, v)| 48 + k.len() + value(v)).sum(),
         }
     }
-    let record = |r: &Record| {
-        std::mem::size_of::<Record>()
-            + r.id.len()
-            + r.created.len()
-            + r.updated.len()
-            + r.data
-                .iter()
-                .map(|(k, v)| 48 + k.len() + value(v))
-                .sum::<usize>()
-    };
-    128 + key.len() + records.iter().map(record).sum::<usize>()
+    std::mem::size_of::<Record>()
+        + r.id.len()
+        + r.created.len()
+        + r.updated.len()
+        + r.data
+            .iter()
+            .map(|(k, v)| 48 + k.len() + value(v))
+            .sum::<usize>()
+}
+
+/// Roughly how many bytes a page of records takes in memory, with its key. An
+/// estimate, on the high side.
+pub fn estimate_page_bytes(key: &str, records: &[Record]) -> usize {
+    128 + key.len() + records.iter().map(estimate_record_bytes).sum::<usize>()
+}
+
+fn weigh(key: &Key, value: &Value) -> u32 {
+    let own = 96 + key.coll.len() + key.key.len();
+    let size = own
+        + match value {
+            Value::Record(r) => estimate_record_bytes(r),
+            Value::Count(_) => 8,
+            Value::Page(p) => estimate_page_bytes("", p),
+        };
+    u32::try_from(size).unwrap_or(u32::MAX)
+}
+
+#[derive(Default)]
+struct Generations {
+    by_collection: HashMap<String, u64>,
+}
+
+struct Meters {
+    requests: [[metrics::Counter; 2]; 3],
+    bytes: [metrics::Gauge; 3],
 }
 
 pub struct ReadCache {
-    inner: Mutex<Inner>,
-    max_records: usize,
-    max_counts: usize,
-    max_page_bytes: usize,
-    /// `lintel_cache_requests_total` by kind (record, count, page) and result (hit, miss).
-    requests: [[metrics::Counter; 2]; 3],
+    cache: Option<Cache<Key, Entry>>,
+    epoch: AtomicU64,
+    /// While set (the change feed of a shared store is down), nothing is served or kept.
+    suspended: AtomicBool,
+    generations: Mutex<Generations>,
+    stripes: Box<[AtomicU64]>,
+    hasher: std::collections::hash_map::RandomState,
+    meters: Meters,
+    /// Bytes held per kind, for `lintel_cache_bytes` (also kept without a recorder).
+    held: Arc<[AtomicI64; 3]>,
 }
 
 impl ReadCache {
-    /// `max_records == 0` turns record caching off; `max_counts == 0` count caching;
-    /// `max_page_bytes == 0` page caching.
-    pub fn new(max_records: usize, max_counts: usize, max_page_bytes: usize) -> Self {
+    /// A cache within `cfg.max_bytes` (0 turns it off), counting nowhere.
+    pub fn new(cfg: &CacheConfig) -> Self {
+        Self::build(cfg, None)
+    }
+
+    /// The same, counting hits, misses, evictions and bytes in `metrics`.
+    pub fn with_metrics(cfg: &CacheConfig, metrics: &crate::telemetry::Metrics) -> Self {
+        Self::build(cfg, Some(metrics))
+    }
+
+    fn build(cfg: &CacheConfig, metrics: Option<&crate::telemetry::Metrics>) -> Self {
+        let meters = |m: Option<&crate::telemetry::Metrics>| {
+            let make = || {
+                let requests = KINDS.map(|kind| {
+                    ["hit", "miss"].map(|result| {
+                        metrics::counter!("lintel_cache_requests_total", "kind" => kind, "result" => result)
+                    })
+                });
+                let evictions = KINDS
+                    .map(|kind| metrics::counter!("lintel_cache_evictions_total", "kind" => kind));
+                let bytes = KINDS.map(|kind| metrics::gauge!("lintel_cache_bytes", "kind" => kind));
+                (Meters { requests, bytes }, evictions)
+            };
+            match m {
+                Some(m) => m.scoped(make),
+                None => (
+                    Meters {
+                        requests: std::array::from_fn(|_| {
+                            std::array::from_fn(|_| metrics::Counter::noop())
+                        }),
+                        bytes: std::array::from_fn(|_| metrics::Gauge::noop()),
+                    },
+                    std::array::from_fn(|_| metrics::Counter::noop()),
+                ),
+            }
+        };
+        let (meters, evictions) = meters(metrics);
+        let held: Arc<[AtomicI64; 3]> = Arc::new(std::array::from_fn(|_| AtomicI64::new(0)));
+        let cache = (cfg.max_bytes > 0).then(|| {
+            let listen_held = held.clone();
+            let gauges = meters.bytes.clone();
+            let mut b = Cache::builder()
+                .max_capacity(cfg.max_bytes)
+                .weigher(|k: &Key, e: &Entry| {
+                    let _ = k;
+                    e.weight
+                })
+                .eviction_policy(match cfg.policy {
+                    CachePolicy::Tinylfu => EvictionPolicy::tiny_lfu(),
+                    CachePolicy::Lru => EvictionPolicy::lru(),
+                })
+                .eviction_listener(move |k: Arc<Key>, e: Entry, cause: RemovalCause| {
+                    let i = k.kind as usize;
+                    if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
+                        evictions[i].increment(1);
+                    }
+                    let now = listen_held[i].fetch_sub(i64::from(e.weight), Ordering::Relaxed)
+                        - i64::from(e.weight);
+                    gauges[i].set(now.max(0) as f64);
+                });
+            if cfg.ttl_seconds > 0 {
+                b = b.time_to_live(Duration::from_secs(cfg.ttl_seconds));
+            }
+            b.build()
+        });
         Self {
-            inner: Mutex::new(Inner::default()),
-            max_records,
-            max_counts,
-            max_page_bytes,
-            requests: std::array::from_fn(|_| std::array::from_fn(|_| metrics::Counter::noop())),
+            cache,
+            epoch: AtomicU64::new(0),
+            suspended: AtomicBool::new(false),
+            generations: Mutex::new(Generations::default()),
+            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+            meters,
+            held,
         }
     }
 
-    /// Counts hits and misses in `metrics` (a cache made with `new` counts nowhere).
-    pub fn with_metrics(mut self, metrics: &crate::telemetry::Metrics) -> Self {
-        self.requests = metrics.scoped(|| {
-            ["record", "count", "page"].map(|kind| {
-                ["hit", "miss"].map(|result| {
-                    metrics::counter!("lintel_cache_requests_total", "kind" => kind, "result" => result)
-                })
-            })
-        });
-        self
-    }
-
-    fn count_request(&self, kind: usize, hit: bool) {
-        self.requests[kind][usize::from(!hit)].increment(1);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        match self.inner.lock() {
+    fn generations(&self) -> std::sync::MutexGuard<'_, Generations> {
+        match self.generations.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         }
     }
 
-    /// The stamp to note before reading from the store.
-    pub fn stamp(&self, coll: &str) -> Stamp {
-        self.lock().stamp(coll)
+    fn stripe(&self, coll: &str, id: &str) -> &AtomicU64 {
+        let i = (self.hasher.hash_one((coll, id)) as usize) % STRIPES;
+        &self.stripes[i]
     }
 
-    pub fn record(&self, coll: &str, id: &str) -> Option<Arc<Record>> {
-        if self.max_records == 0 {
+    /// The stamp a read of `key` notes before it starts; `None` while suspended.
+    fn stamp_of(&self, kind: Kind, coll: &str, key: &str) -> Option<Stamp> {
+        if self.suspended.load(Ordering::Acquire) {
             return None;
         }
-        let inner = self.lock();
-        let hit = if inner.suspended {
-            None
-        } else {
-            inner
-                .records
-                .get(&(coll.to_owned(), id.to_owned()))
-                .cloned()
+        let epoch = self.epoch.load(Ordering::Acquire);
+        Some(match kind {
+            Kind::Record => Stamp(epoch, self.stripe(coll, key).load(Ordering::Acquire)),
+            Kind::Count | Kind::Page => Stamp(
+                epoch,
+                self.generations()
+                    .by_collection
+                    .get(coll)
+                    .copied()
+                    .unwrap_or(0),
+            ),
+        })
+    }
+
+    fn count_request(&self, kind: Kind, hit: bool) {
+        self.meters.requests[kind as usize][usize::from(!hit)].increment(1);
+    }
+
+    fn kept(&self, key: &Key, weight: u32) {
+        let i = key.kind as usize;
+        let now = self.held[i].fetch_add(i64::from(weight), Ordering::Relaxed) + i64::from(weight);
+        self.meters.bytes[i].set(now.max(0) as f64);
+    }
+
+    /// The value of `key`, from the cache when fresh, otherwise from `load` (one load
+    /// at a time per key; the others wait for it). `Ok(None)`: the store has nothing
+    /// (not cached).
+    pub async fn get_or_load<F, Fut>(
+        &self,
+        kind: Kind,
+        coll: &str,
+        key: &str,
+        load: F,
+    ) -> Result<Option<Value>, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Option<Value>, StoreError>>,
+    {
+        let (Some(cache), Some(stamp)) = (&self.cache, self.stamp_of(kind, coll, key)) else {
+            return load().await;
         };
-        drop(inner);
-        self.count_request(0, hit.is_some());
-        hit
-    }
-
-    /// Inserts a record read from the store, unless the collection was written since
-    /// `before`.
-    pub fn put_record(&self, coll: &str, before: Stamp, record: Arc<Record>) {
-        if self.max_records == 0 {
-            return;
-        }
-        let mut inner = self.lock();
-        if inner.suspended || inner.stamp(coll) != before {
-            return;
-        }
-        if inner.records.len() >= self.max_records
-            && let Some(k) = inner.records.keys().next().cloned()
-        {
-            inner.records.remove(&k);
-        }
-        inner
-            .records
-            .insert((coll.to_owned(), record.id.clone()), record);
-    }
-
-    pub fn count(&self, coll: &str, key: &str) -> Option<i64> {
-        if self.max_counts == 0 {
-            return None;
-        }
-        let inner = self.lock();
-        let current = inner.stamp(coll);
-        let hit = inner
-            .counts
-            .get(&(coll.to_owned(), key.to_owned()))
-            .filter(|(stamp, _)| !inner.suspended && *stamp == current)
-            .map(|(_, n)| *n);
-        drop(inner);
-        self.count_request(1, hit.is_some());
-        hit
-    }
-
-    pub fn put_count(&self, coll: &str, before: Stamp, key: String, count: i64) {
-        if self.max_counts == 0 {
-            return;
-        }
-        let mut inner = self.lock();
-        if inner.suspended || inner.stamp(coll) != before {
-            return;
-        }
-        if inner.counts.len() >= self.max_counts {
-            inner.counts.clear();
-        }
-        inner.counts.insert((coll.to_owned(), key), (before, count));
-    }
-
-    /// A cached list page (the records of one list query), valid until the next write
-    /// to its collection.
-    pub fn page(&self, coll: &str, key: &str) -> Option<Arc<Vec<Record>>> {
-        if self.max_page_bytes == 0 {
-            return None;
-        }
-        let inner = self.lock();
-        let current = inner.stamp(coll);
-        let hit = inner
-            .pages
-            .get(&(coll.to_owned(), key.to_owned()))
-            .filter(|(stamp, _)| !inner.suspended && *stamp == current)
-            .map(|(_, (_, p))| p.clone());
-        drop(inner);
-        self.count_request(2, hit.is_some());
-        hit
-    }
-
-    /// Keeps a page within `cache.page_bytes` (a page larger than all of it is not
-    /// kept). The size is estimated before the lock is taken.
-    pub fn put_page(&self, coll: &str, before: Stamp, key: String, records: Arc<Vec<Record>>) {
-        if self.max_page_bytes == 0 {
-            return;
-        }
-        let size = estimate_page_bytes(&key, &records) + coll.len();
-        if size > self.max_page_bytes {
-            return;
-        }
-        let mut inner = self.lock();
-        if inner.suspended || inner.stamp(coll) != before {
-            return;
-        }
-        let slot = (coll.to_owned(), key);
-        if let Some((_, (old, _))) = inner.pages.remove(&slot) {
-            inner.page_bytes -= old;
-        }
-        inner.make_room(size, self.max_page_bytes);
-        inner.page_bytes += size;
-        inner.pages.insert(slot, (before, (size, records)));
-    }
-
-    /// After a committed write: bumps the generation and updates the record in place
-    /// (`Some`) or forgets it (`None`, a delete).
-    pub fn written(&self, coll: &str, id: &str, record: Option<Record>) {
-        let mut inner = self.lock();
-        *inner.generations.entry(coll.to_owned()).or_insert(0) += 1;
-        let key = (coll.to_owned(), id.to_owned());
-        // Writes can report out of commit order; only a newer version replaces a cached
-        // one in place, anything else just forgets it.
-        let newer = match (&record, inner.records.get(&key)) {
-            (Some(r), Some(cached)) => r.version > cached.version,
-            _ => false,
+        let k = Key {
+            kind,
+            coll: coll.into(),
+            key: key.into(),
         };
-        match record {
-            Some(r) if newer && self.max_records > 0 => {
-                inner.records.insert(key, Arc::new(r));
+        if let Some(e) = cache.get(&k).await {
+            if e.stamp == stamp {
+                self.count_request(kind, true);
+                return Ok(Some(e.value));
             }
-            _ => {
-                inner.records.remove(&key);
+            cache.invalidate(&k).await;
+        }
+        self.count_request(kind, false);
+        let shared = cache
+            .try_get_with(k.clone(), async {
+                match load().await {
+                    Ok(Some(value)) => {
+                        let weight = weigh(&k, &value);
+                        self.kept(&k, weight);
+                        Ok(Entry {
+                            stamp,
+                            weight,
+                            value,
+                        })
+                    }
+                    Ok(None) => Err(Miss::Absent),
+                    Err(e) => Err(Miss::Store(e)),
+                }
+            })
+            .await;
+        match shared {
+            Ok(e) if Some(e.stamp) == self.stamp_of(kind, coll, key) => Ok(Some(e.value)),
+            // Read before a write that has been reported since: not for this caller.
+            Ok(_) => {
+                cache.invalidate(&k).await;
+                load().await
             }
+            Err(miss) => match &*miss {
+                Miss::Absent => Ok(None),
+                Miss::Store(e) => Err(e.clone()),
+            },
         }
     }
 
-    /// After a schema change: nothing read before it may be served or inserted.
+    /// A record by id, through the cache.
+    pub async fn record<F, Fut>(
+        &self,
+        coll: &str,
+        id: &str,
+        load: F,
+    ) -> Result<Option<Arc<Record>>, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Option<Arc<Record>>, StoreError>>,
+    {
+        let v = self
+            .get_or_load(Kind::Record, coll, id, || {
+                let f = load();
+                async move { f.await.map(|r| r.map(Value::Record)) }
+            })
+            .await?;
+        Ok(match v {
+            Some(Value::Record(r)) => Some(r),
+            _ => None,
+        })
+    }
+
+    /// After a committed write: bumps the collection's and the record's generations
+    /// and updates the record in place (`Some`, when a cached older version is there)
+    /// or forgets it (`None`, a delete).
+    pub async fn written(&self, coll: &str, id: &str, record: Option<Record>) {
+        *self
+            .generations()
+            .by_collection
+            .entry(coll.to_owned())
+            .or_insert(0) += 1;
+        let generation = self.stripe(coll, id).fetch_add(1, Ordering::AcqRel) + 1;
+        let Some(cache) = &self.cache else { return };
+        let k = Key {
+            kind: Kind::Record,
+            coll: coll.into(),
+            key: id.into(),
+        };
+        // Writes can report out of commit order; only a newer version replaces a
+        // cached one in place, anything else just forgets it.
+        let cached = cache.get(&k).await;
+        match (record, cached) {
+            (
+                Some(r),
+                Some(Entry {
+                    value: Value::Record(old),
+                    ..
+                }),
+            ) if r.version > old.version && !self.suspended.load(Ordering::Acquire) => {
+                let value = Value::Record(Arc::new(r));
+                let weight = weigh(&k, &value);
+                self.kept(&k, weight);
+                let stamp = Stamp(self.epoch.load(Ordering::Acquire), generation);
+                cache
+                    .insert(
+                        k,
+                        Entry {
+                            stamp,
+                            weight,
+                            value,
+                        },
+                    )
+                    .await;
+            }
+            (_, Some(_)) => cache.invalidate(&k).await,
+            (_, None) => {}
+        }
+    }
+
+    fn reset(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        if let Some(c) = &self.cache {
+            c.invalidate_all();
+        }
+    }
+
+    /// After a schema change: nothing read before it may be served.
     pub fn clear(&self) {
-        let mut inner = self.lock();
-        inner.epoch += 1;
-        inner.records.clear();
-        inner.counts.clear();
-        inner.clear_pages();
+        self.reset();
     }
 
     /// The change feed of a shared store is down: changes by others may go unseen, so
     /// stop serving and keeping anything until [`ReadCache::resume`].
     pub fn suspend(&self) {
-        let mut inner = self.lock();
-        inner.suspended = true;
-        inner.epoch += 1;
-        inner.records.clear();
-        inner.counts.clear();
-        inner.clear_pages();
+        self.suspended.store(true, Ordering::Release);
+        self.reset();
     }
 
     /// Whether the cache serves (false while a shared store's change feed is down or
     /// not yet connected).
     pub fn is_live(&self) -> bool {
-        !self.lock().suspended
+        !self.suspended.load(Ordering::Acquire)
     }
 
     /// The change feed is complete again (from an empty cache).
     pub fn resume(&self) {
-        let mut inner = self.lock();
-        inner.epoch += 1;
-        inner.records.clear();
-        inner.counts.clear();
-        inner.clear_pages();
-        inner.suspended = false;
+        self.reset();
+        self.suspended.store(false, Ordering::Release);
+    }
+
+    /// Runs moka's pending upkeep (evictions, listener calls) now; for tests.
+    pub async fn settle(&self) {
+        if let Some(c) = &self.cache {
+            c.run_pending_tasks().await;
+        }
+    }
+
+    /// The bytes held, by kind (record, count, page).
+    pub fn held_bytes(&self) -> [i64; 3] {
+        std::array::from_fn(|i| self.held[i].load(Ordering::Relaxed))
     }
 }
 
@@ -328,6 +438,7 @@ impl ReadCache {
 mod tests {
     use super::*;
     use serde_json::Map;
+    use std::sync::atomic::AtomicUsize;
 
     fn rec(id: &str, version: i64) -> Record {
         Record {
@@ -339,83 +450,127 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_read_that_raced_a_write_is_not_inserted() {
-        let c = ReadCache::new(10, 10, 1 << 20);
-        let before = c.stamp("posts");
-        c.written("posts", "a", Some(rec("a", 2)));
-        c.put_record("posts", before, Arc::new(rec("a", 1)));
-        assert!(
-            c.record("posts", "a").is_none(),
-            "the stale read was refused"
-        );
-        let before = c.stamp("posts");
-        c.put_record("posts", before, Arc::new(rec("a", 2)));
-        assert_eq!(c.record("posts", "a").map(|r| r.version), Some(2));
-        c.written("posts", "a", Some(rec("a", 3)));
-        assert_eq!(
-            c.record("posts", "a").map(|r| r.version),
-            Some(3),
-            "write-through"
-        );
-        c.written("posts", "a", Some(rec("a", 2)));
-        assert!(
-            c.record("posts", "a").is_none(),
-            "an older version reported late is not kept"
-        );
-        let before = c.stamp("posts");
-        c.put_record("posts", before, Arc::new(rec("a", 3)));
-        c.written("posts", "a", None);
-        assert!(c.record("posts", "a").is_none(), "deleted");
+    fn cfg(max_bytes: u64, policy: CachePolicy) -> CacheConfig {
+        CacheConfig {
+            max_bytes,
+            policy,
+            ttl_seconds: 0,
+        }
     }
 
-    #[test]
-    fn counts_die_with_any_write_and_schema_changes_clear_all() {
-        let c = ReadCache::new(10, 10, 1 << 20);
-        let s = c.stamp("posts");
-        c.put_count("posts", s, "k".into(), 5);
-        assert_eq!(c.count("posts", "k"), Some(5));
-        c.written("posts", "zzz", None);
-        assert_eq!(c.count("posts", "k"), None);
-        let s = c.stamp("posts");
-        c.put_record("posts", s, Arc::new(rec("b", 1)));
+    async fn read(c: &ReadCache, id: &str, version: i64, loads: &AtomicUsize) -> Option<i64> {
+        c.record("posts", id, || async {
+            loads.fetch_add(1, Ordering::SeqCst);
+            Ok(Some(Arc::new(rec(id, version))))
+        })
+        .await
+        .ok()
+        .flatten()
+        .map(|r| r.version)
+    }
+
+    #[tokio::test]
+    async fn hits_after_a_load_and_never_serves_what_a_write_made_stale() {
+        let c = ReadCache::new(&cfg(1 << 20, CachePolicy::Tinylfu));
+        let loads = AtomicUsize::new(0);
+        assert_eq!(read(&c, "a", 1, &loads).await, Some(1));
+        assert_eq!(read(&c, "a", 1, &loads).await, Some(1));
+        assert_eq!(loads.load(Ordering::SeqCst), 1, "the second read hit");
+        // A write that the cache holds an older version of: written through.
+        c.written("posts", "a", Some(rec("a", 2))).await;
+        assert_eq!(read(&c, "a", 99, &loads).await, Some(2));
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        // Reported out of order: the older version is not kept.
+        c.written("posts", "a", Some(rec("a", 1))).await;
+        assert_eq!(read(&c, "a", 3, &loads).await, Some(3));
+        // A delete: forgotten.
+        c.written("posts", "a", None).await;
+        assert_eq!(read(&c, "a", 4, &loads).await, Some(4));
+        // A schema change: a new epoch.
         c.clear();
-        assert!(c.record("posts", "b").is_none());
-        c.put_record("posts", s, Arc::new(rec("b", 1)));
-        assert!(
-            c.record("posts", "b").is_none(),
-            "reads from before the schema change are refused"
+        assert_eq!(read(&c, "a", 5, &loads).await, Some(5));
+        // Other records stay cached across a write.
+        assert_eq!(read(&c, "b", 1, &loads).await, Some(1));
+        let before = loads.load(Ordering::SeqCst);
+        c.written("posts", "c", None).await;
+        assert_eq!(read(&c, "b", 7, &loads).await, Some(1));
+        assert_eq!(loads.load(Ordering::SeqCst), before);
+    }
+
+    #[tokio::test]
+    async fn a_read_that_raced_a_write_is_not_served_later() {
+        let c = Arc::new(ReadCache::new(&cfg(1 << 20, CachePolicy::Tinylfu)));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let reader = {
+            let (c, gate, calls) = (c.clone(), gate.clone(), calls.clone());
+            tokio::spawn(async move {
+                c.record("posts", "a", || {
+                    let (gate, calls) = (gate.clone(), calls.clone());
+                    async move {
+                        // The first read is held until the write is reported; it then
+                        // returns what it read before the write.
+                        if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                            gate.notified().await;
+                            return Ok(Some(Arc::new(rec("a", 1))));
+                        }
+                        Ok(Some(Arc::new(rec("a", 2))))
+                    }
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The write commits while the read is in flight.
+        c.written("posts", "a", Some(rec("a", 2))).await;
+        gate.notify_waiters();
+        let got = reader
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten()
+            .map(|r| r.version);
+        assert_eq!(
+            got,
+            Some(2),
+            "the caller read again after its shared read went stale"
+        );
+        let loads = AtomicUsize::new(0);
+        assert_eq!(
+            read(&c, "a", 2, &loads).await,
+            Some(2),
+            "the stale read was not kept"
         );
     }
 
-    #[test]
-    fn a_suspended_cache_serves_and_keeps_nothing() {
-        let c = ReadCache::new(10, 10, 1 << 20);
-        c.suspend();
-        let s = c.stamp("p");
-        c.put_record("p", s, Arc::new(rec("a", 1)));
-        c.put_count("p", s, "k".into(), 1);
-        assert!(c.record("p", "a").is_none());
-        assert!(c.count("p", "k").is_none());
-        c.resume();
-        let s = c.stamp("p");
-        c.put_record("p", s, Arc::new(rec("a", 1)));
-        assert!(c.record("p", "a").is_some());
-    }
-
-    #[test]
-    fn pages_die_with_any_write_to_their_collection() {
-        let c = ReadCache::new(10, 10, 1 << 20);
-        let s = c.stamp("p");
-        c.put_page("p", s, "q".into(), Arc::new(vec![rec("a", 1)]));
-        assert_eq!(c.page("p", "q").map(|v| v.len()), Some(1));
-        c.written("other", "x", None);
-        assert!(
-            c.page("p", "q").is_some(),
-            "other collections do not matter"
+    #[tokio::test]
+    async fn concurrent_misses_load_once() {
+        let c = Arc::new(ReadCache::new(&cfg(1 << 20, CachePolicy::Tinylfu)));
+        let loads = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..32 {
+            let (c, loads) = (c.clone(), loads.clone());
+            tasks.push(tokio::spawn(async move {
+                c.get_or_load(Kind::Count, "posts", "q", || {
+                    let loads = loads.clone();
+                    async move {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Ok(Some(Value::Count(7)))
+                    }
+                })
+                .await
+            }));
+        }
+        for t in tasks {
+            let v = t.await.ok().and_then(Result::ok).flatten();
+            assert!(matches!(v, Some(Value::Count(7))));
+        }
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            1,
+            "one store read for 32 misses"
         );
-        c.written("p", "b", None);
-        assert!(c.page("p", "q").is_none());
     }
 
     fn page_of(n: usize, text_len: usize) -> Arc<Vec<Record>> {
@@ -433,78 +588,60 @@ mod tests {
         )
     }
 
-    #[test]
-    fn pages_are_bounded_by_their_size_in_bytes() {
-        let budget = 1024 * 1024;
-        let c = ReadCache::new(10, 10, budget);
-        let big = page_of(100, 2000);
-        let size = estimate_page_bytes("q0", &big);
-        assert!(
-            size > 100 * 2000 && size < 100 * 2600,
-            "the estimate follows the records' size: {size}"
-        );
-        // Far more pages than fit: the total stays within the budget, the newest is kept.
-        for i in 0..50 {
-            let s = c.stamp("p");
-            c.put_page("p", s, format!("q{i}"), big.clone());
-            let inner = c.lock();
-            assert!(
-                inner.page_bytes <= budget,
-                "{} > {budget}",
-                inner.page_bytes
-            );
-            let sum: usize = inner.pages.values().map(|(_, (n, _))| n).sum();
-            assert_eq!(sum, inner.page_bytes, "the running total is exact");
+    #[tokio::test]
+    async fn pages_stay_within_the_byte_budget_under_both_policies() {
+        for policy in [CachePolicy::Tinylfu, CachePolicy::Lru] {
+            let budget = 1024 * 1024;
+            let c = ReadCache::new(&cfg(budget, policy));
+            let big = page_of(100, 2000);
+            let size = estimate_page_bytes("q0", &big);
+            assert!(size > 100 * 2000 && size < 100 * 2600, "{size}");
+            for i in 0..50 {
+                let p = big.clone();
+                let _ = c
+                    .get_or_load(Kind::Page, "p", &format!("q{i}"), || {
+                        let p = p.clone();
+                        async move { Ok(Some(Value::Page(p))) }
+                    })
+                    .await;
+            }
+            c.settle().await;
+            let held: i64 = c.held_bytes().iter().sum();
+            assert!(held as u64 <= budget, "{policy:?}: {held} > {budget}");
+            let weighted = c.cache.as_ref().map_or(0, |m| m.weighted_size());
+            assert!(weighted <= budget, "{policy:?}: {weighted}");
+            assert!(weighted > 0, "{policy:?}: something is kept");
+            assert_eq!(held as u64, weighted, "{policy:?}: the byte gauge is exact");
+            // A write to the collection makes its pages stale.
+            c.written("p", "x", None).await;
+            let loads = AtomicUsize::new(0);
+            let _ = c
+                .get_or_load(Kind::Page, "p", "q49", || async {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    Ok(Some(Value::Count(0)))
+                })
+                .await;
+            assert_eq!(loads.load(Ordering::SeqCst), 1, "{policy:?}");
         }
-        assert!(c.page("p", "q49").is_some());
-        assert!(c.lock().pages.len() <= budget / size);
-        // Many small pages fit where few large ones do.
-        let small = page_of(1, 10);
-        for i in 0..200 {
-            let s = c.stamp("small");
-            c.put_page("small", s, format!("k{i}"), small.clone());
-        }
-        assert!(c.page("small", "k199").is_some());
-        // A page larger than the whole budget is not kept, and evicts nothing.
-        let before = c.lock().pages.len();
-        let s = c.stamp("p");
-        c.put_page("p", s, "huge".into(), page_of(501, 4000));
-        assert!(c.page("p", "huge").is_none());
-        assert_eq!(c.lock().pages.len(), before);
-        c.clear();
-        assert_eq!(c.lock().page_bytes, 0);
-        // 0 turns pages off.
-        let off = ReadCache::new(10, 10, 0);
-        let s = off.stamp("p");
-        off.put_page("p", s, "q".into(), small);
-        assert!(off.page("p", "q").is_none());
+        // 0 turns the cache off: every read loads.
+        let off = ReadCache::new(&cfg(0, CachePolicy::Tinylfu));
+        let loads = AtomicUsize::new(0);
+        read(&off, "a", 1, &loads).await;
+        read(&off, "a", 1, &loads).await;
+        assert_eq!(loads.load(Ordering::SeqCst), 2);
     }
 
-    #[test]
-    fn stale_pages_are_evicted_first() {
-        let unit = page_of(10, 1000);
-        let size = estimate_page_bytes("a", &unit) + 1;
-        let c = ReadCache::new(10, 10, size * 3 + size / 2);
-        for (coll, key) in [("p", "a"), ("p", "b"), ("s", "c")] {
-            let s = c.stamp(coll);
-            c.put_page(coll, s, key.into(), unit.clone());
-        }
-        c.written("s", "x", None);
-        let s = c.stamp("p");
-        c.put_page("p", s, "d".into(), unit.clone());
-        for key in ["a", "b", "d"] {
-            assert!(c.page("p", key).is_some(), "{key} was kept");
-        }
-        assert_eq!(c.lock().pages.len(), 3, "the stale page made room");
-    }
-
-    #[test]
-    fn bounded() {
-        let c = ReadCache::new(3, 10, 1024);
-        for i in 0..10 {
-            let s = c.stamp("p");
-            c.put_record("p", s, Arc::new(rec(&i.to_string(), 1)));
-        }
-        assert!(c.lock().records.len() <= 3);
+    #[tokio::test]
+    async fn a_suspended_cache_serves_and_keeps_nothing() {
+        let c = ReadCache::new(&cfg(1 << 20, CachePolicy::Lru));
+        let loads = AtomicUsize::new(0);
+        c.suspend();
+        read(&c, "a", 1, &loads).await;
+        read(&c, "a", 1, &loads).await;
+        assert_eq!(loads.load(Ordering::SeqCst), 2);
+        c.resume();
+        read(&c, "a", 1, &loads).await;
+        read(&c, "a", 1, &loads).await;
+        assert_eq!(loads.load(Ordering::SeqCst), 3);
     }
 }

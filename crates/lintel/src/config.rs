@@ -550,26 +550,36 @@ impl Default for MailConfig {
     }
 }
 
-/// The in-process read cache (records by id, list counts); 0 turns a part off.
+/// The in-process read cache: records by id, list pages and counts, in one budget.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
-    /// Records kept, at most.
-    pub records: usize,
-    /// List counts kept, at most.
-    pub counts: usize,
-    /// List pages kept, at most this many bytes of them (estimated).
-    pub page_bytes: usize,
+    /// The whole cache, in bytes (estimated); 0 turns it off.
+    pub max_bytes: u64,
+    /// Which entries make room for new ones.
+    pub policy: CachePolicy,
+    /// Entries older than this are dropped; 0 keeps them until evicted or stale.
+    pub ttl_seconds: u64,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
         Self {
-            records: 20_000,
-            counts: 1_024,
-            page_bytes: 32 * 1024 * 1024,
+            max_bytes: 64 * 1024 * 1024,
+            policy: CachePolicy::Tinylfu,
+            ttl_seconds: 0,
         }
     }
+}
+
+/// The read cache's eviction policy.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CachePolicy {
+    /// Admission by frequency (TinyLFU), eviction by recency: resists scans.
+    Tinylfu,
+    /// Least recently used.
+    Lru,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -1066,7 +1076,8 @@ mod tests {
             ("LINTEL_HTTP__BODY_LIMIT", "1234"),
             ("LINTEL_STORE__READ_QUEUE", "7"),
             ("LINTEL_AUDIT__RETENTION_DAYS", "30"),
-            ("LINTEL_CACHE__PAGE_BYTES", "4096"),
+            ("LINTEL_CACHE__MAX_BYTES", "4096"),
+            ("LINTEL_CACHE__POLICY", "lru"),
             (
                 "LINTEL_OUTBOUND__ALLOW_HOSTS",
                 "[127.0.0.1/32, hooks.internal]",
@@ -1118,7 +1129,8 @@ mod tests {
         assert_eq!(c.http.body_limit, 1234);
         assert_eq!(c.store.read_queue, 7);
         assert_eq!(c.audit.retention_days, 30);
-        assert_eq!(c.cache.page_bytes, 4096);
+        assert_eq!(c.cache.max_bytes, 4096);
+        assert_eq!(c.cache.policy, CachePolicy::Lru);
         assert_eq!(
             loaded.unknown_keys,
             vec![

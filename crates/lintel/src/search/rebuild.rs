@@ -160,7 +160,7 @@ pub async fn run(rt: &Runtime, job: &Job, lease: &str) -> Result<Value, Failed> 
             .await
             .map_err(|e| failed(format!("indexing {t}: {}", e.error)))?;
         // Search pages cached before this batch may miss what it indexed.
-        rt.cache.written(t, "", None);
+        rt.cache.written(t, "", None).await;
         if (rows.len() as i64) < BATCH {
             break;
         }

@@ -48,49 +48,59 @@ pub async fn list(
         &env,
         permit.condition(),
     )?;
-    // One stamp, taken before any read, guards both cached parts.
-    let before = state.cache.stamp(coll.name());
-    let page_key = format!("{}\u{0}{:?}", plan.select.text, plan.select.params);
+    use crate::cache::{Kind, Value as Cached};
     // A shared store's search index is rebuilt by jobs that no change feed reports:
     // its search pages are not kept.
     let cacheable = plan.search.is_none() || state.store.dialect() == crate::store::Dialect::Sqlite;
+    let select = &plan.select;
+    let read_rows = || async {
+        let rows = state
+            .store
+            .query_records(coll.clone(), select.clone())
+            .await?;
+        Ok(Some(Cached::Page(Arc::new(rows))))
+    };
     let rows = async {
-        if !cacheable {
-            let rows = state
-                .store
-                .query_records(coll.clone(), plan.select.clone())
-                .await?;
-            return Ok(Arc::new(rows));
-        }
-        if let Some(rows) = state.cache.page(coll.name(), &page_key) {
-            return Ok(rows);
-        }
-        let rows = Arc::new(
+        let page = if cacheable {
+            let key = format!("{}\u{0}{:?}", select.text, select.params);
             state
-                .store
-                .query_records(coll.clone(), plan.select.clone())
-                .await?,
-        );
-        state
-            .cache
-            .put_page(coll.name(), before, page_key.clone(), rows.clone());
-        Ok(rows)
-    };
-    let (rows, total) = match &plan.count {
-        Some(c) => {
-            let key = format!("{}\u{0}{:?}", c.text, c.params);
-            match state.cache.count(coll.name(), &key).filter(|_| cacheable) {
-                Some(n) => (rows.await.map_err(store_error)?, Some(n)),
-                None => {
-                    let (rows, total) = tokio::join!(rows, state.store.query_count(c.clone()));
-                    let total = total.map_err(store_error)?;
-                    state.cache.put_count(coll.name(), before, key, total);
-                    (rows.map_err(store_error)?, Some(total))
-                }
-            }
+                .cache
+                .get_or_load(Kind::Page, coll.name(), &key, read_rows)
+                .await?
+        } else {
+            read_rows().await?
+        };
+        match page {
+            Some(Cached::Page(rows)) => Ok(rows),
+            _ => Err(StoreError::Internal("a cached page of another kind".into())),
         }
-        None => (rows.await.map_err(store_error)?, None),
     };
+    let count = async {
+        let Some(c) = &plan.count else {
+            return Ok(None);
+        };
+        let read_count = || async {
+            let n = state.store.query_count(c.clone()).await?;
+            Ok(Some(Cached::Count(n)))
+        };
+        let n = if cacheable {
+            let key = format!("{}\u{0}{:?}", c.text, c.params);
+            state
+                .cache
+                .get_or_load(Kind::Count, coll.name(), &key, read_count)
+                .await?
+        } else {
+            read_count().await?
+        };
+        match n {
+            Some(Cached::Count(n)) => Ok(Some(n)),
+            _ => Err(StoreError::Internal(
+                "a cached count of another kind".into(),
+            )),
+        }
+    };
+    let (rows, total) = tokio::join!(rows, count);
+    let (rows, total) = (rows.map_err(store_error)?, total.map_err(store_error)?);
     let has_more = rows.len() > plan.per_page;
     Ok(ListPage {
         plan,

@@ -24,20 +24,14 @@ pub async fn get(
     if !is_record_id(id) {
         return Err(store_error(StoreError::NotFound));
     }
-    if let Some(r) = state.cache.record(coll.name(), id) {
-        return Ok(r);
-    }
-    let before = state.cache.stamp(coll.name());
-    let sql = crate::store::sql::select_by_id(state.store.dialect(), coll, id);
-    let mut rows = state
-        .store
-        .query_records(coll.clone(), sql)
+    state
+        .cache
+        .record(coll.name(), id, || async {
+            let sql = crate::store::sql::select_by_id(state.store.dialect(), coll, id);
+            let mut rows = state.store.query_records(coll.clone(), sql).await?;
+            Ok(rows.pop().map(Arc::new))
+        })
         .await
-        .map_err(store_error)?;
-    let record = Arc::new(
-        rows.pop()
-            .ok_or_else(|| store_error(StoreError::NotFound))?,
-    );
-    state.cache.put_record(coll.name(), before, record.clone());
-    Ok(record)
+        .map_err(store_error)?
+        .ok_or_else(|| store_error(StoreError::NotFound))
 }

@@ -284,7 +284,7 @@ pub async fn apply_writes(
                         WriteOutcome::Written(r) => Some(r.clone()),
                         _ => None,
                     };
-                    state.cache.written(coll, id, record);
+                    state.cache.written(coll, id, record).await;
                 }
             }
             Err(_) => {
@@ -294,7 +294,7 @@ pub async fn apply_writes(
                 // Nothing of a failed batch is kept, but a failed commit leaves doubt:
                 // forget what these records had cached.
                 for (coll, id) in targets.iter().flatten() {
-                    state.cache.written(coll, id, None);
+                    state.cache.written(coll, id, None).await;
                 }
             }
         }
