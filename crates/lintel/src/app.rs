@@ -474,6 +474,9 @@ pub async fn start_on(
             rx.clone(),
         ));
         let yjs = tokio::spawn(crate::yjs::run(Runtime::clone(&task_state), rx.clone()));
+        // Search indexes that lag their settings get their rebuild job.
+        let ensure_state = Runtime::clone(&task_state);
+        tokio::spawn(async move { crate::search::ensure_all(&ensure_state).await });
         let sequencer = tokio::spawn(crate::events::run_sequencer(
             Runtime::clone(&task_state),
             Duration::from_millis(task_state.config.events.poll_ms.max(10)),

@@ -394,9 +394,6 @@ async fn patch_collection(
             .as_ref()
             .map(|_| old.search_language.clone()),
     };
-    let may_rebuild = !patch.update_fields.is_empty()
-        || patch.search_language.is_some()
-        || !patch.drop_fields.is_empty();
     apply_change(
         &state,
         caller.write_meta(state.clock.now_ms()),
@@ -409,13 +406,10 @@ async fn patch_collection(
     let coll = crate::records::service::collection(&state, &name)?;
     // Records already there are indexed again by a job when the change touched what
     // they hold in the index.
-    if may_rebuild && index_changed(&old, &coll.spec, &patch) && has_records(&state, &coll).await? {
-        let (job, _) = crate::jobs::service::enqueue(
-            &state,
-            &crate::search::rebuild::job(coll.name()),
-            caller.write_meta(state.clock.now_ms()),
-        )
-        .await?;
+    let rebuild = crate::search::ensure(&state, &coll, caller.write_meta(state.clock.now_ms()))
+        .await
+        .map_err(ApiError::from)?;
+    if let Some(job) = rebuild {
         let mut body = collection_json(&coll);
         body["job"] = job.to_json(false);
         let mut res = (StatusCode::ACCEPTED, axum::Json(body)).into_response();
@@ -451,51 +445,6 @@ fn undo_updates(old: &CollectionSpec, patch: &CollectionPatch) -> Vec<FieldUpdat
             })
         })
         .collect()
-}
-
-/// Whether the index of the records already there no longer matches the settings:
-/// a searchable field dropped, or one kept whose weight or language changed, or that
-/// became searchable. Fields added by the patch are empty in old records.
-fn index_changed(old: &CollectionSpec, new: &CollectionSpec, patch: &CollectionPatch) -> bool {
-    use crate::schema::search::SearchConfig;
-    let Some(new_cfg) = SearchConfig::of(new) else {
-        return false;
-    };
-    let rename = |name: &str| {
-        let mut n = name.to_owned();
-        for r in &patch.rename_fields {
-            if r.from == n {
-                n = r.to.clone();
-            }
-        }
-        n
-    };
-    let old_cfg = SearchConfig::of(old).map(|c| c.fields).unwrap_or_default();
-    if old_cfg.iter().any(|f| patch.drop_fields.contains(&f.name)) {
-        return true;
-    }
-    let mut before: Vec<(String, usize, &str)> = old_cfg
-        .iter()
-        .map(|f| (rename(&f.name), f.class, f.language.as_str()))
-        .collect();
-    let mut after: Vec<(String, usize, &str)> = new_cfg
-        .fields
-        .iter()
-        .filter(|f| !patch.add_fields.iter().any(|a| a.name == f.name))
-        .map(|f| (f.name.clone(), f.class, f.language.as_str()))
-        .collect();
-    before.sort();
-    after.sort();
-    before != after
-}
-
-async fn has_records(state: &AppState, coll: &Collection) -> Result<bool, ApiError> {
-    let mut sql = crate::store::Sql::new(state.store.dialect());
-    sql.push("SELECT COUNT(*) FROM (SELECT 1 FROM ")
-        .ident(coll.name())
-        .push(" LIMIT 1) AS one");
-    let n = state.store.query_count(sql).await.map_err(ApiError::from)?;
-    Ok(n > 0)
 }
 
 #[utoipa::path(

@@ -185,8 +185,9 @@ pub fn plan(
         (None, _) => None,
     };
     // With a search and no sort, the most relevant come first.
-    let by_relevance = search_text.is_some() && params.sort.is_none();
-    let sort_text = params.sort.clone().unwrap_or_else(|| {
+    let sort_given = params.sort.as_deref().filter(|s| !s.trim().is_empty());
+    let by_relevance = search_text.is_some() && sort_given.is_none();
+    let sort_text = sort_given.map(str::to_owned).unwrap_or_else(|| {
         if by_relevance {
             String::new()
         } else {
@@ -403,7 +404,8 @@ fn search_join(sql: &mut Sql, t: &str) {
         let fts = fts_table(t);
         sql.push(" JOIN ").ident(&fts).push(" ON ");
         sql.column(&fts, "rowid").push(" = ");
-        sql.column(t, "rowid");
+        // `_rowid_`: a field may be named `rowid`, never `_rowid_`.
+        sql.column(t, "_rowid_");
     }
 }
 

@@ -13,12 +13,15 @@ use serde_json::{Map, Value};
 
 use crate::access::Caller;
 use crate::access::permit;
+use crate::jobs::JobError;
+use crate::jobs::model::Job;
 use crate::records::error::RecordError;
 use crate::records::query::{ListParams, MAX_PER_PAGE};
 use crate::records::service;
 use crate::runtime::Runtime;
 use crate::schema::Collection;
 use crate::schema::search::SCORE;
+use crate::store::{Sql, WriteMeta, WriteOp};
 
 /// The most collections one search covers.
 pub const MAX_COLLECTIONS: usize = 16;
@@ -33,7 +36,8 @@ pub struct Found {
 
 /// Searches `collections` (each with the caller's list rule; a collection the caller
 /// may not list contributes nothing), merges by score (ties by id, then collection)
-/// and returns page `page` of `per_page`.
+/// and returns page `page` of `per_page`. Only the records of that page are rendered
+/// and highlighted.
 pub async fn search(
     rt: &Runtime,
     caller: &Caller,
@@ -44,7 +48,7 @@ pub async fn search(
     highlight: bool,
 ) -> Result<Found, RecordError> {
     let depth = page * per_page;
-    let mut all: Vec<(f64, String, String, Value)> = Vec::new();
+    let mut pages = Vec::new();
     let mut total = 0;
     for coll in collections {
         if permit::list(caller, coll).is_err() {
@@ -58,36 +62,119 @@ pub async fn search(
         };
         let found = service::list(rt, caller, coll, &params).await?;
         total += found.total.unwrap_or(0);
-        let visible = found.records();
-        let mut items = service::render_many(rt, caller, coll, &visible, None, &[]).await?;
-        if let Some(s) = &found.plan.search {
-            service::add_search_members(coll, s, &visible, &mut items);
+        pages.push((coll, found));
+    }
+    // (score, id, collection index, record index), best first.
+    let mut order: Vec<(f64, &str, usize, usize)> = Vec::new();
+    let visible: Vec<_> = pages.iter().map(|(_, p)| p.records()).collect();
+    for (c, records) in visible.iter().enumerate() {
+        for (r, v) in records.iter().enumerate() {
+            let record = v.record();
+            let score = record
+                .data
+                .get(SCORE)
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0);
+            order.push((score, record.id.as_str(), c, r));
         }
-        for (item, v) in items.into_iter().zip(visible.iter()) {
-            let score = item.get(SCORE).and_then(Value::as_f64).unwrap_or(0.0);
+    }
+    order.sort_by(|a, b| {
+        b.0.total_cmp(&a.0)
+            .then_with(|| a.1.cmp(b.1))
+            .then_with(|| pages[a.2].0.name().cmp(pages[b.2].0.name()))
+    });
+    let chosen: Vec<(usize, usize)> = order
+        .into_iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .map(|(_, _, c, r)| (c, r))
+        .collect();
+    let mut rendered: Vec<Option<Value>> = vec![None; chosen.len()];
+    for (c, (coll, found)) in pages.iter().enumerate() {
+        let slots: Vec<usize> = (0..chosen.len()).filter(|i| chosen[*i].0 == c).collect();
+        if slots.is_empty() {
+            continue;
+        }
+        let mine: Vec<_> = slots.iter().map(|i| visible[c][chosen[*i].1]).collect();
+        let mut items = service::render_many(rt, caller, coll, &mine, None, &[]).await?;
+        if let Some(s) = &found.plan.search {
+            service::add_search_members(coll, s, &mine, &mut items);
+        }
+        for (slot, item) in slots.into_iter().zip(items) {
             let mut item = match item {
                 Value::Object(m) => m,
                 _ => Map::new(),
             };
             item.insert("_collection".into(), Value::String(coll.name().to_owned()));
-            all.push((
-                score,
-                v.record().id.clone(),
-                coll.name().to_owned(),
-                Value::Object(item),
-            ));
+            rendered[slot] = Some(Value::Object(item));
         }
     }
-    all.sort_by(|a, b| {
-        b.0.total_cmp(&a.0)
-            .then_with(|| a.1.cmp(&b.1))
-            .then_with(|| a.2.cmp(&b.2))
-    });
-    let items = all
-        .into_iter()
-        .skip((page - 1) * per_page)
-        .take(per_page)
-        .map(|(_, _, _, v)| v)
+    Ok(Found {
+        items: rendered.into_iter().flatten().collect(),
+        total,
+    })
+}
+
+/// Makes sure `coll`'s index follows its settings: nothing when it does, the settings
+/// recorded when there is no record to index, otherwise a `search_rebuild` job (the
+/// one already queued or running, if any).
+pub async fn ensure(
+    rt: &Runtime,
+    coll: &Collection,
+    meta: WriteMeta,
+) -> Result<Option<Job>, JobError> {
+    let Some(cfg) = coll.search() else {
+        return Ok(None);
+    };
+    let d = rt.store.dialect();
+    let rows = rt
+        .store
+        .query_rows(crate::store::search::signature_sql(d, coll.name()))
+        .await?;
+    let stored = rows.first().and_then(|r| r.first()).and_then(Value::as_str);
+    if stored == Some(cfg.signature().as_str()) {
+        return Ok(None);
+    }
+    let mut any = Sql::new(d);
+    any.push("SELECT COUNT(*) FROM (SELECT 1 FROM ")
+        .ident(coll.name())
+        .push(" LIMIT 1) AS one");
+    if rt.store.query_count(any).await? == 0 {
+        // Records written from now on are indexed by their own writes.
+        rt.store
+            .write(vec![WriteOp::System {
+                sql: crate::store::search::record_sql(d, coll.name(), &cfg.signature()),
+                expect: None,
+            }])
+            .await
+            .map_err(|e| e.error)?;
+        return Ok(None);
+    }
+    let (job, _) = crate::jobs::service::enqueue(rt, &rebuild::job(coll.name()), meta).await?;
+    Ok(Some(job))
+}
+
+/// At start-up: a rebuild for every collection whose index lags its settings (a
+/// change applied by `lintel migrate`, or a server stopped before its job was queued).
+pub async fn ensure_all(rt: &Runtime) {
+    let colls: Vec<Arc<Collection>> = rt
+        .catalog()
+        .collections
+        .values()
+        .filter(|c| c.search().is_some())
+        .cloned()
         .collect();
-    Ok(Found { items, total })
+    for coll in colls {
+        let meta =
+            WriteMeta::by(Some(serde_json::json!({ "type": "system" }))).at(rt.clock.now_ms());
+        match ensure(rt, &coll, meta).await {
+            Ok(Some(job)) => {
+                tracing::info!(collection = coll.name(), job = %job.id, "search index rebuild queued");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(collection = coll.name(), error = %e, "checking the search index failed");
+            }
+        }
+    }
 }

@@ -19,6 +19,7 @@ const BATCH: i64 = 500;
 /// The job that rebuilds `collection`'s index.
 pub fn job(collection: &str) -> NewJob {
     let mut job = NewJob::of(KIND, json!({ "collection": collection }));
+    job.unique_key = Some(format!("{KIND}:{collection}"));
     job.max_attempts = 10;
     job.timeout_ms = 6 * 3600 * 1000;
     job
@@ -32,22 +33,32 @@ fn failed(error: String) -> Failed {
     }
 }
 
-/// Runs a rebuild; the progress (`{"indexed": n}`) is kept with each batch.
+/// Runs a rebuild; the progress (`{"indexed": n, "after": id}`) is kept with each
+/// batch, so a retried job resumes after the last one; the last step records the
+/// settings the index now follows.
 pub async fn run(rt: &Runtime, job: &Job, lease: &str) -> Result<Value, Failed> {
     let name = job.payload["collection"].as_str().unwrap_or_default();
-    let coll = rt.catalog().collections.get(name).cloned();
-    let Some((coll, cfg)) = coll.and_then(|c| c.search().cloned().map(|cfg| (c, cfg))) else {
-        // Dropped, or no longer searchable: nothing to index.
-        return Ok(json!({ "collection": name, "indexed": 0, "skipped": true }));
-    };
     let d = rt.store.dialect();
-    let t = coll.name();
+    let mut signature = job.progress["signature"].as_str().map(str::to_owned);
     let mut after = job.progress["after"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
     let mut indexed = job.progress["indexed"].as_u64().unwrap_or(0);
     loop {
+        // The settings are read again for every batch: a change while the job runs
+        // starts it over with the new ones.
+        let coll = rt.catalog().collections.get(name).cloned();
+        let Some((coll, cfg)) = coll.and_then(|c| c.search().cloned().map(|cfg| (c, cfg))) else {
+            // Dropped, or no longer searchable: nothing to index.
+            return Ok(json!({ "collection": name, "indexed": indexed, "skipped": true }));
+        };
+        let t = coll.name();
+        if signature.as_deref() != Some(cfg.signature().as_str()) {
+            signature = Some(cfg.signature());
+            after.clear();
+            indexed = 0;
+        }
         let mut q = Sql::new(d);
         q.push("SELECT ")
             .column(t, "id")
@@ -79,7 +90,15 @@ pub async fn run(rt: &Runtime, job: &Job, lease: &str) -> Result<Value, Failed> 
             .and_then(Value::as_str)
             .map(str::to_owned)
         else {
-            break;
+            // Done: the index holds what these settings make of every record.
+            rt.store
+                .write(vec![WriteOp::System {
+                    sql: crate::store::search::record_sql(d, t, &cfg.signature()),
+                    expect: None,
+                }])
+                .await
+                .map_err(|e| failed(format!("recording {t}'s index: {}", e.error)))?;
+            return Ok(json!({ "collection": t, "indexed": indexed }));
         };
         let mut ops = Vec::new();
         match d {
@@ -94,14 +113,14 @@ pub async fn run(rt: &Runtime, job: &Job, lease: &str) -> Result<Value, Failed> 
                 let mut del = Sql::new(d);
                 del.push("DELETE FROM ")
                     .ident(&fts)
-                    .push(" WHERE rowid IN (SELECT rowid FROM ");
+                    .push(" WHERE rowid IN (SELECT _rowid_ FROM ");
                 del.ident(t);
                 range(&mut del);
                 del.push(")");
                 let mut ins = Sql::new(d);
                 ins.push("INSERT INTO ")
                     .ident(&fts)
-                    .push(" (rowid, a, b, c, d) SELECT rowid, ");
+                    .push(" (rowid, a, b, c, d) SELECT _rowid_, ");
                 ins.push(&sqlite_search_values(
                     &crate::store::sql::quote_ident(t),
                     &cfg,
@@ -153,7 +172,7 @@ pub async fn run(rt: &Runtime, job: &Job, lease: &str) -> Result<Value, Failed> 
             rt,
             job,
             lease,
-            &json!({ "collection": t, "indexed": indexed, "after": after }),
+            &json!({ "collection": t, "indexed": indexed, "after": after, "signature": signature }),
         ));
         rt.store
             .write(ops)
@@ -161,9 +180,5 @@ pub async fn run(rt: &Runtime, job: &Job, lease: &str) -> Result<Value, Failed> 
             .map_err(|e| failed(format!("indexing {t}: {}", e.error)))?;
         // Search pages cached before this batch may miss what it indexed.
         rt.cache.written(t, "", None).await;
-        if (rows.len() as i64) < BATCH {
-            break;
-        }
     }
-    Ok(json!({ "collection": t, "indexed": indexed }))
 }

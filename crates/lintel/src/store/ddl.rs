@@ -13,6 +13,7 @@ use crate::schema::{
     CollectionKind, CollectionSpec, FieldType, IndexSpec, SYSTEM_FIELDS, index_name, normalize_spec,
 };
 use crate::store::filter::validate_spec;
+use crate::store::search as search_state;
 use crate::store::sql::{Dialect, column_type, quote_ident, sqlite_json_path};
 
 /// What a step does to the catalog table.
@@ -158,6 +159,7 @@ fn create(
     }
     if let Some(cfg) = SearchConfig::of(&spec) {
         statements.extend(create_search(dialect, &spec.name, &cfg));
+        statements.push(search_state::record_ddl(&spec.name, &cfg.signature()));
     }
     specs.insert(spec.name.clone(), spec.clone());
     Ok(Step {
@@ -175,7 +177,7 @@ fn create_search(dialect: Dialect, table: &str, cfg: &SearchConfig) -> Vec<Strin
         Dialect::Sqlite => {
             let mut out = vec![format!(
                 "CREATE VIRTUAL TABLE {} USING fts5(a, b, c, d, content='', contentless_delete=1, \
-                 tokenize='unicode61 remove_diacritics 0')",
+                 tokenize=\"unicode61 remove_diacritics 0 categories 'L* N* Co M*'\")",
                 quote_ident(&fts_table(table))
             )];
             out.extend(sqlite_triggers(table, cfg));
@@ -239,10 +241,10 @@ fn sqlite_triggers(table: &str, cfg: &SearchConfig) -> Vec<String> {
     let t = quote_ident(table);
     let name = |suffix: &str| quote_ident(&format!("{}_{suffix}", fts_table(table)));
     let insert = format!(
-        "INSERT INTO {fts} (rowid, a, b, c, d) VALUES (new.rowid, {})",
+        "INSERT INTO {fts} (rowid, a, b, c, d) VALUES (new._rowid_, {})",
         sqlite_search_values("new", cfg)
     );
-    let delete = format!("DELETE FROM {fts} WHERE rowid = old.rowid");
+    let delete = format!("DELETE FROM {fts} WHERE rowid = old._rowid_");
     vec![
         format!(
             "CREATE TRIGGER {} AFTER INSERT ON {t} BEGIN {insert}; END",
@@ -494,19 +496,65 @@ fn alter_collection(
     for idx in &added {
         statements.push(create_index(dialect, &spec, idx));
     }
-    match (old_search, SearchConfig::of(&spec)) {
-        (None, Some(cfg)) => statements.extend(create_search(dialect, &spec.name, &cfg)),
+    let new_search = SearchConfig::of(&spec);
+    match (&old_search, &new_search) {
+        (None, Some(cfg)) => statements.extend(create_search(dialect, &spec.name, cfg)),
         (Some(_), None) => statements.extend(drop_search(dialect, &spec.name)),
         (Some(_), Some(cfg)) if dialect == Dialect::Sqlite => {
-            statements.extend(sqlite_triggers(&spec.name, &cfg));
+            statements.extend(sqlite_triggers(&spec.name, cfg));
         }
         _ => {}
+    }
+    // The index stays right for the records already there unless the change touched
+    // what they hold in it; then the state keeps the old signature and a rebuild is due.
+    match &new_search {
+        None => statements.push(search_state::forget_ddl(&spec.name)),
+        Some(cfg) if !index_changed(&old, &spec, alter) => {
+            statements.push(search_state::record_ddl(&spec.name, &cfg.signature()));
+        }
+        Some(_) => {}
     }
     specs.insert(spec.name.clone(), spec.clone());
     Ok(Step {
         statements,
         catalog: CatalogChange::Upsert(Box::new(spec)),
     })
+}
+
+/// Whether the index of the records already there no longer matches the settings
+/// after `alter`: a searchable field dropped, or one kept whose weight or language
+/// changed or that became searchable. Fields added by the change are empty in old
+/// records.
+pub fn index_changed(old: &CollectionSpec, new: &CollectionSpec, alter: &AlterCollection) -> bool {
+    let Some(new_cfg) = SearchConfig::of(new) else {
+        return false;
+    };
+    let rename = |name: &str| {
+        let mut n = name.to_owned();
+        for r in &alter.rename_fields {
+            if r.from == n {
+                n = r.to.clone();
+            }
+        }
+        n
+    };
+    let old_cfg = SearchConfig::of(old).map(|c| c.fields).unwrap_or_default();
+    if old_cfg.iter().any(|f| alter.drop_fields.contains(&f.name)) {
+        return true;
+    }
+    let mut before: Vec<(String, usize, &str)> = old_cfg
+        .iter()
+        .map(|f| (rename(&f.name), f.class, f.language.as_str()))
+        .collect();
+    let mut after: Vec<(String, usize, &str)> = new_cfg
+        .fields
+        .iter()
+        .filter(|f| !alter.add_fields.iter().any(|a| a.name == f.name))
+        .map(|f| (f.name.clone(), f.class, f.language.as_str()))
+        .collect();
+    before.sort();
+    after.sort();
+    before != after
 }
 
 fn drop(
@@ -541,6 +589,7 @@ fn drop(
         statements.push(format!("DROP TABLE {}", quote_ident(&fts_table(name))));
     }
     statements.push(format!("DROP TABLE {}", quote_ident(name)));
+    statements.push(search_state::forget_ddl(name));
     Ok(Step {
         statements,
         catalog: CatalogChange::Delete(name.to_owned()),

@@ -748,6 +748,7 @@ pub(crate) const SYSTEM_MIGRATIONS: &[SystemMigration] = &[
     SystemMigration::same(13, "uploads", crate::store::files::UPLOADS_TABLE),
     SystemMigration::same(14, "file_keys", crate::store::files::FILE_KEYS),
     SystemMigration::same(15, "yjs", crate::store::yjs::TABLE),
+    SystemMigration::same(16, "search_state", crate::store::search::TABLE),
 ];
 
 /// Brings Lintel's own tables up to date, in the caller's transaction (which the
@@ -1005,6 +1006,6 @@ mod tests {
             assert_eq!(checksum(m.sql(d).as_bytes()), sum, "{version} {d:?}");
         }
         let versions: Vec<i64> = SYSTEM_MIGRATIONS.iter().map(|m| m.version).collect();
-        assert_eq!(versions, (1..=15).collect::<Vec<i64>>());
+        assert_eq!(versions, (1..=16).collect::<Vec<i64>>());
     }
 }

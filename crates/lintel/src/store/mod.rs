@@ -15,6 +15,7 @@ pub mod filter;
 pub mod jobs;
 pub mod postgres;
 pub mod purge;
+pub mod search;
 pub mod sql;
 pub mod sqlite;
 pub mod webhooks;

@@ -643,3 +643,64 @@ async fn marking_fields_searchable_rebuilds_the_index() {
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_phrase_never_spans_two_fields() {
+    let app = TestApp::spawn().await;
+    app.collection(json!({"name": "cards", "fields": [
+        {"name": "front", "type": "text", "searchable": true},
+        {"name": "back", "type": "text", "searchable": true}
+    ]}))
+    .await;
+    app.create("cards", json!({"front": "the end", "back": "game over"}))
+        .await;
+    assert_eq!(
+        search(&app, "cards", "end game", "").await.body["totalItems"],
+        1
+    );
+    assert_eq!(
+        search(&app, "cards", "\"end game\"", "").await.body["totalItems"],
+        0
+    );
+    assert_eq!(
+        search(&app, "cards", "\"game over\"", "").await.body["totalItems"],
+        1
+    );
+    // An empty sort still means by relevance.
+    let r = search(&app, "cards", "game", "&sort=").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_search_change_applied_by_a_migration_file_is_indexed_at_start() {
+    let app = TestApp::spawn().await;
+    app.collection(json!({"name": "books", "fields": [{"name": "title", "type": "text"}]}))
+        .await;
+    for t in ["moby dick", "dick tracy", "emma"] {
+        app.create("books", json!({"title": t})).await;
+    }
+    let dir = app.stop_keep_dir().await;
+    std::fs::write(
+        dir.path().join("migrations").join("99999999999999999_search.json"),
+        r#"{"version":"99999999999999999","name":"search","up":[{"op":"alterCollection","name":"books","updateFields":[{"name":"title","searchable":true}]}]}"#,
+    )
+    .unwrap();
+    let cfg = crate::common::config(dir.path()).await;
+    let app = TestApp::start_in(dir, cfg).await;
+    let mut found = 0;
+    for _ in 0..200 {
+        found = search(&app, "books", "dick", "").await.body["totalItems"]
+            .as_i64()
+            .unwrap_or(0);
+        if found == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        found, 2,
+        "the rebuild queued at start-up indexed the old records"
+    );
+    app.shutdown().await;
+}

@@ -44,10 +44,16 @@ pub fn weight_class(w: &str) -> Option<usize> {
     ["A", "B", "C", "D"].iter().position(|x| *x == w)
 }
 
-/// The FTS5 table of a collection on SQLite (its triggers share the prefix).
+/// The FTS5 table of a collection on SQLite (its triggers share the prefix). The
+/// suffix keeps it apart from FTS5's own tables of another collection
+/// (`<name>_data`, `<name>_idx`...).
 pub fn fts_table(collection: &str) -> String {
-    format!("_lintel_fts_{collection}")
+    format!("_lintel_{collection}__fts")
 }
+
+/// Between the fields of one FTS5 column: a token no query can hold (a private-use
+/// character), so a phrase never spans two fields.
+pub const FIELD_BREAK: &str = "\u{E000}";
 
 /// The `tsvector` column of a searchable collection on PostgreSQL.
 pub const TSVECTOR_COLUMN: &str = "_search";
@@ -76,6 +82,23 @@ impl SearchConfig {
             })
             .collect();
         (!fields.is_empty()).then_some(Self { fields })
+    }
+
+    /// What the index of a record depends on: each searchable field's name, weight
+    /// and language (`title:A:english,body:D:english`).
+    pub fn signature(&self) -> String {
+        self.fields
+            .iter()
+            .map(|f| {
+                format!(
+                    "{}:{}:{}",
+                    f.name,
+                    ["A", "B", "C", "D"][f.class],
+                    f.language.as_str()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// The distinct languages of the searchable fields.
@@ -167,17 +190,24 @@ fn escape_into(out: &mut String, s: &str) {
 /// [`SNIPPET_WORDS`] words, with matched words in `<mark>…</mark>` and everything else
 /// HTML-escaped; `None` when no word matched.
 pub fn highlight(text: &str, lang: Language, q: &Analyzed) -> Option<String> {
-    let toks: Vec<(usize, &str, bool)> = words(text)
-        .take(MAX_POSITIONS)
-        .map(|(i, w)| {
-            let lower = lowercase(w);
-            let marked = w.chars().count() <= MAX_WORD_CHARS
-                && !lang.is_stop(&lower)
-                && q.marks(&lang.stem(&lower), &lower);
-            (i, w, marked)
-        })
-        .collect();
-    let first = toks.iter().position(|t| t.2)?;
+    // Words are analyzed up to the first match and a snippet's length past it (plus
+    // one, to know whether the text goes on).
+    let mut toks: Vec<(usize, &str, bool)> = Vec::new();
+    let mut first = None;
+    for (i, w) in words(text).take(MAX_POSITIONS) {
+        if first.is_some_and(|f| toks.len() > f + SNIPPET_WORDS) {
+            break;
+        }
+        let lower = lowercase(w);
+        let marked = w.chars().count() <= MAX_WORD_CHARS
+            && !lang.is_stop(&lower)
+            && q.marks(&lang.stem(&lower), &lower);
+        if marked && first.is_none() {
+            first = Some(toks.len());
+        }
+        toks.push((i, w, marked));
+    }
+    let first = first?;
     let start = first
         .saturating_sub(5)
         .min(toks.len().saturating_sub(SNIPPET_WORDS));

@@ -172,6 +172,9 @@ struct Variant {
 pub struct Analyzed {
     must: Vec<BTreeSet<Variant>>,
     not: Vec<BTreeSet<Variant>>,
+    /// For highlighting: the terms looked for, and the prefixes.
+    exact: BTreeSet<String>,
+    prefixes: Vec<String>,
 }
 
 impl Parsed {
@@ -196,7 +199,25 @@ impl Parsed {
                 must.push(set);
             }
         }
-        Analyzed { must, not }
+        let mut exact = BTreeSet::new();
+        let mut prefixes = Vec::new();
+        for v in must.iter().flatten() {
+            for (i, t) in v.terms.iter().enumerate() {
+                if v.prefix && i + 1 == v.terms.len() {
+                    prefixes.push(t.clone());
+                } else {
+                    exact.insert(t.clone());
+                }
+            }
+        }
+        prefixes.sort();
+        prefixes.dedup();
+        Analyzed {
+            must,
+            not,
+            exact,
+            prefixes,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -304,16 +325,11 @@ impl Analyzed {
     /// Whether an index term (and the plain lowercased word it came from) is one the
     /// query looks for, for highlighting.
     pub fn marks(&self, term: &str, lower: &str) -> bool {
-        self.must.iter().flatten().any(|v| {
-            let n = v.terms.len();
-            v.terms.iter().enumerate().any(|(i, t)| {
-                if v.prefix && i + 1 == n {
-                    term.starts_with(t.as_str()) || lower.starts_with(t.as_str())
-                } else {
-                    t == term
-                }
-            })
-        })
+        self.exact.contains(term)
+            || self
+                .prefixes
+                .iter()
+                .any(|p| term.starts_with(p.as_str()) || lower.starts_with(p.as_str()))
     }
 }
 

@@ -176,6 +176,10 @@ fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
                     .and_then(|l| Language::parse(&l))
                     .unwrap_or(crate::schema::search::DEFAULT_LANGUAGE);
                 if let Some(text) = text_at(i + 1) {
+                    if i > 0 && !out.is_empty() {
+                        out.push(' ');
+                        out.push_str(crate::schema::search::FIELD_BREAK);
+                    }
                     index_text(lang, &text, &mut out, &mut budget);
                 }
                 i += 2;
