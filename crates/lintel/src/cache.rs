@@ -9,7 +9,7 @@
 //! that the writes of the records hashing to it bump). A stale entry is never served;
 //! it is dropped when met. So a value read before a write can never be served after
 //! that write's report, whatever order the read and the report's updates run in.
-//! Writes update records in place (write-through); a schema change starts a new epoch.
+//! A write drops its record's entry; a schema change starts a new epoch.
 //!
 //! Concurrent misses for one key cause one store read (single-flight, moka's
 //! `try_get_with`); a caller that joins a read which then turns out stale reads the
@@ -73,7 +73,8 @@ struct Entry {
 /// Why a shared read produced nothing to keep.
 #[derive(Debug)]
 enum Miss {
-    Absent,
+    /// Nothing in the store, as read from this stamp on.
+    Absent(Stamp),
     Store(StoreError),
 }
 
@@ -194,15 +195,18 @@ impl ReadCache {
                 })
                 .eviction_listener(move |k: Arc<Key>, e: Entry, cause: RemovalCause| {
                     let i = k.kind as usize;
+                    // Size: evicted, or not admitted by TinyLFU.
                     if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
                         evictions[i].increment(1);
                     }
-                    let now = listen_held[i].fetch_sub(i64::from(e.weight), Ordering::Relaxed)
-                        - i64::from(e.weight);
+                    let w = i64::from(e.weight);
+                    let now = listen_held[i].fetch_sub(w, Ordering::Relaxed) - w;
                     gauges[i].set(now.max(0) as f64);
                 });
             if cfg.ttl_seconds > 0 {
-                b = b.time_to_live(Duration::from_secs(cfg.ttl_seconds));
+                // moka refuses more than 1,000 years; ten are as good as forever here.
+                let ttl = cfg.ttl_seconds.min(10 * 365 * 86_400);
+                b = b.time_to_live(Duration::from_secs(ttl));
             }
             b.build()
         });
@@ -253,10 +257,18 @@ impl ReadCache {
         self.meters.requests[kind as usize][usize::from(!hit)].increment(1);
     }
 
-    fn kept(&self, key: &Key, weight: u32) {
+    /// An entry about to be stored, counted in `lintel_cache_bytes` (the eviction
+    /// listener takes it back out, also for one TinyLFU does not admit).
+    fn entry(&self, key: &Key, stamp: Stamp, value: Value) -> Entry {
+        let weight = weigh(key, &value);
         let i = key.kind as usize;
         let now = self.held[i].fetch_add(i64::from(weight), Ordering::Relaxed) + i64::from(weight);
         self.meters.bytes[i].set(now.max(0) as f64);
+        Entry {
+            stamp,
+            weight,
+            value,
+        }
     }
 
     /// The value of `key`, from the cache when fresh, otherwise from `load` (one load
@@ -292,16 +304,8 @@ impl ReadCache {
         let shared = cache
             .try_get_with(k.clone(), async {
                 match load().await {
-                    Ok(Some(value)) => {
-                        let weight = weigh(&k, &value);
-                        self.kept(&k, weight);
-                        Ok(Entry {
-                            stamp,
-                            weight,
-                            value,
-                        })
-                    }
-                    Ok(None) => Err(Miss::Absent),
+                    Ok(Some(value)) => Ok(self.entry(&k, stamp, value)),
+                    Ok(None) => Err(Miss::Absent(stamp)),
                     Err(e) => Err(Miss::Store(e)),
                 }
             })
@@ -314,7 +318,10 @@ impl ReadCache {
                 load().await
             }
             Err(miss) => match &*miss {
-                Miss::Absent => Ok(None),
+                Miss::Absent(at) if Some(*at) == self.stamp_of(kind, coll, key) => Ok(None),
+                // "Not there" from before a write that has been reported since (a
+                // create): read again.
+                Miss::Absent(_) => load().await,
                 Miss::Store(e) => Err(e.clone()),
             },
         }
@@ -343,50 +350,25 @@ impl ReadCache {
         })
     }
 
-    /// After a committed write: bumps the collection's and the record's generations
-    /// and updates the record in place (`Some`, when a cached older version is there)
-    /// or forgets it (`None`, a delete).
+    /// After a committed write: bumps the collection's and the record's generations,
+    /// so nothing read before it is served again, and drops the record's entry. (Not
+    /// written through: two writes' reports can arrive out of order, and only a read
+    /// after both knows the last version.)
     pub async fn written(&self, coll: &str, id: &str, record: Option<Record>) {
+        let _ = record;
         *self
             .generations()
             .by_collection
             .entry(coll.to_owned())
             .or_insert(0) += 1;
-        let generation = self.stripe(coll, id).fetch_add(1, Ordering::AcqRel) + 1;
-        let Some(cache) = &self.cache else { return };
-        let k = Key {
-            kind: Kind::Record,
-            coll: coll.into(),
-            key: id.into(),
-        };
-        // Writes can report out of commit order; only a newer version replaces a
-        // cached one in place, anything else just forgets it.
-        let cached = cache.get(&k).await;
-        match (record, cached) {
-            (
-                Some(r),
-                Some(Entry {
-                    value: Value::Record(old),
-                    ..
-                }),
-            ) if r.version > old.version && !self.suspended.load(Ordering::Acquire) => {
-                let value = Value::Record(Arc::new(r));
-                let weight = weigh(&k, &value);
-                self.kept(&k, weight);
-                let stamp = Stamp(self.epoch.load(Ordering::Acquire), generation);
-                cache
-                    .insert(
-                        k,
-                        Entry {
-                            stamp,
-                            weight,
-                            value,
-                        },
-                    )
-                    .await;
-            }
-            (_, Some(_)) => cache.invalidate(&k).await,
-            (_, None) => {}
+        self.stripe(coll, id).fetch_add(1, Ordering::AcqRel);
+        if let Some(cache) = &self.cache {
+            let k = Key {
+                kind: Kind::Record,
+                coll: coll.into(),
+                key: id.into(),
+            };
+            cache.invalidate(&k).await;
         }
     }
 
@@ -476,11 +458,12 @@ mod tests {
         assert_eq!(read(&c, "a", 1, &loads).await, Some(1));
         assert_eq!(read(&c, "a", 1, &loads).await, Some(1));
         assert_eq!(loads.load(Ordering::SeqCst), 1, "the second read hit");
-        // A write that the cache holds an older version of: written through.
+        // A write: the next read goes to the store.
         c.written("posts", "a", Some(rec("a", 2))).await;
-        assert_eq!(read(&c, "a", 99, &loads).await, Some(2));
-        assert_eq!(loads.load(Ordering::SeqCst), 1);
-        // Reported out of order: the older version is not kept.
+        assert_eq!(read(&c, "a", 2, &loads).await, Some(2));
+        assert_eq!(loads.load(Ordering::SeqCst), 2);
+        assert_eq!(read(&c, "a", 99, &loads).await, Some(2), "cached again");
+        // Reports out of order change nothing: whatever is read after them is kept.
         c.written("posts", "a", Some(rec("a", 1))).await;
         assert_eq!(read(&c, "a", 3, &loads).await, Some(3));
         // A delete: forgotten.
@@ -541,6 +524,49 @@ mod tests {
             Some(2),
             "the stale read was not kept"
         );
+    }
+
+    #[tokio::test]
+    async fn a_shared_not_found_from_before_a_create_is_read_again() {
+        let c = Arc::new(ReadCache::new(&cfg(1 << 20, CachePolicy::Tinylfu)));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let first = {
+            let (c, gate, calls) = (c.clone(), gate.clone(), calls.clone());
+            tokio::spawn(async move {
+                c.record("posts", "a", || {
+                    let (gate, calls) = (gate.clone(), calls.clone());
+                    async move {
+                        if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                            gate.notified().await;
+                            return Ok(None);
+                        }
+                        Ok(Some(Arc::new(rec("a", 1))))
+                    }
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The record is created while the first read is in flight; its creator reads.
+        c.written("posts", "a", Some(rec("a", 1))).await;
+        let second = {
+            let c = c.clone();
+            tokio::spawn(async move {
+                c.record("posts", "a", || async { Ok(Some(Arc::new(rec("a", 1)))) })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        gate.notify_waiters();
+        let got = second
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten()
+            .map(|r| r.version);
+        assert_eq!(got, Some(1), "the creator sees its record");
+        let _ = first.await;
     }
 
     #[tokio::test]

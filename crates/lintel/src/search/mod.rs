@@ -150,8 +150,20 @@ pub async fn ensure(
             .map_err(|e| e.error)?;
         return Ok(None);
     }
-    let (job, _) = crate::jobs::service::enqueue(rt, &rebuild::job(coll.name()), meta).await?;
-    Ok(Some(job))
+    // A job with the same unique key that ends between the enqueue's two statements
+    // reads as a duplicate: once more, then the start-up check is the fallback.
+    let job = rebuild::job(coll.name());
+    match crate::jobs::service::enqueue(rt, &job, meta.clone()).await {
+        Err(JobError::Duplicate) => match crate::jobs::service::enqueue(rt, &job, meta).await {
+            Ok((job, _)) => Ok(Some(job)),
+            Err(e) => {
+                tracing::warn!(collection = coll.name(), error = %e, "queuing a search rebuild failed");
+                Ok(None)
+            }
+        },
+        Ok((job, _)) => Ok(Some(job)),
+        Err(e) => Err(e),
+    }
 }
 
 /// At start-up: a rebuild for every collection whose index lags its settings (a

@@ -90,6 +90,15 @@ pub async fn run(rt: &Runtime, job: &Job, lease: &str) -> Result<Value, Failed> 
             .and_then(Value::as_str)
             .map(str::to_owned)
         else {
+            // Settings changed during the last pass: start over with them.
+            let now = rt
+                .catalog()
+                .collections
+                .get(name)
+                .and_then(|c| c.search().map(|s| s.signature()));
+            if now.as_deref() != Some(cfg.signature().as_str()) {
+                continue;
+            }
             // Done: the index holds what these settings make of every record.
             rt.store
                 .write(vec![WriteOp::System {

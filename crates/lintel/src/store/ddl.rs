@@ -510,7 +510,12 @@ fn alter_collection(
     match &new_search {
         None => statements.push(search_state::forget_ddl(&spec.name)),
         Some(cfg) if !index_changed(&old, &spec, alter) => {
-            statements.push(search_state::record_ddl(&spec.name, &cfg.signature()));
+            statements.push(match &old_search {
+                None => search_state::record_ddl(&spec.name, &cfg.signature()),
+                Some(was) => {
+                    search_state::advance_ddl(&spec.name, &was.signature(), &cfg.signature())
+                }
+            });
         }
         Some(_) => {}
     }

@@ -21,6 +21,15 @@ pub fn record_ddl(collection: &str, signature: &str) -> String {
     )
 }
 
+/// Moves the recorded signature from `old` to `new`, only if the index was current
+/// (a lagging index stays lagging until its rebuild).
+pub fn advance_ddl(collection: &str, old: &str, new: &str) -> String {
+    format!(
+        "UPDATE _lintel_search_state SET signature = '{new}' \
+         WHERE collection = '{collection}' AND signature = '{old}'"
+    )
+}
+
 pub fn forget_ddl(collection: &str) -> String {
     format!("DELETE FROM _lintel_search_state WHERE collection = '{collection}'")
 }
