@@ -10,7 +10,8 @@
 //!
 //! `QUERY=<query>` runs one query instead of the 200; `LINTEL_SHAPE=1` runs FTS5 with
 //! the SQL Lintel's list builds (records joined to the index) instead of the minimal
-//! one.
+//! one; `PRAGMAS="..."` replaces the direct connection's settings (by default Lintel's
+//! `mmap_size` of 256 MiB).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -284,6 +285,10 @@ fn sqlite_direct(db: &str, seconds: u64, clients: usize) {
                     rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
                 )
                 .unwrap();
+                // Lintel's own read settings (store.mmap_bytes), unless PRAGMAS says else.
+                let pragmas = std::env::var("PRAGMAS")
+                    .unwrap_or_else(|_| "PRAGMA mmap_size=268435456;".to_owned());
+                conn.execute_batch(&pragmas).unwrap();
                 let mut stmt = conn.prepare(&sql).unwrap();
                 let mut lat = Vec::new();
                 let mut i = c * 37;
