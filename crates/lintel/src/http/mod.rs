@@ -83,15 +83,26 @@ pub fn etagged_json(bytes: Vec<u8>, headers: &axum::http::HeaderMap) -> axum::re
     if let Ok(v) = HeaderValue::from_str(&tag) {
         h.insert(header::ETAG, v);
     }
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static(PER_CALLER_CACHE),
-    );
+    per_caller(h);
     res
 }
 
 /// Answers that depend on who asks: kept by the caller's own cache only, revalidated.
 pub const PER_CALLER_CACHE: &str = "private, no-cache";
+
+/// Marks an answer as the caller's own: `Cache-Control: private, no-cache`, and
+/// `Vary` on the credentials, so a cache never hands one caller's copy to another.
+pub fn per_caller(h: &mut axum::http::HeaderMap) {
+    use axum::http::{HeaderValue, header};
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(PER_CALLER_CACHE),
+    );
+    h.append(
+        header::VARY,
+        HeaderValue::from_static("Authorization, Cookie"),
+    );
+}
 
 async fn no_route() -> impl IntoResponse {
     ApiError::new(

@@ -111,8 +111,6 @@ async fn read_upload(
     Ok((input, up.files))
 }
 
-const RECORD_CACHE_CONTROL: &str = crate::http::PER_CALLER_CACHE;
-
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -158,10 +156,7 @@ fn record_response(
     {
         h.insert(header::LAST_MODIFIED, v);
     }
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static(RECORD_CACHE_CONTROL),
-    );
+    crate::http::per_caller(h);
     if status == StatusCode::CREATED
         && let Ok(v) = HeaderValue::from_str(&record_href(coll.name(), &record.id))
     {

@@ -396,6 +396,7 @@ async fn the_index_follows_every_write() {
     // Search lists are revalidated like any list.
     let etag = r.header("etag").unwrap().to_owned();
     assert_eq!(r.header("cache-control"), Some("private, no-cache"));
+    assert_eq!(r.header("vary"), Some("Authorization, Cookie"));
     let again = app
         .send(
             app.req(
