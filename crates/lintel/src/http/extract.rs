@@ -201,3 +201,16 @@ impl FromRequest<AppState> for RecordBody {
         parse_json(&bytes).map(RecordBody::Json)
     }
 }
+
+/// A paging query parameter (`page`, `perPage`): a whole number from 1 to `max`, or a
+/// 400 `invalid` under its name.
+pub fn page_param(v: &str, field: &str, max: i64) -> Result<i64, ApiError> {
+    match v.parse::<i64>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(ApiError::field(
+            field,
+            "invalid",
+            format!("a whole number from 1 to {max}"),
+        )),
+    }
+}

@@ -148,17 +148,6 @@ async fn create_job(
     ))
 }
 
-fn page_param(v: &str, field: &str, max: i64) -> Result<i64, ApiError> {
-    match v.parse::<i64>() {
-        Ok(n) if (1..=max).contains(&n) => Ok(n),
-        _ => Err(ApiError::field(
-            field,
-            "invalid",
-            format!("a whole number from 1 to {max}"),
-        )),
-    }
-}
-
 #[utoipa::path(
     get,
     path = "/v1/jobs",
@@ -209,8 +198,8 @@ async fn list_jobs(
                     "1 to 64 letters, digits, '_', '.', ':' or '-'",
                 ));
             }
-            "page" => page = page_param(&v, "page", 1_000_000)?,
-            "perPage" => per_page = page_param(&v, "perPage", 500)?,
+            "page" => page = crate::http::extract::page_param(&v, "page", 1_000_000)?,
+            "perPage" => per_page = crate::http::extract::page_param(&v, "perPage", 500)?,
             other => {
                 let other: String = other.chars().take(32).collect();
                 return Err(ApiError::field(

@@ -15,6 +15,7 @@ use utoipa_axum::routes;
 
 use crate::access::Caller;
 use crate::error::ApiError;
+use crate::http::extract::page_param;
 use crate::http::openapi::ProblemDoc;
 use crate::records::query::DEFAULT_PER_PAGE;
 use crate::search::{MAX_COLLECTIONS, MAX_DEPTH, search};
@@ -24,20 +25,11 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(search_all))
 }
 
+/// A paging parameter, or its default when absent or empty.
 fn whole(v: Option<&str>, name: &str, default: usize, max: usize) -> Result<usize, ApiError> {
     match v {
         None | Some("") => Ok(default),
-        Some(s) => s
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=max).contains(n))
-            .ok_or_else(|| {
-                ApiError::field(
-                    name,
-                    "invalid",
-                    format!("must be a whole number from 1 to {max}"),
-                )
-            }),
+        Some(s) => page_param(s, name, max as i64).map(|n| n as usize),
     }
 }
 
